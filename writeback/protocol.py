@@ -1,0 +1,193 @@
+"""The language both sides speak: operations, the commands that ask for them, and outcomes.
+
+Outcome reasons are a stable public contract: callers branch on the reason code, show the
+message to the user and keep the detail for administrators. A reason code is never renamed or
+reused; new cases get new codes. Commands carry passwords, so their `repr` hides them and nothing
+in this module ever formats a password into a string.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Status(enum.StrEnum):
+    """How a request ended: done, refused for a reason the caller can fix, or broken."""
+
+    APPLIED = "applied"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class Operation(enum.StrEnum):
+    RESET = "reset"
+    CHANGE = "change"
+    UNLOCK = "unlock"
+
+
+class Initiator(enum.StrEnum):
+    """Who started a reset: the user (forgot the password) or an administrator."""
+
+    SELF_SERVICE = "self-service"
+    ADMIN = "admin"
+
+
+class Reason(enum.StrEnum):
+    """Why a request ended as it did. The value is the public reason code."""
+
+    APPLIED = "applied"
+    # rejected: the directory or our policy said no; the caller can fix it
+    POLICY_LENGTH = "policy.length"
+    POLICY_COMPLEXITY = "policy.complexity"
+    POLICY_HISTORY = "policy.history"
+    POLICY_MIN_AGE = "policy.min_age"
+    POLICY_REJECTED = "policy.rejected"
+    OLD_PASSWORD_MISMATCH = "old_password.mismatch"
+    USER_NOT_FOUND = "user.not_found"
+    USER_AMBIGUOUS = "user.ambiguous"
+    USER_PROTECTED = "user.protected"
+    USER_OUT_OF_SCOPE = "user.out_of_scope"
+    ACCOUNT_DISABLED = "account.disabled"
+    ACCOUNT_LOCKED = "account.locked"
+    ACCOUNT_CANNOT_CHANGE_PASSWORD = "account.cannot_change_password"
+    REQUEST_INVALID = "request.invalid"
+    # failed: something is broken; an administrator must act
+    DIRECTORY_UNAVAILABLE = "directory.unavailable"
+    DIRECTORY_ACCESS_DENIED = "directory.access_denied"
+    DIRECTORY_ERROR = "directory.error"
+    REQUEST_EXPIRED = "request.expired"
+    REQUEST_REPLAYED = "request.replayed"
+    REQUEST_INVALID_SIGNATURE = "request.invalid_signature"
+    REQUEST_UNDECRYPTABLE = "request.undecryptable"
+    AGENT_UNAVAILABLE = "agent.unavailable"
+    AGENT_TIMEOUT = "agent.timeout"
+
+    @property
+    def status(self) -> Status:
+        return _REASONS[self][0]
+
+    @property
+    def message(self) -> str:
+        """A sentence the user can act on."""
+        return _REASONS[self][1]
+
+
+_ADMIN = "Please contact your helpdesk."
+_REASONS: dict[Reason, tuple[Status, str]] = {
+    Reason.APPLIED: (Status.APPLIED, "Your password has been updated."),
+    Reason.POLICY_LENGTH: (
+        Status.REJECTED, "The new password is too short for your organisation's policy."),
+    Reason.POLICY_COMPLEXITY: (
+        Status.REJECTED,
+        "The new password must use at least three of: upper-case letters, lower-case letters, "
+        "digits and symbols, and must not contain your account name or parts of your full name."),
+    Reason.POLICY_HISTORY: (
+        Status.REJECTED, "The new password was used recently. Choose one you have not used."),
+    Reason.POLICY_MIN_AGE: (
+        Status.REJECTED,
+        "Your password was changed too recently to be changed again. Try again later."),
+    Reason.POLICY_REJECTED: (
+        Status.REJECTED,
+        "The new password does not meet your organisation's password policy "
+        "(it may have been used before or contain a forbidden word). Choose another."),
+    Reason.OLD_PASSWORD_MISMATCH: (
+        Status.REJECTED, "The current password is not correct."),
+    Reason.USER_NOT_FOUND: (
+        Status.REJECTED, "No account with this user name was found in the on-premises directory."),
+    Reason.USER_AMBIGUOUS: (
+        Status.REJECTED, f"More than one on-premises account has this user name. {_ADMIN}"),
+    Reason.USER_PROTECTED: (
+        Status.REJECTED,
+        "This is a privileged account: its password cannot be reset here. "
+        "Change it with the current password, or ask a domain administrator."),
+    Reason.USER_OUT_OF_SCOPE: (
+        Status.REJECTED,
+        f"Passwords of this account are not managed by password writeback. {_ADMIN}"),
+    Reason.ACCOUNT_DISABLED: (Status.REJECTED, f"This account is disabled. {_ADMIN}"),
+    Reason.ACCOUNT_LOCKED: (
+        Status.REJECTED,
+        "This account is locked out. Unlock it or wait for the lockout to end, then try again."),
+    Reason.ACCOUNT_CANNOT_CHANGE_PASSWORD: (
+        Status.REJECTED, f"This account is not allowed to change its password. {_ADMIN}"),
+    Reason.REQUEST_INVALID: (Status.REJECTED, "The request is not valid."),
+    Reason.DIRECTORY_UNAVAILABLE: (
+        Status.FAILED, "The on-premises directory cannot be reached right now. Try again later."),
+    Reason.DIRECTORY_ACCESS_DENIED: (
+        Status.FAILED,
+        f"Password writeback is missing a permission in the on-premises directory. {_ADMIN}"),
+    Reason.DIRECTORY_ERROR: (
+        Status.FAILED, f"The on-premises directory reported an unexpected error. {_ADMIN}"),
+    Reason.REQUEST_EXPIRED: (
+        Status.FAILED, "The request took too long to reach your organisation. Try again."),
+    Reason.REQUEST_REPLAYED: (Status.FAILED, "This request was already processed."),
+    Reason.REQUEST_INVALID_SIGNATURE: (
+        Status.FAILED, f"The request could not be authenticated. {_ADMIN}"),
+    Reason.REQUEST_UNDECRYPTABLE: (
+        Status.FAILED, f"The request could not be decrypted on-premises. {_ADMIN}"),
+    Reason.AGENT_UNAVAILABLE: (
+        Status.FAILED,
+        "Password writeback is not available right now: the on-premises agent is offline."),
+    Reason.AGENT_TIMEOUT: (
+        Status.FAILED,
+        "The on-premises agent did not answer in time. The change may still be applied; "
+        "check the request's status before trying again."),
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one request: exactly one reason, a user sentence, an admin detail.
+
+    `message` overrides the reason's default sentence when the outcome knows more (e.g. the
+    minimum length of the policy that applied). `detail` is for administrators: the DC's answer,
+    the rule, the DC used. Neither ever contains a password.
+    """
+
+    reason: Reason
+    detail: str = ""
+    custom_message: str | None = None
+
+    @property
+    def status(self) -> Status:
+        return self.reason.status
+
+    @property
+    def message(self) -> str:
+        return self.custom_message or self.reason.message
+
+
+@dataclass(frozen=True)
+class ResetPassword:
+    """Set a new password without knowing the old one (self-service or admin reset)."""
+
+    user: str
+    new_password: str = field(repr=False)
+    initiator: Initiator = Initiator.SELF_SERVICE
+    unlock: bool = False
+    force_change_at_next_logon: bool = False
+
+    operation = Operation.RESET
+
+
+@dataclass(frozen=True)
+class ChangePassword:
+    """Replace a password the user knows; AD checks the old one, history and minimum age."""
+
+    user: str
+    old_password: str = field(repr=False)
+    new_password: str = field(repr=False)
+
+    operation = Operation.CHANGE
+
+
+@dataclass(frozen=True)
+class UnlockAccount:
+    """Clear an account lockout (lockoutTime = 0)."""
+
+    user: str
+
+    operation = Operation.UNLOCK
+
+
+Command = ResetPassword | ChangePassword | UnlockAccount

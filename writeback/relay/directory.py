@@ -1,0 +1,373 @@
+"""Apply a reset, change or unlock to AD DS and say exactly what happened.
+
+For each command: find the user by UPN, refuse what the relay must refuse whatever AD would allow
+(outside the configured OUs, disabled, protected accounts on a reset or unlock), pre-check the
+password against the policy that applies to this user (domain policy or PSO), then send one
+modify and classify the DC's answer. A change is a delete of the old value and an add of the new
+in one modify, and it never falls back to a reset: a reset would skip the check of the old
+password, history and minimum age. Nothing here retries a modify: a wrong old password retried
+counts twice towards lockout, and a reset retried after a lost answer could look like history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import ldap3
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import parse_dn
+
+from writeback.errors import DirectoryError, DirectoryUnavailable
+from writeback.protocol import (
+    ChangePassword,
+    Command,
+    Initiator,
+    Operation,
+    Outcome,
+    Reason,
+    ResetPassword,
+    UnlockAccount,
+)
+from writeback.relay import ldap
+from writeback.relay.policy import (
+    AccountFacts,
+    PasswordPolicy,
+    check_syntax,
+    encode_unicode_pwd,
+    filetime,
+    precheck,
+)
+from writeback.relay.results import DirectoryAnswer, classify
+from writeback.relay.settings import DirectorySettings
+
+log = logging.getLogger(__name__)
+
+UF_ACCOUNTDISABLE = 0x2
+UF_DONT_EXPIRE_PASSWD = 0x10000
+UF_LOCKOUT = 0x10  # in msDS-User-Account-Control-Computed
+# Groups whose members AD protects with AdminSDHolder (domain-relative RIDs and BUILTIN SIDs).
+PROTECTED_RIDS = frozenset({512, 516, 518, 519, 521, 526, 527})
+PROTECTED_BUILTIN = frozenset({"S-1-5-32-544", "S-1-5-32-548", "S-1-5-32-549",
+                               "S-1-5-32-550", "S-1-5-32-551", "S-1-5-32-552"})
+USER_ATTRIBUTES = ("sAMAccountName", "displayName", "userAccountControl", "adminCount",
+                   "pwdLastSet", "lockoutTime", "msDS-User-Account-Control-Computed",
+                   "msDS-ResultantPSO", "objectGUID")
+DOMAIN_POLICY_ATTRIBUTES = ("minPwdLength", "pwdHistoryLength", "pwdProperties", "minPwdAge",
+                            "maxPwdAge", "lockoutThreshold")
+PSO_ATTRIBUTES = ("msDS-MinimumPasswordLength", "msDS-PasswordHistoryLength",
+                  "msDS-PasswordComplexityEnabled", "msDS-MinimumPasswordAge",
+                  "msDS-MaximumPasswordAge", "msDS-LockoutThreshold")
+
+
+class Directory(Protocol):
+    """What the relay needs from AD DS."""
+
+    def apply(self, command: Command) -> Outcome: ...
+
+    def capabilities(self) -> Capabilities: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the relay found about the directory; reported in heartbeats and by doctor."""
+
+    dc: str
+    dc_host: str
+    is_pdc: bool
+    policy_hints: str | None
+    domain_policy: PasswordPolicy
+
+
+@dataclass(frozen=True)
+class User:
+    dn: str
+    raw: dict[str, list[bytes]]
+
+    def number(self, name: str) -> int:
+        value = ldap.first(self.raw, name, "0")
+        try:
+            return int(value)
+        except ValueError:
+            return 1 if value.upper() == "TRUE" else 0
+
+    @property
+    def facts(self) -> AccountFacts:
+        return AccountFacts(
+            sam_account_name=ldap.first(self.raw, "sAMAccountName"),
+            display_name=ldap.first(self.raw, "displayName"),
+            pwd_last_set=filetime(self.number("pwdLastSet")),
+        )
+
+
+def normalised_dn(dn: str) -> tuple[tuple[str, str], ...]:
+    """A DN as comparable (attribute, value) pairs: case and escaping no longer matter."""
+    return tuple((attr.lower(), value.lower()) for attr, value, _ in parse_dn(dn, escape=False))
+
+
+def in_scope(dn: str, scopes: tuple[str, ...]) -> bool:
+    """True when `dn` is inside one of the OUs (a DN is in scope of itself)."""
+    target = normalised_dn(dn)
+    for scope in scopes:
+        suffix = normalised_dn(scope)
+        if len(target) >= len(suffix) and target[-len(suffix):] == suffix:
+            return True
+    return False
+
+
+def sid_to_str(raw: bytes) -> str:
+    """A binary SID (MS-DTYP 2.4.2.2) in its S-1-... form."""
+    authority = int.from_bytes(raw[2:8], "big")
+    count = raw[1]
+    subs = [int.from_bytes(raw[8 + 4 * i: 12 + 4 * i], "little") for i in range(count)]
+    return "-".join(["S", str(raw[0]), str(authority), *map(str, subs)])
+
+
+class LdapDirectory:
+    """The Directory port on ldap3, against the configured DCs."""
+
+    def __init__(
+        self, settings: DirectorySettings, password: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        connect: Callable[[DirectorySettings, str], ldap.Link] = ldap.connect,
+    ) -> None:
+        self.settings = settings
+        self._password = password
+        self._clock = clock
+        self._connect = connect
+        self._link: ldap.Link | None = None
+        self._lock = threading.Lock()
+        self._denied_sids: frozenset[str] | None = None
+
+    # -- connection --------------------------------------------------------------------
+    def _connected(self) -> ldap.Link:
+        if self._link is None or not self._link.alive:
+            self._link = self._connect(self.settings, self._password)
+            controller = self._link.controller
+            log.info("dc_connected", extra={
+                "dc": controller.address.url, "host": controller.dns_host_name,
+                "pdc": controller.is_pdc, "policy_hints": controller.policy_hints_oid})
+        return self._link
+
+    def _reading(self, read: Callable[[ldap.Link], Any]) -> Any:
+        """Run a read; if the DC went away, reconnect (failing over) and try once more."""
+        try:
+            return read(self._connected())
+        except DirectoryUnavailable:
+            self.close()
+            return read(self._connected())
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+    def capabilities(self) -> Capabilities:
+        with self._lock:
+            link = self._connected()
+            controller = link.controller
+            return Capabilities(
+                dc=controller.address.url, dc_host=controller.dns_host_name,
+                is_pdc=controller.is_pdc, policy_hints=controller.policy_hints_oid,
+                domain_policy=self._domain_policy(link),
+            )
+
+    # -- the operation -------------------------------------------------------------------
+    def apply(self, command: Command) -> Outcome:
+        """Apply one command; every failure is an outcome, never an exception."""
+        with self._lock:
+            try:
+                return self._apply(command)
+            except DirectoryError as exc:
+                if isinstance(exc, DirectoryUnavailable):
+                    self.close()
+                return Outcome(exc.reason, str(exc))
+
+    def _apply(self, command: Command) -> Outcome:
+        for password, what in self._passwords(command):
+            invalid = check_syntax(password, what)
+            if invalid:
+                return invalid
+        found = self._reading(lambda link: self._find(link, command.user))
+        if isinstance(found, Outcome):
+            return found
+        user: User = found
+        refused = self._refuse(command, user)
+        if refused:
+            return refused
+        link = self._connected()
+        hints = link.controller.policy_hints_oid
+        if isinstance(command, ResetPassword):
+            return self._reset(link, command, user, hints)
+        if isinstance(command, ChangePassword):
+            return self._change(link, command, user)
+        return self._unlock(link, command, user)
+
+    @staticmethod
+    def _passwords(command: Command) -> list[tuple[str, str]]:
+        if isinstance(command, ResetPassword):
+            return [(command.new_password, "new password")]
+        if isinstance(command, ChangePassword):
+            return [(command.old_password, "old password"), (command.new_password, "new password")]
+        return []
+
+    def _find(self, link: ldap.Link, upn: str) -> User | Outcome:
+        query = ("(&(objectCategory=person)(objectClass=user)"
+                 f"(userPrincipalName={escape_filter_chars(upn)}))")
+        entries = link.search(link.controller.naming_context, query, USER_ATTRIBUTES, size_limit=2)
+        if not entries:
+            return Outcome(Reason.USER_NOT_FOUND, f"no user with userPrincipalName {upn!r}")
+        if len(entries) > 1:
+            return Outcome(Reason.USER_AMBIGUOUS, "userPrincipalName matches " + " and ".join(
+                dn for dn, _ in entries))
+        return User(*entries[0])
+
+    def _refuse(self, command: Command, user: User) -> Outcome | None:
+        """What the relay refuses whatever AD would allow (Samba enforces none of it)."""
+        if not in_scope(user.dn, self.settings.scopes):
+            return Outcome(Reason.USER_OUT_OF_SCOPE, f"{user.dn} is outside the configured OUs")
+        if user.number("userAccountControl") & UF_ACCOUNTDISABLE:
+            return Outcome(Reason.ACCOUNT_DISABLED, f"{user.dn} is disabled")
+        # As in Microsoft's writeback: an administrator may change their own password with the
+        # old one, but a reset or unlock of a privileged account through the cloud would let
+        # whoever controls the cloud side take over the domain.
+        if command.operation is not Operation.CHANGE and not self.settings.allow_protected_reset:
+            why = self._protection(user)
+            if why:
+                return Outcome(Reason.USER_PROTECTED, f"{user.dn}: {why}")
+        return None
+
+    def _protection(self, user: User) -> str | None:
+        if user.number("adminCount") == 1:
+            return "adminCount=1"
+        link = self._connected()
+        raw = link.read(user.dn, ["tokenGroups"])
+        sids = {sid_to_str(value) for value in raw.get("tokenGroups", [])}
+        for sid in sids:
+            if sid in PROTECTED_BUILTIN or (
+                sid.startswith("S-1-5-21-") and int(sid.rsplit("-", 1)[1]) in PROTECTED_RIDS
+            ):
+                return f"member of the protected group {sid}"
+        denied = sids & self._denied_group_sids(link)
+        if denied:
+            return f"member of a denied group {sorted(denied)[0]}"
+        return None
+
+    def _denied_group_sids(self, link: ldap.Link) -> frozenset[str]:
+        if self._denied_sids is None:
+            sids = set()
+            for group in self.settings.denied_groups:
+                raw = link.read(group, ["objectSid"])
+                if not raw.get("objectSid"):
+                    raise DirectoryError(f"directory.denied_groups: {group} not found")
+                sids.add(sid_to_str(raw["objectSid"][0]))
+            self._denied_sids = frozenset(sids)
+        return self._denied_sids
+
+    # -- policy --------------------------------------------------------------------------
+    def _domain_policy(self, link: ldap.Link) -> PasswordPolicy:
+        raw = link.read(link.controller.naming_context, DOMAIN_POLICY_ATTRIBUTES)
+        return PasswordPolicy.from_domain(
+            "the domain policy",
+            {name: int(ldap.first(raw, name, "0")) for name in DOMAIN_POLICY_ATTRIBUTES},
+        )
+
+    def _policy(self, link: ldap.Link, user: User) -> PasswordPolicy | None:
+        """The user's resultant policy; None when a PSO applies that the relay cannot read."""
+        domain = self._domain_policy(link)
+        pso_dn = ldap.first(user.raw, "msDS-ResultantPSO")
+        if not pso_dn:
+            return domain
+        raw = link.read(pso_dn, PSO_ATTRIBUTES)
+        if not raw.get("msDS-MinimumPasswordLength"):
+            log.warning("pso_unreadable", extra={"pso": pso_dn})
+            return None
+        attrs: dict[str, int | bool] = {}
+        for name in PSO_ATTRIBUTES:
+            value = ldap.first(raw, name, "0")
+            attrs[name] = value.upper() == "TRUE" if value.upper() in ("TRUE", "FALSE") else int(value)
+        name = parse_dn(pso_dn, escape=False)[0][1]
+        return PasswordPolicy.from_pso(f"the password policy {name!r}", attrs, domain)
+
+    def _precheck(
+        self, link: ldap.Link, user: User, new_password: str, *, check_min_age: bool,
+        old_password: str | None = None,
+    ) -> Outcome | None:
+        policy = self._policy(link, user)
+        if policy is None:
+            return None  # the DC still enforces it; its answer is classified below
+        if old_password is not None and policy.refuse_change:
+            return Outcome(Reason.ACCOUNT_CANNOT_CHANGE_PASSWORD,
+                           "the domain refuses password changes (pwdProperties)")
+        now = self._clock().replace(tzinfo=None)
+        return precheck(policy, new_password, user.facts, now,
+                        check_min_age=check_min_age, old_password=old_password)
+
+    # -- the writes ----------------------------------------------------------------------
+    def _reset(self, link: ldap.Link, command: ResetPassword, user: User, hints: str | None
+               ) -> Outcome:
+        # With policy hints the DC enforces history and minimum age on the reset as on a change.
+        failed = self._precheck(link, user, command.new_password, check_min_age=hints is not None)
+        if failed:
+            return failed
+        changes: dict[str, list[tuple[str, list[Any]]]] = {
+            "unicodePwd": [(ldap3.MODIFY_REPLACE, [encode_unicode_pwd(command.new_password)])],
+        }
+        extra, notes = [], []
+        if command.unlock:
+            changes["lockoutTime"] = [(ldap3.MODIFY_REPLACE, ["0"])]
+            extra.append("Write lockoutTime")
+        if command.force_change_at_next_logon:
+            if user.number("userAccountControl") & UF_DONT_EXPIRE_PASSWD:
+                # As Microsoft's writeback does: AD ignores must-change for such accounts.
+                notes.append("force change skipped: the password never expires")
+            else:
+                changes["pwdLastSet"] = [(ldap3.MODIFY_REPLACE, ["0"])]
+                extra.append("Write pwdLastSet")
+        # Critical, so a DC that does not understand it refuses instead of silently ignoring it.
+        controls = [(hints, True, ldap.POLICY_HINTS_VALUE)] if hints else None
+        outcome = self._write(link, Operation.RESET, user, changes, controls, " and ".join(extra))
+        notes.append(f"initiator {command.initiator}" if command.initiator is Initiator.ADMIN
+                     else "self-service")
+        notes.append("policy hints " + (hints or "not available on this DC"))
+        return Outcome(outcome.reason, f"{outcome.detail}; {'; '.join(notes)}",
+                       outcome.custom_message)
+
+    def _change(self, link: ldap.Link, command: ChangePassword, user: User) -> Outcome:
+        failed = self._precheck(link, user, command.new_password, check_min_age=True,
+                                old_password=command.old_password)
+        if failed:
+            return failed
+        changes: dict[str, list[tuple[str, list[Any]]]] = {"unicodePwd": [
+            (ldap3.MODIFY_DELETE, [encode_unicode_pwd(command.old_password)]),
+            (ldap3.MODIFY_ADD, [encode_unicode_pwd(command.new_password)]),
+        ]}
+        return self._write(link, Operation.CHANGE, user, changes, None, "")
+
+    def _unlock(self, link: ldap.Link, command: UnlockAccount, user: User) -> Outcome:
+        locked = bool(user.number("msDS-User-Account-Control-Computed") & UF_LOCKOUT)
+        changes: dict[str, list[tuple[str, list[Any]]]] = {
+            "lockoutTime": [(ldap3.MODIFY_REPLACE, ["0"])]}
+        outcome = self._write(link, Operation.UNLOCK, user, changes, None, "")
+        if outcome.reason is Reason.APPLIED:
+            return Outcome(Reason.APPLIED, f"{outcome.detail}; " + (
+                "was locked out" if locked else "was not locked out"),
+                "The account is unlocked." if locked else "The account was not locked out.")
+        return outcome
+
+    def _write(
+        self, link: ldap.Link, operation: Operation, user: User,
+        changes: dict[str, list[tuple[str, list[Any]]]],
+        controls: list[tuple[str, bool, bytes]] | None, extra_rights: str,
+    ) -> Outcome:
+        result, message = link.modify(user.dn, changes, controls)
+        outcome = classify(operation, DirectoryAnswer.of(result, message), extra_rights)
+        log.info("directory_write", extra={
+            "operation": str(operation), "dn": user.dn, "dc": link.address.url,
+            "result": result, "reason": str(outcome.reason)})
+        return Outcome(outcome.reason, f"{outcome.detail}; dc {link.controller.dns_host_name}",
+                       outcome.custom_message)

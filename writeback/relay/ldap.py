@@ -1,0 +1,279 @@
+"""Connections to domain controllers: TLS, bind, the DC's own description, and failover.
+
+This is the one place that talks ldap3 at the connection level and the one place where ldap3's
+exceptions become ours (`translate_ldap_error`). TLS is always on and always validated: the
+certificate must chain to the configured CA and name the host we connected to (the standard
+library's own hostname check, TLS 1.2 or later). Of the configured DCs the relay prefers the PDC
+emulator, which every other DC forwards password changes to, and fails over to the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import ldap3
+from ldap3.core import exceptions as ldap_exc
+
+from writeback.errors import (
+    DirectoryAccessDenied,
+    DirectoryError,
+    DirectoryProtocolError,
+    DirectoryUnavailable,
+)
+from writeback.relay.settings import DirectorySettings, ServerAddress
+
+log = logging.getLogger(__name__)
+
+POLICY_HINTS_OID = "1.2.840.113556.1.4.2239"
+POLICY_HINTS_DEPRECATED_OID = "1.2.840.113556.1.4.2066"
+# PolicyHintsRequestValue ::= SEQUENCE { Flags INTEGER }, Flags = 1 (MS-ADTS 3.1.1.3.4.1.27).
+POLICY_HINTS_VALUE = bytes.fromhex("3003020101")
+SD_FLAGS_OID = "1.2.840.113556.1.4.801"
+SD_FLAGS_DACL = bytes.fromhex("3003020104")  # read the DACL only; needs no privilege
+
+# AcceptSecurityContext "data" codes in a failed bind (Samba emulates Windows).
+BIND_DATA = {
+    "52e": "wrong user name or password",
+    "525": "user not found",
+    "530": "logon not permitted at this time",
+    "531": "logon not permitted from this workstation",
+    "532": "password expired",
+    "533": "account disabled",
+    "701": "account expired",
+    "773": "password must be changed",
+    "775": "account locked out",
+}
+_BIND_DATA = re.compile(r"data ([0-9a-f]{3,4})", re.IGNORECASE)
+
+# ldap3 exceptions that mean "the connection to this DC is gone or never came up".
+_UNAVAILABLE = (
+    ldap_exc.LDAPCommunicationError,  # socket open/send/receive, session terminated, ...
+    ldap_exc.LDAPResponseTimeoutError,
+    ldap_exc.LDAPStartTLSError,
+    ldap_exc.LDAPSSLConfigurationError,
+    ldap_exc.LDAPCertificateError,
+    ldap_exc.LDAPSocketReceiveError,
+    ssl.SSLError,
+    OSError,
+)
+
+
+def translate_ldap_error(exc: BaseException, where: str) -> DirectoryError:
+    """The one conversion from ldap3/ssl/socket exceptions to ours. Never includes a password."""
+    if isinstance(exc, DirectoryError):
+        return exc
+    if isinstance(exc, _UNAVAILABLE):
+        text = str(exc) or type(exc).__name__
+        if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(exc, ldap_exc.LDAPCertificateError):
+            text = f"TLS certificate not trusted or not for this host ({text})"
+        return DirectoryUnavailable(f"{where}: {text}")
+    if isinstance(exc, ldap_exc.LDAPBindError | ldap_exc.LDAPInvalidCredentialsResult):
+        return DirectoryAccessDenied(f"{where}: bind refused: {describe_bind_failure(str(exc))}")
+    if isinstance(exc, ldap_exc.LDAPOperationResult):
+        return DirectoryProtocolError(f"{where}: LDAP {exc.result}: {exc.description}")
+    return DirectoryProtocolError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def describe_bind_failure(message: str) -> str:
+    match = _BIND_DATA.search(message)
+    if match and match.group(1).lower() in BIND_DATA:
+        return f"{BIND_DATA[match.group(1).lower()]} (data {match.group(1).lower()})"
+    return message.rstrip("\x00").strip() or "invalid credentials"
+
+
+class ValidatingTls(ldap3.Tls):  # type: ignore[misc]  # ldap3's classes are untyped
+    """ldap3 TLS with the standard library's certificate and hostname validation.
+
+    ldap3 2.9.1 turns the context's hostname check off and matches names itself with the
+    deprecated `ssl.match_hostname`; here the context does it, and refuses anything below TLS 1.2.
+    """
+
+    def __init__(self, ca_file: str) -> None:
+        super().__init__(validate=ssl.CERT_REQUIRED, ca_certs_file=ca_file)
+
+    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+        context = ssl.create_default_context(cafile=self.ca_certs_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        connection.socket = context.wrap_socket(
+            connection.socket,
+            server_hostname=connection.server.host,
+            do_handshake_on_connect=do_handshake,
+        )
+
+
+@dataclass(frozen=True)
+class DomainController:
+    """What a DC says about itself after the bind (rootDSE and the domain head)."""
+
+    address: ServerAddress
+    dns_host_name: str
+    naming_context: str
+    server_dn: str
+    pdc_dn: str
+    supported_controls: frozenset[str]
+    current_time: datetime | None
+
+    @property
+    def is_pdc(self) -> bool:
+        return self.server_dn.lower() == self.pdc_dn.lower()
+
+    @property
+    def policy_hints_oid(self) -> str | None:
+        """The policy-hints control this DC advertises: 2239, else 2066, else None."""
+        for oid in (POLICY_HINTS_OID, POLICY_HINTS_DEPRECATED_OID):
+            if oid in self.supported_controls:
+                return oid
+        return None
+
+
+def first(raw: dict[str, list[bytes]], name: str, default: str = "") -> str:
+    values = raw.get(name) or []
+    return values[0].decode("utf-8", "replace") if values else default
+
+
+def parse_generalized_time(value: str) -> datetime | None:
+    try:
+        return datetime.strptime(value.split(".")[0].rstrip("Z"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+class Link:
+    """One bound, validated connection to one DC."""
+
+    def __init__(self, settings: DirectorySettings, address: ServerAddress, password: str) -> None:
+        self.address = address
+        server = ldap3.Server(
+            address.host, port=address.port, use_ssl=address.ldaps,
+            tls=ValidatingTls(str(settings.ca_file)), get_info=ldap3.NONE,
+            connect_timeout=settings.connect_timeout,
+        )
+        self.connection = ldap3.Connection(
+            server, user=settings.bind_user, password=password,
+            authentication=ldap3.SIMPLE, raise_exceptions=False,
+            receive_timeout=max(1, round(settings.operation_timeout)), read_only=False,
+        )
+        where = address.url
+        try:
+            self.connection.open()
+            if not address.ldaps and not self.connection.start_tls():
+                raise DirectoryUnavailable(f"{where}: StartTLS refused: {self.connection.result}")
+            if not (address.ldaps or self.connection.tls_started):
+                raise DirectoryUnavailable(f"{where}: TLS did not start; refusing to bind")
+            if not self.connection.bind():
+                message = self.connection.result.get("message", "")
+                raise DirectoryAccessDenied(
+                    f"{where}: bind as {settings.bind_user} refused: "
+                    f"{describe_bind_failure(message)}"
+                )
+        except Exception as exc:
+            self.close()
+            raise translate_ldap_error(exc, where) from exc
+        self.controller = self._describe(settings.base_dn)
+
+    def _describe(self, base_dn: str | None) -> DomainController:
+        root = self.read("", ["defaultNamingContext", "dnsHostName", "dsServiceName",
+                              "supportedControl", "currentTime"])
+        naming_context = base_dn or first(root, "defaultNamingContext")
+        domain = self.read(naming_context, ["fSMORoleOwner"])
+        return DomainController(
+            address=self.address,
+            dns_host_name=first(root, "dnsHostName"),
+            naming_context=naming_context,
+            server_dn=first(root, "dsServiceName"),
+            pdc_dn=first(domain, "fSMORoleOwner"),
+            supported_controls=frozenset(
+                v.decode("ascii", "replace") for v in root.get("supportedControl", [])
+            ),
+            current_time=parse_generalized_time(first(root, "currentTime")),
+        )
+
+    def search(
+        self, base: str, query: str, attributes: Sequence[str], *, scope: str = ldap3.SUBTREE,
+        size_limit: int = 0, controls: list[tuple[str, bool, bytes]] | None = None,
+    ) -> list[tuple[str, dict[str, list[bytes]]]]:
+        """Entries as (dn, raw attributes). Raises DirectoryError; an empty list is 'none'."""
+        try:
+            self.connection.search(
+                base, query, search_scope=scope, attributes=list(attributes),
+                size_limit=size_limit, controls=controls,
+            )
+        except Exception as exc:
+            raise translate_ldap_error(exc, self.address.url) from exc
+        result = self.connection.result
+        code = result.get("result", 0)
+        if code == 32:  # noSuchObject
+            return []
+        if code == 50:
+            raise DirectoryAccessDenied(
+                f"{self.address.url}: reading {base or 'rootDSE'} refused: {result.get('message')}"
+            )
+        if code not in (0, 4):  # 4: sizeLimitExceeded still returns the entries it found
+            raise DirectoryProtocolError(
+                f"{self.address.url}: search of {base or 'rootDSE'} failed: LDAP {code} "
+                f"{result.get('message', '')}".rstrip()
+            )
+        return [
+            (entry["dn"], entry["raw_attributes"])
+            for entry in self.connection.response or []
+            if entry.get("type") == "searchResEntry"
+        ]
+
+    def read(self, dn: str, attributes: Sequence[str], **kwargs: Any) -> dict[str, list[bytes]]:
+        entries = self.search(dn, "(objectClass=*)", attributes, scope=ldap3.BASE, **kwargs)
+        return entries[0][1] if entries else {}
+
+    def modify(
+        self, dn: str, changes: dict[str, list[tuple[str, list[Any]]]],
+        controls: list[tuple[str, bool, bytes]] | None = None,
+    ) -> tuple[int, str]:
+        """Send one modify; (result code, diagnostic message). Never retried here."""
+        try:
+            self.connection.modify(dn, changes, controls=controls)
+        except Exception as exc:
+            raise translate_ldap_error(exc, self.address.url) from exc
+        result = self.connection.result
+        return int(result.get("result", 80)), str(result.get("message") or "")
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.connection.bound and not self.connection.closed)
+
+    def close(self) -> None:
+        try:
+            self.connection.unbind()
+        except Exception:  # noqa: BLE001, S110 - closing a broken socket may fail; nothing to do
+            pass
+
+
+def connect(settings: DirectorySettings, password: str) -> Link:
+    """Bind to the PDC emulator if it is among the configured DCs, else the first that answers."""
+    errors: list[str] = []
+    fallback: Link | None = None
+    for address in settings.servers:
+        try:
+            link = Link(settings, address, password)
+        except DirectoryError as exc:
+            errors.append(str(exc))
+            log.warning("dc_unreachable", extra={"dc": address.url, "error": str(exc)})
+            continue
+        if link.controller.is_pdc:
+            if fallback is not None:
+                fallback.close()
+            return link
+        if fallback is None:
+            fallback = link
+        else:
+            link.close()
+    if fallback is not None:
+        log.info("dc_not_pdc", extra={"dc": fallback.address.url, "pdc": fallback.controller.pdc_dn})
+        return fallback
+    if any("bind" in error and "refused" in error for error in errors):
+        raise DirectoryAccessDenied("; ".join(errors))
+    raise DirectoryUnavailable("no domain controller answered: " + "; ".join(errors))

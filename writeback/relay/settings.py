@@ -1,0 +1,152 @@
+"""The relay's directory settings, read once and validated at start-up.
+
+Every problem names the setting as the configuration file spells it (`directory.servers`), so an
+administrator can fix it without reading code. Plain LDAP is refused here: a password must never
+travel unencrypted, even to a DC that would accept it (Samba before 4.19 does).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from writeback.errors import ConfigurationError
+
+PASSWORD_ENV = "WRITEBACK_DIRECTORY_BIND_PASSWORD"
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """One DC: host, port and whether TLS starts at connect (LDAPS) or by StartTLS."""
+
+    url: str
+    host: str
+    port: int
+    ldaps: bool
+
+
+@dataclass(frozen=True)
+class DirectorySettings:
+    servers: tuple[ServerAddress, ...]
+    ca_file: Path
+    bind_user: str
+    scopes: tuple[str, ...]
+    base_dn: str | None = None
+    denied_groups: tuple[str, ...] = ()
+    allow_protected_reset: bool = False
+    bind_password_file: Path | None = None
+    connect_timeout: float = 5.0
+    operation_timeout: float = 10.0
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, object], section: str = "directory") -> DirectorySettings:
+        """Build from the `[directory]` table of relay.toml (or an equivalent mapping)."""
+        known = {
+            "servers", "start_tls", "ca_file", "bind_user", "bind_password_file", "base_dn",
+            "scopes", "denied_groups", "allow_protected_reset", "connect_timeout",
+            "operation_timeout",
+        }
+        for key in table:
+            if key not in known:
+                raise ConfigurationError(f"{section}.{key}", "unknown setting")
+        start_tls = _bool(table, section, "start_tls", default=False)
+        servers = tuple(
+            _server(url, start_tls, f"{section}.servers") for url in _strings(table, section, "servers")
+        )
+        if not servers:
+            raise ConfigurationError(f"{section}.servers", "list at least one domain controller")
+        ca_file = Path(_string(table, section, "ca_file"))
+        if not ca_file.is_file():
+            raise ConfigurationError(f"{section}.ca_file", f"{ca_file} is not a readable file")
+        scopes = tuple(_strings(table, section, "scopes"))
+        if not scopes:
+            raise ConfigurationError(
+                f"{section}.scopes", "list the OUs whose users writeback may manage"
+            )
+        password_file = table.get("bind_password_file")
+        return cls(
+            servers=servers,
+            ca_file=ca_file,
+            bind_user=_string(table, section, "bind_user"),
+            scopes=scopes,
+            base_dn=str(table["base_dn"]) if table.get("base_dn") else None,
+            denied_groups=tuple(_strings(table, section, "denied_groups", required=False)),
+            allow_protected_reset=_bool(table, section, "allow_protected_reset", default=False),
+            bind_password_file=Path(str(password_file)) if password_file else None,
+            connect_timeout=_number(table, section, "connect_timeout", 5.0),
+            operation_timeout=_number(table, section, "operation_timeout", 10.0),
+        )
+
+    def bind_password(self, environ: Mapping[str, str] = os.environ) -> str:
+        """The service account's password, from its file (owner-only) or the environment."""
+        if self.bind_password_file is None:
+            password = environ.get(PASSWORD_ENV, "")
+            if not password:
+                raise ConfigurationError(
+                    "directory.bind_password_file", f"not set, and {PASSWORD_ENV} is empty"
+                )
+            return password
+        path = self.bind_password_file
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigurationError("directory.bind_password_file", f"cannot read {path}") from exc
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigurationError(
+                "directory.bind_password_file",
+                f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it",
+            )
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+        if not password:
+            raise ConfigurationError("directory.bind_password_file", f"{path} is empty")
+        return password
+
+
+def _server(url: str, start_tls: bool, setting: str) -> ServerAddress:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ldaps", "ldap") or not parts.hostname:
+        raise ConfigurationError(setting, f"{url!r} is not an ldaps:// or ldap:// URL")
+    if parts.scheme == "ldap" and not start_tls:
+        raise ConfigurationError(
+            setting,
+            f"{url} is plain LDAP: use ldaps:// or set directory.start_tls = true "
+            "(passwords are never sent unencrypted)",
+        )
+    ldaps = parts.scheme == "ldaps"
+    return ServerAddress(url, parts.hostname, parts.port or (636 if ldaps else 389), ldaps)
+
+
+def _string(table: Mapping[str, object], section: str, key: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{section}.{key}", "required, as a non-empty string")
+    return value
+
+
+def _strings(
+    table: Mapping[str, object], section: str, key: str, *, required: bool = True
+) -> list[str]:
+    value = table.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigurationError(f"{section}.{key}", "required, as a list of strings")
+    return value
+
+
+def _bool(table: Mapping[str, object], section: str, key: str, *, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{section}.{key}", "must be true or false")
+    return value
+
+
+def _number(table: Mapping[str, object], section: str, key: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigurationError(f"{section}.{key}", "must be a positive number of seconds")
+    return float(value)
