@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ldap3
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPBindError, LDAPException
 
 from devstack.tls import issue_server_certificate
+from writeback.relay.ldap import ValidatingTls, discard
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,7 @@ class SambaDC:
         if self.root.exists() and any(self.root.iterdir()):
             raise DevstackError(f"{self.root} is not empty; remove it to provision a new DC")
         self.root.mkdir(parents=True, exist_ok=True)
-        tls = issue_server_certificate(
-            self.root / "tls", [self.names.dc_hostname, "localhost"]
-        )
+        tls = issue_server_certificate(self.root / "tls", [self.names.dc_hostname, "localhost"])
         (self.root / "log").mkdir()
         (self.root / "run").mkdir()
         # samba exits at start-up unless the NTP signing socket directory is exactly 0750.
@@ -146,7 +145,9 @@ class SambaDC:
             "tls cafile": str(tls.ca_file),
         }
         command = [
-            "samba-tool", "domain", "provision",
+            "samba-tool",
+            "domain",
+            "provision",
             "--server-role=dc",
             f"--realm={self.names.realm}",
             f"--domain={self.names.netbios}",
@@ -247,11 +248,19 @@ class SambaDC:
         return self.connection(self.admin_upn, ADMIN_PASSWORD)
 
     def connection(self, user: str, password: str) -> ldap3.Connection:
-        tls = ldap3.Tls(validate=2, ca_certs_file=str(self.ca_file))  # ssl.CERT_REQUIRED
-        server = ldap3.Server("localhost", port=636, use_ssl=True, tls=tls, connect_timeout=2)
-        return ldap3.Connection(
-            server, user=user, password=password, auto_bind=True, receive_timeout=10
+        """A validated LDAPS connection bound as `user`; raises LDAPBindError if refused."""
+        tls = ValidatingTls(str(self.ca_file))
+        server = ldap3.Server(
+            "localhost", port=636, use_ssl=True, tls=tls, connect_timeout=2, get_info=ldap3.NONE
         )
+        connection = ldap3.Connection(server, user=user, password=password, receive_timeout=10)
+        try:
+            if not connection.bind():
+                raise LDAPBindError(str(connection.result.get("message", "bind refused")))
+        except LDAPException:
+            discard(connection)
+            raise
+        return connection
 
     def _run(self, command: list[str], what: str) -> str:
         result = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -17,6 +17,7 @@ import ldap3
 from ldap3.utils.dn import escape_rdn
 
 from devstack.samba import SambaDC
+from writeback.relay.directory import sid_to_str
 
 SEED_PASSWORD = "Seed-Passw0rd!1"
 RELAY_PASSWORD = "Relay-Svc-Passw0rd!1"
@@ -75,10 +76,12 @@ def unique_name(prefix: str) -> str:
 
 def _sid(connection: ldap3.Connection, dn: str) -> str:
     connection.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["objectSid"])
-    return str(connection.entries[0].objectSid.value)
+    return sid_to_str(connection.response[0]["raw_attributes"]["objectSid"][0])
 
 
-def _add(connection: ldap3.Connection, dn: str, classes: list[str], attrs: dict[str, object]) -> None:
+def _add(
+    connection: ldap3.Connection, dn: str, classes: list[str], attrs: dict[str, object]
+) -> None:
     if not connection.add(dn, classes, attrs):
         raise RuntimeError(f"cannot add {dn}: {connection.result}")
 
@@ -132,24 +135,35 @@ def lock_out(dc: SambaDC, account: Account, attempts: int) -> None:
 
 
 def _create_pso(
-    connection: ldap3.Connection, base_dn: str, name: str, precedence: int, applies_to: str,
-    *, min_length: int, min_age_days: int,
+    connection: ldap3.Connection,
+    base_dn: str,
+    name: str,
+    precedence: int,
+    applies_to: str,
+    *,
+    min_length: int,
+    min_age_days: int,
 ) -> None:
     day = 24 * 3600 * 10_000_000  # 100-ns intervals, negative as AD stores them
     dn = f"CN={name},CN=Password Settings Container,CN=System,{base_dn}"
-    _add(connection, dn, ["top", "msDS-PasswordSettings"], {
-        "msDS-PasswordSettingsPrecedence": str(precedence),
-        "msDS-PasswordReversibleEncryptionEnabled": "FALSE",
-        "msDS-PasswordHistoryLength": "5",
-        "msDS-PasswordComplexityEnabled": "TRUE",
-        "msDS-MinimumPasswordLength": str(min_length),
-        "msDS-MinimumPasswordAge": str(-min_age_days * day),
-        "msDS-MaximumPasswordAge": str(-90 * day),
-        "msDS-LockoutThreshold": "5",
-        "msDS-LockoutObservationWindow": str(-day // 48),
-        "msDS-LockoutDuration": str(-day // 48),
-        "msDS-PSOAppliesTo": applies_to,
-    })
+    _add(
+        connection,
+        dn,
+        ["top", "msDS-PasswordSettings"],
+        {
+            "msDS-PasswordSettingsPrecedence": str(precedence),
+            "msDS-PasswordReversibleEncryptionEnabled": "FALSE",
+            "msDS-PasswordHistoryLength": "5",
+            "msDS-PasswordComplexityEnabled": "TRUE",
+            "msDS-MinimumPasswordLength": str(min_length),
+            "msDS-MinimumPasswordAge": str(-min_age_days * day),
+            "msDS-MaximumPasswordAge": str(-90 * day),
+            "msDS-LockoutThreshold": "5",
+            "msDS-LockoutObservationWindow": str(-day // 48),
+            "msDS-LockoutDuration": str(-day // 48),
+            "msDS-PSOAppliesTo": applies_to,
+        },
+    )
 
 
 def seed(dc: SambaDC) -> SeededDomain:
@@ -166,10 +180,24 @@ def seed(dc: SambaDC) -> SeededDomain:
     min_age_group = f"CN=Writeback Min Age,{users_ou}"
     for group in (strict_group, min_age_group):
         _add(connection, group, ["top", "group"], {"sAMAccountName": group[3:].split(",")[0]})
-    _create_pso(connection, base, "Writeback Strict", 10, strict_group,
-                min_length=STRICT_PSO_MIN_LENGTH, min_age_days=0)
-    _create_pso(connection, base, "Writeback Min Age", 20, min_age_group,
-                min_length=DOMAIN_POLICY["min_length"], min_age_days=1)
+    _create_pso(
+        connection,
+        base,
+        "Writeback Strict",
+        10,
+        strict_group,
+        min_length=STRICT_PSO_MIN_LENGTH,
+        min_age_days=0,
+    )
+    _create_pso(
+        connection,
+        base,
+        "Writeback Min Age",
+        20,
+        min_age_group,
+        min_length=DOMAIN_POLICY["min_length"],
+        min_age_days=1,
+    )
 
     domain_admins = f"CN=Domain Admins,CN=Users,{base}"
     users = {
@@ -177,22 +205,28 @@ def seed(dc: SambaDC) -> SeededDomain:
         "bob": create_user(connection, users_ou, domain, "bob", display_name="Bob Brown"),
         "carol.locked": create_user(connection, users_ou, domain, "carol.locked"),
         "dave.disabled": create_user(connection, users_ou, domain, "dave.disabled", disabled=True),
-        "erin.admin": create_user(connection, users_ou, domain, "erin.admin",
-                                  groups=(domain_admins,), admin_count=True),
-        "frank.strict": create_user(connection, users_ou, domain, "frank.strict",
-                                    groups=(strict_group,)),
+        "erin.admin": create_user(
+            connection, users_ou, domain, "erin.admin", groups=(domain_admins,), admin_count=True
+        ),
+        "frank.strict": create_user(
+            connection, users_ou, domain, "frank.strict", groups=(strict_group,)
+        ),
         "gina.outside": create_user(connection, outside_ou, domain, "gina.outside"),
-        "pat.obrien": create_user(connection, users_ou, domain, "pat.obrien",
-                                  cn='O\'Brien, Pat + "Q" \\ <QA>; =/ #1'),
+        "pat.obrien": create_user(
+            connection, users_ou, domain, "pat.obrien", cn='O\'Brien, Pat + "Q" \\ <QA>; =/ #1'
+        ),
     }
     lock_out(dc, users["carol.locked"], DOMAIN_POLICY["lockout_threshold"])
 
-    relay = create_user(connection, service_ou, domain, "svc-writeback", RELAY_PASSWORD,
-                        never_expires=True)
-    no_rights = create_user(connection, service_ou, domain, "svc-norights", RELAY_PASSWORD,
-                            never_expires=True)
-    reset_only = create_user(connection, service_ou, domain, "svc-resetonly", RELAY_PASSWORD,
-                             never_expires=True)
+    relay = create_user(
+        connection, service_ou, domain, "svc-writeback", RELAY_PASSWORD, never_expires=True
+    )
+    no_rights = create_user(
+        connection, service_ou, domain, "svc-norights", RELAY_PASSWORD, never_expires=True
+    )
+    reset_only = create_user(
+        connection, service_ou, domain, "svc-resetonly", RELAY_PASSWORD, never_expires=True
+    )
     relay_sid = _sid(connection, relay.dn)
     reset_only_sid = _sid(connection, reset_only.dn)
     connection.unbind()
@@ -201,27 +235,52 @@ def seed(dc: SambaDC) -> SeededDomain:
     # the relay itself restricts writes to its configured OUs.
     user_rights = "".join(
         f"(OA;CI;{mask};{right};{USER_CLASS};{relay_sid})"
-        for mask, right in (("CR", RESET_PASSWORD), ("CR", CHANGE_PASSWORD),
-                            ("RPWP", LOCKOUT_TIME), ("RPWP", PWD_LAST_SET))
+        for mask, right in (
+            ("CR", RESET_PASSWORD),
+            ("CR", CHANGE_PASSWORD),
+            ("RPWP", LOCKOUT_TIME),
+            ("RPWP", PWD_LAST_SET),
+        )
     )
-    dc.samba_tool("dsacl", "set", f"--objectdn={base}",
-                  f"--sddl={user_rights}(OA;;CR;{UNEXPIRE_PASSWORD};;{relay_sid})")
-    dc.samba_tool("dsacl", "set", f"--objectdn={base}",
-                  f"--sddl=(OA;CI;CR;{RESET_PASSWORD};{USER_CLASS};{reset_only_sid})")
-    dc.samba_tool("dsacl", "set",
-                  f"--objectdn=CN=Password Settings Container,CN=System,{base}",
-                  f"--sddl=(A;CI;RPLCLORC;;;{relay_sid})(A;CI;RPLCLORC;;;{reset_only_sid})")
+    dc.samba_tool(
+        "dsacl",
+        "set",
+        f"--objectdn={base}",
+        f"--sddl={user_rights}(OA;;CR;{UNEXPIRE_PASSWORD};;{relay_sid})",
+    )
+    dc.samba_tool(
+        "dsacl",
+        "set",
+        f"--objectdn={base}",
+        f"--sddl=(OA;CI;CR;{RESET_PASSWORD};{USER_CLASS};{reset_only_sid})",
+    )
+    dc.samba_tool(
+        "dsacl",
+        "set",
+        f"--objectdn=CN=Password Settings Container,CN=System,{base}",
+        f"--sddl=(A;CI;RPLCLORC;;;{relay_sid})(A;CI;RPLCLORC;;;{reset_only_sid})",
+    )
     return SeededDomain(
-        base_dn=base, dns_domain=domain, users_ou=users_ou, outside_ou=outside_ou,
-        service_ou=service_ou, relay=relay, no_rights=no_rights, reset_only=reset_only,
-        strict_group=strict_group, min_age_group=min_age_group, users=users,
+        base_dn=base,
+        dns_domain=domain,
+        users_ou=users_ou,
+        outside_ou=outside_ou,
+        service_ou=service_ou,
+        relay=relay,
+        no_rights=no_rights,
+        reset_only=reset_only,
+        strict_group=strict_group,
+        min_age_group=min_age_group,
+        users=users,
     )
 
 
 def set_domain_policy(dc: SambaDC) -> None:
     """The test policy: complexity and history on, minimum age 0, lockout after 5 failures."""
     dc.samba_tool(
-        "domain", "passwordsettings", "set",
+        "domain",
+        "passwordsettings",
+        "set",
         "--complexity=on",
         f"--history-length={DOMAIN_POLICY['history_length']}",
         f"--min-pwd-length={DOMAIN_POLICY['min_length']}",

@@ -43,14 +43,14 @@ class Reason(enum.StrEnum):
     POLICY_HISTORY = "policy.history"
     POLICY_MIN_AGE = "policy.min_age"
     POLICY_REJECTED = "policy.rejected"
-    OLD_PASSWORD_MISMATCH = "old_password.mismatch"
+    OLD_PASSWORD_MISMATCH = "old_password.mismatch"  # noqa: S105 - a reason code, not a secret
     USER_NOT_FOUND = "user.not_found"
     USER_AMBIGUOUS = "user.ambiguous"
     USER_PROTECTED = "user.protected"
     USER_OUT_OF_SCOPE = "user.out_of_scope"
     ACCOUNT_DISABLED = "account.disabled"
     ACCOUNT_LOCKED = "account.locked"
-    ACCOUNT_CANNOT_CHANGE_PASSWORD = "account.cannot_change_password"
+    ACCOUNT_CANNOT_CHANGE_PASSWORD = "account.cannot_change_password"  # noqa: S105 - a reason code
     REQUEST_INVALID = "request.invalid"
     # failed: something is broken; an administrator must act
     DIRECTORY_UNAVAILABLE = "directory.unavailable"
@@ -77,61 +77,89 @@ _ADMIN = "Please contact your helpdesk."
 _REASONS: dict[Reason, tuple[Status, str]] = {
     Reason.APPLIED: (Status.APPLIED, "Your password has been updated."),
     Reason.POLICY_LENGTH: (
-        Status.REJECTED, "The new password is too short for your organisation's policy."),
+        Status.REJECTED,
+        "The new password is too short for your organisation's policy.",
+    ),
     Reason.POLICY_COMPLEXITY: (
         Status.REJECTED,
         "The new password must use at least three of: upper-case letters, lower-case letters, "
-        "digits and symbols, and must not contain your account name or parts of your full name."),
+        "digits and symbols, and must not contain your account name or parts of your full name.",
+    ),
     Reason.POLICY_HISTORY: (
-        Status.REJECTED, "The new password was used recently. Choose one you have not used."),
+        Status.REJECTED,
+        "The new password was used recently. Choose one you have not used.",
+    ),
     Reason.POLICY_MIN_AGE: (
         Status.REJECTED,
-        "Your password was changed too recently to be changed again. Try again later."),
+        "Your password was changed too recently to be changed again. Try again later.",
+    ),
     Reason.POLICY_REJECTED: (
         Status.REJECTED,
         "The new password does not meet your organisation's password policy "
-        "(it may have been used before or contain a forbidden word). Choose another."),
-    Reason.OLD_PASSWORD_MISMATCH: (
-        Status.REJECTED, "The current password is not correct."),
+        "(it may have been used before or contain a forbidden word). Choose another.",
+    ),
+    Reason.OLD_PASSWORD_MISMATCH: (Status.REJECTED, "The current password is not correct."),
     Reason.USER_NOT_FOUND: (
-        Status.REJECTED, "No account with this user name was found in the on-premises directory."),
+        Status.REJECTED,
+        "No account with this user name was found in the on-premises directory.",
+    ),
     Reason.USER_AMBIGUOUS: (
-        Status.REJECTED, f"More than one on-premises account has this user name. {_ADMIN}"),
+        Status.REJECTED,
+        f"More than one on-premises account has this user name. {_ADMIN}",
+    ),
     Reason.USER_PROTECTED: (
         Status.REJECTED,
         "This is a privileged account: its password cannot be reset here. "
-        "Change it with the current password, or ask a domain administrator."),
+        "Change it with the current password, or ask a domain administrator.",
+    ),
     Reason.USER_OUT_OF_SCOPE: (
         Status.REJECTED,
-        f"Passwords of this account are not managed by password writeback. {_ADMIN}"),
+        f"Passwords of this account are not managed by password writeback. {_ADMIN}",
+    ),
     Reason.ACCOUNT_DISABLED: (Status.REJECTED, f"This account is disabled. {_ADMIN}"),
     Reason.ACCOUNT_LOCKED: (
         Status.REJECTED,
-        "This account is locked out. Unlock it or wait for the lockout to end, then try again."),
+        "This account is locked out. Unlock it or wait for the lockout to end, then try again.",
+    ),
     Reason.ACCOUNT_CANNOT_CHANGE_PASSWORD: (
-        Status.REJECTED, f"This account is not allowed to change its password. {_ADMIN}"),
+        Status.REJECTED,
+        f"This account is not allowed to change its password. {_ADMIN}",
+    ),
     Reason.REQUEST_INVALID: (Status.REJECTED, "The request is not valid."),
     Reason.DIRECTORY_UNAVAILABLE: (
-        Status.FAILED, "The on-premises directory cannot be reached right now. Try again later."),
+        Status.FAILED,
+        "The on-premises directory cannot be reached right now. Try again later.",
+    ),
     Reason.DIRECTORY_ACCESS_DENIED: (
         Status.FAILED,
-        f"Password writeback is missing a permission in the on-premises directory. {_ADMIN}"),
+        f"Password writeback is missing a permission in the on-premises directory. {_ADMIN}",
+    ),
     Reason.DIRECTORY_ERROR: (
-        Status.FAILED, f"The on-premises directory reported an unexpected error. {_ADMIN}"),
+        Status.FAILED,
+        f"The on-premises directory reported an unexpected error. {_ADMIN}",
+    ),
     Reason.REQUEST_EXPIRED: (
-        Status.FAILED, "The request took too long to reach your organisation. Try again."),
+        Status.FAILED,
+        "The request took too long to reach your organisation. Try again.",
+    ),
     Reason.REQUEST_REPLAYED: (Status.FAILED, "This request was already processed."),
     Reason.REQUEST_INVALID_SIGNATURE: (
-        Status.FAILED, f"The request could not be authenticated. {_ADMIN}"),
+        Status.FAILED,
+        f"The request could not be authenticated. {_ADMIN}",
+    ),
     Reason.REQUEST_UNDECRYPTABLE: (
-        Status.FAILED, f"The request could not be decrypted on-premises. {_ADMIN}"),
+        Status.FAILED,
+        f"The request could not be decrypted on-premises. {_ADMIN}",
+    ),
     Reason.AGENT_UNAVAILABLE: (
         Status.FAILED,
-        "Password writeback is not available right now: the on-premises agent is offline."),
+        "Password writeback is not available right now: the on-premises agent is offline.",
+    ),
     Reason.AGENT_TIMEOUT: (
         Status.FAILED,
         "The on-premises agent did not answer in time. The change may still be applied; "
-        "check the request's status before trying again."),
+        "check the request's status before trying again.",
+    ),
 }
 
 

@@ -47,21 +47,42 @@ from writeback.relay.settings import DirectorySettings
 
 log = logging.getLogger(__name__)
 
+MAX_UPN_LENGTH = 1024  # rangeUpper of userPrincipalName
 UF_ACCOUNTDISABLE = 0x2
 UF_DONT_EXPIRE_PASSWD = 0x10000
 UF_LOCKOUT = 0x10  # in msDS-User-Account-Control-Computed
 # Groups whose members AD protects with AdminSDHolder (domain-relative RIDs and BUILTIN SIDs).
 PROTECTED_RIDS = frozenset({512, 516, 518, 519, 521, 526, 527})
-PROTECTED_BUILTIN = frozenset({"S-1-5-32-544", "S-1-5-32-548", "S-1-5-32-549",
-                               "S-1-5-32-550", "S-1-5-32-551", "S-1-5-32-552"})
-USER_ATTRIBUTES = ("sAMAccountName", "displayName", "userAccountControl", "adminCount",
-                   "pwdLastSet", "lockoutTime", "msDS-User-Account-Control-Computed",
-                   "msDS-ResultantPSO", "objectGUID")
-DOMAIN_POLICY_ATTRIBUTES = ("minPwdLength", "pwdHistoryLength", "pwdProperties", "minPwdAge",
-                            "maxPwdAge", "lockoutThreshold")
-PSO_ATTRIBUTES = ("msDS-MinimumPasswordLength", "msDS-PasswordHistoryLength",
-                  "msDS-PasswordComplexityEnabled", "msDS-MinimumPasswordAge",
-                  "msDS-MaximumPasswordAge", "msDS-LockoutThreshold")
+PROTECTED_BUILTIN = frozenset(
+    {"S-1-5-32-544", "S-1-5-32-548", "S-1-5-32-549", "S-1-5-32-550", "S-1-5-32-551", "S-1-5-32-552"}
+)
+USER_ATTRIBUTES = (
+    "sAMAccountName",
+    "displayName",
+    "userAccountControl",
+    "adminCount",
+    "pwdLastSet",
+    "lockoutTime",
+    "msDS-User-Account-Control-Computed",
+    "msDS-ResultantPSO",
+    "objectGUID",
+)
+DOMAIN_POLICY_ATTRIBUTES = (
+    "minPwdLength",
+    "pwdHistoryLength",
+    "pwdProperties",
+    "minPwdAge",
+    "maxPwdAge",
+    "lockoutThreshold",
+)
+PSO_ATTRIBUTES = (
+    "msDS-MinimumPasswordLength",
+    "msDS-PasswordHistoryLength",
+    "msDS-PasswordComplexityEnabled",
+    "msDS-MinimumPasswordAge",
+    "msDS-MaximumPasswordAge",
+    "msDS-LockoutThreshold",
+)
 
 
 class Directory(Protocol):
@@ -104,6 +125,24 @@ class User:
         )
 
 
+def check_upn(upn: str) -> Outcome | None:
+    """Refuse user names that cannot be a UPN before they reach a filter.
+
+    Escaping alone is not enough: Samba matches `alice@corp\\00` (an escaped NUL) as `alice@corp`,
+    so a control character could select a different account than the caller named.
+    """
+    if not upn or len(upn) > MAX_UPN_LENGTH:
+        return Outcome(
+            Reason.REQUEST_INVALID, f"the user name must be 1 to {MAX_UPN_LENGTH} characters"
+        )
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in upn):
+        return Outcome(Reason.REQUEST_INVALID, "the user name contains a control character")
+    local, at, suffix = upn.rpartition("@")
+    if not at or not local or not suffix:
+        return Outcome(Reason.REQUEST_INVALID, "the user name is not of the form name@suffix")
+    return None
+
+
 def normalised_dn(dn: str) -> tuple[tuple[str, str], ...]:
     """A DN as comparable (attribute, value) pairs: case and escaping no longer matter."""
     return tuple((attr.lower(), value.lower()) for attr, value, _ in parse_dn(dn, escape=False))
@@ -114,7 +153,7 @@ def in_scope(dn: str, scopes: tuple[str, ...]) -> bool:
     target = normalised_dn(dn)
     for scope in scopes:
         suffix = normalised_dn(scope)
-        if len(target) >= len(suffix) and target[-len(suffix):] == suffix:
+        if len(target) >= len(suffix) and target[-len(suffix) :] == suffix:
             return True
     return False
 
@@ -123,7 +162,7 @@ def sid_to_str(raw: bytes) -> str:
     """A binary SID (MS-DTYP 2.4.2.2) in its S-1-... form."""
     authority = int.from_bytes(raw[2:8], "big")
     count = raw[1]
-    subs = [int.from_bytes(raw[8 + 4 * i: 12 + 4 * i], "little") for i in range(count)]
+    subs = [int.from_bytes(raw[8 + 4 * i : 12 + 4 * i], "little") for i in range(count)]
     return "-".join(["S", str(raw[0]), str(authority), *map(str, subs)])
 
 
@@ -131,7 +170,9 @@ class LdapDirectory:
     """The Directory port on ldap3, against the configured DCs."""
 
     def __init__(
-        self, settings: DirectorySettings, password: str,
+        self,
+        settings: DirectorySettings,
+        password: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         connect: Callable[[DirectorySettings, str], ldap.Link] = ldap.connect,
     ) -> None:
@@ -148,9 +189,15 @@ class LdapDirectory:
         if self._link is None or not self._link.alive:
             self._link = self._connect(self.settings, self._password)
             controller = self._link.controller
-            log.info("dc_connected", extra={
-                "dc": controller.address.url, "host": controller.dns_host_name,
-                "pdc": controller.is_pdc, "policy_hints": controller.policy_hints_oid})
+            log.info(
+                "dc_connected",
+                extra={
+                    "dc": controller.address.url,
+                    "host": controller.dns_host_name,
+                    "pdc": controller.is_pdc,
+                    "policy_hints": controller.policy_hints_oid,
+                },
+            )
         return self._link
 
     def _reading(self, read: Callable[[ldap.Link], Any]) -> Any:
@@ -171,8 +218,10 @@ class LdapDirectory:
             link = self._connected()
             controller = link.controller
             return Capabilities(
-                dc=controller.address.url, dc_host=controller.dns_host_name,
-                is_pdc=controller.is_pdc, policy_hints=controller.policy_hints_oid,
+                dc=controller.address.url,
+                dc_host=controller.dns_host_name,
+                is_pdc=controller.is_pdc,
+                policy_hints=controller.policy_hints_oid,
                 domain_policy=self._domain_policy(link),
             )
 
@@ -192,6 +241,9 @@ class LdapDirectory:
             invalid = check_syntax(password, what)
             if invalid:
                 return invalid
+        malformed = check_upn(command.user)
+        if malformed:
+            return malformed
         found = self._reading(lambda link: self._find(link, command.user))
         if isinstance(found, Outcome):
             return found
@@ -216,14 +268,18 @@ class LdapDirectory:
         return []
 
     def _find(self, link: ldap.Link, upn: str) -> User | Outcome:
-        query = ("(&(objectCategory=person)(objectClass=user)"
-                 f"(userPrincipalName={escape_filter_chars(upn)}))")
+        query = (
+            "(&(objectCategory=person)(objectClass=user)"
+            f"(userPrincipalName={escape_filter_chars(upn)}))"
+        )
         entries = link.search(link.controller.naming_context, query, USER_ATTRIBUTES, size_limit=2)
         if not entries:
             return Outcome(Reason.USER_NOT_FOUND, f"no user with userPrincipalName {upn!r}")
         if len(entries) > 1:
-            return Outcome(Reason.USER_AMBIGUOUS, "userPrincipalName matches " + " and ".join(
-                dn for dn, _ in entries))
+            return Outcome(
+                Reason.USER_AMBIGUOUS,
+                "userPrincipalName matches " + " and ".join(dn for dn, _ in entries),
+            )
         return User(*entries[0])
 
     def _refuse(self, command: Command, user: User) -> Outcome | None:
@@ -289,27 +345,43 @@ class LdapDirectory:
         attrs: dict[str, int | bool] = {}
         for name in PSO_ATTRIBUTES:
             value = ldap.first(raw, name, "0")
-            attrs[name] = value.upper() == "TRUE" if value.upper() in ("TRUE", "FALSE") else int(value)
+            attrs[name] = (
+                value.upper() == "TRUE" if value.upper() in ("TRUE", "FALSE") else int(value)
+            )
         name = parse_dn(pso_dn, escape=False)[0][1]
         return PasswordPolicy.from_pso(f"the password policy {name!r}", attrs, domain)
 
     def _precheck(
-        self, link: ldap.Link, user: User, new_password: str, *, check_min_age: bool,
+        self,
+        link: ldap.Link,
+        user: User,
+        new_password: str,
+        *,
+        check_min_age: bool,
         old_password: str | None = None,
     ) -> Outcome | None:
         policy = self._policy(link, user)
         if policy is None:
             return None  # the DC still enforces it; its answer is classified below
         if old_password is not None and policy.refuse_change:
-            return Outcome(Reason.ACCOUNT_CANNOT_CHANGE_PASSWORD,
-                           "the domain refuses password changes (pwdProperties)")
+            return Outcome(
+                Reason.ACCOUNT_CANNOT_CHANGE_PASSWORD,
+                "the domain refuses password changes (pwdProperties)",
+            )
         now = self._clock().replace(tzinfo=None)
-        return precheck(policy, new_password, user.facts, now,
-                        check_min_age=check_min_age, old_password=old_password)
+        return precheck(
+            policy,
+            new_password,
+            user.facts,
+            now,
+            check_min_age=check_min_age,
+            old_password=old_password,
+        )
 
     # -- the writes ----------------------------------------------------------------------
-    def _reset(self, link: ldap.Link, command: ResetPassword, user: User, hints: str | None
-               ) -> Outcome:
+    def _reset(
+        self, link: ldap.Link, command: ResetPassword, user: User, hints: str | None
+    ) -> Outcome:
         # With policy hints the DC enforces history and minimum age on the reset as on a change.
         failed = self._precheck(link, user, command.new_password, check_min_age=hints is not None)
         if failed:
@@ -330,44 +402,90 @@ class LdapDirectory:
                 extra.append("Write pwdLastSet")
         # Critical, so a DC that does not understand it refuses instead of silently ignoring it.
         controls = [(hints, True, ldap.POLICY_HINTS_VALUE)] if hints else None
-        outcome = self._write(link, Operation.RESET, user, changes, controls, " and ".join(extra))
-        notes.append(f"initiator {command.initiator}" if command.initiator is Initiator.ADMIN
-                     else "self-service")
+        outcome = self._write(
+            link,
+            operation=Operation.RESET,
+            user=user,
+            changes=changes,
+            controls=controls,
+            extra_rights=" and ".join(extra),
+        )
+        notes.append(
+            f"initiator {command.initiator}"
+            if command.initiator is Initiator.ADMIN
+            else "self-service"
+        )
         notes.append("policy hints " + (hints or "not available on this DC"))
-        return Outcome(outcome.reason, f"{outcome.detail}; {'; '.join(notes)}",
-                       outcome.custom_message)
+        return Outcome(
+            outcome.reason, f"{outcome.detail}; {'; '.join(notes)}", outcome.custom_message
+        )
 
     def _change(self, link: ldap.Link, command: ChangePassword, user: User) -> Outcome:
-        failed = self._precheck(link, user, command.new_password, check_min_age=True,
-                                old_password=command.old_password)
+        failed = self._precheck(
+            link, user, command.new_password, check_min_age=True, old_password=command.old_password
+        )
         if failed:
             return failed
-        changes: dict[str, list[tuple[str, list[Any]]]] = {"unicodePwd": [
-            (ldap3.MODIFY_DELETE, [encode_unicode_pwd(command.old_password)]),
-            (ldap3.MODIFY_ADD, [encode_unicode_pwd(command.new_password)]),
-        ]}
-        return self._write(link, Operation.CHANGE, user, changes, None, "")
+        changes: dict[str, list[tuple[str, list[Any]]]] = {
+            "unicodePwd": [
+                (ldap3.MODIFY_DELETE, [encode_unicode_pwd(command.old_password)]),
+                (ldap3.MODIFY_ADD, [encode_unicode_pwd(command.new_password)]),
+            ]
+        }
+        return self._write(
+            link,
+            operation=Operation.CHANGE,
+            user=user,
+            changes=changes,
+            controls=None,
+            extra_rights="",
+        )
 
     def _unlock(self, link: ldap.Link, command: UnlockAccount, user: User) -> Outcome:
         locked = bool(user.number("msDS-User-Account-Control-Computed") & UF_LOCKOUT)
         changes: dict[str, list[tuple[str, list[Any]]]] = {
-            "lockoutTime": [(ldap3.MODIFY_REPLACE, ["0"])]}
-        outcome = self._write(link, Operation.UNLOCK, user, changes, None, "")
+            "lockoutTime": [(ldap3.MODIFY_REPLACE, ["0"])]
+        }
+        outcome = self._write(
+            link,
+            operation=Operation.UNLOCK,
+            user=user,
+            changes=changes,
+            controls=None,
+            extra_rights="",
+        )
         if outcome.reason is Reason.APPLIED:
-            return Outcome(Reason.APPLIED, f"{outcome.detail}; " + (
-                "was locked out" if locked else "was not locked out"),
-                "The account is unlocked." if locked else "The account was not locked out.")
+            return Outcome(
+                Reason.APPLIED,
+                f"{outcome.detail}; " + ("was locked out" if locked else "was not locked out"),
+                "The account is unlocked." if locked else "The account was not locked out.",
+            )
         return outcome
 
     def _write(
-        self, link: ldap.Link, operation: Operation, user: User,
+        self,
+        link: ldap.Link,
+        *,
+        operation: Operation,
+        user: User,
         changes: dict[str, list[tuple[str, list[Any]]]],
-        controls: list[tuple[str, bool, bytes]] | None, extra_rights: str,
+        controls: list[tuple[str, bool, bytes]] | None,
+        extra_rights: str,
     ) -> Outcome:
         result, message = link.modify(user.dn, changes, controls)
         outcome = classify(operation, DirectoryAnswer.of(result, message), extra_rights)
-        log.info("directory_write", extra={
-            "operation": str(operation), "dn": user.dn, "dc": link.address.url,
-            "result": result, "reason": str(outcome.reason)})
-        return Outcome(outcome.reason, f"{outcome.detail}; dc {link.controller.dns_host_name}",
-                       outcome.custom_message)
+        log.info(
+            "directory_write",
+            extra={
+                "operation": str(operation),
+                "dn": user.dn,
+                "dc": link.address.url,
+                "result": result,
+                "reason": str(outcome.reason),
+            },
+        )
+        return Outcome(
+            outcome.reason,
+            f"{outcome.detail}; dc {link.controller.dns_host_name}",
+            outcome.custom_message,
+        )

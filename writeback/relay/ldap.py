@@ -9,13 +9,14 @@ emulator, which every other DC forwards password changes to, and fails over to t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
@@ -87,7 +88,7 @@ def describe_bind_failure(message: str) -> str:
     return message.rstrip("\x00").strip() or "invalid credentials"
 
 
-class ValidatingTls(ldap3.Tls):  # type: ignore[misc]  # ldap3's classes are untyped
+class ValidatingTls(ldap3.Tls):
     """ldap3 TLS with the standard library's certificate and hostname validation.
 
     ldap3 2.9.1 turns the context's hostname check off and matches names itself with the
@@ -139,7 +140,9 @@ def first(raw: dict[str, list[bytes]], name: str, default: str = "") -> str:
 
 def parse_generalized_time(value: str) -> datetime | None:
     try:
-        return datetime.strptime(value.split(".")[0].rstrip("Z"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        return datetime.strptime(value.split(".", 1)[0].rstrip("Z"), "%Y%m%d%H%M%S").replace(
+            tzinfo=UTC
+        )
     except ValueError:
         return None
 
@@ -150,14 +153,21 @@ class Link:
     def __init__(self, settings: DirectorySettings, address: ServerAddress, password: str) -> None:
         self.address = address
         server = ldap3.Server(
-            address.host, port=address.port, use_ssl=address.ldaps,
-            tls=ValidatingTls(str(settings.ca_file)), get_info=ldap3.NONE,
+            address.host,
+            port=address.port,
+            use_ssl=address.ldaps,
+            tls=ValidatingTls(str(settings.ca_file)),
+            get_info=ldap3.NONE,
             connect_timeout=settings.connect_timeout,
         )
         self.connection = ldap3.Connection(
-            server, user=settings.bind_user, password=password,
-            authentication=ldap3.SIMPLE, raise_exceptions=False,
-            receive_timeout=max(1, round(settings.operation_timeout)), read_only=False,
+            server,
+            user=settings.bind_user,
+            password=password,
+            authentication=ldap3.SIMPLE,
+            raise_exceptions=False,
+            receive_timeout=max(1, round(settings.operation_timeout)),
+            read_only=False,
         )
         where = address.url
         try:
@@ -178,8 +188,16 @@ class Link:
         self.controller = self._describe(settings.base_dn)
 
     def _describe(self, base_dn: str | None) -> DomainController:
-        root = self.read("", ["defaultNamingContext", "dnsHostName", "dsServiceName",
-                              "supportedControl", "currentTime"])
+        root = self.read(
+            "",
+            [
+                "defaultNamingContext",
+                "dnsHostName",
+                "dsServiceName",
+                "supportedControl",
+                "currentTime",
+            ],
+        )
         naming_context = base_dn or first(root, "defaultNamingContext")
         domain = self.read(naming_context, ["fSMORoleOwner"])
         return DomainController(
@@ -195,14 +213,24 @@ class Link:
         )
 
     def search(
-        self, base: str, query: str, attributes: Sequence[str], *, scope: str = ldap3.SUBTREE,
-        size_limit: int = 0, controls: list[tuple[str, bool, bytes]] | None = None,
+        self,
+        base: str,
+        query: str,
+        attributes: Sequence[str],
+        *,
+        scope: Literal["BASE", "LEVEL", "SUBTREE"] = "SUBTREE",
+        size_limit: int = 0,
+        controls: list[tuple[str, bool, bytes]] | None = None,
     ) -> list[tuple[str, dict[str, list[bytes]]]]:
         """Entries as (dn, raw attributes). Raises DirectoryError; an empty list is 'none'."""
         try:
             self.connection.search(
-                base, query, search_scope=scope, attributes=list(attributes),
-                size_limit=size_limit, controls=controls,
+                base,
+                query,
+                search_scope=scope,
+                attributes=list(attributes),
+                size_limit=size_limit,
+                controls=controls,
             )
         except Exception as exc:
             raise translate_ldap_error(exc, self.address.url) from exc
@@ -226,16 +254,19 @@ class Link:
         ]
 
     def read(self, dn: str, attributes: Sequence[str], **kwargs: Any) -> dict[str, list[bytes]]:
-        entries = self.search(dn, "(objectClass=*)", attributes, scope=ldap3.BASE, **kwargs)
+        entries = self.search(dn, "(objectClass=*)", attributes, scope="BASE", **kwargs)
         return entries[0][1] if entries else {}
 
     def modify(
-        self, dn: str, changes: dict[str, list[tuple[str, list[Any]]]],
+        self,
+        dn: str,
+        changes: dict[str, list[tuple[str, list[Any]]]],
         controls: list[tuple[str, bool, bytes]] | None = None,
     ) -> tuple[int, str]:
         """Send one modify; (result code, diagnostic message). Never retried here."""
         try:
-            self.connection.modify(dn, changes, controls=controls)
+            # types-ldap3 leaves modify unannotated
+            self.connection.modify(dn, changes, controls=controls)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise translate_ldap_error(exc, self.address.url) from exc
         result = self.connection.result
@@ -246,10 +277,18 @@ class Link:
         return bool(self.connection.bound and not self.connection.closed)
 
     def close(self) -> None:
-        try:
-            self.connection.unbind()
-        except Exception:  # noqa: BLE001, S110 - closing a broken socket may fail; nothing to do
-            pass
+        discard(self.connection)
+
+
+def discard(connection: ldap3.Connection) -> None:
+    """Unbind and close the socket, also when opening failed half-way (ldap3 then leaves the
+    socket it created open until garbage collection)."""
+    # Closing a broken connection may fail; there is nothing left to do about it then.
+    with contextlib.suppress(Exception):
+        connection.unbind()
+    sock = getattr(connection, "socket", None)
+    if sock is not None:
+        sock.close()
 
 
 def connect(settings: DirectorySettings, password: str) -> Link:
@@ -272,7 +311,9 @@ def connect(settings: DirectorySettings, password: str) -> Link:
         else:
             link.close()
     if fallback is not None:
-        log.info("dc_not_pdc", extra={"dc": fallback.address.url, "pdc": fallback.controller.pdc_dn})
+        log.info(
+            "dc_not_pdc", extra={"dc": fallback.address.url, "pdc": fallback.controller.pdc_dn}
+        )
         return fallback
     if any("bind" in error and "refused" in error for error in errors):
         raise DirectoryAccessDenied("; ".join(errors))

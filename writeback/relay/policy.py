@@ -39,7 +39,7 @@ def utf16_length(password: str) -> int:
 
 def interval(value: int) -> timedelta | None:
     """An AD duration (negative 100-ns units) as a timedelta; None for 'never'."""
-    if value == _NEVER or value == 0x7FFFFFFFFFFFFFFF:
+    if value in (_NEVER, 0x7FFFFFFFFFFFFFFF):
         return None
     return timedelta(microseconds=abs(value) // 10)
 
@@ -212,4 +212,3 @@ def _humanise(wait: timedelta) -> str:
     if minutes < 120:
         return f"{minutes} minute{'s' if minutes != 1 else ''}"
     return f"{(minutes + 59) // 60} hours"
-

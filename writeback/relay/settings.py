@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from writeback.errors import ConfigurationError
 
-PASSWORD_ENV = "WRITEBACK_DIRECTORY_BIND_PASSWORD"
+PASSWORD_ENV = "WRITEBACK_DIRECTORY_BIND_PASSWORD"  # noqa: S105 - the variable's name
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,21 @@ class DirectorySettings:
     operation_timeout: float = 10.0
 
     @classmethod
-    def from_mapping(cls, table: Mapping[str, object], section: str = "directory") -> DirectorySettings:
+    def from_mapping(
+        cls, table: Mapping[str, object], section: str = "directory"
+    ) -> DirectorySettings:
         """Build from the `[directory]` table of relay.toml (or an equivalent mapping)."""
         known = {
-            "servers", "start_tls", "ca_file", "bind_user", "bind_password_file", "base_dn",
-            "scopes", "denied_groups", "allow_protected_reset", "connect_timeout",
+            "servers",
+            "start_tls",
+            "ca_file",
+            "bind_user",
+            "bind_password_file",
+            "base_dn",
+            "scopes",
+            "denied_groups",
+            "allow_protected_reset",
+            "connect_timeout",
             "operation_timeout",
         }
         for key in table:
@@ -55,7 +65,8 @@ class DirectorySettings:
                 raise ConfigurationError(f"{section}.{key}", "unknown setting")
         start_tls = _bool(table, section, "start_tls", default=False)
         servers = tuple(
-            _server(url, start_tls, f"{section}.servers") for url in _strings(table, section, "servers")
+            _server(url, start_tls, f"{section}.servers")
+            for url in _strings(table, section, "servers")
         )
         if not servers:
             raise ConfigurationError(f"{section}.servers", "list at least one domain controller")

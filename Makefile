@@ -1,0 +1,54 @@
+# Writeback developer targets. On a fresh Debian machine use ./run <target> (as root), which
+# installs the system packages first; `make <target>` works once they are there.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_OPTS ?=
+
+.PHONY: deps lint typecheck test test-unit test-integration demo dc-up dc-down bench doctor clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: deps
+	$(BIN)/mypy
+
+# The README's test command: lint, types, unit and integration tests (a real Samba AD DC).
+test: lint typecheck
+	$(BIN)/pytest $(PYTEST_OPTS)
+
+test-unit: deps
+	$(BIN)/pytest -m unit $(PYTEST_OPTS)
+
+test-integration: deps
+	$(BIN)/pytest -m integration $(PYTEST_OPTS)
+
+# The README's main job: provision a local AD DC and write passwords back through the directory layer.
+demo: deps
+	$(BIN)/python -m devstack demo
+
+dc-up: deps
+	$(BIN)/python -m devstack up
+
+dc-down: deps
+	$(BIN)/python -m devstack down
+
+doctor: deps
+	$(BIN)/writeback-relay doctor --config .devstack/relay.toml
+
+bench: deps
+	$(BIN)/python -m bench.directory
+
+clean: dc-down
+	rm -rf .devstack

@@ -1,0 +1,250 @@
+"""`writeback-relay doctor`: check everything the directory layer depends on, and say what is wrong.
+
+Each check reads, never writes: TLS and the CA against every configured DC, the bind, the PDC
+emulator, the policy-hints control, clock skew, the configured OUs and groups, the rights of the
+relay's account (read from the DACLs, naming the missing right and what it breaks) and whether PSO
+rules can be read. A FAIL means writeback will not work as configured; a WARN means it works with a
+limitation that the report names.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ldap3.utils.conv import escape_filter_chars
+
+from writeback.errors import DirectoryError
+from writeback.relay import ldap, rights
+from writeback.relay.directory import sid_to_str
+from writeback.relay.settings import DirectorySettings
+
+SKEW_WARN_SECONDS = 60
+SKEW_FAIL_SECONDS = 300  # Kerberos' default tolerance; min-age and expiry checks drift with it
+
+
+class Level(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: Level
+    summary: str
+
+
+def _sd_controls() -> list[tuple[str, bool, bytes]]:
+    return [(ldap.SD_FLAGS_OID, True, ldap.SD_FLAGS_DACL)]
+
+
+def _account_sids(link: ldap.Link, bind_user: str) -> frozenset[str]:
+    if "=" in bind_user:
+        raw = link.read(bind_user, ["objectSid", "tokenGroups"])
+    else:
+        name = bind_user.rsplit("\\", 1)[-1]
+        query = (
+            f"(|(userPrincipalName={escape_filter_chars(name)})"
+            f"(sAMAccountName={escape_filter_chars(name)}))"
+        )
+        found = link.search(link.controller.naming_context, query, ["objectSid"], size_limit=1)
+        raw = link.read(found[0][0], ["objectSid", "tokenGroups"]) if found else {}
+    sids = {sid_to_str(value) for value in raw.get("objectSid", []) + raw.get("tokenGroups", [])}
+    return frozenset(sids | {rights.EVERYONE, rights.AUTHENTICATED_USERS})
+
+
+def _check_rights(link: ldap.Link, settings: DirectorySettings) -> list[Check]:
+    sids = _account_sids(link, settings.bind_user)
+    checks: list[Check] = []
+    for scope in settings.scopes:
+        users = link.search(
+            scope, "(&(objectCategory=person)(objectClass=user))", ["cn"], size_limit=1
+        )
+        target, for_children = (users[0][0], False) if users else (scope, True)
+        raw = link.read(target, ["nTSecurityDescriptor"], controls=_sd_controls())
+        if not raw.get("nTSecurityDescriptor"):
+            checks.append(
+                Check(
+                    f"rights in {scope}",
+                    Level.FAIL,
+                    f"cannot read the security descriptor of {target}",
+                )
+            )
+            continue
+        absent = rights.missing(
+            rights.parse(raw["nTSecurityDescriptor"][0]),
+            sids,
+            rights.USER_RIGHTS,
+            for_children=for_children,
+        )
+        where = f"checked on {target}" if users else "checked on the OU's inheritable ACEs"
+        if absent:
+            checks.extend(
+                Check(
+                    f"right {right.name} in {scope}",
+                    Level.FAIL,
+                    f"missing: {right.consequence} ({where})",
+                )
+                for right in absent
+            )
+        else:
+            names = ", ".join(right.name for right in rights.USER_RIGHTS)
+            checks.append(Check(f"rights in {scope}", Level.OK, f"{names} ({where})"))
+    domain = link.controller.naming_context
+    raw = link.read(domain, ["nTSecurityDescriptor"], controls=_sd_controls())
+    descriptor = (
+        rights.parse(raw["nTSecurityDescriptor"][0]) if raw.get("nTSecurityDescriptor") else None
+    )
+    for right in rights.DOMAIN_RIGHTS:
+        if descriptor is not None and rights.holds(descriptor, sids, right, for_children=False):
+            checks.append(Check(f"right {right.name} on {domain}", Level.OK, "granted"))
+        else:
+            checks.append(
+                Check(
+                    f"right {right.name} on {domain}", Level.FAIL, f"missing: {right.consequence}"
+                )
+            )
+    return checks
+
+
+def _check_psos(link: ldap.Link) -> Check:
+    container = f"CN=Password Settings Container,CN=System,{link.controller.naming_context}"
+    psos = link.search(
+        container,
+        "(objectClass=msDS-PasswordSettings)",
+        ["msDS-MinimumPasswordLength"],
+        scope="LEVEL",
+    )
+    if not psos:
+        # An unreadable container also lists nothing; the users' msDS-ResultantPSO tells.
+        used = link.search(
+            link.controller.naming_context, "(msDS-ResultantPSO=*)", ["cn"], size_limit=1
+        )
+        if not used:
+            return Check("password settings objects", Level.OK, "no PSO applies to any user")
+    if psos and all(attrs.get("msDS-MinimumPasswordLength") for _, attrs in psos):
+        return Check(
+            "password settings objects",
+            Level.OK,
+            f"{len(psos)} PSO(s) readable: their rules are pre-checked and named",
+        )
+    return Check(
+        "password settings objects",
+        Level.WARN,
+        "PSOs exist but cannot be read: users under a PSO get policy.rejected instead of "
+        f"the rule they broke; grant Read on {container}",
+    )
+
+
+def diagnose(
+    settings: DirectorySettings,
+    password: str,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[Check]:
+    """Run every check; never raises for a directory problem (it becomes a FAIL)."""
+    checks: list[Check] = []
+    links: list[ldap.Link] = []
+    for address in settings.servers:
+        try:
+            link = ldap.Link(settings, address, password)
+        except DirectoryError as exc:
+            problem = str(exc).removeprefix(f"{address.url}: ")
+            checks.append(Check(f"connect {address.url}", Level.FAIL, problem))
+            continue
+        links.append(link)
+        mode = "LDAPS" if address.ldaps else "StartTLS"
+        checks.append(
+            Check(
+                f"connect {address.url}",
+                Level.OK,
+                f"{mode}, certificate valid for {address.host} under "
+                f"{settings.ca_file}; bound as {settings.bind_user}",
+            )
+        )
+    if not links:
+        return checks
+    # With one DC working, an unreachable one only degrades failover.
+    checks = [
+        Check(c.name, Level.WARN, f"{c.summary} (failover to it will not work)")
+        if c.level is Level.FAIL
+        else c
+        for c in checks
+    ]
+    try:
+        link = next((candidate for candidate in links if candidate.controller.is_pdc), links[0])
+        controller = link.controller
+        pdc_server = controller.pdc_dn.split(",", 1)[-1]
+        pdc_host = ldap.first(link.read(pdc_server, ["dNSHostName"]), "dNSHostName", pdc_server)
+        if controller.is_pdc:
+            checks.append(Check("pdc emulator", Level.OK, f"{pdc_host} ({controller.address.url})"))
+        else:
+            checks.append(
+                Check(
+                    "pdc emulator",
+                    Level.WARN,
+                    f"the PDC emulator is {pdc_host}, not among directory.servers: "
+                    "password changes reach other DCs with a delay",
+                )
+            )
+        hints = controller.policy_hints_oid
+        checks.append(
+            Check("policy hints", Level.OK, f"advertised ({hints})")
+            if hints
+            else Check(
+                "policy hints",
+                Level.WARN,
+                "not advertised by this DC: resets cannot enforce password history and minimum age "
+                "(changes still do); needs Windows Server 2012+ or Samba 4.24+",
+            )
+        )
+        if controller.current_time is not None:
+            skew = abs((clock() - controller.current_time).total_seconds())
+            level = (
+                Level.OK
+                if skew < SKEW_WARN_SECONDS
+                else Level.WARN
+                if skew < SKEW_FAIL_SECONDS
+                else Level.FAIL
+            )
+            checks.append(
+                Check("clock skew", level, f"{skew:.0f}s against {controller.dns_host_name}")
+            )
+        for scope in settings.scopes:
+            found = link.read(scope, ["objectClass"])
+            checks.append(
+                Check(
+                    f"scope {scope}",
+                    Level.OK if found else Level.FAIL,
+                    "exists" if found else "not found (check directory.scopes)",
+                )
+            )
+        for group in settings.denied_groups:
+            found = link.read(group, ["objectSid"])
+            checks.append(
+                Check(
+                    f"denied group {group}",
+                    Level.OK if found else Level.FAIL,
+                    "exists" if found else "not found (check directory.denied_groups)",
+                )
+            )
+        checks.extend(_check_rights(link, settings))
+        checks.append(_check_psos(link))
+    except DirectoryError as exc:
+        checks.append(Check("directory", Level.FAIL, str(exc)))
+    finally:
+        for each in links:
+            each.close()
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    width = max((len(check.level) for check in checks), default=2)
+    lines = [f"[{check.level:<{width}}] {check.name}: {check.summary}" for check in checks]
+    failed = sum(check.level is Level.FAIL for check in checks)
+    warned = sum(check.level is Level.WARN for check in checks)
+    lines.append(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+    return "\n".join(lines)
