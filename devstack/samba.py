@@ -180,7 +180,7 @@ class SambaDC:
             if port_open("127.0.0.1", port):
                 raise DevstackError(
                     f"port {port} is already in use on 127.0.0.1: another DC is running "
-                    "(stop it with make down) or another LDAP server holds the port"
+                    "(stop it with make dc-down) or another LDAP server holds the port"
                 )
         output = (self.root / "log" / "samba.stdout").open("ab")
         self._process = subprocess.Popen(

@@ -1,15 +1,14 @@
 """A throwaway certificate authority for the local stack.
 
 Samba's auto-generated certificate has no subjectAltName and a random (sometimes negative) serial
-number, so the local DC gets a certificate from this CA instead: it names `localhost`, `127.0.0.1`
-and the DC's own DNS name, so the relay can validate it exactly as it would a production DC. The
+number, so the local DC gets a certificate from this CA instead: it names `localhost` and the
+DC's own DNS name, so the relay can validate it exactly as it would a production DC. The
 CA exists only inside the devstack directory; nothing here is ever trusted system-wide.
 """
 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def issue_server_certificate(directory: Path, dns_names: list[str]) -> TlsFiles:
-    """Create a CA and a server certificate for `dns_names` (plus 127.0.0.1) in `directory`."""
+    """Create a CA and a server certificate for `dns_names` in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -68,8 +67,8 @@ def issue_server_certificate(directory: Path, dns_names: list[str]) -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
+    # No IP address: connecting by 127.0.0.1 must fail hostname validation, as the tests show.
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))

@@ -57,8 +57,9 @@ def _account_sids(link: ldap.Link, bind_user: str) -> frozenset[str]:
     return frozenset(sids | {rights.EVERYONE, rights.AUTHENTICATED_USERS})
 
 
-def _check_rights(link: ldap.Link, settings: DirectorySettings) -> list[Check]:
-    sids = _account_sids(link, settings.bind_user)
+def _check_rights(
+    link: ldap.Link, settings: DirectorySettings, sids: frozenset[str]
+) -> list[Check]:
     checks: list[Check] = []
     for scope in settings.scopes:
         users = link.search(
@@ -111,8 +112,21 @@ def _check_rights(link: ldap.Link, settings: DirectorySettings) -> list[Check]:
     return checks
 
 
-def _check_psos(link: ldap.Link) -> Check:
+def _check_psos(link: ldap.Link, sids: frozenset[str]) -> Check:
     container = f"CN=Password Settings Container,CN=System,{link.controller.naming_context}"
+    unreadable = Check(
+        "password settings objects",
+        Level.WARN,
+        "cannot read PSOs: users under a PSO get policy.rejected instead of the rule they broke "
+        f"(grant Read on {container})",
+    )
+    # By default only administrators may list and read PSOs; a PSO the relay cannot read is
+    # simply invisible to it, so the container's DACL is what tells.
+    raw = link.read(container, ["nTSecurityDescriptor"], controls=_sd_controls())
+    if not raw.get("nTSecurityDescriptor") or not rights.holds(
+        rights.parse(raw["nTSecurityDescriptor"][0]), sids, rights.READ_PSOS, for_children=False
+    ):
+        return unreadable
     psos = link.search(
         container,
         "(objectClass=msDS-PasswordSettings)",
@@ -120,24 +134,14 @@ def _check_psos(link: ldap.Link) -> Check:
         scope="LEVEL",
     )
     if not psos:
-        # An unreadable container also lists nothing; the users' msDS-ResultantPSO tells.
-        used = link.search(
-            link.controller.naming_context, "(msDS-ResultantPSO=*)", ["cn"], size_limit=1
-        )
-        if not used:
-            return Check("password settings objects", Level.OK, "no PSO applies to any user")
-    if psos and all(attrs.get("msDS-MinimumPasswordLength") for _, attrs in psos):
+        return Check("password settings objects", Level.OK, "no PSO defined")
+    if all(attrs.get("msDS-MinimumPasswordLength") for _, attrs in psos):
         return Check(
             "password settings objects",
             Level.OK,
             f"{len(psos)} PSO(s) readable: their rules are pre-checked and named",
         )
-    return Check(
-        "password settings objects",
-        Level.WARN,
-        "PSOs exist but cannot be read: users under a PSO get policy.rejected instead of "
-        f"the rule they broke; grant Read on {container}",
-    )
+    return unreadable
 
 
 def diagnose(
@@ -231,8 +235,9 @@ def diagnose(
                     "exists" if found else "not found (check directory.denied_groups)",
                 )
             )
-        checks.extend(_check_rights(link, settings))
-        checks.append(_check_psos(link))
+        sids = _account_sids(link, settings.bind_user)
+        checks.extend(_check_rights(link, settings, sids))
+        checks.append(_check_psos(link, sids))
     except DirectoryError as exc:
         checks.append(Check("directory", Level.FAIL, str(exc)))
     finally:

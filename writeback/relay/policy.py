@@ -103,7 +103,7 @@ class PasswordPolicy:
             "historyLength": self.history_length,
             "complexity": self.complexity,
             "minAgeSeconds": int(self.min_age.total_seconds()) if self.min_age else 0,
-            "maxAgeSeconds": int(self.max_age.total_seconds()) if self.max_age else None,
+            "maxAgeSeconds": int(self.max_age.total_seconds()) if self.max_age else None,  # 0: never
         }
 
 
@@ -137,9 +137,13 @@ def check_syntax(password: str, what: str = "new password") -> Outcome | None:
     if "\x00" in password:
         return Outcome(Reason.REQUEST_INVALID, f"the {what} contains a NUL character")
     if utf16_length(password) > MAX_PASSWORD_UTF16:
+        detail = f"the {what} is longer than {MAX_PASSWORD_UTF16} UTF-16 code units"
+        if what != "new password":
+            # No account can have such a password: the request is wrong, not the policy.
+            return Outcome(Reason.REQUEST_INVALID, detail)
         return Outcome(
             Reason.POLICY_LENGTH,
-            f"the {what} is longer than {MAX_PASSWORD_UTF16} UTF-16 code units",
+            detail,
             f"The password must be at most {MAX_PASSWORD_UTF16} characters long.",
         )
     return None

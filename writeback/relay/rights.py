@@ -19,6 +19,8 @@ USER_CLASS = "bf967aba-0de6-11d0-a285-00aa003049e2"
 EVERYONE = "S-1-1-0"
 AUTHENTICATED_USERS = "S-1-5-11"
 
+LIST_CONTENTS = 0x4
+READ_PROPERTY = 0x10
 CONTROL_ACCESS = 0x100
 WRITE_PROPERTY = 0x20
 GENERIC_ALL = 0x10000000
@@ -67,6 +69,13 @@ UNEXPIRE_PASSWORD = Right(
     "ccc2dc7d-a6ad-4a7a-8846-c04e3cc53501",
     "on Windows DCs every reset password is stored as already expired (pwdLastSet=0), so users "
     "must change it again at their next logon (MS-SAMR 3.1.1.8.7)",
+)
+
+READ_PSOS = Right(
+    "Read password settings",
+    READ_PROPERTY | LIST_CONTENTS,
+    "",
+    "users under a PSO get policy.rejected instead of the rule they broke",
 )
 
 USER_RIGHTS = (RESET_PASSWORD, CHANGE_PASSWORD, WRITE_LOCKOUT_TIME, WRITE_PWD_LAST_SET)

@@ -1,0 +1,515 @@
+"""LdapDirectory against an in-memory DC: what it sends for each command, and what it refuses.
+
+The DC is `writeback.testing.FakeLink`: it serves the domain head, users, groups and PSOs from a
+dict, records every search and modify, and answers modifies with recorded DC answers. These tests
+cover what a Samba 4.17 test DC cannot show (reference section 7.11): Windows' answers, the policy
+hints control, and the relay's own refusals (protected accounts, scopes) that Samba never makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import ldap3
+import pytest
+
+from writeback.errors import DirectoryUnavailable
+from writeback.protocol import (
+    ChangePassword,
+    Command,
+    Initiator,
+    Outcome,
+    Reason,
+    ResetPassword,
+    UnlockAccount,
+)
+from writeback.relay.directory import DOMAIN_POLICY_ATTRIBUTES, LdapDirectory
+from writeback.relay.ldap import POLICY_HINTS_DEPRECATED_OID, POLICY_HINTS_OID
+from writeback.relay.policy import encode_unicode_pwd
+from writeback.relay.settings import DirectorySettings
+from writeback.testing import FakeLink, RawEntry, domain_controller, filetime, sid_bytes
+
+NC = "DC=example,DC=test"
+STAFF = f"OU=Staff,{NC}"
+ADMINS = f"OU=Admins,{NC}"
+ALICE = f"CN=Alice Example,{STAFF}"
+ALICE_UPN = "alice@example.test"
+STRICT_PSO = f"CN=Strict,CN=Password Settings Container,CN=System,{NC}"
+TIER0 = f"CN=Tier0,OU=Groups,{NC}"
+DOMAIN_SID = "S-1-5-21-1004336348-1177238915-682003330"
+NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
+DAY = -864_000_000_000
+NEW = "Sunny-Day-42"
+OLD = "Rainy-Day-41"
+HINTS_VALUE = b"\x30\x03\x02\x01\x01"
+UF_NORMAL_ACCOUNT = 0x200
+UF_DONT_EXPIRE_PASSWD = 0x10000
+WINDOWS_RESET_POLICY = (
+    53,
+    "0000052D: SvcErr: DSID-031A126C, problem 5003 (WILL_NOT_PERFORM), data 0\n\x00",
+)
+WINDOWS_WRONG_OLD = (
+    19,
+    "00000056: AtrErr: DSID-03190F80, #1:\n\t0: 00000056: DSID-03190F80, "
+    "problem 1005 (CONSTRAINT_ATT_TYPE), data 0, Att 9005a (unicodePwd)\n\x00",
+)
+WINDOWS_DENIED = (
+    50,
+    "00002098: SecErr: DSID-0315130F, problem 4003 (INSUFF_ACCESS_RIGHTS), data 0\n\x00",
+)
+
+
+def domain_head(**attributes: int) -> RawEntry:
+    values = {
+        "minPwdLength": 7,
+        "pwdHistoryLength": 24,
+        "pwdProperties": 1,
+        "minPwdAge": DAY,
+        "maxPwdAge": 42 * DAY,
+        "lockoutThreshold": 0,
+        **attributes,
+    }
+    return {
+        "objectClass": [b"top", b"domain", b"domainDNS"],
+        **{name: [str(value).encode()] for name, value in values.items()},
+    }
+
+
+def user(
+    *,
+    sam: str = "alice",
+    upn: str = ALICE_UPN,
+    display: str = "Alice Example",
+    uac: int = UF_NORMAL_ACCOUNT,
+    pwd_last_set: datetime = NOW - timedelta(days=30),
+    token_groups: Iterable[str] = (),
+    extra: RawEntry | None = None,
+    **more: list[bytes],
+) -> RawEntry:
+    return {
+        "objectClass": [b"top", b"person", b"organizationalPerson", b"user"],
+        "objectCategory": [f"CN=Person,CN=Schema,CN=Configuration,{NC}".encode()],
+        "sAMAccountName": [sam.encode()],
+        "userPrincipalName": [upn.encode()],
+        "displayName": [display.encode()],
+        "userAccountControl": [str(uac).encode()],
+        "pwdLastSet": [str(filetime(pwd_last_set)).encode()],
+        "objectGUID": [bytes(range(16))],
+        "tokenGroups": [sid_bytes(f"{DOMAIN_SID}-513"), *map(sid_bytes, token_groups)],
+        **(extra or {}),
+        **more,
+    }
+
+
+def make_link(
+    *,
+    controls: Iterable[str] = (),
+    users: dict[str, RawEntry] | None = None,
+    **more: RawEntry,
+) -> FakeLink:
+    entries = {NC: domain_head(), **(users if users is not None else {ALICE: user()}), **more}
+    return FakeLink(domain_controller(NC, supported_controls=controls), entries)
+
+
+def directory(link: FakeLink, **overrides: Any) -> LdapDirectory:
+    settings = DirectorySettings(
+        servers=(link.address,),
+        ca_file=Path("/nonexistent/ca.pem"),
+        bind_user=f"CN=svc-writeback,OU=Service,{NC}",
+        scopes=(STAFF,),
+    )
+    return LdapDirectory(
+        replace(settings, **overrides), "bind-password", clock=lambda: NOW, connect=link.connect
+    )
+
+
+def apply(link: FakeLink, command: Command, **overrides: Any) -> Outcome:
+    return directory(link, **overrides).apply(command)
+
+
+def user_searches(link: FakeLink) -> list[str]:
+    return [s.query for s in link.searches if s.scope == ldap3.SUBTREE]
+
+
+class TestPolicyHints:
+    def test_2239_is_sent_critical_with_flags_1(self) -> None:
+        """A DC advertising 2239 gets exactly one control: 2239, critical, value 30 03 02 01 01."""
+        link = make_link(controls=[POLICY_HINTS_OID, POLICY_HINTS_DEPRECATED_OID])
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        assert outcome.reason is Reason.APPLIED
+        [modify] = link.modifies
+        assert modify.controls == [("1.2.840.113556.1.4.2239", True, HINTS_VALUE)]
+        assert "policy hints 1.2.840.113556.1.4.2239" in outcome.detail
+
+    def test_2066_is_sent_when_it_is_the_only_one(self) -> None:
+        """A DC advertising only the deprecated OID gets 2066, still critical."""
+        link = make_link(controls=[POLICY_HINTS_DEPRECATED_OID])
+        apply(link, ResetPassword(ALICE_UPN, NEW))
+        [modify] = link.modifies
+        assert modify.controls == [("1.2.840.113556.1.4.2066", True, HINTS_VALUE)]
+
+    def test_no_control_when_neither_is_advertised(self) -> None:
+        """A DC advertising neither (Samba 4.17) gets no control, and the detail says so."""
+        link = make_link(controls=["1.2.840.113556.1.4.319"])
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        [modify] = link.modifies
+        assert not modify.controls
+        assert "policy hints not available on this DC" in outcome.detail
+
+    def test_min_age_is_prechecked_on_a_reset_with_hints(self) -> None:
+        """With hints the DC enforces minimum age on a reset, so the relay pre-checks it."""
+        link = make_link(
+            controls=[POLICY_HINTS_OID], users={ALICE: user(pwd_last_set=NOW - timedelta(hours=1))}
+        )
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        assert outcome.reason is Reason.POLICY_MIN_AGE
+        assert "23 hours" in outcome.message
+        assert link.modifies == []
+
+    def test_min_age_is_not_prechecked_on_a_reset_without_hints(self) -> None:
+        """Without hints a reset bypasses minimum age on the DC, so the relay lets it through."""
+        link = make_link(users={ALICE: user(pwd_last_set=NOW - timedelta(hours=1))})
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        assert outcome.reason is Reason.APPLIED
+        assert len(link.modifies) == 1
+
+
+class TestChange:
+    def test_one_modify_deletes_the_old_and_adds_the_new(self) -> None:
+        """A change is one modify: DELETE old then ADD new on unicodePwd, with no control."""
+        link = make_link(controls=[POLICY_HINTS_OID])
+        outcome = apply(link, ChangePassword(ALICE_UPN, OLD, NEW))
+        assert outcome.reason is Reason.APPLIED
+        [modify] = link.modifies
+        assert modify.dn == ALICE
+        assert modify.changes == {
+            "unicodePwd": [
+                (ldap3.MODIFY_DELETE, [encode_unicode_pwd(OLD)]),
+                (ldap3.MODIFY_ADD, [encode_unicode_pwd(NEW)]),
+            ]
+        }
+        assert modify.controls is None
+
+    def test_a_wrong_old_password_is_not_retried(self) -> None:
+        """Windows' 00000056 is old_password.mismatch after exactly one modify: no retry."""
+        link = make_link()
+        link.answer(WINDOWS_WRONG_OLD, (0, ""))
+        outcome = apply(link, ChangePassword(ALICE_UPN, OLD, NEW))
+        assert outcome.reason is Reason.OLD_PASSWORD_MISMATCH
+        assert len(link.modifies) == 1
+        assert "\x00" not in outcome.detail
+
+    def test_a_lost_connection_is_not_retried(self) -> None:
+        """A connection lost during the modify is directory.unavailable, with no second modify."""
+        link = make_link()
+        link.answer(DirectoryUnavailable("ldaps://dc1.example.test: session terminated"), (0, ""))
+        outcome = apply(link, ChangePassword(ALICE_UPN, OLD, NEW))
+        assert outcome.reason is Reason.DIRECTORY_UNAVAILABLE
+        assert len(link.modifies) == 1
+        assert link.closes == 1
+
+    def test_min_age_is_prechecked(self) -> None:
+        """A change within the minimum age is refused before anything is written."""
+        link = make_link(users={ALICE: user(pwd_last_set=NOW - timedelta(hours=1))})
+        outcome = apply(link, ChangePassword(ALICE_UPN, OLD, NEW))
+        assert outcome.reason is Reason.POLICY_MIN_AGE
+        assert link.modifies == []
+
+    def test_the_domain_refusing_changes_is_named(self) -> None:
+        """pwdProperties REFUSE_PASSWORD_CHANGE refuses a change with its own reason."""
+        link = make_link()
+        link.entries[NC] = domain_head(pwdProperties=0x21)
+        outcome = apply(link, ChangePassword(ALICE_UPN, OLD, NEW))
+        assert outcome.reason is Reason.ACCOUNT_CANNOT_CHANGE_PASSWORD
+        assert link.modifies == []
+
+
+class TestReset:
+    def test_windows_52d_after_passing_prechecks_is_policy_rejected(self) -> None:
+        """Windows' 53/0000052D for a password the pre-checks passed is policy.rejected."""
+        link = make_link()
+        link.answer(WINDOWS_RESET_POLICY)
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        assert outcome.reason is Reason.POLICY_REJECTED
+        assert "history or a password filter" in outcome.detail
+        assert "dc dc1.example.test" in outcome.detail
+
+    def test_a_password_failing_prechecks_is_never_sent(self) -> None:
+        """A too-short password is refused with the policy's minimum, before any modify."""
+        link = make_link()
+        outcome = apply(link, ResetPassword(ALICE_UPN, "Ab1!"))
+        assert outcome.reason is Reason.POLICY_LENGTH
+        assert "at least 7 characters" in outcome.message
+        assert link.modifies == []
+
+    def test_the_domain_policy_is_read_from_the_naming_context(self) -> None:
+        """The policy comes from a base read of the naming context's policy attributes."""
+        link = make_link()
+        apply(link, ResetPassword(ALICE_UPN, NEW))
+        reads = [s for s in link.searches if s.base == NC and s.scope == ldap3.BASE]
+        assert reads
+        assert set(reads[0].attributes) == set(DOMAIN_POLICY_ATTRIBUTES)
+
+    def test_admin_unlock_and_force_change_share_one_modify(self) -> None:
+        """unicodePwd, lockoutTime=0 and pwdLastSet=0 go in the same modify."""
+        link = make_link()
+        outcome = apply(
+            link,
+            ResetPassword(
+                ALICE_UPN, NEW, Initiator.ADMIN, unlock=True, force_change_at_next_logon=True
+            ),
+        )
+        assert outcome.reason is Reason.APPLIED
+        [modify] = link.modifies
+        assert modify.changes == {
+            "unicodePwd": [(ldap3.MODIFY_REPLACE, [encode_unicode_pwd(NEW)])],
+            "lockoutTime": [(ldap3.MODIFY_REPLACE, ["0"])],
+            "pwdLastSet": [(ldap3.MODIFY_REPLACE, ["0"])],
+        }
+        assert "initiator admin" in outcome.detail
+
+    def test_force_change_is_skipped_for_a_password_that_never_expires(self) -> None:
+        """For a DONT_EXPIRE_PASSWD account pwdLastSet is not written, and the detail says why."""
+        link = make_link(users={ALICE: user(uac=UF_NORMAL_ACCOUNT | UF_DONT_EXPIRE_PASSWD)})
+        outcome = apply(
+            link, ResetPassword(ALICE_UPN, NEW, Initiator.ADMIN, force_change_at_next_logon=True)
+        )
+        [modify] = link.modifies
+        assert set(modify.changes) == {"unicodePwd"}
+        assert "force change skipped" in outcome.detail
+
+    def test_access_denied_names_every_right_the_modify_needed(self) -> None:
+        """A refused reset with unlock and force change names all three rights it needed."""
+        link = make_link()
+        link.answer(WINDOWS_DENIED)
+        outcome = apply(
+            link,
+            ResetPassword(
+                ALICE_UPN, NEW, Initiator.ADMIN, unlock=True, force_change_at_next_logon=True
+            ),
+        )
+        assert outcome.reason is Reason.DIRECTORY_ACCESS_DENIED
+        assert (
+            "Reset Password extended right on the user object and Write lockoutTime and "
+            "Write pwdLastSet"
+        ) in outcome.detail
+
+    def test_a_pso_replaces_the_domain_policy(self) -> None:
+        """A user's resultant PSO is read and its rules (and name) are what the pre-check uses."""
+        pso: RawEntry = {
+            "objectClass": [b"msDS-PasswordSettings"],
+            "msDS-MinimumPasswordLength": [b"14"],
+            "msDS-PasswordHistoryLength": [b"24"],
+            "msDS-PasswordComplexityEnabled": [b"TRUE"],
+            "msDS-MinimumPasswordAge": [b"0"],
+            "msDS-MaximumPasswordAge": [str(90 * DAY).encode()],
+            "msDS-LockoutThreshold": [b"5"],
+        }
+        link = make_link(
+            users={ALICE: user(extra={"msDS-ResultantPSO": [STRICT_PSO.encode()]})},
+            **{STRICT_PSO: pso},
+        )
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        assert outcome.reason is Reason.POLICY_LENGTH
+        assert "the password policy 'Strict'" in outcome.detail
+        assert "at least 14 characters" in outcome.message
+        assert link.modifies == []
+
+    def test_an_unreadable_pso_leaves_the_decision_to_the_dc(self) -> None:
+        """When the PSO's attributes cannot be read the relay skips its pre-check and writes."""
+        link = make_link(users={ALICE: user(extra={"msDS-ResultantPSO": [STRICT_PSO.encode()]})})
+        outcome = apply(link, ResetPassword(ALICE_UPN, "Ab1!"))
+        assert outcome.reason is Reason.APPLIED
+        assert len(link.modifies) == 1
+
+
+class TestProtectedAccounts:
+    @pytest.mark.parametrize(
+        "protected",
+        [
+            user(adminCount=[b"1"]),
+            user(token_groups=[f"{DOMAIN_SID}-512"]),
+            user(token_groups=["S-1-5-32-544"]),
+        ],
+        ids=["adminCount", "Domain Admins", "BUILTIN Administrators"],
+    )
+    def test_reset_and_unlock_are_refused(self, protected: RawEntry) -> None:
+        """A protected account cannot be reset or unlocked through the relay; nothing is written."""
+        link = make_link(users={ALICE: protected})
+        reset = apply(link, ResetPassword(ALICE_UPN, NEW, Initiator.ADMIN))
+        unlock = apply(link, UnlockAccount(ALICE_UPN))
+        assert reset.reason is unlock.reason is Reason.USER_PROTECTED
+        assert ALICE in reset.detail
+        assert link.modifies == []
+
+    def test_the_protecting_group_is_named(self) -> None:
+        """The detail names the protected group's SID found in tokenGroups."""
+        link = make_link(users={ALICE: user(token_groups=[f"{DOMAIN_SID}-512"])})
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        assert f"member of the protected group {DOMAIN_SID}-512" in outcome.detail
+        assert [s.attributes for s in link.searches if s.base == ALICE] == [("tokenGroups",)]
+
+    @pytest.mark.parametrize(
+        "protected",
+        [user(adminCount=[b"1"]), user(token_groups=[f"{DOMAIN_SID}-512"])],
+        ids=["adminCount", "Domain Admins"],
+    )
+    def test_a_change_is_applied(self, protected: RawEntry) -> None:
+        """A protected user may still change their own password with the old one."""
+        link = make_link(users={ALICE: protected})
+        outcome = apply(link, ChangePassword(ALICE_UPN, OLD, NEW))
+        assert outcome.reason is Reason.APPLIED
+        assert len(link.modifies) == 1
+
+    def test_allow_protected_reset_lets_the_reset_through(self) -> None:
+        """With allow_protected_reset the relay resets a protected account."""
+        link = make_link(users={ALICE: user(adminCount=[b"1"])})
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW), allow_protected_reset=True)
+        assert outcome.reason is Reason.APPLIED
+        assert len(link.modifies) == 1
+
+    def test_a_denied_group_protects_its_members(self) -> None:
+        """Members of a configured denied group are refused like protected accounts."""
+        tier0_sid = f"{DOMAIN_SID}-1105"
+        link = make_link(
+            users={ALICE: user(token_groups=[tier0_sid])},
+            **{TIER0: {"objectClass": [b"group"], "objectSid": [sid_bytes(tier0_sid)]}},
+        )
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW), denied_groups=(TIER0,))
+        assert outcome.reason is Reason.USER_PROTECTED
+        assert f"member of a denied group {tier0_sid}" in outcome.detail
+        assert link.modifies == []
+
+
+class TestFindingTheUser:
+    def test_the_user_is_searched_by_upn_under_the_naming_context(self) -> None:
+        """The user is found by a subtree search for the UPN under the naming context."""
+        link = make_link()
+        apply(link, ResetPassword(ALICE_UPN, NEW))
+        search = next(s for s in link.searches if s.scope == ldap3.SUBTREE)
+        assert search.base == NC
+        assert f"(userPrincipalName={ALICE_UPN})" in search.query
+
+    def test_the_upn_is_escaped_in_the_filter(self) -> None:
+        """Filter metacharacters in the UPN are escaped, so they cannot widen the search."""
+        link = make_link()
+        outcome = apply(link, ResetPassword("*)(cn=*@example.test", NEW))
+        assert user_searches(link) == [
+            "(&(objectCategory=person)(objectClass=user)"
+            r"(userPrincipalName=\2a\29\28cn=\2a@example.test))"
+        ]
+        assert outcome.reason is Reason.USER_NOT_FOUND
+        assert link.modifies == []
+
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "*)(cn=*",
+            "alice",
+            "@example.test",
+            "alice@",
+            "alice@corp\x00",
+            "a\tb@corp",
+            "a" * 1020 + "@corp",
+        ],
+        ids=["filter", "no suffix", "no name", "empty suffix", "NUL", "tab", "too long"],
+    )
+    def test_a_name_that_cannot_be_a_upn_is_refused_before_searching(self, name: str) -> None:
+        """A name that is not name@suffix, or has a control character, never reaches a filter."""
+        link = make_link()
+        outcome = apply(link, ResetPassword(name, NEW))
+        assert outcome.reason is Reason.REQUEST_INVALID
+        assert "user name" in outcome.detail
+        assert link.searches == []
+
+    def test_an_unknown_upn_is_not_found(self) -> None:
+        """No entry with the UPN is user.not_found."""
+        link = make_link()
+        outcome = apply(link, UnlockAccount("bob@example.test"))
+        assert outcome.reason is Reason.USER_NOT_FOUND
+        assert link.modifies == []
+
+    def test_two_users_with_one_upn_are_ambiguous(self) -> None:
+        """Two entries with the same UPN are user.ambiguous, and both DNs are named."""
+        twin = f"CN=Alice Twin,{STAFF}"
+        link = make_link(users={ALICE: user(), twin: user(sam="alice2")})
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        assert outcome.reason is Reason.USER_AMBIGUOUS
+        assert ALICE in outcome.detail
+        assert twin in outcome.detail
+        assert link.modifies == []
+
+    def test_a_user_outside_the_scopes_is_refused(self) -> None:
+        """A user outside directory.scopes is user.out_of_scope, and nothing is written."""
+        link = make_link(users={f"CN=Alice Example,{ADMINS}": user()})
+        for command in (
+            ResetPassword(ALICE_UPN, NEW),
+            ChangePassword(ALICE_UPN, OLD, NEW),
+            UnlockAccount(ALICE_UPN),
+        ):
+            assert apply(link, command).reason is Reason.USER_OUT_OF_SCOPE
+        assert link.modifies == []
+
+    def test_scopes_compare_as_dns_not_text(self) -> None:
+        """Case does not matter; a sibling OU whose name ends alike is not in scope."""
+        inside = make_link(users={"cn=Alice Example,ou=STAFF,dc=Example,dc=TEST": user()})
+        beside = make_link(users={f"CN=Alice Example,OU=OldStaff,{NC}": user()})
+        assert apply(inside, ResetPassword(ALICE_UPN, NEW)).reason is Reason.APPLIED
+        assert apply(beside, ResetPassword(ALICE_UPN, NEW)).reason is Reason.USER_OUT_OF_SCOPE
+
+    def test_a_disabled_account_is_refused(self) -> None:
+        """A disabled account is account.disabled before any write."""
+        link = make_link(users={ALICE: user(uac=UF_NORMAL_ACCOUNT | 0x2)})
+        assert apply(link, ResetPassword(ALICE_UPN, NEW)).reason is Reason.ACCOUNT_DISABLED
+        assert link.modifies == []
+
+    def test_an_invalid_password_is_refused_before_any_search(self) -> None:
+        """An empty or NUL-bearing password is request.invalid without touching the DC."""
+        link = make_link()
+        assert apply(link, ChangePassword(ALICE_UPN, "", NEW)).reason is Reason.REQUEST_INVALID
+        assert apply(link, ResetPassword(ALICE_UPN, "a\x00b")).reason is Reason.REQUEST_INVALID
+        assert link.searches == []
+        assert link.connects == 0
+
+
+class TestUnlock:
+    def test_unlock_writes_lockout_time_zero(self) -> None:
+        """An unlock is one modify of lockoutTime to 0, and says whether the account was locked."""
+        link = make_link(users={ALICE: user(extra={"msDS-User-Account-Control-Computed": [b"16"]})})
+        outcome = apply(link, UnlockAccount(ALICE_UPN))
+        assert outcome.reason is Reason.APPLIED
+        assert outcome.message == "The account is unlocked."
+        [modify] = link.modifies
+        assert modify.changes == {"lockoutTime": [(ldap3.MODIFY_REPLACE, ["0"])]}
+
+    def test_unlocking_an_unlocked_account_says_so(self) -> None:
+        """An account that was not locked out is reported as such (still applied)."""
+        link = make_link()
+        outcome = apply(link, UnlockAccount(ALICE_UPN))
+        assert outcome.reason is Reason.APPLIED
+        assert outcome.message == "The account was not locked out."
+
+
+class TestFakeLink:
+    def test_serves_only_the_requested_attributes(self) -> None:
+        """A read returns only the attributes asked for, as the DC would."""
+        link = make_link()
+        assert link.read(ALICE, ["sAMAccountName"]) == {"sAMAccountName": [b"alice"]}
+        assert link.read(f"CN=Nobody,{STAFF}", ["sAMAccountName"]) == {}
+
+    def test_objectcategory_shorthand_matches_the_category_dn(self) -> None:
+        """`objectCategory=person` matches AD's stored category DN, as on a real DC."""
+        link = make_link()
+        found = link.search(NC, "(&(objectCategory=person)(sAMAccountName=ALICE))", ["cn"])
+        assert [dn for dn, _ in found] == [ALICE]
+        assert link.search(NC, "(objectCategory=group)", ["cn"]) == []
+
+    def test_unsupported_filters_are_an_error(self) -> None:
+        """A filter the fake cannot evaluate fails loudly rather than matching nothing."""
+        link = make_link()
+        with pytest.raises(ValueError, match="unsupported"):
+            link.search(NC, "(pwdLastSet>=1)", ["cn"])
