@@ -103,7 +103,8 @@ class PasswordPolicy:
             "historyLength": self.history_length,
             "complexity": self.complexity,
             "minAgeSeconds": int(self.min_age.total_seconds()) if self.min_age else 0,
-            "maxAgeSeconds": int(self.max_age.total_seconds()) if self.max_age else None,  # 0: never
+            # AD stores "never expires" as 0 or the most negative value; both read as None.
+            "maxAgeSeconds": int(self.max_age.total_seconds()) if self.max_age else None,
         }
 
 
