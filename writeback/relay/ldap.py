@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -291,15 +291,19 @@ def discard(connection: ldap3.Connection) -> None:
         sock.close()
 
 
-def connect(settings: DirectorySettings, password: str) -> Link:
+def connect(
+    settings: DirectorySettings,
+    password: str,
+    open_link: Callable[[DirectorySettings, ServerAddress, str], Link] = Link,
+) -> Link:
     """Bind to the PDC emulator if it is among the configured DCs, else the first that answers."""
-    errors: list[str] = []
+    errors: list[DirectoryError] = []
     fallback: Link | None = None
     for address in settings.servers:
         try:
-            link = Link(settings, address, password)
+            link = open_link(settings, address, password)
         except DirectoryError as exc:
-            errors.append(str(exc))
+            errors.append(exc)
             log.warning("dc_unreachable", extra={"dc": address.url, "error": str(exc)})
             continue
         if link.controller.is_pdc:
@@ -315,6 +319,8 @@ def connect(settings: DirectorySettings, password: str) -> Link:
             "dc_not_pdc", extra={"dc": fallback.address.url, "pdc": fallback.controller.pdc_dn}
         )
         return fallback
-    if any("bind" in error and "refused" in error for error in errors):
-        raise DirectoryAccessDenied("; ".join(errors))
-    raise DirectoryUnavailable("no domain controller answered: " + "; ".join(errors))
+    summary = "; ".join(map(str, errors))
+    # A DC that answers but refuses the bind points at the relay's account, the likelier fix.
+    if any(isinstance(error, DirectoryAccessDenied) for error in errors):
+        raise DirectoryAccessDenied(summary)
+    raise DirectoryUnavailable(f"no domain controller answered: {summary}")
