@@ -27,7 +27,8 @@ from writeback.protocol import (
     ResetPassword,
     UnlockAccount,
 )
-from writeback.relay.directory import DOMAIN_POLICY_ATTRIBUTES, LdapDirectory
+from writeback.relay.accounts import DOMAIN_POLICY_ATTRIBUTES
+from writeback.relay.directory import LdapDirectory
 from writeback.relay.ldap import POLICY_HINTS_DEPRECATED_OID, POLICY_HINTS_OID
 from writeback.relay.policy import encode_unicode_pwd
 from writeback.relay.settings import DirectorySettings

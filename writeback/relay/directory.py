@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import ldap3
-from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import parse_dn
 
 from writeback.errors import DirectoryError, DirectoryUnavailable
 from writeback.protocol import (
@@ -33,56 +31,18 @@ from writeback.protocol import (
     ResetPassword,
     UnlockAccount,
 )
-from writeback.relay import ldap
+from writeback.relay import accounts, ldap
+from writeback.relay.accounts import User
 from writeback.relay.policy import (
-    AccountFacts,
     PasswordPolicy,
     check_syntax,
     encode_unicode_pwd,
-    filetime,
     precheck,
 )
 from writeback.relay.results import DirectoryAnswer, classify
 from writeback.relay.settings import DirectorySettings
 
 log = logging.getLogger(__name__)
-
-MAX_UPN_LENGTH = 1024  # rangeUpper of userPrincipalName
-UF_ACCOUNTDISABLE = 0x2
-UF_DONT_EXPIRE_PASSWD = 0x10000
-UF_LOCKOUT = 0x10  # in msDS-User-Account-Control-Computed
-# Groups whose members AD protects with AdminSDHolder (domain-relative RIDs and BUILTIN SIDs).
-PROTECTED_RIDS = frozenset({512, 516, 518, 519, 521, 526, 527})
-PROTECTED_BUILTIN = frozenset(
-    {"S-1-5-32-544", "S-1-5-32-548", "S-1-5-32-549", "S-1-5-32-550", "S-1-5-32-551", "S-1-5-32-552"}
-)
-USER_ATTRIBUTES = (
-    "sAMAccountName",
-    "displayName",
-    "userAccountControl",
-    "adminCount",
-    "pwdLastSet",
-    "lockoutTime",
-    "msDS-User-Account-Control-Computed",
-    "msDS-ResultantPSO",
-    "objectGUID",
-)
-DOMAIN_POLICY_ATTRIBUTES = (
-    "minPwdLength",
-    "pwdHistoryLength",
-    "pwdProperties",
-    "minPwdAge",
-    "maxPwdAge",
-    "lockoutThreshold",
-)
-PSO_ATTRIBUTES = (
-    "msDS-MinimumPasswordLength",
-    "msDS-PasswordHistoryLength",
-    "msDS-PasswordComplexityEnabled",
-    "msDS-MinimumPasswordAge",
-    "msDS-MaximumPasswordAge",
-    "msDS-LockoutThreshold",
-)
 
 
 class Directory(Protocol):
@@ -102,68 +62,6 @@ class Capabilities:
     is_pdc: bool
     policy_hints: str | None
     domain_policy: PasswordPolicy
-
-
-@dataclass(frozen=True)
-class User:
-    dn: str
-    raw: dict[str, list[bytes]]
-
-    def number(self, name: str) -> int:
-        value = ldap.first(self.raw, name, "0")
-        try:
-            return int(value)
-        except ValueError:
-            return 1 if value.upper() == "TRUE" else 0
-
-    @property
-    def facts(self) -> AccountFacts:
-        return AccountFacts(
-            sam_account_name=ldap.first(self.raw, "sAMAccountName"),
-            display_name=ldap.first(self.raw, "displayName"),
-            pwd_last_set=filetime(self.number("pwdLastSet")),
-        )
-
-
-def check_upn(upn: str) -> Outcome | None:
-    """Refuse user names that cannot be a UPN before they reach a filter.
-
-    Escaping alone is not enough: Samba matches `alice@corp\\00` (an escaped NUL) as `alice@corp`,
-    so a control character could select a different account than the caller named.
-    """
-    if not upn or len(upn) > MAX_UPN_LENGTH:
-        return Outcome(
-            Reason.REQUEST_INVALID, f"the user name must be 1 to {MAX_UPN_LENGTH} characters"
-        )
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in upn):
-        return Outcome(Reason.REQUEST_INVALID, "the user name contains a control character")
-    local, at, suffix = upn.rpartition("@")
-    if not at or not local or not suffix:
-        return Outcome(Reason.REQUEST_INVALID, "the user name is not of the form name@suffix")
-    return None
-
-
-def normalised_dn(dn: str) -> tuple[tuple[str, str], ...]:
-    """A DN as comparable (attribute, value) pairs: case and escaping no longer matter."""
-    return tuple((attr.lower(), value.lower()) for attr, value, _ in parse_dn(dn, escape=False))
-
-
-def in_scope(dn: str, scopes: tuple[str, ...]) -> bool:
-    """True when `dn` is inside one of the OUs (a DN is in scope of itself)."""
-    target = normalised_dn(dn)
-    for scope in scopes:
-        suffix = normalised_dn(scope)
-        if len(target) >= len(suffix) and target[-len(suffix) :] == suffix:
-            return True
-    return False
-
-
-def sid_to_str(raw: bytes) -> str:
-    """A binary SID (MS-DTYP 2.4.2.2) in its S-1-... form."""
-    authority = int.from_bytes(raw[2:8], "big")
-    count = raw[1]
-    subs = [int.from_bytes(raw[8 + 4 * i : 12 + 4 * i], "little") for i in range(count)]
-    return "-".join(["S", str(raw[0]), str(authority), *map(str, subs)])
 
 
 class LdapDirectory:
@@ -222,7 +120,7 @@ class LdapDirectory:
                 dc_host=controller.dns_host_name,
                 is_pdc=controller.is_pdc,
                 policy_hints=controller.policy_hints_oid,
-                domain_policy=self._domain_policy(link),
+                domain_policy=accounts.read_domain_policy(link),
             )
 
     # -- the operation -------------------------------------------------------------------
@@ -241,10 +139,10 @@ class LdapDirectory:
             invalid = check_syntax(password, what)
             if invalid:
                 return invalid
-        malformed = check_upn(command.user)
+        malformed = accounts.check_upn(command.user)
         if malformed:
             return malformed
-        found = self._reading(lambda link: self._find(link, command.user))
+        found = self._reading(lambda link: accounts.find_user(link, command.user))
         if isinstance(found, Outcome):
             return found
         user: User = found
@@ -267,26 +165,11 @@ class LdapDirectory:
             return [(command.old_password, "old password"), (command.new_password, "new password")]
         return []
 
-    def _find(self, link: ldap.Link, upn: str) -> User | Outcome:
-        query = (
-            "(&(objectCategory=person)(objectClass=user)"
-            f"(userPrincipalName={escape_filter_chars(upn)}))"
-        )
-        entries = link.search(link.controller.naming_context, query, USER_ATTRIBUTES, size_limit=2)
-        if not entries:
-            return Outcome(Reason.USER_NOT_FOUND, f"no user with userPrincipalName {upn!r}")
-        if len(entries) > 1:
-            return Outcome(
-                Reason.USER_AMBIGUOUS,
-                "userPrincipalName matches " + " and ".join(dn for dn, _ in entries),
-            )
-        return User(*entries[0])
-
     def _refuse(self, command: Command, user: User) -> Outcome | None:
         """What the relay refuses whatever AD would allow (Samba enforces none of it)."""
-        if not in_scope(user.dn, self.settings.scopes):
+        if not accounts.in_scope(user.dn, self.settings.scopes):
             return Outcome(Reason.USER_OUT_OF_SCOPE, f"{user.dn} is outside the configured OUs")
-        if user.number("userAccountControl") & UF_ACCOUNTDISABLE:
+        if user.number("userAccountControl") & accounts.UF_ACCOUNTDISABLE:
             return Outcome(Reason.ACCOUNT_DISABLED, f"{user.dn} is disabled")
         # As in Microsoft's writeback: an administrator may change their own password with the
         # old one, but a reset or unlock of a privileged account through the cloud would let
@@ -302,16 +185,8 @@ class LdapDirectory:
             return "adminCount=1"
         link = self._connected()
         raw = link.read(user.dn, ["tokenGroups"])
-        sids = {sid_to_str(value) for value in raw.get("tokenGroups", [])}
-        for sid in sids:
-            if sid in PROTECTED_BUILTIN or (
-                sid.startswith("S-1-5-21-") and int(sid.rsplit("-", 1)[1]) in PROTECTED_RIDS
-            ):
-                return f"member of the protected group {sid}"
-        denied = sids & self._denied_group_sids(link)
-        if denied:
-            return f"member of a denied group {sorted(denied)[0]}"
-        return None
+        sids = {accounts.sid_to_str(value) for value in raw.get("tokenGroups", [])}
+        return accounts.protected_by(sids, self._denied_group_sids(link))
 
     def _denied_group_sids(self, link: ldap.Link) -> frozenset[str]:
         if self._denied_sids is None:
@@ -320,37 +195,11 @@ class LdapDirectory:
                 raw = link.read(group, ["objectSid"])
                 if not raw.get("objectSid"):
                     raise DirectoryError(f"directory.denied_groups: {group} not found")
-                sids.add(sid_to_str(raw["objectSid"][0]))
+                sids.add(accounts.sid_to_str(raw["objectSid"][0]))
             self._denied_sids = frozenset(sids)
         return self._denied_sids
 
     # -- policy --------------------------------------------------------------------------
-    def _domain_policy(self, link: ldap.Link) -> PasswordPolicy:
-        raw = link.read(link.controller.naming_context, DOMAIN_POLICY_ATTRIBUTES)
-        return PasswordPolicy.from_domain(
-            "the domain policy",
-            {name: int(ldap.first(raw, name, "0")) for name in DOMAIN_POLICY_ATTRIBUTES},
-        )
-
-    def _policy(self, link: ldap.Link, user: User) -> PasswordPolicy | None:
-        """The user's resultant policy; None when a PSO applies that the relay cannot read."""
-        domain = self._domain_policy(link)
-        pso_dn = ldap.first(user.raw, "msDS-ResultantPSO")
-        if not pso_dn:
-            return domain
-        raw = link.read(pso_dn, PSO_ATTRIBUTES)
-        if not raw.get("msDS-MinimumPasswordLength"):
-            log.warning("pso_unreadable", extra={"pso": pso_dn})
-            return None
-        attrs: dict[str, int | bool] = {}
-        for name in PSO_ATTRIBUTES:
-            value = ldap.first(raw, name, "0")
-            attrs[name] = (
-                value.upper() == "TRUE" if value.upper() in ("TRUE", "FALSE") else int(value)
-            )
-        name = parse_dn(pso_dn, escape=False)[0][1]
-        return PasswordPolicy.from_pso(f"the password policy {name!r}", attrs, domain)
-
     def _precheck(
         self,
         link: ldap.Link,
@@ -360,7 +209,7 @@ class LdapDirectory:
         check_min_age: bool,
         old_password: str | None = None,
     ) -> Outcome | None:
-        policy = self._policy(link, user)
+        policy = accounts.read_resultant_policy(link, user)
         if policy is None:
             return None  # the DC still enforces it; its answer is classified below
         if old_password is not None and policy.refuse_change:
@@ -394,7 +243,7 @@ class LdapDirectory:
             changes["lockoutTime"] = [(ldap3.MODIFY_REPLACE, ["0"])]
             extra.append("Write lockoutTime")
         if command.force_change_at_next_logon:
-            if user.number("userAccountControl") & UF_DONT_EXPIRE_PASSWD:
+            if user.number("userAccountControl") & accounts.UF_DONT_EXPIRE_PASSWD:
                 # As Microsoft's writeback does: AD ignores must-change for such accounts.
                 notes.append("force change skipped: the password never expires")
             else:
@@ -437,12 +286,10 @@ class LdapDirectory:
             operation=Operation.CHANGE,
             user=user,
             changes=changes,
-            controls=None,
-            extra_rights="",
         )
 
     def _unlock(self, link: ldap.Link, command: UnlockAccount, user: User) -> Outcome:
-        locked = bool(user.number("msDS-User-Account-Control-Computed") & UF_LOCKOUT)
+        locked = bool(user.number("msDS-User-Account-Control-Computed") & accounts.UF_LOCKOUT)
         changes: dict[str, list[tuple[str, list[Any]]]] = {
             "lockoutTime": [(ldap3.MODIFY_REPLACE, ["0"])]
         }
@@ -451,8 +298,6 @@ class LdapDirectory:
             operation=Operation.UNLOCK,
             user=user,
             changes=changes,
-            controls=None,
-            extra_rights="",
         )
         if outcome.reason is Reason.APPLIED:
             return Outcome(
@@ -469,8 +314,8 @@ class LdapDirectory:
         operation: Operation,
         user: User,
         changes: dict[str, list[tuple[str, list[Any]]]],
-        controls: list[tuple[str, bool, bytes]] | None,
-        extra_rights: str,
+        controls: list[tuple[str, bool, bytes]] | None = None,
+        extra_rights: str = "",
     ) -> Outcome:
         result, message = link.modify(user.dn, changes, controls)
         outcome = classify(operation, DirectoryAnswer.of(result, message), extra_rights)

@@ -18,7 +18,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from writeback.errors import DirectoryError
 from writeback.relay import ldap, rights
-from writeback.relay.directory import sid_to_str
+from writeback.relay.accounts import sid_to_str
 from writeback.relay.settings import DirectorySettings
 
 SKEW_WARN_SECONDS = 60
@@ -217,22 +217,17 @@ def diagnose(
             checks.append(
                 Check("clock skew", level, f"{skew:.0f}s against {controller.dns_host_name}")
             )
-        for scope in settings.scopes:
-            found = link.read(scope, ["objectClass"])
+        configured = [("scope", dn, "directory.scopes") for dn in settings.scopes]
+        configured += [
+            ("denied group", dn, "directory.denied_groups") for dn in settings.denied_groups
+        ]
+        for kind, dn, setting in configured:
+            found = link.read(dn, ["objectClass"])
             checks.append(
                 Check(
-                    f"scope {scope}",
+                    f"{kind} {dn}",
                     Level.OK if found else Level.FAIL,
-                    "exists" if found else "not found (check directory.scopes)",
-                )
-            )
-        for group in settings.denied_groups:
-            found = link.read(group, ["objectSid"])
-            checks.append(
-                Check(
-                    f"denied group {group}",
-                    Level.OK if found else Level.FAIL,
-                    "exists" if found else "not found (check directory.denied_groups)",
+                    "exists" if found else f"not found (check {setting})",
                 )
             )
         sids = _account_sids(link, settings.bind_user)
