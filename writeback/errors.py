@@ -3,19 +3,20 @@
     WritebackError                  base of everything below; never carries a secret
     ├── ConfigurationError          a setting is missing or invalid (names the setting);
     │                               raised at start-up, before anything connects
+    ├── ProtocolError               a message is malformed, forged, undecryptable or expired;
+    │                               carries the outcome reason and the offending field
     └── DirectoryError              the directory could not be used; carries the outcome reason
         ├── DirectoryUnavailable    no DC answered, or the connection broke (directory.unavailable)
         ├── DirectoryAccessDenied   the relay's account lacks a right (directory.access_denied)
         └── DirectoryProtocolError  the DC answered something we cannot use (directory.error)
 
-Library exceptions (ldap3, ssl, socket) are converted to these in one place per adapter
-(`writeback.relay.ldap.translate_ldap_error`), with the original kept as `__cause__`. Directory
+Library exceptions are converted to these in one place per adapter, with the original kept as
+`__cause__`: ldap3/ssl/socket in `writeback.relay.ldap.translate_ldap_error`, joserfc in
+`writeback.sealing`. Each `reason` is an outcome reason code (`writeback.protocol.Reason`). Directory
 answers about a password (policy, wrong old password, ...) are not exceptions: they are outcomes.
 """
 
 from __future__ import annotations
-
-from writeback.protocol import Reason
 
 
 class WritebackError(Exception):
@@ -31,25 +32,37 @@ class ConfigurationError(WritebackError):
         self.problem = problem
 
 
+class ProtocolError(WritebackError):
+    """A message could not be accepted: `reason` says why (request.malformed,
+    request.invalid_signature, request.undecryptable, request.expired), `field` names the part
+    of the message at fault when there is one. Never includes the message's secrets."""
+
+    def __init__(self, reason: str, problem: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.reason = reason
+        self.problem = problem
+        self.field = field
+
+
 class DirectoryError(WritebackError):
     """The directory could not be used for this operation."""
 
-    reason: Reason = Reason.DIRECTORY_ERROR
+    reason = "directory.error"
 
 
 class DirectoryUnavailable(DirectoryError):
     """No configured DC could be reached, bound or kept connected."""
 
-    reason = Reason.DIRECTORY_UNAVAILABLE
+    reason = "directory.unavailable"
 
 
 class DirectoryAccessDenied(DirectoryError):
     """The relay's service account was refused a read it needs."""
 
-    reason = Reason.DIRECTORY_ACCESS_DENIED
+    reason = "directory.access_denied"
 
 
 class DirectoryProtocolError(DirectoryError):
     """The DC answered in a way the relay cannot interpret."""
 
-    reason = Reason.DIRECTORY_ERROR
+    reason = "directory.error"

@@ -27,6 +27,7 @@ REJECTED_PREFIXES = ("policy.", "user.", "account.")
 REJECTED_CODES = {"old_password.mismatch", "request.invalid"}
 FAILED_PREFIXES = ("directory.", "agent.")
 FAILED_CODES = {
+    "request.malformed",
     "request.expired",
     "request.replayed",
     "request.invalid_signature",

@@ -319,6 +319,7 @@ FROM_DIRECTORY_LAYER = {  # LdapDirectory itself; see tests/unit/test_directory_
     Reason.ACCOUNT_DISABLED,  # userAccountControl & ACCOUNTDISABLE
 }
 NOT_FROM_THE_DIRECTORY = {  # the request pipeline and the cloud side, never LdapDirectory
+    Reason.REQUEST_MALFORMED,
     Reason.REQUEST_EXPIRED,
     Reason.REQUEST_REPLAYED,
     Reason.REQUEST_INVALID_SIGNATURE,

@@ -132,7 +132,7 @@ class LdapDirectory:
             except DirectoryError as exc:
                 if isinstance(exc, DirectoryUnavailable):
                     self.close()
-                return Outcome(exc.reason, str(exc))
+                return Outcome(Reason(exc.reason), str(exc))
 
     def _apply(self, command: Command) -> Outcome:
         for password, what in self._passwords(command):

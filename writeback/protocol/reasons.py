@@ -1,15 +1,14 @@
-"""The language both sides speak: operations, the commands that ask for them, and outcomes.
+"""Outcomes and their reasons: how every request ends.
 
 Outcome reasons are a stable public contract: callers branch on the reason code, show the
 message to the user and keep the detail for administrators. A reason code is never renamed or
-reused; new cases get new codes. Commands carry passwords, so their `repr` hides them and nothing
-in this module ever formats a password into a string.
+reused; new cases get new codes.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class Status(enum.StrEnum):
@@ -18,19 +17,6 @@ class Status(enum.StrEnum):
     APPLIED = "applied"
     REJECTED = "rejected"
     FAILED = "failed"
-
-
-class Operation(enum.StrEnum):
-    RESET = "reset"
-    CHANGE = "change"
-    UNLOCK = "unlock"
-
-
-class Initiator(enum.StrEnum):
-    """Who started a reset: the user (forgot the password) or an administrator."""
-
-    SELF_SERVICE = "self-service"
-    ADMIN = "admin"
 
 
 class Reason(enum.StrEnum):
@@ -56,6 +42,7 @@ class Reason(enum.StrEnum):
     DIRECTORY_UNAVAILABLE = "directory.unavailable"
     DIRECTORY_ACCESS_DENIED = "directory.access_denied"
     DIRECTORY_ERROR = "directory.error"
+    REQUEST_MALFORMED = "request.malformed"
     REQUEST_EXPIRED = "request.expired"
     REQUEST_REPLAYED = "request.replayed"
     REQUEST_INVALID_SIGNATURE = "request.invalid_signature"
@@ -138,6 +125,10 @@ _REASONS: dict[Reason, tuple[Status, str]] = {
         Status.FAILED,
         f"The on-premises directory reported an unexpected error. {_ADMIN}",
     ),
+    Reason.REQUEST_MALFORMED: (
+        Status.FAILED,
+        f"The request could not be understood on-premises (version or format). {_ADMIN}",
+    ),
     Reason.REQUEST_EXPIRED: (
         Status.FAILED,
         "The request took too long to reach your organisation. Try again.",
@@ -183,39 +174,3 @@ class Outcome:
     @property
     def message(self) -> str:
         return self.custom_message or self.reason.message
-
-
-@dataclass(frozen=True)
-class ResetPassword:
-    """Set a new password without knowing the old one (self-service or admin reset)."""
-
-    user: str
-    new_password: str = field(repr=False)
-    initiator: Initiator = Initiator.SELF_SERVICE
-    unlock: bool = False
-    force_change_at_next_logon: bool = False
-
-    operation = Operation.RESET
-
-
-@dataclass(frozen=True)
-class ChangePassword:
-    """Replace a password the user knows; AD checks the old one, history and minimum age."""
-
-    user: str
-    old_password: str = field(repr=False)
-    new_password: str = field(repr=False)
-
-    operation = Operation.CHANGE
-
-
-@dataclass(frozen=True)
-class UnlockAccount:
-    """Clear an account lockout (lockoutTime = 0)."""
-
-    user: str
-
-    operation = Operation.UNLOCK
-
-
-Command = ResetPassword | ChangePassword | UnlockAccount
