@@ -12,8 +12,9 @@
 
 Library exceptions are converted to these in one place per adapter, with the original kept as
 `__cause__`: ldap3/ssl/socket in `writeback.relay.ldap.translate_ldap_error`, joserfc in
-`writeback.sealing`. Each `reason` is an outcome reason code (`writeback.protocol.Reason`). Directory
-answers about a password (policy, wrong old password, ...) are not exceptions: they are outcomes.
+`writeback.sealing`. Each `reason` is an outcome reason code (`writeback.protocol.Reason`).
+Directory answers about a password (policy, wrong old password, ...) are not exceptions: they are
+outcomes.
 """
 
 from __future__ import annotations
