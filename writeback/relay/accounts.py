@@ -16,12 +16,12 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
 from writeback.protocol import Outcome, Reason
+from writeback.protocol.messages import upn_problem
 from writeback.relay import ldap
 from writeback.relay.policy import AccountFacts, PasswordPolicy, filetime
 
 log = logging.getLogger(__name__)
 
-MAX_UPN_LENGTH = 1024  # rangeUpper of userPrincipalName
 UF_ACCOUNTDISABLE = 0x2
 UF_DONT_EXPIRE_PASSWD = 0x10000
 UF_LOCKOUT = 0x10  # in msDS-User-Account-Control-Computed
@@ -81,21 +81,9 @@ class User:
 
 
 def check_upn(upn: str) -> Outcome | None:
-    """Refuse user names that cannot be a UPN before they reach a filter.
-
-    Escaping alone is not enough: Samba matches `alice@corp\\00` (an escaped NUL) as `alice@corp`,
-    so a control character could select a different account than the caller named.
-    """
-    if not upn or len(upn) > MAX_UPN_LENGTH:
-        return Outcome(
-            Reason.REQUEST_INVALID, f"the user name must be 1 to {MAX_UPN_LENGTH} characters"
-        )
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in upn):
-        return Outcome(Reason.REQUEST_INVALID, "the user name contains a control character")
-    local, at, suffix = upn.rpartition("@")
-    if not at or not local or not suffix:
-        return Outcome(Reason.REQUEST_INVALID, "the user name is not of the form name@suffix")
-    return None
+    """Refuse user names that cannot be a UPN before they reach a filter (see upn_problem)."""
+    problem = upn_problem(upn)
+    return Outcome(Reason.REQUEST_INVALID, f"the user name {problem}") if problem else None
 
 
 def normalised_dn(dn: str) -> tuple[tuple[str, str], ...]:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from writeback.protocol import Outcome, Reason
+from writeback.protocol.messages import MAX_PASSWORD_UTF16, utf16_length
 
-MAX_PASSWORD_UTF16 = 256  # MS-SAMR's limit for a cleartext password
 PWD_PROPERTIES_COMPLEX = 0x1
 PWD_PROPERTIES_REFUSE_PASSWORD_CHANGE = 0x20
 # MS-SAMR 3.1.1.7.2: display names are split into tokens on these characters.
@@ -30,11 +30,6 @@ _NEVER = -0x8000000000000000  # AD's "never" for maxPwdAge and friends
 def encode_unicode_pwd(password: str) -> bytes:
     """The unicodePwd value: the password in double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5.1)."""
     return f'"{password}"'.encode("utf-16-le")
-
-
-def utf16_length(password: str) -> int:
-    """Length as AD counts it: UTF-16 code units (a character outside the BMP counts two)."""
-    return len(password.encode("utf-16-le")) // 2
 
 
 def interval(value: int) -> timedelta | None:

@@ -1,0 +1,418 @@
+"""The wire format: versioned request, outcome and heartbeat messages, parsed strictly.
+
+Every message is a JSON object with a version `v` and a `type`; a parser accepts exactly the
+fields of its version (a missing, extra or mistyped field is refused, naming the field), checks
+every limit (UPN syntax and length, password length in UTF-16 code units, sizes, lifetimes) and
+raises nothing but `ProtocolError`. The secrets of a request travel sealed (see
+`writeback.sealing`); the parsers here see them only as the sealed JWE object, and the plaintext
+`Secrets` they open to hide their values from `repr`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from writeback.errors import ProtocolError
+from writeback.protocol.commands import Initiator, Operation
+from writeback.protocol.reasons import Reason, Status
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024  # far below Service Bus Standard's 256 KiB
+MAX_PASSWORD_UTF16 = 256  # MS-SAMR's limit for a cleartext password
+MAX_UPN_LENGTH = 1024  # rangeUpper of userPrincipalName
+MAX_LIFETIME_SECONDS = 600  # a request older than this is never applied
+MAX_TEXT = 2000  # outcome message and detail, heartbeat error
+MALFORMED = Reason.REQUEST_MALFORMED.value
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_RELAY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def utf16_length(text: str) -> int:
+    """Length as AD counts it: UTF-16 code units (a character outside the BMP counts two)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def upn_problem(upn: str) -> str | None:
+    """Why `upn` cannot be a user principal name, or None.
+
+    Control characters are refused outright: Samba matches an escaped NUL in a filter as the end
+    of the value, so `alice@corp\\x00x` would select alice.
+    """
+    if not upn or len(upn) > MAX_UPN_LENGTH:
+        return f"must be 1 to {MAX_UPN_LENGTH} characters"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in upn):
+        return "contains a control character"
+    local, at, suffix = upn.rpartition("@")
+    if not at or not local or not suffix:
+        return "is not of the form name@suffix"
+    return None
+
+
+def domain_problem(domain: str) -> str | None:
+    """Why `domain` is not a lower-case DNS domain name, or None."""
+    labels = domain.split(".")
+    if len(domain) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(x) for x in labels):
+        return "must be a lower-case DNS domain name such as corp.example.com"
+    return None
+
+
+def password_problem(password: str) -> str | None:
+    if not password:
+        return "is empty"
+    if "\x00" in password:
+        return "contains a NUL character"
+    if utf16_length(password) > MAX_PASSWORD_UTF16:
+        return f"is longer than {MAX_PASSWORD_UTF16} UTF-16 code units"
+    return None
+
+
+class _Fields:
+    """Strict access to one JSON object: every field read once, none left over."""
+
+    def __init__(self, value: object, where: str, expected: set[str]) -> None:
+        if not isinstance(value, dict):
+            raise ProtocolError(MALFORMED, "must be a JSON object", where or None)
+        missing = sorted(expected - value.keys())
+        extra = sorted(set(value) - expected)
+        if missing:
+            raise ProtocolError(MALFORMED, "missing", self._name(where, missing[0]))
+        if extra:
+            raise ProtocolError(MALFORMED, "unknown field", self._name(where, str(extra[0])))
+        self.value: dict[str, Any] = value
+        self.where = where
+
+    @staticmethod
+    def _name(where: str, key: str) -> str:
+        return f"{where}.{key}" if where else key
+
+    def _fail(self, key: str, problem: str) -> ProtocolError:
+        return ProtocolError(MALFORMED, problem, self._name(self.where, key))
+
+    def text(self, key: str, *, limit: int = MAX_TEXT, nullable: bool = False) -> Any:
+        item = self.value[key]
+        if item is None and nullable:
+            return None
+        if not isinstance(item, str) or len(item) > limit:
+            raise self._fail(key, f"must be a string of at most {limit} characters")
+        return item
+
+    def integer(self, key: str, *, minimum: int = 0) -> int:
+        item = self.value[key]
+        if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
+            raise self._fail(key, f"must be an integer >= {minimum}")
+        return item
+
+    def boolean(self, key: str) -> bool:
+        item = self.value[key]
+        if not isinstance(item, bool):
+            raise self._fail(key, "must be true or false")
+        return item
+
+    def matching(self, key: str, pattern: re.Pattern[str], what: str) -> str:
+        item = self.value[key]
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            raise self._fail(key, f"must be {what}")
+        return item
+
+    def checked(self, key: str, problem: Any) -> str:
+        item = self.text(key)
+        why = problem(item)
+        if why:
+            raise self._fail(key, why)
+        return str(item)
+
+    def choice(self, key: str, kind: Any) -> Any:
+        try:
+            return kind(self.value[key])
+        except ValueError:
+            allowed = ", ".join(member.value for member in kind)
+            raise self._fail(key, f"must be one of {allowed}") from None
+
+    def header(self, kind: str) -> None:
+        if self.value["v"] != VERSION:
+            raise self._fail("v", f"unsupported version {self.value['v']!r}, expected {VERSION}")
+        if self.value["type"] != kind:
+            raise self._fail("type", f"must be {kind!r}")
+
+
+def decode(raw: bytes | str, what: str) -> object:
+    """Parse a JSON message of at most MAX_MESSAGE_BYTES."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(MALFORMED, f"{what} is larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(MALFORMED, f"{what} is not valid JSON") from exc
+
+
+def encode(payload: Mapping[str, object]) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, UTF-8 (also what the AAD binding hashes)."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The plaintext inside a request's JWE. Never printed: the values are out of the repr."""
+
+    new_password: str | None = field(default=None, repr=False)
+    old_password: str | None = field(default=None, repr=False)
+
+    def to_payload(self) -> dict[str, object]:
+        payload: dict[str, object] = {"v": VERSION}
+        if self.new_password is not None:
+            payload["newPassword"] = self.new_password
+        if self.old_password is not None:
+            payload["oldPassword"] = self.old_password
+        return payload
+
+    @classmethod
+    def parse(cls, value: object, operation: Operation) -> Secrets:
+        expected = {"v", "newPassword"} | (
+            {"oldPassword"} if operation is Operation.CHANGE else set()
+        )
+        fields = _Fields(value, "secrets", expected)
+        if fields.value["v"] != VERSION:
+            raise ProtocolError(MALFORMED, "unsupported version", "secrets.v")
+        new = fields.checked("newPassword", password_problem)
+        old = fields.checked("oldPassword", password_problem) if "oldPassword" in expected else None
+        return cls(new_password=new, old_password=old)
+
+
+@dataclass(frozen=True)
+class RequestMessage:
+    """A request as it travels to the relays: signed by the cloud, secrets sealed to the relays."""
+
+    id: str
+    domain: str
+    operation: Operation
+    user: str
+    issued_at: int
+    expires_at: int
+    initiator: Initiator | None = None
+    unlock: bool = False
+    force_change_at_next_logon: bool = False
+    sealed: Mapping[str, object] | None = field(default=None, repr=False)
+
+    def binding(self) -> bytes:
+        """What the sealed secrets are bound to (JWE additional authenticated data)."""
+        return encode(
+            {
+                "v": VERSION,
+                "id": self.id,
+                "domain": self.domain,
+                "operation": self.operation.value,
+                "user": self.user,
+                "exp": self.expires_at,
+            }
+        )
+
+    def to_payload(self) -> dict[str, object]:
+        return {
+            "v": VERSION,
+            "type": "request",
+            "id": self.id,
+            "domain": self.domain,
+            "operation": self.operation.value,
+            "user": self.user,
+            "iat": self.issued_at,
+            "exp": self.expires_at,
+            "initiator": self.initiator.value if self.initiator else None,
+            "unlock": self.unlock,
+            "forceChangeAtNextLogon": self.force_change_at_next_logon,
+            "sealed": dict(self.sealed) if self.sealed is not None else None,
+        }
+
+    @classmethod
+    def parse(cls, value: object) -> RequestMessage:
+        fields = _Fields(
+            value,
+            "",
+            {
+                "v",
+                "type",
+                "id",
+                "domain",
+                "operation",
+                "user",
+                "iat",
+                "exp",
+                "initiator",
+                "unlock",
+                "forceChangeAtNextLogon",
+                "sealed",
+            },
+        )
+        fields.header("request")
+        operation: Operation = fields.choice("operation", Operation)
+        issued_at, expires_at = fields.integer("iat"), fields.integer("exp")
+        if not issued_at < expires_at <= issued_at + MAX_LIFETIME_SECONDS:
+            raise ProtocolError(
+                MALFORMED, f"must be after iat and at most {MAX_LIFETIME_SECONDS}s later", "exp"
+            )
+        initiator = (
+            None if fields.value["initiator"] is None else fields.choice("initiator", Initiator)
+        )
+        sealed = fields.value["sealed"]
+        message = cls(
+            id=fields.matching("id", _ID, "1 to 128 characters of A-Z a-z 0-9 . _ : -"),
+            domain=fields.checked("domain", domain_problem),
+            operation=operation,
+            user=fields.checked("user", upn_problem),
+            issued_at=issued_at,
+            expires_at=expires_at,
+            initiator=initiator,
+            unlock=fields.boolean("unlock"),
+            force_change_at_next_logon=fields.boolean("forceChangeAtNextLogon"),
+            sealed=sealed if isinstance(sealed, dict) else None,
+        )
+        is_reset = operation is Operation.RESET
+        if (initiator is None) == is_reset:
+            raise ProtocolError(
+                MALFORMED, "is required for a reset and only for a reset", "initiator"
+            )
+        if not is_reset and (message.unlock or message.force_change_at_next_logon):
+            raise ProtocolError(MALFORMED, "only a reset may unlock or force a change", "unlock")
+        if (sealed is None) != (operation is Operation.UNLOCK):
+            raise ProtocolError(
+                MALFORMED, "a reset or change carries sealed secrets, an unlock none", "sealed"
+            )
+        if sealed is not None and not isinstance(sealed, dict):
+            raise ProtocolError(MALFORMED, "must be a JWE in JSON serialization", "sealed")
+        return message
+
+
+@dataclass(frozen=True)
+class OutcomeMessage:
+    """A relay's answer to one request, signed by that relay."""
+
+    request_id: str
+    domain: str
+    relay: str
+    reason: Reason
+    message: str
+    detail: str
+    completed_at: int
+    duration_ms: int
+
+    @property
+    def status(self) -> Status:
+        return self.reason.status
+
+    def to_payload(self) -> dict[str, object]:
+        return {
+            "v": VERSION,
+            "type": "outcome",
+            "requestId": self.request_id,
+            "domain": self.domain,
+            "relay": self.relay,
+            "status": self.status.value,
+            "reason": self.reason.value,
+            "message": self.message,
+            "detail": self.detail,
+            "completedAt": self.completed_at,
+            "durationMs": self.duration_ms,
+        }
+
+    @classmethod
+    def parse(cls, value: object) -> OutcomeMessage:
+        fields = _Fields(
+            value,
+            "",
+            {
+                "v",
+                "type",
+                "requestId",
+                "domain",
+                "relay",
+                "status",
+                "reason",
+                "message",
+                "detail",
+                "completedAt",
+                "durationMs",
+            },
+        )
+        fields.header("outcome")
+        reason: Reason = fields.choice("reason", Reason)
+        if fields.choice("status", Status) is not reason.status:
+            raise ProtocolError(
+                MALFORMED, f"must be {reason.status.value} for {reason.value}", "status"
+            )
+        return cls(
+            request_id=fields.matching("requestId", _ID, "a request id"),
+            domain=fields.checked("domain", domain_problem),
+            relay=fields.matching("relay", _RELAY_ID, "a relay id"),
+            reason=reason,
+            message=fields.text("message"),
+            detail=fields.text("detail"),
+            completed_at=fields.integer("completedAt"),
+            duration_ms=fields.integer("durationMs"),
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A relay's periodic sign of life: what it can do and the domain's password rules."""
+
+    relay: str
+    domain: str
+    version: str
+    sent_at: int
+    capabilities: Mapping[str, str | int | bool | None]
+    policy: Mapping[str, object] | None
+    last_error: str | None
+
+    def to_payload(self) -> dict[str, object]:
+        return {
+            "v": VERSION,
+            "type": "heartbeat",
+            "relay": self.relay,
+            "domain": self.domain,
+            "version": self.version,
+            "sentAt": self.sent_at,
+            "capabilities": dict(self.capabilities),
+            "policy": dict(self.policy) if self.policy is not None else None,
+            "lastError": self.last_error,
+        }
+
+    @classmethod
+    def parse(cls, value: object) -> Heartbeat:
+        fields = _Fields(
+            value,
+            "",
+            {
+                "v",
+                "type",
+                "relay",
+                "domain",
+                "version",
+                "sentAt",
+                "capabilities",
+                "policy",
+                "lastError",
+            },
+        )
+        fields.header("heartbeat")
+        capabilities = fields.value["capabilities"]
+        if not isinstance(capabilities, dict) or not all(
+            isinstance(v, str | int | bool) or v is None for v in capabilities.values()
+        ):
+            raise ProtocolError(MALFORMED, "must be an object of scalar values", "capabilities")
+        policy = fields.value["policy"]
+        if policy is not None and not isinstance(policy, dict):
+            raise ProtocolError(MALFORMED, "must be an object or null", "policy")
+        return cls(
+            relay=fields.matching("relay", _RELAY_ID, "a relay id"),
+            domain=fields.checked("domain", domain_problem),
+            version=fields.text("version", limit=64),
+            sent_at=fields.integer("sentAt"),
+            capabilities=capabilities,
+            policy=policy,
+            last_error=fields.text("lastError", nullable=True),
+        )
