@@ -89,7 +89,12 @@ def main() -> None:
         body = AESGCM(key).encrypt(nonce, plaintext, message.binding())
         signature = raw_cloud.sign(body + wrapped, ec.ECDSA(hashes.SHA256()))
 
-        def raw_open() -> object:
+        def raw_open(
+            signature: bytes = signature,
+            body: bytes = body,
+            wrapped: bytes = wrapped,
+            nonce: bytes = nonce,
+        ) -> object:
             raw_cloud.public_key().verify(signature, body + wrapped, ec.ECDSA(hashes.SHA256()))
             unwrapped = raw_relays[0].decrypt(wrapped, OAEP)
             return AESGCM(unwrapped).decrypt(nonce, body, message.binding())
