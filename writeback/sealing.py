@@ -22,7 +22,7 @@ from joserfc import jwe, jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
 
-from writeback.errors import ProtocolError
+from writeback.errors import ConfigurationError, ProtocolError
 from writeback.protocol import (
     ChangePassword,
     Command,
@@ -62,6 +62,46 @@ _JOSE_FAILURES = (JoseError, ValueError, TypeError, KeyError, IndexError, Attrib
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_ALGORITHMS = {"enc": (KEY_WRAPPING, "RSA"), "sig": (SIGNING, "EC")}
+
+
+def public_keyset(jwks: object, setting: str) -> KeySet:
+    """Import a JWKS of public keys (a domain's relays, or the cloud), strictly.
+
+    Each key needs a `kid`, a `use` of "enc" (RSA, RSA-OAEP-256) or "sig" (EC P-256, ES256) and
+    no private member: a JWKS holding a private key is refused outright, since it was published
+    by mistake and must be replaced, not used. `setting` names where the JWKS came from.
+    """
+    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    if not isinstance(keys, list) or not keys:
+        raise ConfigurationError(setting, "not a JWKS with at least one key")
+    seen: set[str] = set()
+    for index, key in enumerate(keys):
+        where = f"{setting} key {index}"
+        if not isinstance(key, Mapping):
+            raise ConfigurationError(setting, f"key {index} is not a JSON object")
+        if _PRIVATE_MEMBERS & set(key):
+            raise ConfigurationError(
+                setting,
+                f"key {index} holds private key material; "
+                "publish public keys only and replace this key",
+            )
+        kid, use = key.get("kid"), key.get("use")
+        if not isinstance(kid, str) or not kid or kid in seen:
+            raise ConfigurationError(setting, f"key {index} needs a unique kid")
+        seen.add(kid)
+        if use not in _ALGORITHMS:
+            raise ConfigurationError(setting, f"{where} ({kid}): use must be enc or sig")
+        algorithm, kty = _ALGORITHMS[use]
+        if key.get("kty") != kty or key.get("alg", algorithm) != algorithm:
+            raise ConfigurationError(setting, f"{where} ({kid}): {use} keys are {kty} {algorithm}")
+    try:
+        return KeySet.import_key_set({"keys": [dict(key) for key in keys]})
+    except _JOSE_FAILURES as exc:
+        raise ConfigurationError(setting, f"invalid key ({type(exc).__name__})") from None
 
 
 def keys_for(keys: KeySet, use: str) -> list[Any]:

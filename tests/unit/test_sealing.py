@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from writeback import sealing
-from writeback.errors import ProtocolError
+from writeback.errors import ConfigurationError, ProtocolError
 from writeback.protocol import (
     ChangePassword,
     Initiator,
@@ -452,3 +452,36 @@ class TestNoSecrets:
             assert PASSWORD not in text
             assert keys.relay_a.as_dict(private=True)["d"] not in text
         assert '"d"' in private  # the check above looked for a real private member
+
+
+class TestPublicKeyset:
+    def test_imports_public_keys(self, keys: Keys) -> None:
+        """A JWKS of public enc and sig keys imports with its kids."""
+        jwks = {
+            "keys": [keys.relay_a.as_dict(private=False), keys.relay_a_sig.as_dict(private=False)]
+        }
+        imported = sealing.public_keyset(jwks, "relay jwks")
+        assert sorted(k.kid for k in imported.keys) == ["relay-a.enc.1", "relay-a.sig.1"]
+
+    def test_private_material_is_refused(self, keys: Keys) -> None:
+        """A JWKS that leaks a private key is refused, without quoting the key."""
+        private = keys.relay_a.as_dict(private=True)
+        with pytest.raises(ConfigurationError, match="private key material") as caught:
+            sealing.public_keyset({"keys": [private]}, "relay jwks")
+        assert str(private["d"]) not in str(caught.value)
+
+    @pytest.mark.parametrize("problem", ["no kid", "duplicate", "bad use", "wrong type", "empty"])
+    def test_malformed_jwks(self, keys: Keys, problem: str) -> None:
+        """Missing kids, duplicates, unknown uses, mismatched key types and empty sets are named."""
+        enc = dict(keys.relay_a.as_dict(private=False))
+        sig = dict(keys.relay_a_sig.as_dict(private=False))
+        jwks: dict[str, Any] = {
+            "no kid": {"keys": [{k: v for k, v in enc.items() if k != "kid"}]},
+            "duplicate": {"keys": [enc, enc]},
+            "bad use": {"keys": [{**enc, "use": "wrap"}]},
+            "wrong type": {"keys": [{**sig, "use": "enc"}]},
+            "empty": {"keys": []},
+        }[problem]
+        with pytest.raises(ConfigurationError) as caught:
+            sealing.public_keyset(jwks, "relay jwks")
+        assert caught.value.setting == "relay jwks"
