@@ -5,6 +5,10 @@
     │                               raised at start-up, before anything connects
     ├── ProtocolError               a message is malformed, forged, undecryptable or expired;
     │                               carries the outcome reason and the offending field
+    ├── JournalError                the replay journal cannot be read or written (disk full, I/O
+    │   │                           error, lock timeout): apply nothing, let the message come back
+    │   └── InvalidTransition       a journal state change its lifecycle forbids (e.g. finishing
+    │                               a request twice, as a concurrent duplicate delivery would)
     └── DirectoryError              the directory could not be used; carries the outcome reason
         ├── DirectoryUnavailable    no DC answered, or the connection broke (directory.unavailable)
         ├── DirectoryAccessDenied   the relay's account lacks a right (directory.access_denied)
@@ -12,7 +16,7 @@
 
 Library exceptions are converted to these in one place per adapter, with the original kept as
 `__cause__`: ldap3/ssl/socket in `writeback.relay.ldap.translate_ldap_error`, joserfc in
-`writeback.sealing`. Each `reason` is an outcome reason code (`writeback.protocol.Reason`).
+`writeback.sealing`, sqlite3 in `writeback.relay.journal`. Each `reason` is an outcome reason code (`writeback.protocol.Reason`).
 Directory answers about a password (policy, wrong old password, ...) are not exceptions: they are
 outcomes.
 """
@@ -43,6 +47,20 @@ class ProtocolError(WritebackError):
         self.reason = reason
         self.problem = problem
         self.field = field
+
+
+class JournalError(WritebackError):
+    """The replay journal failed; the request must not be applied until it works again."""
+
+
+class InvalidTransition(JournalError):
+    """A state change the journal's lifecycle does not allow, or on an id never begun."""
+
+    def __init__(self, request_id: str, state: str | None, wanted: str) -> None:
+        where = "was never begun" if state is None else f"is {state}"
+        super().__init__(f"request {request_id} {where}; cannot {wanted}")
+        self.request_id = request_id
+        self.state = state
 
 
 class DirectoryError(WritebackError):
