@@ -16,9 +16,9 @@
 
 Library exceptions are converted to these in one place per adapter, with the original kept as
 `__cause__`: ldap3/ssl/socket in `writeback.relay.ldap.translate_ldap_error`, joserfc in
-`writeback.sealing`, sqlite3 in `writeback.relay.journal`. Each `reason` is an outcome reason code (`writeback.protocol.Reason`).
-Directory answers about a password (policy, wrong old password, ...) are not exceptions: they are
-outcomes.
+`writeback.sealing`, sqlite3 in `writeback.relay.journal`. Each `reason` is an outcome reason
+code (`writeback.protocol.Reason`). Directory answers about a password (policy, wrong old
+password, ...) are not exceptions: they are outcomes.
 """
 
 from __future__ import annotations
