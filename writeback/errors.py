@@ -5,6 +5,8 @@
     │                               raised at start-up, before anything connects
     ├── ProtocolError               a message is malformed, forged, undecryptable or expired;
     │                               carries the outcome reason and the offending field
+    ├── KeyStoreError               the relay's key store refused an operation (a pending pair
+    │                               exists, the key to remove is active); the keys are unchanged
     ├── JournalError                the replay journal cannot be read or written (disk full, I/O
     │   │                           error, lock timeout): apply nothing, let the message come back
     │   └── InvalidTransition       a journal state change its lifecycle forbids (e.g. finishing
@@ -47,6 +49,11 @@ class ProtocolError(WritebackError):
         self.reason = reason
         self.problem = problem
         self.field = field
+
+
+class KeyStoreError(WritebackError):
+    """The key store refused an operation (a pending pair already exists, the key to remove is
+    active, ...). The keys on disk are unchanged."""
 
 
 class JournalError(WritebackError):

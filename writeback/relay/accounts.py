@@ -126,14 +126,13 @@ def find_user(link: ldap.Link, upn: str) -> User | Outcome:
     return User(*entries[0])
 
 
-def protected_by(token_sids: set[str], denied_sids: frozenset[str]) -> str | None:
-    """Why a user with these group SIDs is protected, or None."""
+def protected_by(token_sids: set[str], denied: set[str]) -> str | None:
+    """Why a user is protected: a protected group among `token_sids`, or a denied group."""
     for sid in sorted(token_sids):
         if sid in PROTECTED_BUILTIN or (
             sid.startswith("S-1-5-21-") and int(sid.rsplit("-", 1)[1]) in PROTECTED_RIDS
         ):
             return f"member of the protected group {sid}"
-    denied = token_sids & denied_sids
     if denied:
         return f"member of a denied group {sorted(denied)[0]}"
     return None

@@ -7,13 +7,15 @@ Configuration errors are printed as one line naming the setting, never as a trac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from writeback.errors import ConfigurationError
+from writeback.errors import ConfigurationError, KeyStoreError
 from writeback.relay import doctor
+from writeback.relay.keys import KeyStore, render
 from writeback.relay.settings import DirectorySettings
 
 EXIT_OK = 0
@@ -42,18 +44,76 @@ def _doctor(args: argparse.Namespace) -> int:
     return EXIT_PROBLEM if any(c.level is doctor.Level.FAIL for c in checks) else EXIT_OK
 
 
+def _keys_init(args: argparse.Namespace) -> int:
+    print(render(KeyStore.init(args.dir, args.relay_id).keys()))
+    return EXIT_OK
+
+
+def _keys_export(args: argparse.Namespace) -> int:
+    print(json.dumps(KeyStore(args.dir).public_jwks(), indent=2))
+    return EXIT_OK
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    print(render(KeyStore(args.dir).keys()))
+    return EXIT_OK
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    print(render(KeyStore(args.dir).rotate()))
+    return EXIT_OK
+
+
+def _keys_activate(args: argparse.Namespace) -> int:
+    print(render(KeyStore(args.dir).activate()))
+    return EXIT_OK
+
+
+def _keys_remove(args: argparse.Namespace) -> int:
+    KeyStore(args.dir).remove(args.kid)
+    print(f"removed {args.kid}")
+    return EXIT_OK
+
+
+KEYS_COMMANDS = {
+    "init": (_keys_init, "create the key directory with one active enc + sig pair"),
+    "export": (_keys_export, "print the public JWKS (active and pending keys) to register"),
+    "list": (_keys_list, "show every key: kid, use, alg, status, created"),
+    "rotate": (_keys_rotate, "add a pending enc + sig pair"),
+    "activate": (_keys_activate, "make the pending pair active and retire the active pair"),
+    "remove": (_keys_remove, "delete one retired key"),
+}
+
+
+def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser("keys", help="manage the relay's encryption and signing keys")
+    actions = keys.add_subparsers(dest="action", required=True)
+    for name, (run, summary) in KEYS_COMMANDS.items():
+        action = actions.add_parser(name, help=summary, description=summary)
+        action.add_argument("--dir", type=Path, required=True, help="the relay's key directory")
+        if name == "init":
+            action.add_argument("--relay-id", required=True, help="1-64 of A-Z a-z 0-9 - _")
+        if name == "remove":
+            action.add_argument("kid", help="the kid of a retired key (see 'keys list')")
+        action.set_defaults(run=run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="writeback-relay", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("doctor", help="check TLS, bind, rights, policy hints, clock")
     check.add_argument("--config", type=Path, required=True, help="relay.toml")
     check.set_defaults(run=_doctor)
+    _add_keys_commands(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
     except ConfigurationError as exc:
         print(f"writeback-relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyStoreError as exc:
+        print(f"writeback-relay: refused: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import ldap3
 
-from writeback.errors import DirectoryError, DirectoryUnavailable
+from writeback.errors import DirectoryAccessDenied, DirectoryError, DirectoryUnavailable
 from writeback.protocol import (
     ChangePassword,
     Command,
@@ -174,19 +174,32 @@ class LdapDirectory:
         # As in Microsoft's writeback: an administrator may change their own password with the
         # old one, but a reset or unlock of a privileged account through the cloud would let
         # whoever controls the cloud side take over the domain.
-        if command.operation is not Operation.CHANGE and not self.settings.allow_protected_reset:
+        # allow_protected_reset lifts AD's own protection (adminCount, AdminSDHolder groups),
+        # never the administrator's explicit denied_groups.
+        if command.operation is not Operation.CHANGE:
             why = self._protection(user)
             if why:
                 return Outcome(Reason.USER_PROTECTED, f"{user.dn}: {why}")
         return None
 
     def _protection(self, user: User) -> str | None:
-        if user.number("adminCount") == 1:
+        allow = self.settings.allow_protected_reset
+        if user.number("adminCount") == 1 and not allow:
             return "adminCount=1"
+        if allow and not self.settings.denied_groups:
+            return None
         link = self._connected()
         raw = link.read(user.dn, ["tokenGroups"])
-        sids = {accounts.sid_to_str(value) for value in raw.get("tokenGroups", [])}
-        return accounts.protected_by(sids, self._denied_group_sids(link))
+        if not raw.get("tokenGroups"):
+            # Every account has at least its primary group: an empty answer means the relay may
+            # not read tokenGroups, and guessing "no groups" would let a Domain Admin through.
+            raise DirectoryAccessDenied(
+                f"cannot read tokenGroups of {user.dn}: grant the relay's account Read on "
+                "tokenGroups (Windows Authorization Access Group)"
+            )
+        sids = {accounts.sid_to_str(value) for value in raw["tokenGroups"]}
+        denied = self._denied_group_sids(link)
+        return accounts.protected_by(set() if allow else sids, sids & denied)
 
     def _denied_group_sids(self, link: ldap.Link) -> frozenset[str]:
         if self._denied_sids is None:
