@@ -112,6 +112,12 @@ class SambaDC:
     def provisioned(self) -> bool:
         return self.sam_ldb.exists()
 
+    @property
+    def running(self) -> bool:
+        """Whether the samba process recorded in this DC's pid file is alive."""
+        pid_file = self.root / "run" / "devstack-samba.pid"
+        return pid_file.exists() and _alive(int(pid_file.read_text()))
+
     # -- lifecycle ------------------------------------------------------------------------
     def provision(self) -> None:
         """Create the domain; takes a few seconds. The directory must be empty or absent."""

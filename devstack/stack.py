@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from devstack import seed
-from devstack.samba import ADMIN_PASSWORD, SambaDC, port_open
+from devstack.samba import ADMIN_PASSWORD, SambaDC
 
 STATE = Path(".devstack")
 
@@ -82,9 +82,9 @@ def up(state: Path = STATE) -> Stack:
         domain = seed.seed(dc)
         seeded.write_text(json.dumps(dataclasses.asdict(domain), indent=2))
     else:
-        if not port_open("127.0.0.1", 636):
-            dc.stop()  # a stale pid file from a crash
-            dc.start()
+        if not dc.running:
+            dc.stop()  # clears a stale pid file left by a crash
+            dc.start()  # refuses if something else holds the LDAP ports
         domain = _domain_from_json(seeded.read_text())
     config = write_relay_config(dc, domain, state)
     write_env(dc, domain, state / "env")

@@ -143,3 +143,25 @@ class TestNoSecrets:
         for secret in [*secrets, "Secret-Bind-Pa55!", testbed.domain.relay.password]:
             assert secret not in text
         assert caplog.records  # the run did log something
+
+
+class TestBaseDn:
+    def test_an_ou_as_base_dn_is_refused(self, testbed: TestBed, new_user: NewUser) -> None:
+        """base_dn must be the domain head: an OU would silently turn the policy pre-check off."""
+        directory = testbed.directory(base_dn=testbed.domain.users_ou)
+        try:
+            outcome = directory.apply(ResetPassword(new_user().upn, "a"))
+        finally:
+            directory.close()
+        assert outcome.reason is Reason.DIRECTORY_ERROR
+        assert "directory.base_dn" in outcome.detail
+
+    def test_the_domain_head_as_base_dn(self, testbed: TestBed, new_user: NewUser) -> None:
+        """Naming the domain head explicitly works like leaving base_dn unset."""
+        directory = testbed.directory(base_dn=testbed.domain.base_dn)
+        try:
+            assert directory.apply(ResetPassword(new_user().upn, "x")).reason is (
+                Reason.POLICY_LENGTH
+            )
+        finally:
+            directory.close()

@@ -387,6 +387,38 @@ class TestProtectedAccounts:
         assert f"member of a denied group {tier0_sid}" in outcome.detail
         assert link.modifies == []
 
+    def test_allow_protected_reset_never_lifts_denied_groups(self) -> None:
+        """allow_protected_reset lifts AD's protection, not the administrator's denied groups."""
+        tier0_sid = f"{DOMAIN_SID}-1105"
+        link = make_link(
+            users={ALICE: user(token_groups=[tier0_sid, f"{DOMAIN_SID}-512"])},
+            **{TIER0: {"objectClass": [b"group"], "objectSid": [sid_bytes(tier0_sid)]}},
+        )
+        outcome = apply(
+            link, ResetPassword(ALICE_UPN, NEW), denied_groups=(TIER0,), allow_protected_reset=True
+        )
+        assert outcome.reason is Reason.USER_PROTECTED
+        assert "denied group" in outcome.detail
+        assert link.modifies == []
+
+    def test_unreadable_token_groups_fail_closed(self) -> None:
+        """If tokenGroups cannot be read, the reset is refused as access denied, not let through."""
+        protected = user(token_groups=[f"{DOMAIN_SID}-512"])
+        protected.pop("tokenGroups")
+        link = make_link(users={ALICE: protected})
+        outcome = apply(link, ResetPassword(ALICE_UPN, NEW))
+        assert outcome.reason is Reason.DIRECTORY_ACCESS_DENIED
+        assert "tokenGroups" in outcome.detail
+        assert link.modifies == []
+
+    def test_lone_surrogate_is_an_invalid_request(self) -> None:
+        """A password UTF-16 cannot encode is refused as request.invalid, never an exception."""
+        link = make_link()
+        outcome = apply(link, ResetPassword(ALICE_UPN, "Abc-123\ud800xyz"))
+        assert outcome.reason is Reason.REQUEST_INVALID
+        assert "surrogate" in outcome.detail
+        assert link.modifies == []
+
 
 class TestFindingTheUser:
     def test_the_user_is_searched_by_upn_under_the_naming_context(self) -> None:

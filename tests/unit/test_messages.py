@@ -151,7 +151,7 @@ class TestSecrets:
             {"v": 1, "newPassword": "a", "oldPassword": "b"},
         ).field == ("secrets.oldPassword")
 
-    @pytest.mark.parametrize("password", ["", "a\x00b", "\U0001f600" * 129, "x" * 257])
+    @pytest.mark.parametrize("password", ["", "a\x00b", "\U0001f600" * 129, "x" * 257, "a\ud800"])
     def test_password_limits(self, password: str) -> None:
         """Empty, NUL and more than 256 UTF-16 units are refused (an emoji counts two)."""
         error = refused(

@@ -241,3 +241,30 @@ class TestBindPassword:
             settings.bind_password({})
         assert caught.value.setting == "directory.bind_password_file"
         assert "empty" in str(caught.value)
+
+
+class TestDistinguishedNames:
+    @pytest.mark.parametrize(
+        ("key", "value"),
+        [
+            ("scopes", ["Staff"]),
+            ("scopes", ["OU=Staff,,DC=x"]),
+            ("denied_groups", ["Tier 0"]),
+            ("base_dn", "corp.example.com"),
+            ("base_dn", 42),
+        ],
+    )
+    def test_malformed_dns_are_named(self, tmp_path: Path, key: str, value: object) -> None:
+        """A DN setting that is not a DN stops start-up, naming the setting."""
+        ca = tmp_path / "ca.pem"
+        ca.write_text("ca")
+        table: dict[str, object] = {
+            "servers": ["ldaps://dc1.corp.example.com"],
+            "ca_file": str(ca),
+            "bind_user": "svc@corp.example.com",
+            "scopes": ["OU=Staff,DC=corp,DC=example,DC=com"],
+        }
+        table[key] = value
+        with pytest.raises(ConfigurationError) as caught:
+            DirectorySettings.from_mapping(table)
+        assert caught.value.setting == f"directory.{key}"

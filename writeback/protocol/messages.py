@@ -46,7 +46,7 @@ def upn_problem(upn: str) -> str | None:
     """
     if not upn or len(upn) > MAX_UPN_LENGTH:
         return f"must be 1 to {MAX_UPN_LENGTH} characters"
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in upn):
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in upn):
         return "contains a control character"
     local, at, suffix = upn.rpartition("@")
     if not at or not local or not suffix:
@@ -63,10 +63,14 @@ def domain_problem(domain: str) -> str | None:
 
 
 def password_problem(password: str) -> str | None:
+    """Why no directory could take `password`, or None (policy is the relay's business)."""
     if not password:
         return "is empty"
     if "\x00" in password:
         return "contains a NUL character"
+    if any("\ud800" <= char <= "\udfff" for char in password):
+        # JSON can carry a lone surrogate ("\ud800"); UTF-16 cannot encode it for unicodePwd.
+        return "contains an unpaired surrogate"
     if utf16_length(password) > MAX_PASSWORD_UTF16:
         return f"is longer than {MAX_PASSWORD_UTF16} UTF-16 code units"
     return None

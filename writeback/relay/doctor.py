@@ -190,8 +190,9 @@ def diagnose(
                 Check(
                     "pdc emulator",
                     Level.WARN,
-                    f"the PDC emulator is {pdc_host}, not among directory.servers: "
-                    "password changes reach other DCs with a delay",
+                    f"the PDC emulator is {pdc_host}, and none of the DCs the relay could bind "
+                    "to is it: add it to directory.servers (or check why it is unreachable); "
+                    "other DCs forward password changes to it with a delay",
                 )
             )
         hints = controller.policy_hints_oid
@@ -202,7 +203,8 @@ def diagnose(
                 "policy hints",
                 Level.WARN,
                 "not advertised by this DC: resets cannot enforce password history and minimum age "
-                "(changes still do); needs Windows Server 2012+ or Samba 4.24+",
+                "(changes still do); Windows Server 2008 R2 and later advertise it "
+                "(1.2.840.113556.1.4.2066 or .2239), Samba from 4.24",
             )
         )
         if controller.current_time is not None:
@@ -242,9 +244,10 @@ def diagnose(
 
 
 def render(checks: list[Check]) -> str:
-    width = max((len(check.level) for check in checks), default=2)
+    width = max(len(level) for level in Level)
     lines = [f"[{check.level:<{width}}] {check.name}: {check.summary}" for check in checks]
     failed = sum(check.level is Level.FAIL for check in checks)
     warned = sum(check.level is Level.WARN for check in checks)
-    lines.append(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+    plural = "" if warned == 1 else "s"
+    lines.append(f"{len(checks)} checks: {failed} failed, {warned} warning{plural}")
     return "\n".join(lines)

@@ -200,6 +200,13 @@ class Link:
         )
         naming_context = base_dn or first(root, "defaultNamingContext")
         domain = self.read(naming_context, ["fSMORoleOwner"])
+        if not domain.get("fSMORoleOwner"):
+            # Only a domain head names a PDC emulator and holds the password policy: an OU here
+            # would silently turn the pre-check off.
+            raise DirectoryProtocolError(
+                f"{self.address.url}: directory.base_dn {naming_context!r} is not the domain's "
+                "own DN (no fSMORoleOwner); leave it unset to use the DC's default naming context"
+            )
         return DomainController(
             address=self.address,
             dns_host_name=first(root, "dnsHostName"),
@@ -323,4 +330,7 @@ def connect(
     # A DC that answers but refuses the bind points at the relay's account, the likelier fix.
     if any(isinstance(error, DirectoryAccessDenied) for error in errors):
         raise DirectoryAccessDenied(summary)
+    # A DC that answers what the relay cannot use (a wrong base_dn) needs an administrator too.
+    if any(isinstance(error, DirectoryProtocolError) for error in errors):
+        raise DirectoryProtocolError(summary)
     raise DirectoryUnavailable(f"no domain controller answered: {summary}")

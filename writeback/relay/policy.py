@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from writeback.protocol import Outcome, Reason
-from writeback.protocol.messages import MAX_PASSWORD_UTF16, utf16_length
+from writeback.protocol.messages import MAX_PASSWORD_UTF16, password_problem, utf16_length
 
 PWD_PROPERTIES_COMPLEX = 0x1
 PWD_PROPERTIES_REFUSE_PASSWORD_CHANGE = 0x20
@@ -127,22 +127,19 @@ def _name_tokens(sam_account_name: str, display_name: str) -> list[str]:
 
 
 def check_syntax(password: str, what: str = "new password") -> Outcome | None:
-    """Reject what no directory accepts: empty, NUL, longer than MS-SAMR allows."""
-    if not password:
-        return Outcome(Reason.REQUEST_INVALID, f"the {what} is empty")
-    if "\x00" in password:
-        return Outcome(Reason.REQUEST_INVALID, f"the {what} contains a NUL character")
-    if utf16_length(password) > MAX_PASSWORD_UTF16:
-        detail = f"the {what} is longer than {MAX_PASSWORD_UTF16} UTF-16 code units"
-        if what != "new password":
-            # No account can have such a password: the request is wrong, not the policy.
-            return Outcome(Reason.REQUEST_INVALID, detail)
+    """Reject what no directory accepts: empty, NUL, unpaired surrogates, too long."""
+    problem = password_problem(password)
+    if problem is None:
+        return None
+    detail = f"the {what} {problem}"
+    if what == "new password" and utf16_length(password) > MAX_PASSWORD_UTF16:
         return Outcome(
             Reason.POLICY_LENGTH,
             detail,
             f"The password must be at most {MAX_PASSWORD_UTF16} characters long.",
         )
-    return None
+    # An old password no account can have: the request is wrong, not the policy.
+    return Outcome(Reason.REQUEST_INVALID, detail)
 
 
 @dataclass(frozen=True)

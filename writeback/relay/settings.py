@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.utils.dn import parse_dn
+
 from writeback.errors import ConfigurationError
 
 PASSWORD_ENV = "WRITEBACK_DIRECTORY_BIND_PASSWORD"  # noqa: S105 - the variable's name
@@ -73,19 +76,22 @@ class DirectorySettings:
         ca_file = Path(_string(table, section, "ca_file"))
         if not ca_file.is_file():
             raise ConfigurationError(f"{section}.ca_file", f"{ca_file} is not a readable file")
-        scopes = tuple(_strings(table, section, "scopes"))
+        scopes = _dns(table, section, "scopes")
         if not scopes:
             raise ConfigurationError(
                 f"{section}.scopes", "list the OUs whose users writeback may manage"
             )
+        base_dn = table.get("base_dn")
+        if base_dn is not None:
+            base_dn = _dns({"base_dn": [base_dn]}, section, "base_dn")[0]
         password_file = table.get("bind_password_file")
         return cls(
             servers=servers,
             ca_file=ca_file,
             bind_user=_string(table, section, "bind_user"),
             scopes=scopes,
-            base_dn=str(table["base_dn"]) if table.get("base_dn") else None,
-            denied_groups=tuple(_strings(table, section, "denied_groups", required=False)),
+            base_dn=base_dn,
+            denied_groups=_dns(table, section, "denied_groups", required=False),
             allow_protected_reset=_bool(table, section, "allow_protected_reset", default=False),
             bind_password_file=Path(str(password_file)) if password_file else None,
             connect_timeout=_number(table, section, "connect_timeout", 5.0),
@@ -147,6 +153,24 @@ def _strings(
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigurationError(f"{section}.{key}", "required, as a list of strings")
     return value
+
+
+def _dns(
+    table: Mapping[str, object], section: str, key: str, *, required: bool = True
+) -> tuple[str, ...]:
+    """Distinguished names, checked for syntax now rather than at the first request."""
+    values = _strings(table, section, key, required=required)
+    for value in values:
+        try:
+            parse_dn(value)
+        except LDAPInvalidDnError:
+            raise ConfigurationError(
+                f"{section}.{key}",
+                f"{value!r} is not a distinguished name (like OU=Staff,DC=corp,DC=example,DC=com)",
+            ) from None
+        if "=" not in value:
+            raise ConfigurationError(f"{section}.{key}", f"{value!r} is not a distinguished name")
+    return tuple(values)
 
 
 def _bool(table: Mapping[str, object], section: str, key: str, *, default: bool) -> bool:
