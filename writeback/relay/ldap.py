@@ -185,7 +185,11 @@ class Link:
         except Exception as exc:
             self.close()
             raise translate_ldap_error(exc, where) from exc
-        self.controller = self._describe(settings.base_dn)
+        try:
+            self.controller = self._describe(settings.base_dn)
+        except DirectoryError:
+            self.close()
+            raise
 
     def _describe(self, base_dn: str | None) -> DomainController:
         root = self.read(
