@@ -49,6 +49,7 @@ doctor: deps
 
 bench: deps
 	$(BIN)/python -m bench.directory
+	$(BIN)/python -m bench.sealing
 
 clean: dc-down
 	rm -rf .devstack
