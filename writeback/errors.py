@@ -5,6 +5,11 @@
     │                               raised at start-up, before anything connects
     ├── ProtocolError               a message is malformed, forged, undecryptable or expired;
     │                               carries the outcome reason and the offending field
+    ├── TransportError              Service Bus could not be used for a send, receive or settlement
+    │   ├── TransportUnavailable    connection, authentication, entity or timeout problems:
+    │   │                           retry with backoff
+    │   └── TransportLockLost       the message's lock expired or it was settled elsewhere: it
+    │                               will be (or was) delivered again; do not settle it
     ├── KeyStoreError               the relay's key store refused an operation (a pending pair
     │                               exists, the key to remove is active); the keys are unchanged
     ├── JournalError                the replay journal cannot be read or written (disk full, I/O
@@ -18,7 +23,8 @@
 
 Library exceptions are converted to these in one place per adapter, with the original kept as
 `__cause__`: ldap3/ssl/socket in `writeback.relay.ldap.translate_ldap_error`, joserfc in
-`writeback.sealing`, sqlite3 in `writeback.relay.journal`. Each `reason` is an outcome reason
+`writeback.sealing`, sqlite3 in `writeback.relay.journal`, azure-servicebus in
+`writeback.transport.servicebus`. Each `reason` is an outcome reason
 code (`writeback.protocol.Reason`). Directory answers about a password (policy, wrong old
 password, ...) are not exceptions: they are outcomes.
 """
@@ -49,6 +55,18 @@ class ProtocolError(WritebackError):
         self.reason = reason
         self.problem = problem
         self.field = field
+
+
+class TransportError(WritebackError):
+    """Service Bus refused or failed an operation."""
+
+
+class TransportUnavailable(TransportError):
+    """Service Bus cannot be reached or used right now; retry with backoff."""
+
+
+class TransportLockLost(TransportError):
+    """The message's lock is gone: it will be delivered again (to this or another relay)."""
 
 
 class KeyStoreError(WritebackError):
