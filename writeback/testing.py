@@ -1,4 +1,4 @@
-"""In-memory fakes for tests: a directory connection that never touches a network.
+"""In-memory fakes for tests: a DC connection and a directory that never touch a network.
 
 `FakeLink` stands in for `writeback.relay.ldap.Link`, the one bound connection to a DC that
 `LdapDirectory` uses. It serves a small dict of entries keyed by DN (raw attribute values as
@@ -12,8 +12,10 @@ FakeLink must never be logged or kept beyond its test.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -21,7 +23,10 @@ from typing import Any, Literal, cast
 import ldap3
 
 from writeback.errors import DirectoryError
+from writeback.protocol import Command, Operation, Outcome, Reason
+from writeback.relay.directory import Capabilities
 from writeback.relay.ldap import DomainController, Link
+from writeback.relay.policy import PasswordPolicy
 from writeback.relay.settings import DirectorySettings, ServerAddress
 
 RawEntry = dict[str, list[bytes]]
@@ -165,3 +170,52 @@ def filetime(when: datetime) -> int:
     """An aware datetime as AD's 100-ns ticks since 1601 (pwdLastSet, lockoutTime)."""
     delta = when - _FILETIME_EPOCH
     return (delta.days * 86_400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+
+
+class FakeDirectory:
+    """The Directory port in memory, for tests of what sits above it (the relay's pipeline).
+
+    It records every command it is asked to apply, answers from a queue of outcomes (applied
+    when empty), remembers when each user's password was last written, and can be slowed down
+    to show that writes for one user never overlap.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, delay: float = 0.0) -> None:
+        self.applied: list[Command] = []
+        self.outcomes: deque[Outcome] = deque()
+        self.last_set: dict[str, datetime] = {}
+        self.delay = delay
+        self.overlaps = 0
+        self._busy: set[str] = set()
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def apply(self, command: Command) -> Outcome:
+        user = command.user.casefold()
+        with self._lock:
+            self.overlaps += user in self._busy
+            self._busy.add(user)
+        try:
+            if self.delay:
+                time.sleep(self.delay)  # a slow DC, so concurrent callers would overlap
+            with self._lock:
+                self.applied.append(command)
+                outcome = self.outcomes.popleft() if self.outcomes else Outcome(Reason.APPLIED)
+                if outcome.reason is Reason.APPLIED and command.operation is not Operation.UNLOCK:
+                    self.last_set[user] = datetime.fromtimestamp(self._clock(), UTC)
+                return outcome
+        finally:
+            with self._lock:
+                self._busy.discard(user)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            dc="ldaps://dc1.example.test",
+            dc_host="dc1.example.test",
+            is_pdc=True,
+            policy_hints=None,
+            domain_policy=PasswordPolicy("the domain policy", 8, 5, True, None, None, 5),
+        )
+
+    def password_last_set(self, upn: str) -> datetime | None:
+        return self.last_set.get(upn.casefold())

@@ -7,14 +7,17 @@ Configuration errors are printed as one line naming the setting, never as a trac
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 from writeback.errors import ConfigurationError, KeyStoreError
-from writeback.relay import doctor
+from writeback.relay import bootstrap, doctor
+from writeback.relay.config import Config
 from writeback.relay.keys import KeyStore, render
 from writeback.relay.settings import DirectorySettings
 
@@ -98,9 +101,30 @@ def _add_keys_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         action.set_defaults(run=run)
 
 
+def _run(args: argparse.Namespace) -> int:
+    bootstrap.configure_logging()
+    relay = bootstrap.build(Config.load(args.config))
+    return asyncio.run(_serve(relay))
+
+
+async def _serve(relay: bootstrap.Relay) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await relay.agent.run(stop)
+    finally:
+        await relay.close()
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="writeback-relay", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("run", help="serve the domain's writeback requests")
+    serve.add_argument("--config", type=Path, required=True, help="relay.toml")
+    serve.set_defaults(run=_run)
     check = commands.add_parser("doctor", help="check TLS, bind, rights, policy hints, clock")
     check.add_argument("--config", type=Path, required=True, help="relay.toml")
     check.set_defaults(run=_doctor)

@@ -37,6 +37,7 @@ from writeback.relay.policy import (
     PasswordPolicy,
     check_syntax,
     encode_unicode_pwd,
+    filetime,
     precheck,
 )
 from writeback.relay.results import DirectoryAnswer, classify
@@ -51,6 +52,11 @@ class Directory(Protocol):
     def apply(self, command: Command) -> Outcome: ...
 
     def capabilities(self) -> Capabilities: ...
+
+    def password_last_set(self, upn: str) -> datetime | None:
+        """When the user's password was last written, per the DC; None if never or if the
+        user must change it at next logon (pwdLastSet = 0)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,14 @@ class LdapDirectory:
                 policy_hints=controller.policy_hints_oid,
                 domain_policy=accounts.read_domain_policy(link),
             )
+
+    def password_last_set(self, upn: str) -> datetime | None:
+        with self._lock:
+            found = self._reading(lambda link: accounts.find_user(link, upn))
+        if not isinstance(found, User):
+            return None
+        last_set = filetime(found.number("pwdLastSet"))
+        return last_set.replace(tzinfo=UTC) if last_set else None
 
     # -- the operation -------------------------------------------------------------------
     def apply(self, command: Command) -> Outcome:

@@ -85,6 +85,7 @@ class _Bus:
         self._extra = extra
         self._client: ServiceBusClient | None = None
         self._senders: dict[str, ServiceBusSender] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> ServiceBusClient:
@@ -134,21 +135,34 @@ class ServiceBusCloud(_Bus):
         remaining = deadline - time.time()
         if remaining <= 0:
             return None
+        receiver = self.client.get_queue_receiver(
+            OUTCOMES_QUEUE, session_id=request_id, max_wait_time=remaining
+        )
         try:
-            receiver = self.client.get_queue_receiver(
-                OUTCOMES_QUEUE, session_id=request_id, max_wait_time=remaining
-            )
-            async with receiver:
-                while (remaining := deadline - time.time()) > 0:
-                    received = await receiver.receive_messages(
-                        max_message_count=1, max_wait_time=remaining
-                    )
-                    if received:
-                        await receiver.complete_message(received[0])
-                        return str(received[0])
+            await receiver.__aenter__()
+            while (remaining := deadline - time.time()) > 0:
+                received = await receiver.receive_messages(
+                    max_message_count=1, max_wait_time=remaining
+                )
+                if received:
+                    await receiver.complete_message(received[0])
+                    return str(received[0])
         except Exception as exc:
             raise translate_servicebus_error(exc, f"wait for outcome {request_id}") from exc
+        finally:
+            # Closing a link is a round trip of its own: answer the caller first, close after.
+            self._background(receiver.close())
         return None
+
+    def _background(self, closing: Any) -> None:
+        task = asyncio.create_task(_quietly(closing))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=15)
+        await super().close()
 
 
 class ServiceBusRelay(_Bus):
@@ -166,18 +180,23 @@ class ServiceBusRelay(_Bus):
         self._receiver: ServiceBusReceiver | None = None
 
     async def receive(self, max_messages: int, max_wait: float) -> list[Delivery]:
-        if self._receiver is None:
-            self._receiver = self.client.get_queue_receiver(
-                self.queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=0
-            )
+        receiver = self._receiver
         try:
-            received = await self._receiver.receive_messages(
+            if receiver is None:
+                receiver = self.client.get_queue_receiver(
+                    self.queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=0
+                )
+                # Open the link now: a short max_wait would otherwise also bound the link's
+                # opening, and a receive could time out before it ever asked for a message.
+                self._receiver = await receiver.__aenter__()
+            received = await receiver.receive_messages(
                 max_message_count=max_messages, max_wait_time=max_wait
             )
         except Exception as exc:
             # Drop the receiver: the next call reconnects (the caller backs off between calls).
-            receiver, self._receiver = self._receiver, None
-            await _quietly(receiver.close())
+            self._receiver = None
+            if receiver is not None:
+                await _quietly(receiver.close())
             raise translate_servicebus_error(exc, f"receive from {self.queue}") from exc
         return [self._delivery(message) for message in received]
 

@@ -1,0 +1,139 @@
+"""A local Service Bus-compatible AMQP 1.0 broker for development and tests.
+
+The unmodified azure-servicebus SDK (sync and `aio`) talks to it over plain AMQP on loopback with
+the emulator connection string (`UseDevelopmentEmulator=true`): CBS, peek-lock, sessions,
+dead-lettering, TTL, duplicate detection and the `$management` operations the project uses.
+The queues are a `writeback.transport.memory.MemoryBroker`. It is a development tool only:
+production always uses Azure Service Bus, and the same connection string also works against
+Microsoft's official (Docker) emulator. It checks no credentials and must never listen on
+anything but loopback. See docs/local-servicebus.md for what it does and does not emulate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from types import TracebackType
+
+from proton.reactor import ApplicationEvent, Container
+
+from devstack.servicebus.broker import LocalBrokerHandler
+from writeback.transport.memory import MemoryBroker, QueueConfig
+
+__all__ = ["LocalServiceBus", "QueueConfig"]
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+class _PeerHungUp(logging.Filter):
+    """Drop proton's ERROR records for a client that closed its socket right after sending
+    `close` (the SDK does that routinely): they are normal here, not failures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith(("Couldn't send:", "Couldn't recv:"))
+            and ("BrokenPipeError" in message or "ConnectionResetError" in message)
+        )
+
+
+_HUNG_UP = _PeerHungUp()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names the IPv4 loopback (the only place the broker may listen)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LocalServiceBus:
+    """The broker on a daemon thread: `start()`, use `connection_string`, `stop()`."""
+
+    def __init__(
+        self, queues: Iterable[QueueConfig], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        if not is_loopback(host):
+            # No authorisation is emulated: anyone who can connect can read every queue.
+            raise ValueError(f"the local Service Bus listens on loopback only, not {host!r}")
+        self.broker = MemoryBroker(queues)
+        self.host = host
+        self._port = port
+        self._handler: LocalBrokerHandler | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one the OS picked, when constructed with port 0)."""
+        return self._handler.port if self._handler is not None else self._port
+
+    @property
+    def connection_string(self) -> str:
+        """The emulator-style connection string: plain AMQP to this host and port."""
+        return (
+            f"Endpoint=sb://{self.host}:{self.port};"
+            "SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;"
+            "UseDevelopmentEmulator=true;"
+        )
+
+    def start(self) -> None:
+        """Run the broker's event loop on a daemon thread; return once it accepts connections."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("the local Service Bus is already running")
+            logging.getLogger("proton").addFilter(_HUNG_UP)  # adding it twice is a no-op
+            handler = LocalBrokerHandler(self.broker, self.host, self._port)
+            container = Container(handler)
+            thread = threading.Thread(
+                target=container.run, name=f"local-servicebus-{self.host}", daemon=True
+            )
+            thread.start()
+            if not handler.listening.wait(START_TIMEOUT) or handler.error is not None:
+                thread.join(STOP_TIMEOUT)
+                _close_pipe(handler)
+                raise RuntimeError(
+                    f"the local Service Bus could not listen on {self.host}:{self._port}"
+                ) from handler.error
+            # listen() has returned on the loop thread: the kernel is already accepting.
+            self._handler, self._thread = handler, thread
+
+    def stop(self) -> None:
+        """Close every connection and the listener, end the loop and join its thread."""
+        with self._lock:
+            handler, thread = self._handler, self._thread
+            if handler is None or thread is None:
+                return
+            handler.injector.trigger(ApplicationEvent("shutdown"))
+            thread.join(STOP_TIMEOUT)
+            if thread.is_alive():
+                raise RuntimeError("the local Service Bus did not stop")
+            _close_pipe(handler)
+            self._handler = self._thread = None
+
+    def __enter__(self) -> LocalServiceBus:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _close_pipe(handler: LocalBrokerHandler) -> None:
+    """proton's EventInjector never closes its wake-up pipe; close it once the loop is gone."""
+    for fd in handler.injector.pipe:
+        with contextlib.suppress(OSError):
+            os.close(fd)

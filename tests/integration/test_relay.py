@@ -1,0 +1,244 @@
+"""The relay end to end: signed, sealed requests over the local broker, applied to the Samba DC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from azure.servicebus import ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient
+from joserfc.jwk import ECKey, KeySet
+
+from devstack import seed
+from devstack.servicebus import LocalServiceBus
+from writeback import sealing
+from writeback.protocol import Initiator, Operation, Reason
+from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
+from writeback.relay import bootstrap
+from writeback.relay.config import Config
+from writeback.relay.keys import KeyStore
+from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
+from writeback.transport.memory import QueueConfig
+from writeback.transport.servicebus import ServiceBusCloud
+from writeback.transport.settings import ServiceBusSettings
+
+from .conftest import TestBed
+
+NEW = "Relay-Applied-Pa55!"
+NewUser = Callable[..., seed.Account]
+CanBind = Callable[[seed.Account, str], bool]
+
+
+@pytest.fixture(scope="module")
+def bus(testbed: TestBed) -> Iterator[LocalServiceBus]:
+    domain = testbed.domain.dns_domain
+    with LocalServiceBus(
+        [
+            QueueConfig(
+                requests_queue(domain),
+                lock_duration=30,
+                max_delivery_count=5,
+                default_ttl=600,
+                duplicate_detection_window=600,
+            ),
+            QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=300),
+            QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
+        ]
+    ) as running:
+        yield running
+
+
+@dataclass
+class Cloud:
+    """The cloud side, as the Functions app will be: seal, sign, send, wait, verify."""
+
+    transport: ServiceBusCloud
+    signing_key: ECKey
+    relay_keys: KeySet
+    domain: str
+    connection_string: str
+
+    async def ask(
+        self,
+        operation: Operation,
+        user: str,
+        secrets: Secrets | None,
+        *,
+        request_id: str | None = None,
+        expires_in: int = 60,
+        signer: ECKey | None = None,
+        initiator: Initiator | None = Initiator.SELF_SERVICE,
+        unlock: bool = False,
+        wait: float = 15.0,
+    ) -> OutcomeMessage | None:
+        request_id = request_id or f"req-{uuid.uuid4()}"
+        now = int(time.time())
+        message = RequestMessage(
+            id=request_id,
+            domain=self.domain,
+            operation=operation,
+            user=user,
+            issued_at=now - 1,
+            expires_at=now + expires_in,
+            initiator=initiator if operation is Operation.RESET else None,
+            unlock=unlock,
+        )
+        token = sealing.seal_request(message, secrets, self.relay_keys, signer or self.signing_key)
+        await self.transport.send_request(self.domain, request_id, token, now + expires_in)
+        answer = await self.transport.wait_for_outcome(request_id, time.time() + wait)
+        return None if answer is None else sealing.verify_outcome(answer, self.relay_keys)
+
+    async def dead_letters(self) -> list[tuple[str | None, str | None]]:
+        async with ServiceBusClient.from_connection_string(self.connection_string) as client:
+            receiver = client.get_queue_receiver(
+                requests_queue(self.domain),
+                sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+                max_wait_time=2,
+            )
+            async with receiver:
+                found = await receiver.receive_messages(max_message_count=20, max_wait_time=2)
+                for message in found:
+                    await receiver.complete_message(message)
+        return [(m.dead_letter_reason, m.dead_letter_error_description) for m in found]
+
+
+def write_config(testbed: TestBed, bus: LocalServiceBus, tmp: Path) -> tuple[Path, KeyStore, ECKey]:
+    keys = KeyStore.init(tmp / "keys", "relay-it")
+    cloud_key = ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.it", "use": "sig"})
+    (tmp / "cloud-jwks.json").write_text(json.dumps({"keys": [cloud_key.as_dict(private=False)]}))
+    password = tmp / "bind-password"
+    password.write_text(testbed.domain.relay.password)
+    password.chmod(0o600)
+    config = tmp / "relay.toml"
+    config.write_text(f"""
+[relay]
+id = "relay-it"
+domain = "{testbed.domain.dns_domain}"
+keys = "{tmp / "keys"}"
+journal = "{tmp / "state" / "journal.sqlite3"}"
+cloud_keys = "{tmp / "cloud-jwks.json"}"
+heartbeat_interval = 1
+receive_wait = 0.5
+
+[directory]
+servers = ["{testbed.dc.ldaps_url}"]
+ca_file = "{testbed.dc.ca_file}"
+bind_user = "{testbed.domain.relay.upn}"
+bind_password_file = "{password}"
+scopes = ["{testbed.domain.users_ou}"]
+
+[servicebus]
+connection_string = "{bus.connection_string}"
+""")
+    return config, keys, cloud_key
+
+
+@pytest.fixture
+async def cloud(testbed: TestBed, bus: LocalServiceBus, tmp_path: Path) -> AsyncIterator[Cloud]:
+    """A running relay (the real agent, built from relay.toml) and the cloud side to drive it."""
+    config_path, keys, cloud_key = write_config(testbed, bus, tmp_path)
+    relay = bootstrap.build(Config.load(config_path, environ={}))
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.agent.run(stop))
+    settings = ServiceBusSettings(connection_string=bus.connection_string)
+    side = Cloud(
+        ServiceBusCloud(settings, None),
+        cloud_key,
+        sealing.public_keyset(keys.public_jwks(), "relay jwks"),
+        testbed.domain.dns_domain,
+        bus.connection_string,
+    )
+    yield side
+    stop.set()
+    await running
+    await relay.close()
+    await side.transport.close()
+
+
+class TestOperations:
+    async def test_reset_change_unlock(
+        self, cloud: Cloud, testbed: TestBed, new_user: NewUser, can_bind: CanBind
+    ) -> None:
+        """Each operation travels sealed and signed, is applied to AD and answered applied."""
+        user = new_user("e2e")
+        reset = await cloud.ask(Operation.RESET, user.upn, Secrets(NEW))
+        assert reset is not None
+        assert (reset.reason, reset.relay) == (Reason.APPLIED, "relay-it")
+        assert can_bind(user, NEW)
+        change = await cloud.ask(Operation.CHANGE, user.upn, Secrets("Changed-Pa55!", NEW))
+        assert change is not None
+        assert change.reason is Reason.APPLIED
+        seed.lock_out(testbed.dc, user, seed.DOMAIN_POLICY["lockout_threshold"])
+        unlock = await cloud.ask(Operation.UNLOCK, user.upn, None)
+        assert unlock is not None
+        assert unlock.reason is Reason.APPLIED
+        assert can_bind(user, "Changed-Pa55!")
+
+    async def test_rejections_reach_the_caller(
+        self, cloud: Cloud, testbed: TestBed, new_user: NewUser
+    ) -> None:
+        """Directory refusals come back with their precise reason and message."""
+        user = new_user("rej")
+        short = await cloud.ask(Operation.RESET, user.upn, Secrets("Sh0rt!"))
+        wrong = await cloud.ask(Operation.CHANGE, user.upn, Secrets(NEW, "Wrong-0ld-Pa55!"))
+        outside = await cloud.ask(
+            Operation.RESET, new_user("out", ou=testbed.domain.outside_ou).upn, Secrets(NEW)
+        )
+        assert [o.reason if o else None for o in (short, wrong, outside)] == [
+            Reason.POLICY_LENGTH,
+            Reason.OLD_PASSWORD_MISMATCH,
+            Reason.USER_OUT_OF_SCOPE,
+        ]
+        assert short is not None
+        assert "at least 8" in short.message
+
+
+class TestRefusals:
+    async def test_forged_request_is_dead_lettered_and_unanswered(
+        self, cloud: Cloud, new_user: NewUser, can_bind: CanBind
+    ) -> None:
+        """A request signed by an untrusted key changes nothing and is dead-lettered."""
+        user = new_user("forged")
+        stranger = ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.evil", "use": "sig"})
+        answer = await cloud.ask(Operation.RESET, user.upn, Secrets(NEW), signer=stranger, wait=3)
+        assert answer is None
+        assert ("request.invalid_signature", "signed by an unknown key 'cloud.sig.evil'") in (
+            await cloud.dead_letters()
+        )
+        assert can_bind(user, user.password)
+
+    async def test_a_resent_request_is_not_applied_twice(
+        self, cloud: Cloud, new_user: NewUser, read: Callable[[str, list[str]], dict[str, str]]
+    ) -> None:
+        """The same request id sent again is dropped; AD was written once (pwdLastSet unchanged)."""
+        user = new_user("replay")
+        request_id = f"req-{uuid.uuid4()}"
+        first = await cloud.ask(Operation.RESET, user.upn, Secrets(NEW), request_id=request_id)
+        assert first is not None
+        assert first.reason is Reason.APPLIED
+        written = read(user.dn, ["pwdLastSet"])["pwdLastSet"]
+        again = await cloud.ask(
+            Operation.RESET, user.upn, Secrets(NEW), request_id=request_id, wait=3
+        )
+        assert again is None
+        assert read(user.dn, ["pwdLastSet"])["pwdLastSet"] == written
+
+    async def test_no_password_in_any_log(
+        self, cloud: Cloud, new_user: NewUser, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A scan of everything logged during real requests finds no password."""
+        caplog.set_level(logging.DEBUG)
+        user = new_user("logs")
+        await cloud.ask(Operation.RESET, user.upn, Secrets(NEW))
+        await cloud.ask(Operation.CHANGE, user.upn, Secrets("Logged-Pa55!", "Wrong-0ld-Pa55!"))
+        text = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
+        assert caplog.records
+        for secret in (NEW, "Logged-Pa55!", "Wrong-0ld-Pa55!", user.password):
+            assert secret not in text

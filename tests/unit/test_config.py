@@ -1,0 +1,100 @@
+"""relay.toml and the environment: one configuration, every problem named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from writeback.errors import ConfigurationError
+from writeback.relay.config import Config
+
+TOML = """
+[relay]
+id = "relay-dc1"
+domain = "corp.example.com"
+keys = "/var/lib/writeback/keys"
+journal = "/var/lib/writeback/journal.sqlite3"
+cloud_keys = "/etc/writeback/cloud-jwks.json"
+
+[directory]
+servers = ["ldaps://dc1.corp.example.com"]
+ca_file = "{ca}"
+bind_user = "svc-writeback@corp.example.com"
+scopes = ["OU=Staff,DC=corp,DC=example,DC=com"]
+
+[servicebus]
+namespace = "corp-writeback.servicebus.windows.net"
+websockets = true
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("ca")
+    path = tmp_path / "relay.toml"
+    path.write_text(TOML.replace("{ca}", str(ca)))
+    return path
+
+
+class TestLoad:
+    def test_a_complete_file(self, config_file: Path) -> None:
+        """Every table is read and validated into its settings."""
+        config = Config.load(config_file, environ={})
+        assert (config.relay.id, config.relay.domain, config.relay.concurrency) == (
+            "relay-dc1",
+            "corp.example.com",
+            4,
+        )
+        assert config.directory.servers[0].host == "dc1.corp.example.com"
+        assert config.servicebus.websockets is True
+
+    def test_environment_overrides_the_file(self, config_file: Path) -> None:
+        """WRITEBACK_<TABLE>_<KEY> wins, read as TOML (numbers, lists) or as a plain string."""
+        config = Config.load(
+            config_file,
+            environ={
+                "WRITEBACK_RELAY_CONCURRENCY": "8",
+                "WRITEBACK_RELAY_ID": "relay-dc2",
+                "WRITEBACK_DIRECTORY_SERVERS": '["ldaps://dc2.corp.example.com", "ldaps://dc3.corp.example.com"]',
+                "WRITEBACK_SERVICEBUS_WEBSOCKETS": "false",
+            },
+        )
+        assert (config.relay.concurrency, config.relay.id) == (8, "relay-dc2")
+        assert [s.host for s in config.directory.servers] == [
+            "dc2.corp.example.com",
+            "dc3.corp.example.com",
+        ]
+        assert config.servicebus.websockets is False
+
+    @pytest.mark.parametrize(
+        ("environ", "setting"),
+        [
+            ({"WRITEBACK_RELAY_CONCURRENCY": "0"}, "relay.concurrency"),
+            ({"WRITEBACK_RELAY_DOMAIN": "CORP"}, "relay.domain"),
+            ({"WRITEBACK_RELAY_ID": "relay dc1"}, "relay.id"),
+            ({"WRITEBACK_RELAY_COLOUR": "blue"}, "relay.colour"),
+            ({"WRITEBACK_RELAY_HEARTBEAT_INTERVAL": "-5"}, "relay.heartbeat_interval"),
+            ({"WRITEBACK_DIRECTORY_SERVERS": '["ldap://dc1"]'}, "directory.servers"),
+        ],
+    )
+    def test_bad_settings_are_named(
+        self, config_file: Path, environ: dict[str, str], setting: str
+    ) -> None:
+        """Whichever source a bad value comes from, start-up stops naming the setting."""
+        with pytest.raises(ConfigurationError) as caught:
+            Config.load(config_file, environ=environ)
+        assert caught.value.setting == setting
+
+    def test_unknown_table(self, config_file: Path) -> None:
+        """A table the relay does not know is refused (a typo would otherwise be ignored)."""
+        config_file.write_text(config_file.read_text() + "\n[servicebuss]\nx = 1\n")
+        with pytest.raises(ConfigurationError, match="unknown table"):
+            Config.load(config_file, environ={})
+
+    def test_missing_relay_table(self, config_file: Path) -> None:
+        """Without [relay] the first required setting is named."""
+        config_file.write_text(config_file.read_text().replace("[relay]", "[ignored]"))
+        with pytest.raises(ConfigurationError):
+            Config.load(config_file, environ={})

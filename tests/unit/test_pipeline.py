@@ -1,0 +1,315 @@
+"""The relay's handling of one request, on the in-process transport and an in-memory directory."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from joserfc.jwk import ECKey, KeySet, RSAKey
+
+from writeback import sealing
+from writeback.protocol import Initiator, Operation, Outcome, Reason
+from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
+from writeback.relay.journal import Journal, State
+from writeback.relay.pipeline import Pipeline, RelayKeys, Settled
+from writeback.testing import FakeDirectory
+from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
+from writeback.transport.inprocess import InProcessCloud, InProcessRelay
+from writeback.transport.memory import MemoryBroker, QueueConfig
+
+DOMAIN = "corp.example.test"
+USER = "alice@corp.example.test"
+PASSWORD = "Pipeline-Pa55word!"
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    relay: RSAKey
+    other_relay: RSAKey
+    relay_sig: ECKey
+    cloud: ECKey
+    stranger: ECKey
+
+    def public(self, *keys: Any) -> KeySet:
+        return KeySet([type(k).import_key(k.as_dict(private=False)) for k in keys])
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys(
+        RSAKey.generate_key(3072, parameters={"kid": "relay-1.enc.a", "use": "enc"}),
+        RSAKey.generate_key(3072, parameters={"kid": "relay-2.enc.a", "use": "enc"}),
+        ECKey.generate_key("P-256", parameters={"kid": "relay-1.sig.a", "use": "sig"}),
+        ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.a", "use": "sig"}),
+        ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.evil", "use": "sig"}),
+    )
+
+
+@dataclasses.dataclass
+class World:
+    broker: MemoryBroker
+    cloud: InProcessCloud
+    relay: InProcessRelay
+    directory: FakeDirectory
+    journal: Journal
+    pipeline: Pipeline
+    keys: Keys
+
+    def token(
+        self,
+        operation: Operation = Operation.RESET,
+        *,
+        request_id: str = "req-1",
+        expires_in: int = 60,
+        signer: ECKey | None = None,
+        recipients: Any = None,
+        user: str = USER,
+    ) -> str:
+        now = int(time.time())
+        message = RequestMessage(
+            id=request_id,
+            domain=DOMAIN,
+            operation=operation,
+            user=user,
+            issued_at=now - 5,
+            expires_at=now + expires_in,
+            initiator=Initiator.ADMIN if operation is Operation.RESET else None,
+        )
+        secrets = {
+            Operation.RESET: Secrets(PASSWORD),
+            Operation.CHANGE: Secrets(PASSWORD, "Old1!"),
+            Operation.UNLOCK: None,
+        }[operation]
+        return sealing.seal_request(
+            message,
+            secrets,
+            recipients or self.keys.public(self.keys.relay),
+            signer or self.keys.cloud,
+        )
+
+    async def send(self, token: str, request_id: str = "req-1") -> None:
+        await self.cloud.send_request(DOMAIN, request_id, token, time.time() + 60)
+
+    async def handle_next(self) -> Settled:
+        [delivery] = await self.relay.receive(1, 2.0)
+        return await self.pipeline.handle(delivery)
+
+    async def outcome(self, request_id: str = "req-1") -> OutcomeMessage:
+        token = await self.cloud.wait_for_outcome(request_id, time.time() + 2)
+        assert token is not None, "no outcome was sent"
+        return sealing.verify_outcome(token, self.keys.public(self.keys.relay_sig))
+
+    def dead_letters(self) -> list[tuple[str | None, str | None]]:
+        queue = f"{requests_queue(DOMAIN)}/$DeadLetterQueue"
+        return [
+            (m.dead_letter_reason, m.dead_letter_description) for m in self.broker.peek(queue, 10)
+        ]
+
+
+@pytest.fixture
+async def world(keys: Keys, tmp_path: Path) -> AsyncIterator[World]:
+    broker = MemoryBroker(
+        [
+            QueueConfig(
+                requests_queue(DOMAIN),
+                lock_duration=1.0,
+                max_delivery_count=5,
+                duplicate_detection_window=600,
+            ),
+            QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=300),
+            QueueConfig(HEARTBEATS_QUEUE),
+        ]
+    )
+    relay = InProcessRelay(broker, DOMAIN)
+    directory = FakeDirectory()
+    journal = Journal(tmp_path / "journal.sqlite3")
+    pipeline = Pipeline(
+        relay_id="relay-1",
+        domain=DOMAIN,
+        directory=directory,
+        transport=relay,
+        journal=journal,
+        keys=RelayKeys(keys.public(keys.cloud), KeySet([keys.relay]), keys.relay_sig),
+    )
+    yield World(broker, InProcessCloud(broker), relay, directory, journal, pipeline, keys)
+    journal.close()
+
+
+class TestApplying:
+    @pytest.mark.parametrize("operation", list(Operation))
+    async def test_each_operation(self, world: World, operation: Operation) -> None:
+        """Each operation is applied once, answered signed, journaled and completed."""
+        await world.send(world.token(operation))
+        assert await world.handle_next() is Settled.COMPLETED
+        outcome = await world.outcome()
+        assert (outcome.reason, outcome.relay, outcome.request_id) == (
+            Reason.APPLIED,
+            "relay-1",
+            "req-1",
+        )
+        assert [c.operation for c in world.directory.applied] == [operation]
+        entry = world.journal.get("req-1")
+        assert entry is not None
+        assert entry.state is State.APPLIED
+        assert world.broker.stats(requests_queue(DOMAIN))["active"] == 0
+
+    async def test_a_rejection_is_answered_and_completed(self, world: World) -> None:
+        """A directory refusal reaches the caller with its reason and is not retried."""
+        world.directory.outcomes.append(Outcome(Reason.POLICY_LENGTH, "5 < 8", "Too short."))
+        await world.send(world.token())
+        assert await world.handle_next() is Settled.COMPLETED
+        outcome = await world.outcome()
+        assert (outcome.reason, outcome.message, outcome.detail) == (
+            Reason.POLICY_LENGTH,
+            "Too short.",
+            "5 < 8",
+        )
+
+
+class TestExactlyOnce:
+    async def test_a_duplicate_gets_the_recorded_outcome(self, world: World) -> None:
+        """A request delivered again after it was answered is answered again, not re-applied."""
+        token = world.token()
+        await world.send(token)
+        await world.handle_next()
+        await world.outcome()
+        await world.send(token, "req-1-again")  # a new MessageId slips past duplicate detection
+        [delivery] = await world.relay.receive(1, 2.0)
+        redelivered = dataclasses.replace(delivery, message_id="req-1")
+        assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
+        assert (await world.outcome()).reason is Reason.APPLIED
+        assert len(world.directory.applied) == 1
+
+    async def test_crash_after_the_write_reports_applied(self, world: World) -> None:
+        """Journal APPLYING and a pwdLastSet after it: the write happened; it is not repeated."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1")
+        world.directory.last_set[USER] = datetime.now(UTC)  # AD took the write before the crash
+        await world.send(world.token())
+        assert await world.handle_next() is Settled.COMPLETED
+        outcome = await world.outcome()
+        assert outcome.reason is Reason.APPLIED
+        assert "before the relay restarted" in outcome.detail
+        assert world.directory.applied == []
+
+    async def test_crash_before_the_write_applies_it(self, world: World) -> None:
+        """Journal APPLYING but pwdLastSet older: AD never got it, so it is applied now."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1")
+        await world.send(world.token())
+        await world.handle_next()
+        assert (await world.outcome()).reason is Reason.APPLIED
+        assert len(world.directory.applied) == 1
+
+    async def test_one_write_per_user_at_a_time(self, world: World) -> None:
+        """Two requests for one user in parallel never overlap in the directory."""
+        world.directory.delay = 0.2
+        for request_id in ("req-a", "req-b"):
+            await world.send(world.token(request_id=request_id), request_id)
+        deliveries = await world.relay.receive(2, 2.0)
+        results = await asyncio.gather(*(world.pipeline.handle(d) for d in deliveries))
+        assert results == [Settled.COMPLETED, Settled.COMPLETED]
+        assert (len(world.directory.applied), world.directory.overlaps) == (2, 0)
+
+    async def test_the_lock_is_renewed_during_a_slow_write(self, world: World) -> None:
+        """A write longer than the lock does not lose the message to redelivery."""
+        world.directory.delay = 2.5  # the queue's lock lasts 1 s
+        await world.send(world.token())
+        assert await world.handle_next() is Settled.COMPLETED
+        assert world.broker.stats(requests_queue(DOMAIN))["active"] == 0
+
+
+class TestRefusals:
+    async def test_forged_signature_is_dead_lettered(self, world: World) -> None:
+        """A request signed by an unknown key is dead-lettered, never applied nor answered."""
+        await world.send(world.token(signer=world.keys.stranger))
+        assert await world.handle_next() is Settled.DEAD_LETTERED
+        assert world.dead_letters()[0][0] == "request.invalid_signature"
+        assert world.directory.applied == []
+
+    async def test_tampered_message_is_dead_lettered(self, world: World) -> None:
+        """One changed character in the signed request makes it a dead letter."""
+        token = world.token()
+        header, payload, signature = token.split(".")
+        tampered = ".".join(
+            [header, payload[:-4] + ("AAAA" if payload[-4:] != "AAAA" else "BBBB"), signature]
+        )
+        await world.send(tampered)
+        assert await world.handle_next() is Settled.DEAD_LETTERED
+        assert world.directory.applied == []
+
+    async def test_message_id_must_be_the_signed_id(self, world: World) -> None:
+        """A validly signed request sent under another MessageId is refused as malformed."""
+        await world.send(world.token(request_id="req-1"), "req-other")
+        assert await world.handle_next() is Settled.DEAD_LETTERED
+        assert world.dead_letters()[0] == (
+            "request.malformed",
+            "id: the MessageId is not the signed request id",
+        )
+
+    async def test_expired_is_answered(self, world: World) -> None:
+        """A signed request that expired on the way is answered request.expired, not applied."""
+        now = int(time.time())
+        message = RequestMessage(
+            id="req-1",
+            domain=DOMAIN,
+            operation=Operation.UNLOCK,
+            user=USER,
+            issued_at=now - 30,
+            expires_at=now - 1,
+        )
+        await world.send(
+            sealing.seal_request(
+                message, None, world.keys.public(world.keys.relay), world.keys.cloud
+            )
+        )
+        assert await world.handle_next() is Settled.COMPLETED
+        assert (await world.outcome()).reason is Reason.REQUEST_EXPIRED
+        assert world.directory.applied == []
+
+    async def test_not_sealed_to_this_relay(self, world: World) -> None:
+        """Secrets sealed only to another relay's key are answered undecryptable at once."""
+        await world.send(world.token(recipients=world.keys.public(world.keys.other_relay)))
+        assert await world.handle_next() is Settled.COMPLETED
+        assert (await world.outcome()).reason is Reason.REQUEST_UNDECRYPTABLE
+        assert world.directory.applied == []
+
+    async def test_journal_failure_abandons(self, world: World) -> None:
+        """If the journal cannot be written, nothing is applied and the message comes back."""
+        world.journal.close()
+        await world.send(world.token())
+        assert await world.handle_next() is Settled.ABANDONED
+        assert world.directory.applied == []
+
+
+class TestNoSecrets:
+    async def test_logs_hold_no_password(
+        self, world: World, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Handling applied, refused and forged requests logs no password."""
+        caplog.set_level(logging.DEBUG)
+        await world.send(world.token())
+        await world.handle_next()
+        await world.send(world.token(Operation.CHANGE, request_id="req-2"), "req-2")
+        await world.handle_next()
+        await world.send(world.token(signer=world.keys.stranger, request_id="req-3"), "req-3")
+        await world.handle_next()
+        text = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
+        assert caplog.records
+        assert PASSWORD not in text
+        assert "Old1!" not in text
+        for entry in ("req-1", "req-2"):
+            recorded = world.journal.get(entry)
+            assert recorded is not None
+            assert PASSWORD not in repr(recorded)

@@ -1,0 +1,159 @@
+"""The relay's long-running loop: receive, process in parallel, heartbeat, survive outages, stop.
+
+Up to `concurrency` requests are processed at once (one write per user at a time is the
+pipeline's rule). When Service Bus is unreachable the loop backs off exponentially (1 s to 60 s,
+with jitter) instead of spinning; when the DC is down each request gets directory.unavailable
+from the directory layer, which reconnects by itself on the next request. A heartbeat goes out
+every `heartbeat_interval` seconds, signed, with what the relay knows of the directory and its
+last error. On stop, nothing new is received and work in flight gets `shutdown_grace` seconds to
+finish; what is cancelled after that is delivered again, and the journal keeps it from being
+applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from joserfc.jwk import ECKey
+
+from writeback import __version__, sealing
+from writeback.errors import DirectoryError, TransportError
+from writeback.protocol.messages import Heartbeat
+from writeback.relay.config import RelaySettings
+from writeback.relay.directory import Directory
+from writeback.relay.pipeline import Pipeline
+from writeback.transport import RelayTransport
+
+log = logging.getLogger(__name__)
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        pipeline: Pipeline,
+        transport: RelayTransport,
+        *,
+        directory: Directory,
+        signing_key: ECKey,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._pipeline = pipeline
+        self._transport = transport
+        self._directory = directory
+        self._signing_key = signing_key
+        self._clock = clock
+        self.last_error: str | None = None
+        self.handled = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set, then shut down within the grace period."""
+        heartbeats = asyncio.create_task(self._heartbeats(stop))
+        in_flight: set[asyncio.Task[object]] = set()
+        backoff = BACKOFF_FIRST
+        log.info(
+            "relay_started",
+            extra={
+                "relay": self.settings.id,
+                "domain": self.settings.domain,
+                "concurrency": self.settings.concurrency,
+            },
+        )
+        try:
+            while not stop.is_set():
+                free = self.settings.concurrency - len(in_flight)
+                if free <= 0:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    deliveries = await self._transport.receive(free, self.settings.receive_wait)
+                except TransportError as exc:
+                    self.last_error = f"Service Bus: {exc}"
+                    log.warning("receive_failed", extra={"error": str(exc), "retry_in": backoff})
+                    await _sleep_unless(stop, backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_FIRST
+                for delivery in deliveries:
+                    task: asyncio.Task[object] = asyncio.create_task(
+                        self._pipeline.handle(delivery)
+                    )
+                    in_flight.add(task)
+                    task.add_done_callback(self._finished(in_flight))
+        finally:
+            await self._drain(in_flight)
+            heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeats
+            await self._transport.close()
+            log.info("relay_stopped", extra={"relay": self.settings.id, "handled": self.handled})
+
+    def _finished(
+        self, in_flight: set[asyncio.Task[object]]
+    ) -> Callable[[asyncio.Task[object]], None]:
+        def done(task: asyncio.Task[object]) -> None:
+            in_flight.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                self.last_error = f"{type(task.exception()).__name__}"
+                log.error("handler_crashed", extra={"error": repr(task.exception())})
+            else:
+                self.handled += 1
+
+        return done
+
+    async def _drain(self, in_flight: set[asyncio.Task[object]]) -> None:
+        if not in_flight:
+            return
+        log.info("relay_draining", extra={"in_flight": len(in_flight)})
+        _, pending = await asyncio.wait(set(in_flight), timeout=self.settings.shutdown_grace)
+        for task in pending:
+            task.cancel()  # its message is delivered again; the journal says where it stopped
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    async def _heartbeats(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.heartbeat()
+            await _sleep_unless(stop, self.settings.heartbeat_interval)
+
+    async def heartbeat(self) -> None:
+        """Send one signed heartbeat; failures are logged and remembered, never raised."""
+        capabilities: dict[str, str | int | bool | None] = {"policyHints": None, "dc": None}
+        policy: dict[str, object] | None = None
+        try:
+            found = await asyncio.to_thread(self._directory.capabilities)
+            capabilities = {
+                "policyHints": found.policy_hints,
+                "dc": found.dc_host,
+                "pdcEmulator": found.is_pdc,
+            }
+            policy = found.domain_policy.summary()
+        except DirectoryError as exc:
+            self.last_error = f"directory: {exc}"
+        beat = Heartbeat(
+            relay=self.settings.id,
+            domain=self.settings.domain,
+            version=__version__,
+            sent_at=int(self._clock()),
+            capabilities=capabilities,
+            policy=policy,
+            last_error=(self.last_error or "")[:2000] or None,
+        )
+        try:
+            await self._transport.send_heartbeat(sealing.sign_heartbeat(beat, self._signing_key))
+        except TransportError as exc:
+            self.last_error = f"Service Bus: {exc}"
+            log.warning("heartbeat_failed", extra={"error": str(exc)})
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

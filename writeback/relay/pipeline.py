@@ -1,0 +1,249 @@
+"""What a relay does with one delivered request, from signature to settlement.
+
+verify the cloud's signature and the format → check id, domain and expiry → journal (a duplicate
+gets the recorded outcome again; an entry a crash left APPLYING is resolved from the user's
+pwdLastSet, so a write AD already accepted is neither repeated nor reported as a history
+failure) → open the sealed secrets → apply through the directory, one write per user at a time,
+with the message lock renewed meanwhile → journal the outcome → send it signed → complete.
+
+A message whose signature or format is bad is dead-lettered with a reason and no secret: nothing
+in it can be trusted, not even the id to answer on. Anything signed and well-formed gets an
+answer, even a refusal, so the caller learns the exact reason within its deadline. Transient
+failures (journal, Service Bus) leave the message to be delivered again; nothing is applied
+twice because the journal is written before and after the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from joserfc.jwk import ECKey, KeySet
+
+from writeback import sealing
+from writeback.errors import JournalError, ProtocolError, TransportError
+from writeback.protocol import Command, Operation, Outcome, Reason
+from writeback.protocol.messages import OutcomeMessage, RequestMessage
+from writeback.relay.directory import Directory
+from writeback.relay.journal import Entry, Journal, State
+from writeback.transport import Delivery, RelayTransport
+
+log = logging.getLogger(__name__)
+# pwdLastSet is the DC's clock, the journal's is ours: allow for skew when comparing them.
+CLOCK_TOLERANCE_SECONDS = 120
+
+
+class Settled(enum.StrEnum):
+    COMPLETED = "completed"
+    DEAD_LETTERED = "dead-lettered"
+    ABANDONED = "abandoned"
+    LEFT = "left"  # lock lost or Service Bus down: the message comes back by itself
+
+
+@dataclass(frozen=True)
+class RelayKeys:
+    """What the pipeline needs of the keys: the cloud's public keys and this relay's own."""
+
+    cloud: KeySet
+    decryption: KeySet
+    signing: ECKey
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        relay_id: str,
+        domain: str,
+        directory: Directory,
+        transport: RelayTransport,
+        journal: Journal,
+        keys: RelayKeys,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.relay_id = relay_id
+        self.domain = domain
+        self._directory = directory
+        self._transport = transport
+        self._journal = journal
+        self._keys = keys
+        self._clock = clock
+        self._user_locks: dict[str, asyncio.Lock] = {}
+
+    async def handle(self, delivery: Delivery) -> Settled:
+        """Process one delivery to the end; never raises for anything a message can cause."""
+        started = self._clock()
+        try:
+            _, payload = sealing.verify(delivery.body, self._keys.cloud, sealing.REQUEST_TYPE)
+            message = RequestMessage.parse(payload)
+            if message.id != delivery.message_id:
+                # Duplicate detection works on the MessageId: it must be the signed id.
+                raise ProtocolError(
+                    Reason.REQUEST_MALFORMED.value,
+                    "the MessageId is not the signed request id",
+                    "id",
+                )
+            if message.domain != self.domain:
+                raise ProtocolError(
+                    Reason.REQUEST_UNDECRYPTABLE.value,
+                    f"for {message.domain}, this relay serves {self.domain}",
+                    "domain",
+                )
+        except ProtocolError as exc:
+            return await self._dead_letter(delivery, exc)
+        try:
+            async with self._keep_locked(delivery):
+                outcome = await self._process(message)
+        except JournalError as exc:
+            log.error("journal_failed", extra={"request": message.id, "error": str(exc)})
+            return await self._settle(self._transport.abandon(delivery), Settled.ABANDONED)
+        return await self._answer(delivery, message, outcome, started)
+
+    async def _process(self, message: RequestMessage) -> Outcome:
+        if self._clock() >= message.expires_at:
+            return Outcome(
+                Reason.REQUEST_EXPIRED,
+                f"expired {self._clock() - message.expires_at:.0f}s before it arrived",
+            )
+        try:
+            seen = self._journal.begin(
+                message.id,
+                domain=message.domain,
+                operation=message.operation.value,
+                user=message.user,
+                expires_at=float(message.expires_at),
+            )
+        except ProtocolError as exc:
+            return Outcome(Reason(exc.reason), str(exc))
+        if seen is not None and seen.final and seen.outcome is not None:
+            recorded = OutcomeMessage.parse(dict(seen.outcome))
+            return Outcome(recorded.reason, recorded.detail, recorded.message)
+        try:
+            command = sealing.open_request(message, self._keys.decryption)
+        except ProtocolError as exc:
+            return self._record(message, Outcome(Reason(exc.reason), str(exc)))
+        async with self._one_write_per_user(message.user):
+            if seen is not None and seen.state is State.APPLYING:
+                resolved = await self._resolve_interrupted(seen, command)
+                if resolved is not None:
+                    return self._record(message, resolved)
+            else:
+                self._journal.applying(message.id)
+            outcome = await asyncio.to_thread(self._directory.apply, command)
+        return self._record(message, outcome)
+
+    async def _resolve_interrupted(self, seen: Entry, command: Command) -> Outcome | None:
+        """A crash left this request APPLYING: did AD take the write before it?"""
+        if command.operation is Operation.UNLOCK:
+            return None  # lockoutTime=0 can simply be written again
+        last_set = await asyncio.to_thread(self._directory.password_last_set, command.user)
+        if last_set is not None and (
+            last_set.timestamp() >= seen.updated_at - CLOCK_TOLERANCE_SECONDS
+        ):
+            # The password changed after we started applying: that was this request. Writing
+            # again would fail as history (or change it twice); report what happened instead.
+            return Outcome(
+                Reason.APPLIED,
+                f"applied before the relay restarted (pwdLastSet {last_set:%Y-%m-%dT%H:%M:%SZ})",
+            )
+        return None
+
+    def _record(self, message: RequestMessage, outcome: Outcome) -> Outcome:
+        self._journal.finish(message.id, self._outcome_message(message, outcome, 0).to_payload())
+        return outcome
+
+    def _outcome_message(
+        self, message: RequestMessage, outcome: Outcome, duration_ms: int
+    ) -> OutcomeMessage:
+        return OutcomeMessage(
+            request_id=message.id,
+            domain=message.domain,
+            relay=self.relay_id,
+            reason=outcome.reason,
+            message=outcome.message[:2000],
+            detail=outcome.detail[:2000],
+            completed_at=int(self._clock()),
+            duration_ms=duration_ms,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _keep_locked(self, delivery: Delivery) -> AsyncIterator[None]:
+        """Renew the message lock at half its remaining time while the request is processed."""
+
+        async def renew() -> None:
+            locked_until = delivery.locked_until
+            while True:
+                await asyncio.sleep(max(0.05, (locked_until - self._clock()) / 2))
+                try:
+                    locked_until = await self._transport.renew_lock(delivery)
+                except TransportError as exc:
+                    log.warning(
+                        "lock_renewal_failed",
+                        extra={"message_id": delivery.message_id, "error": str(exc)},
+                    )
+                    return
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    @contextlib.asynccontextmanager
+    async def _one_write_per_user(self, upn: str) -> AsyncIterator[None]:
+        key = upn.casefold()
+        lock = self._user_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            yield
+        if not lock.locked() and self._user_locks.get(key) is lock:
+            del self._user_locks[key]
+
+    async def _answer(
+        self, delivery: Delivery, message: RequestMessage, outcome: Outcome, started: float
+    ) -> Settled:
+        duration = int((self._clock() - started) * 1000)
+        token = sealing.sign_outcome(
+            self._outcome_message(message, outcome, duration), self._keys.signing
+        )
+        log.info(
+            "request_handled",
+            extra={
+                "request": message.id,
+                "operation": message.operation.value,
+                "reason": outcome.reason.value,
+                "delivery": delivery.delivery_count,
+                "duration_ms": duration,
+            },
+        )
+        try:
+            await self._transport.send_outcome(message.id, token)
+        except TransportError as exc:
+            # Journaled: the redelivered message resends this very outcome.
+            log.warning("outcome_not_sent", extra={"request": message.id, "error": str(exc)})
+            return Settled.LEFT
+        return await self._settle(self._transport.complete(delivery), Settled.COMPLETED)
+
+    async def _dead_letter(self, delivery: Delivery, exc: ProtocolError) -> Settled:
+        log.warning(
+            "request_refused",
+            extra={"message_id": delivery.message_id, "reason": exc.reason, "problem": str(exc)},
+        )
+        return await self._settle(
+            self._transport.dead_letter(delivery, exc.reason, str(exc)[:1000]),
+            Settled.DEAD_LETTERED,
+        )
+
+    async def _settle(self, settling: object, result: Settled) -> Settled:
+        try:
+            await settling  # type: ignore[misc]
+        except TransportError as exc:
+            log.warning("settle_failed", extra={"result": result.value, "error": str(exc)})
+            return Settled.LEFT
+        return result
