@@ -50,6 +50,7 @@ doctor: deps
 bench: deps
 	$(BIN)/python -m bench.directory
 	$(BIN)/python -m bench.sealing
+	$(BIN)/python -m bench.transport
 
 clean: dc-down
 	rm -rf .devstack

@@ -98,3 +98,15 @@ class TestLoad:
         config_file.write_text(config_file.read_text().replace("[relay]", "[ignored]"))
         with pytest.raises(ConfigurationError):
             Config.load(config_file, environ={})
+
+
+class TestSample:
+    def test_the_documented_sample_loads(self, tmp_path: Path) -> None:
+        """relay.sample.toml is a valid configuration (only its CA path is machine-specific)."""
+        ca = tmp_path / "ca.pem"
+        ca.write_text("ca")
+        sample = Path(__file__).resolve().parents[2] / "relay.sample.toml"
+        config = Config.load(sample, environ={"WRITEBACK_DIRECTORY_CA_FILE": str(ca)})
+        assert config.relay.domain == "corp.example.com"
+        assert config.servicebus.websockets is True
+        assert config.directory.allow_protected_reset is False

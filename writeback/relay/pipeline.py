@@ -30,7 +30,7 @@ from writeback.errors import JournalError, ProtocolError, TransportError
 from writeback.protocol import Command, Operation, Outcome, Reason
 from writeback.protocol.messages import OutcomeMessage, RequestMessage
 from writeback.relay.directory import Directory
-from writeback.relay.journal import Entry, Journal, State
+from writeback.relay.journal import Journal, State
 from writeback.transport import Delivery, RelayTransport
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,13 @@ class Pipeline:
             return await self._dead_letter(delivery, exc)
         try:
             async with self._keep_locked(delivery):
-                outcome = await self._process(message)
+                outcome = await self._process(message, delivery.delivery_count)
         except JournalError as exc:
             log.error("journal_failed", extra={"request": message.id, "error": str(exc)})
             return await self._settle(self._transport.abandon(delivery), Settled.ABANDONED)
         return await self._answer(delivery, message, outcome, started)
 
-    async def _process(self, message: RequestMessage) -> Outcome:
+    async def _process(self, message: RequestMessage, delivery_count: int) -> Outcome:
         if self._clock() >= message.expires_at:
             return Outcome(
                 Reason.REQUEST_EXPIRED,
@@ -129,29 +129,35 @@ class Pipeline:
             return self._record(message, Outcome(Reason(exc.reason), str(exc)))
         async with self._one_write_per_user(message.user):
             if seen is not None and seen.state is State.APPLYING:
-                resolved = await self._resolve_interrupted(seen, command)
-                if resolved is not None:
-                    return self._record(message, resolved)
+                # This relay crashed while applying it.
+                resolved = await self._written_since(command, seen.updated_at)
+            elif seen is None and delivery_count > 1:
+                # Delivered before, but not journaled here: another relay of the domain may have
+                # written it and died before answering.
+                resolved = await self._written_since(command, float(message.issued_at))
             else:
+                resolved = None
+            if resolved is not None:
+                return self._record(message, resolved)
+            if seen is None or seen.state is State.RECEIVED:
                 self._journal.applying(message.id)
             outcome = await asyncio.to_thread(self._directory.apply, command)
         return self._record(message, outcome)
 
-    async def _resolve_interrupted(self, seen: Entry, command: Command) -> Outcome | None:
-        """A crash left this request APPLYING: did AD take the write before it?"""
+    async def _written_since(self, command: Command, since: float) -> Outcome | None:
+        """An earlier delivery's write, if AD shows one: the password changed after `since`."""
         if command.operation is Operation.UNLOCK:
             return None  # lockoutTime=0 can simply be written again
         last_set = await asyncio.to_thread(self._directory.password_last_set, command.user)
-        if last_set is not None and (
-            last_set.timestamp() >= seen.updated_at - CLOCK_TOLERANCE_SECONDS
-        ):
-            # The password changed after we started applying: that was this request. Writing
-            # again would fail as history (or change it twice); report what happened instead.
-            return Outcome(
-                Reason.APPLIED,
-                f"applied before the relay restarted (pwdLastSet {last_set:%Y-%m-%dT%H:%M:%SZ})",
-            )
-        return None
+        if last_set is None or last_set.timestamp() < since - CLOCK_TOLERANCE_SECONDS:
+            return None
+        # Writing again would fail as history (or change the password twice): report the write
+        # that already happened instead.
+        return Outcome(
+            Reason.APPLIED,
+            "applied by an earlier delivery of this request "
+            f"(pwdLastSet {last_set:%Y-%m-%dT%H:%M:%SZ})",
+        )
 
     def _record(self, message: RequestMessage, outcome: Outcome) -> Outcome:
         self._journal.finish(message.id, self._outcome_message(message, outcome, 0).to_payload())
