@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from devstack import demo, stack
+from devstack import demo, stack, wire_demo
 from devstack.samba import DevstackError
 
 
@@ -27,12 +27,14 @@ def main() -> int:
             print("environment: source .devstack/env")
             return 0
         ok = demo.run(running)
+        ok = wire_demo.run(running) and ok
     except DevstackError as exc:
         print(f"devstack: {exc}", file=sys.stderr)
         return 1
     print("\nTry it by hand:")
     print("  source .devstack/env            # DC URL, CA, admin, users OU")
     print("  .venv/bin/writeback-relay doctor --config .devstack/relay.toml")
+    print("  .venv/bin/writeback-relay keys list --dir .devstack/wire/keys")
     print("Stop the DC with: make dc-down")
     return 0 if ok else 1
 

@@ -14,8 +14,11 @@ import shlex
 import shutil
 from pathlib import Path
 
+from joserfc.jwk import ECKey
+
 from devstack import seed
 from devstack.samba import ADMIN_PASSWORD, SambaDC
+from writeback.relay.keys import KeyStore
 
 STATE = Path(".devstack")
 
@@ -52,6 +55,39 @@ def write_relay_config(dc: SambaDC, domain: seed.SeededDomain, directory: Path) 
         f'scopes = ["{domain.users_ou}"]\n'
     )
     return config
+
+
+def write_full_relay_config(
+    dc: SambaDC,
+    domain: seed.SeededDomain,
+    directory: Path,
+    connection_string: str,
+    relay_id: str = "relay-devstack",
+) -> tuple[Path, ECKey]:
+    """A complete relay.toml ([relay], [servicebus], [directory]) with fresh relay keys and a
+    fresh cloud signing key, whose public JWKS the relay trusts. Returns (config, cloud key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = write_relay_config(dc, domain, directory)
+    keys = directory / "keys"
+    if keys.exists():
+        shutil.rmtree(keys)
+    KeyStore.init(keys, relay_id)
+    cloud_key = ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.devstack", "use": "sig"})
+    cloud_jwks = directory / "cloud-jwks.json"
+    cloud_jwks.write_text(json.dumps({"keys": [cloud_key.as_dict(private=False)]}))
+    config.write_text(
+        "[relay]\n"
+        f'id = "{relay_id}"\n'
+        f'domain = "{domain.dns_domain}"\n'
+        f'keys = "{keys.resolve()}"\n'
+        f'journal = "{(directory / "journal.sqlite3").resolve()}"\n'
+        f'cloud_keys = "{cloud_jwks.resolve()}"\n'
+        "heartbeat_interval = 5\n"
+        "receive_wait = 0.5\n\n"
+        "[servicebus]\n"
+        f'connection_string = "{connection_string}"\n\n' + config.read_text()
+    )
+    return config, cloud_key
 
 
 def write_env(dc: SambaDC, domain: seed.SeededDomain, path: Path) -> None:

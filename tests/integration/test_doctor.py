@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack import demo, seed
+from devstack import demo, seed, wire_demo
 from devstack.stack import Stack, write_relay_config
 from writeback.relay import cli
 
@@ -148,3 +148,13 @@ class TestDemo:
         assert demo.run(stack, lines.append), "\n".join(lines)
         assert any("policy.min_age" in line for line in lines)
         assert not any("expected" in line for line in lines)
+
+    def test_wire_demo_meets_every_expectation(self, testbed: TestBed, tmp_path: Path) -> None:
+        """The main job's second part (relay over the local broker) gets every expected answer."""
+        lines: list[str] = []
+        stack = Stack(
+            testbed.dc, testbed.domain, write_relay_config(testbed.dc, testbed.domain, tmp_path)
+        )
+        assert wire_demo.run(stack, lines.append, tmp_path / "wire"), "\n".join(lines)
+        assert any("dead-lettered by the relay" in line for line in lines)
+        assert sum("applied" in line for line in lines) >= 2

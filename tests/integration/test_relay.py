@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -18,6 +17,7 @@ from joserfc.jwk import ECKey, KeySet
 
 from devstack import seed
 from devstack.servicebus import LocalServiceBus
+from devstack.stack import write_full_relay_config
 from writeback import sealing
 from writeback.protocol import Initiator, Operation, Reason
 from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
@@ -109,41 +109,13 @@ class Cloud:
         return [(m.dead_letter_reason, m.dead_letter_error_description) for m in found]
 
 
-def write_config(testbed: TestBed, bus: LocalServiceBus, tmp: Path) -> tuple[Path, KeyStore, ECKey]:
-    keys = KeyStore.init(tmp / "keys", "relay-it")
-    cloud_key = ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.it", "use": "sig"})
-    (tmp / "cloud-jwks.json").write_text(json.dumps({"keys": [cloud_key.as_dict(private=False)]}))
-    password = tmp / "bind-password"
-    password.write_text(testbed.domain.relay.password)
-    password.chmod(0o600)
-    config = tmp / "relay.toml"
-    config.write_text(f"""
-[relay]
-id = "relay-it"
-domain = "{testbed.domain.dns_domain}"
-keys = "{tmp / "keys"}"
-journal = "{tmp / "state" / "journal.sqlite3"}"
-cloud_keys = "{tmp / "cloud-jwks.json"}"
-heartbeat_interval = 1
-receive_wait = 0.5
-
-[directory]
-servers = ["{testbed.dc.ldaps_url}"]
-ca_file = "{testbed.dc.ca_file}"
-bind_user = "{testbed.domain.relay.upn}"
-bind_password_file = "{password}"
-scopes = ["{testbed.domain.users_ou}"]
-
-[servicebus]
-connection_string = "{bus.connection_string}"
-""")
-    return config, keys, cloud_key
-
-
 @pytest.fixture
 async def cloud(testbed: TestBed, bus: LocalServiceBus, tmp_path: Path) -> AsyncIterator[Cloud]:
     """A running relay (the real agent, built from relay.toml) and the cloud side to drive it."""
-    config_path, keys, cloud_key = write_config(testbed, bus, tmp_path)
+    config_path, cloud_key = write_full_relay_config(
+        testbed.dc, testbed.domain, tmp_path, bus.connection_string, relay_id="relay-it"
+    )
+    keys = KeyStore(tmp_path / "keys")
     relay = bootstrap.build(Config.load(config_path, environ={}))
     stop = asyncio.Event()
     running = asyncio.create_task(relay.agent.run(stop))
