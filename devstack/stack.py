@@ -62,7 +62,9 @@ def write_full_relay_config(
     domain: seed.SeededDomain,
     directory: Path,
     connection_string: str,
+    *,
     relay_id: str = "relay-devstack",
+    cloud_key: ECKey | None = None,
 ) -> tuple[Path, ECKey]:
     """A complete relay.toml ([relay], [servicebus], [directory]) with fresh relay keys and a
     fresh cloud signing key, whose public JWKS the relay trusts. Returns (config, cloud key)."""
@@ -72,7 +74,9 @@ def write_full_relay_config(
     if keys.exists():
         shutil.rmtree(keys)
     KeyStore.init(keys, relay_id)
-    cloud_key = ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.devstack", "use": "sig"})
+    cloud_key = cloud_key or ECKey.generate_key(
+        "P-256", parameters={"kid": "cloud.sig.devstack", "use": "sig"}
+    )
     cloud_jwks = directory / "cloud-jwks.json"
     cloud_jwks.write_text(json.dumps({"keys": [cloud_key.as_dict(private=False)]}))
     config.write_text(

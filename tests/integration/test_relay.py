@@ -214,3 +214,58 @@ class TestRefusals:
         assert caplog.records
         for secret in (NEW, "Logged-Pa55!", "Wrong-0ld-Pa55!", user.password):
             assert secret not in text
+
+
+class TestTwoRelays:
+    async def test_two_relays_share_one_queue(
+        self,
+        testbed: TestBed,
+        bus: LocalServiceBus,
+        tmp_path: Path,
+        new_user: NewUser,
+        can_bind: CanBind,
+    ) -> None:
+        """Two relays (own ids, keys, journals) share one queue; each request is handled once."""
+        first, cloud_key = write_full_relay_config(
+            testbed.dc, testbed.domain, tmp_path / "a", bus.connection_string, relay_id="relay-a"
+        )
+        second, _ = write_full_relay_config(
+            testbed.dc,
+            testbed.domain,
+            tmp_path / "b",
+            bus.connection_string,
+            relay_id="relay-b",
+            cloud_key=cloud_key,
+        )
+        relays = [bootstrap.build(Config.load(path, environ={})) for path in (first, second)]
+        stop = asyncio.Event()
+        running = [asyncio.create_task(relay.agent.run(stop)) for relay in relays]
+        union = {
+            "keys": [
+                *KeyStore(tmp_path / "a" / "keys").public_jwks()["keys"],  # type: ignore[misc]
+                *KeyStore(tmp_path / "b" / "keys").public_jwks()["keys"],
+            ]
+        }  # type: ignore[misc]
+        cloud = Cloud(
+            ServiceBusCloud(ServiceBusSettings(connection_string=bus.connection_string), None),
+            cloud_key,
+            sealing.public_keyset(union, "domain jwks"),
+            testbed.domain.dns_domain,
+            bus.connection_string,
+        )
+        users = [new_user("pair") for _ in range(12)]
+        try:
+            outcomes = await asyncio.gather(
+                *(cloud.ask(Operation.RESET, user.upn, Secrets(NEW)) for user in users)
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*running)
+            for relay in relays:
+                await relay.close()
+            await cloud.transport.close()
+        assert all(o is not None and o.reason is Reason.APPLIED for o in outcomes)
+        handled = [relay.agent.handled for relay in relays]
+        assert sum(handled) == len(users)  # each request exactly once, by one of the two
+        assert {o.relay for o in outcomes if o is not None} <= {"relay-a", "relay-b"}
+        assert all(can_bind(user, NEW) for user in users)

@@ -189,6 +189,21 @@ class TestRequestReply:
         results = await asyncio.gather(*waiters)
         assert results == [f"outcome-for-{rid}" for rid in ids]
 
+    async def test_concurrent_requests(self, sides: tuple[CloudTransport, RelayTransport]) -> None:
+        """Twenty requests sent at once (one cloud instance, many callers) all arrive once."""
+        cloud, relay = sides
+        ids = {request_id() for _ in range(20)}
+        await asyncio.gather(
+            *(cloud.send_request(DOMAIN, rid, rid, time.time() + 60) for rid in ids)
+        )
+        seen: list[str] = []
+        deadline = time.time() + 15
+        while len(seen) < len(ids) and time.time() < deadline:
+            for delivery in await relay.receive(20, 1.0):
+                seen.append(delivery.body)
+                await relay.complete(delivery)
+        assert sorted(seen) == sorted(ids)
+
     async def test_a_timed_out_waiter_gets_nothing_late(
         self, sides: tuple[CloudTransport, RelayTransport]
     ) -> None:

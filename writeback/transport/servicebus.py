@@ -86,6 +86,7 @@ class _Bus:
         self._client: ServiceBusClient | None = None
         self._senders: dict[str, ServiceBusSender] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._send_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def client(self) -> ServiceBusClient:
@@ -94,16 +95,19 @@ class _Bus:
         return self._client
 
     async def _send(self, queue: str, message: ServiceBusMessage) -> None:
-        sender = self._senders.get(queue)
-        if sender is None:
-            sender = self._senders[queue] = self.client.get_queue_sender(queue)
-        try:
-            await sender.send_messages(message)
-        except Exception as exc:
-            # A broken sender is rebuilt on the next send (the SDK also retries within a send).
-            self._senders.pop(queue, None)
-            await _quietly(sender.close())
-            raise translate_servicebus_error(exc, f"send to {queue}") from exc
+        # An SDK sender is not safe for concurrent use: one send at a time per queue (a send
+        # takes milliseconds once the link is open; opening it twice at once breaks it).
+        async with self._send_locks.setdefault(queue, asyncio.Lock()):
+            sender = self._senders.get(queue)
+            if sender is None:
+                sender = self._senders[queue] = self.client.get_queue_sender(queue)
+            try:
+                await sender.send_messages(message)
+            except Exception as exc:
+                # A broken sender is rebuilt on the next send (the SDK retries within a send).
+                self._senders.pop(queue, None)
+                await _quietly(sender.close())
+                raise translate_servicebus_error(exc, f"send to {queue}") from exc
 
     async def close(self) -> None:
         for sender in self._senders.values():
