@@ -21,7 +21,7 @@ from devstack.stack import write_full_relay_config
 from writeback import sealing
 from writeback.protocol import Initiator, Operation, Reason
 from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
-from writeback.relay import bootstrap
+from writeback.relay import bootstrap, cli
 from writeback.relay.config import Config
 from writeback.relay.keys import KeyStore
 from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
@@ -269,3 +269,39 @@ class TestTwoRelays:
         assert sum(handled) == len(users)  # each request exactly once, by one of the two
         assert {o.relay for o in outcomes if o is not None} <= {"relay-a", "relay-b"}
         assert all(can_bind(user, NEW) for user in users)
+
+
+class TestStatus:
+    async def test_status_while_running_and_after_stop(
+        self,
+        testbed: TestBed,
+        bus: LocalServiceBus,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`writeback-relay status` reports a running relay as healthy and a stopped one as not."""
+        config_path, _ = write_full_relay_config(
+            testbed.dc, testbed.domain, tmp_path, bus.connection_string, relay_id="relay-st"
+        )
+        relay = bootstrap.build(Config.load(config_path, environ={}))
+        stop = asyncio.Event()
+        running = asyncio.create_task(relay.agent.run(stop))
+        deadline = time.monotonic() + 15
+        code = 1
+        while code != 0 and time.monotonic() < deadline:
+            capsys.readouterr()
+            code = await asyncio.to_thread(cli.main, ["status", "--config", str(config_path)])
+            if code != 0:
+                await asyncio.sleep(0.2)
+        healthy_report = capsys.readouterr().out
+        stop.set()
+        await running
+        await relay.close()
+        stopped = cli.main(["status", "--config", str(config_path)])
+        stopped_report = capsys.readouterr().out
+        assert code == 0
+        assert "health: ok" in healthy_report
+        assert "relay-st for corp.example.test, running" in healthy_report
+        assert stopped == 1
+        assert "stopped" in stopped_report
+        assert "journal:" in stopped_report

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from joserfc.jwk import ECKey
 
@@ -27,6 +29,7 @@ from writeback.protocol.messages import Heartbeat
 from writeback.relay.config import RelaySettings
 from writeback.relay.directory import Directory
 from writeback.relay.pipeline import Pipeline
+from writeback.relay.status import RelayStatus, write_status
 from writeback.transport import RelayTransport
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ class Agent:
         *,
         directory: Directory,
         signing_key: ECKey,
+        status_file: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -53,11 +57,39 @@ class Agent:
         self._clock = clock
         self.last_error: str | None = None
         self.handled = 0
+        self._status_file = status_file
+        self._started_at = clock()
+        self._last_heartbeat_at: float | None = None
+        self._in_flight: set[asyncio.Task[object]] = set()
+
+    def publish(self, state: str) -> None:
+        """Write what the relay is doing for `writeback-relay status` (never fails the relay)."""
+        if self._status_file is None:
+            return
+        try:
+            write_status(
+                self._status_file,
+                RelayStatus(
+                    relay=self.settings.id,
+                    domain=self.settings.domain,
+                    state=state,
+                    pid=os.getpid(),
+                    started_at=self._started_at,
+                    updated_at=self._clock(),
+                    last_heartbeat_at=self._last_heartbeat_at,
+                    last_error=self.last_error,
+                    handled=self.handled,
+                    in_flight=len(self._in_flight),
+                ),
+            )
+        except OSError as exc:
+            log.warning("status_not_written", extra={"error": str(exc)})
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down within the grace period."""
+        self.publish("running")
         heartbeats = asyncio.create_task(self._heartbeats(stop))
-        in_flight: set[asyncio.Task[object]] = set()
+        in_flight = self._in_flight
         backoff = BACKOFF_FIRST
         log.info(
             "relay_started",
@@ -89,11 +121,13 @@ class Agent:
                     in_flight.add(task)
                     task.add_done_callback(self._finished(in_flight))
         finally:
+            self.publish("draining")
             await self._drain(in_flight)
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
             await self._transport.close()
+            self.publish("stopped")
             log.info("relay_stopped", extra={"relay": self.settings.id, "handled": self.handled})
 
     def _finished(
@@ -149,9 +183,11 @@ class Agent:
         )
         try:
             await self._transport.send_heartbeat(sealing.sign_heartbeat(beat, self._signing_key))
+            self._last_heartbeat_at = self._clock()
         except TransportError as exc:
             self.last_error = f"Service Bus: {exc}"
             log.warning("heartbeat_failed", extra={"error": str(exc)})
+        self.publish("running")
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -26,6 +26,7 @@ from writeback.relay.directory import LdapDirectory
 from writeback.relay.journal import Journal
 from writeback.relay.keys import KeyStore
 from writeback.relay.pipeline import Pipeline, RelayKeys
+from writeback.relay.status import status_path
 from writeback.transport.servicebus import ServiceBusRelay
 
 
@@ -76,7 +77,12 @@ def build(config: Config, environ: Mapping[str, str] = os.environ) -> Relay:
         keys=RelayKeys(cloud_keys, keys.decryption_keys(), keys.signing_key()),
     )
     agent = Agent(
-        config.relay, pipeline, transport, directory=directory, signing_key=keys.signing_key()
+        config.relay,
+        pipeline,
+        transport,
+        directory=directory,
+        signing_key=keys.signing_key(),
+        status_file=status_path(config.relay.journal),
     )
     return Relay(agent, directory, journal, credential)
 

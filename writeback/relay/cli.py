@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +19,11 @@ from pathlib import Path
 from writeback.errors import ConfigurationError, KeyStoreError
 from writeback.relay import bootstrap, doctor
 from writeback.relay.config import Config
+from writeback.relay.journal import Journal
 from writeback.relay.keys import KeyStore, render
 from writeback.relay.settings import DirectorySettings
+from writeback.relay.status import healthy, read_status, status_path
+from writeback.relay.status import render as render_status
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -119,12 +123,29 @@ async def _serve(relay: bootstrap.Relay) -> int:
     return EXIT_OK
 
 
+def _status(args: argparse.Namespace) -> int:
+    config = Config.load(args.config)
+    status = read_status(status_path(config.relay.journal))
+    journal = Journal(config.relay.journal)
+    try:
+        counts = journal.counts()
+    finally:
+        journal.close()
+    print(render_status(status, counts, config.relay.heartbeat_interval))
+    return (
+        EXIT_OK if healthy(status, config.relay.heartbeat_interval, time.time()) else EXIT_PROBLEM
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="writeback-relay", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("run", help="serve the domain's writeback requests")
     serve.add_argument("--config", type=Path, required=True, help="relay.toml")
     serve.set_defaults(run=_run)
+    state = commands.add_parser("status", help="what the relay is doing; exit 1 if unhealthy")
+    state.add_argument("--config", type=Path, required=True, help="relay.toml")
+    state.set_defaults(run=_status)
     check = commands.add_parser("doctor", help="check TLS, bind, rights, policy hints, clock")
     check.add_argument("--config", type=Path, required=True, help="relay.toml")
     check.set_defaults(run=_doctor)
