@@ -305,3 +305,44 @@ class TestStatus:
         assert stopped == 1
         assert "stopped" in stopped_report
         assert "journal:" in stopped_report
+
+
+class TestDoctor:
+    def test_full_relay_config_checks_keys_journal_and_service_bus(
+        self,
+        testbed: TestBed,
+        bus: LocalServiceBus,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """With a whole relay.toml, doctor also checks the keys, the journal and Service Bus."""
+        config_path, _ = write_full_relay_config(
+            testbed.dc, testbed.domain, tmp_path, bus.connection_string, relay_id="relay-doc"
+        )
+        code = cli.main(["doctor", "--config", str(config_path)])
+        report = capsys.readouterr().out
+        assert code == 0, report
+        assert "[ok  ] relay keys: active relay-doc.enc." in report
+        assert "[ok  ] cloud keys: 1 signing key(s) trusted" in report
+        assert f"[ok  ] service bus: receive {requests_queue(testbed.domain.dns_domain)}" in report
+
+    def test_unreachable_service_bus_is_a_failure(
+        self,
+        testbed: TestBed,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A Service Bus nobody listens on fails the check, naming it."""
+        dead = (
+            "Endpoint=sb://127.0.0.1:1;SharedAccessKeyName=k;SharedAccessKey=v;"
+            "UseDevelopmentEmulator=true;"
+        )
+        config_path, _ = write_full_relay_config(
+            testbed.dc, testbed.domain, tmp_path, dead, relay_id="relay-doc"
+        )
+        text = config_path.read_text().replace("[servicebus]", "[servicebus]\nretry_total = 0")
+        config_path.write_text(text)
+        code = cli.main(["doctor", "--config", str(config_path)])
+        report = capsys.readouterr().out
+        assert code == 1
+        assert "[FAIL] service bus: probe: connect" in report

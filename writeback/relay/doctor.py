@@ -10,16 +10,23 @@ limitation that the report names.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from azure.identity.aio import DefaultAzureCredential
 from ldap3.utils.conv import escape_filter_chars
 
-from writeback.errors import DirectoryError
+from writeback import sealing
+from writeback.errors import DirectoryError, TransportError, WritebackError
 from writeback.relay import ldap, rights
 from writeback.relay.accounts import sid_to_str
+from writeback.relay.config import Config
+from writeback.relay.journal import Journal
+from writeback.relay.keys import KeyStore
 from writeback.relay.settings import DirectorySettings
+from writeback.transport.servicebus import probe
 
 SKEW_WARN_SECONDS = 60
 SKEW_FAIL_SECONDS = 300  # Kerberos' default tolerance; min-age and expiry checks drift with it
@@ -251,3 +258,54 @@ def render(checks: list[Check]) -> str:
     plural = "" if warned == 1 else "s"
     lines.append(f"{len(checks)} checks: {failed} failed, {warned} warning{plural}")
     return "\n".join(lines)
+
+
+async def diagnose_relay(config: Config) -> list[Check]:
+    """The relay's own checks: its keys, the cloud's keys, the journal, Service Bus."""
+    checks: list[Check] = []
+    try:
+        keys = KeyStore(config.relay.keys)
+        keys.open()
+        active = [info.kid for info in keys.keys() if info.status.value == "active"]  # noqa: SIM118 - KeyStore.keys() is a method, not a dict's
+        same = keys.relay_id == config.relay.id
+        checks.append(
+            Check(
+                "relay keys",
+                Level.OK if same else Level.FAIL,
+                f"active {', '.join(active)}"
+                if same
+                else f"the keys belong to relay {keys.relay_id!r}, not {config.relay.id!r}",
+            )
+        )
+    except WritebackError as exc:
+        checks.append(Check("relay keys", Level.FAIL, str(exc)))
+    try:
+        document = json.loads(config.relay.cloud_keys.read_text(encoding="utf-8"))
+        cloud = sealing.public_keyset(document, "relay.cloud_keys")
+        checks.append(Check("cloud keys", Level.OK, f"{len(cloud.keys)} signing key(s) trusted"))
+    except (OSError, ValueError, WritebackError) as exc:
+        checks.append(Check("cloud keys", Level.FAIL, f"{config.relay.cloud_keys}: {exc}"))
+    try:
+        journal = Journal(config.relay.journal)
+        counts = journal.counts()
+        journal.close()
+        unfinished = counts["received"] + counts["applying"]
+        checks.append(
+            Check(
+                "journal",
+                Level.WARN if unfinished else Level.OK,
+                f"{sum(counts.values())} entries, {unfinished} unfinished",
+            )
+        )
+    except WritebackError as exc:
+        checks.append(Check("journal", Level.FAIL, str(exc)))
+    credential = None if config.servicebus.connection_string else DefaultAzureCredential()
+    try:
+        reached = await probe(config.servicebus, credential, config.relay.domain)
+        checks.append(Check("service bus", Level.OK, "; ".join(reached)))
+    except TransportError as exc:
+        checks.append(Check("service bus", Level.FAIL, str(exc)))
+    finally:
+        if credential is not None:
+            await credential.close()
+    return checks

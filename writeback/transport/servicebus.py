@@ -118,6 +118,29 @@ class _Bus:
             self._client = None
 
 
+async def probe(
+    settings: ServiceBusSettings, credential: AsyncTokenCredential | None, domain: str
+) -> list[str]:
+    """Open (and close) every link a relay uses, consuming nothing; what was reached.
+
+    Authenticates, and proves each entity exists and the identity may use it: receive on the
+    domain's request queue, send on the outcomes and heartbeats queues.
+    """
+    reached: list[str] = []
+    client = build_client(settings, credential)
+    try:
+        async with client:
+            async with client.get_queue_receiver(requests_queue(domain), prefetch_count=0):
+                reached.append(f"receive {requests_queue(domain)}")
+            for queue in (OUTCOMES_QUEUE, HEARTBEATS_QUEUE):
+                async with client.get_queue_sender(queue):
+                    reached.append(f"send {queue}")
+    except Exception as exc:
+        where = "probe after " + ", ".join(reached) if reached else "probe: connect"
+        raise translate_servicebus_error(exc, where) from exc
+    return reached
+
+
 class ServiceBusCloud(_Bus):
     """The cloud side of the transport (CloudTransport)."""
 
