@@ -25,7 +25,7 @@ from writeback.relay.config import Config
 from writeback.relay.directory import LdapDirectory
 from writeback.relay.journal import Journal
 from writeback.relay.keys import KeyStore
-from writeback.relay.pipeline import Pipeline, RelayKeys
+from writeback.relay.pipeline import FAILPOINT_ENV, Pipeline, RelayKeys
 from writeback.relay.status import status_path
 from writeback.transport.servicebus import ServiceBusRelay
 
@@ -75,6 +75,7 @@ def build(config: Config, environ: Mapping[str, str] = os.environ) -> Relay:
         transport=transport,
         journal=journal,
         keys=RelayKeys(cloud_keys, keys.decryption_keys(), keys.signing_key()),
+        failpoint=environ.get(FAILPOINT_ENV),
     )
     agent = Agent(
         config.relay,

@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -34,6 +36,10 @@ from writeback.relay.journal import Journal, State
 from writeback.transport import Delivery, RelayTransport
 
 log = logging.getLogger(__name__)
+# Test-only fault injection: WRITEBACK_FAILPOINT=after-directory-write makes the relay kill itself
+# (SIGKILL) right after AD accepted a write, before anything records it.
+FAILPOINT_ENV = "WRITEBACK_FAILPOINT"
+AFTER_DIRECTORY_WRITE = "after-directory-write"
 # pwdLastSet is the DC's clock, the journal's is ours: allow for skew when comparing them.
 CLOCK_TOLERANCE_SECONDS = 120
 
@@ -65,6 +71,7 @@ class Pipeline:
         journal: Journal,
         keys: RelayKeys,
         clock: Callable[[], float] = time.time,
+        failpoint: str | None = None,
     ) -> None:
         self.relay_id = relay_id
         self.domain = domain
@@ -74,6 +81,8 @@ class Pipeline:
         self._keys = keys
         self._clock = clock
         self._user_locks: dict[str, asyncio.Lock] = {}
+        # Fault injection for the crash tests only (see FAILPOINT_ENV); never set in production.
+        self._failpoint = failpoint
 
     async def handle(self, delivery: Delivery) -> Settled:
         """Process one delivery to the end; never raises for anything a message can cause."""
@@ -142,6 +151,9 @@ class Pipeline:
             if seen is None or seen.state is State.RECEIVED:
                 self._journal.applying(message.id)
             outcome = await asyncio.to_thread(self._directory.apply, command)
+            if self._failpoint == AFTER_DIRECTORY_WRITE:
+                # The worst moment to die: AD has the write, the journal and the caller do not.
+                os.kill(os.getpid(), signal.SIGKILL)
         return self._record(message, outcome)
 
     async def _written_since(self, command: Command, since: float) -> Outcome | None:
