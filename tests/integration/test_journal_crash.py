@@ -37,7 +37,7 @@ os._exit(9)
 
 def crash_after(path: Path, request_id: str, step: str, recorded: object = None) -> None:
     """Run the child to `step` (applying or finish) and check that it died as planned."""
-    child = subprocess.run(  # noqa: S603 -- our own interpreter and script, no shell
+    child = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), request_id, step, json.dumps(recorded)],
         cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": ""},

@@ -597,7 +597,7 @@ class TestCommandLine:
         config = tmp_path / "queues.json"
         config.write_text(json.dumps({"queues": [{"name": "cli", "requires_session": False}]}))
         root = Path(__file__).resolve().parents[2]
-        process = subprocess.Popen(  # noqa: S603 - this repository's module, this interpreter
+        process = subprocess.Popen(
             [sys.executable, "-m", "devstack.servicebus", "--port", "0", "--config", str(config)],
             cwd=root,
             env={**os.environ, "PYTHONPATH": str(root)},
