@@ -15,13 +15,10 @@ import statistics
 import time
 import uuid
 
-from devstack.servicebus import LocalServiceBus
+from devstack.servicebus import LocalServiceBus, writeback_queues
 from writeback.transport import (
-    HEARTBEATS_QUEUE,
-    OUTCOMES_QUEUE,
     CloudTransport,
     RelayTransport,
-    requests_queue,
 )
 from writeback.transport.inprocess import InProcessCloud, InProcessRelay
 from writeback.transport.memory import MemoryBroker, QueueConfig
@@ -32,16 +29,7 @@ DOMAIN = "corp.example.test"
 
 
 def queues() -> list[QueueConfig]:
-    return [
-        QueueConfig(
-            requests_queue(DOMAIN),
-            lock_duration=30,
-            default_ttl=600,
-            duplicate_detection_window=600,
-        ),
-        QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=300),
-        QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
-    ]
+    return writeback_queues([DOMAIN])
 
 
 async def relay_loop(relay: RelayTransport, stop: asyncio.Event) -> None:

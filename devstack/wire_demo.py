@@ -18,7 +18,7 @@ from pathlib import Path
 from joserfc.jwk import ECKey, KeySet
 
 from devstack import seed
-from devstack.servicebus import LocalServiceBus
+from devstack.servicebus import LocalServiceBus, writeback_queues
 from devstack.stack import STATE, Stack, write_full_relay_config
 from writeback import sealing
 from writeback.protocol import Initiator, Operation
@@ -26,7 +26,6 @@ from writeback.protocol.messages import RequestMessage, Secrets
 from writeback.relay import bootstrap
 from writeback.relay.config import Config
 from writeback.relay.keys import KeyStore
-from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
 from writeback.transport.memory import QueueConfig
 from writeback.transport.servicebus import ServiceBusCloud
 from writeback.transport.settings import ServiceBusSettings
@@ -36,20 +35,7 @@ NEW = "Sealed-Delivery!26"
 
 def queues(domain: str) -> list[QueueConfig]:
     """The entities infra/ declares for one domain."""
-    return [
-        QueueConfig(
-            requests_queue(domain),
-            lock_duration=30,
-            max_delivery_count=5,
-            default_ttl=600,
-            duplicate_detection_window=600,
-            dead_letter_on_expiration=True,
-        ),
-        QueueConfig(
-            OUTCOMES_QUEUE, requires_session=True, default_ttl=300, dead_letter_on_expiration=True
-        ),
-        QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
-    ]
+    return writeback_queues([domain])
 
 
 async def _ask(

@@ -22,9 +22,36 @@ from types import TracebackType
 from proton.reactor import ApplicationEvent, Container
 
 from devstack.servicebus.broker import LocalBrokerHandler
+from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
 from writeback.transport.memory import MemoryBroker, QueueConfig
 
-__all__ = ["LocalServiceBus", "QueueConfig"]
+__all__ = ["LocalServiceBus", "QueueConfig", "writeback_queues"]
+
+
+def writeback_queues(
+    domains: Iterable[str], *, lock_duration: float = 30.0, max_delivery_count: int = 5
+) -> list[QueueConfig]:
+    """The entities infra/ declares: a request queue per domain, the outcomes (sessions) and
+    heartbeats queues. Tests shorten the lock to see redelivery quickly."""
+    queues = [
+        QueueConfig(
+            requests_queue(domain),
+            lock_duration=lock_duration,
+            max_delivery_count=max_delivery_count,
+            default_ttl=600,
+            duplicate_detection_window=600,
+            dead_letter_on_expiration=True,
+        )
+        for domain in domains
+    ]
+    return [
+        *queues,
+        QueueConfig(
+            OUTCOMES_QUEUE, requires_session=True, default_ttl=300, dead_letter_on_expiration=True
+        ),
+        QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
+    ]
+
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0

@@ -18,7 +18,7 @@ from azure.servicebus.aio import ServiceBusClient
 from joserfc.jwk import ECKey, KeySet
 
 from devstack import seed
-from devstack.servicebus import LocalServiceBus
+from devstack.servicebus import LocalServiceBus, writeback_queues
 from devstack.stack import write_full_relay_config
 from writeback import sealing
 from writeback.protocol import Initiator, Operation, Reason
@@ -26,8 +26,7 @@ from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
 from writeback.relay import bootstrap, cli
 from writeback.relay.config import Config
 from writeback.relay.keys import KeyStore
-from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
-from writeback.transport.memory import QueueConfig
+from writeback.transport import requests_queue
 from writeback.transport.servicebus import ServiceBusCloud
 from writeback.transport.settings import ServiceBusSettings
 
@@ -41,19 +40,7 @@ CanBind = Callable[[seed.Account, str], bool]
 @pytest.fixture(scope="module")
 def bus(testbed: TestBed) -> Iterator[LocalServiceBus]:
     domain = testbed.domain.dns_domain
-    with LocalServiceBus(
-        [
-            QueueConfig(
-                requests_queue(domain),
-                lock_duration=30,
-                max_delivery_count=5,
-                default_ttl=600,
-                duplicate_detection_window=600,
-            ),
-            QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=300),
-            QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
-        ]
-    ) as running:
+    with LocalServiceBus(writeback_queues([domain])) as running:
         yield running
 
 
@@ -382,16 +369,7 @@ class TestOutages:
     ) -> None:
         """Service Bus goes away and comes back: the relay backs off, reconnects, serves again."""
         domain = testbed.domain.dns_domain
-        entities = [
-            QueueConfig(
-                requests_queue(domain),
-                lock_duration=30,
-                default_ttl=600,
-                duplicate_detection_window=600,
-            ),
-            QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=300),
-            QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
-        ]
+        entities = writeback_queues([domain])
         first = LocalServiceBus(entities)
         first.start()
         port = int(first.connection_string.split(":")[2].split(";")[0])

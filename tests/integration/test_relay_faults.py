@@ -20,15 +20,13 @@ from pathlib import Path
 import pytest
 
 from devstack import seed
-from devstack.servicebus import LocalServiceBus
+from devstack.servicebus import LocalServiceBus, writeback_queues
 from devstack.stack import write_full_relay_config
 from writeback import sealing
 from writeback.protocol import Initiator, Operation, Reason
 from writeback.protocol.messages import RequestMessage, Secrets
 from writeback.relay.keys import KeyStore
 from writeback.relay.pipeline import AFTER_DIRECTORY_WRITE, FAILPOINT_ENV
-from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
-from writeback.transport.memory import QueueConfig
 from writeback.transport.servicebus import ServiceBusCloud
 from writeback.transport.settings import ServiceBusSettings
 
@@ -44,17 +42,7 @@ def fast_bus(testbed: TestBed) -> Iterator[LocalServiceBus]:
     """A broker whose request locks expire quickly, so a dead relay's request comes back soon."""
     domain = testbed.domain.dns_domain
     with LocalServiceBus(
-        [
-            QueueConfig(
-                requests_queue(domain),
-                lock_duration=LOCK_SECONDS,
-                max_delivery_count=10,
-                default_ttl=600,
-                duplicate_detection_window=600,
-            ),
-            QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=300),
-            QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
-        ]
+        writeback_queues([domain], lock_duration=LOCK_SECONDS, max_delivery_count=10)
     ) as bus:
         yield bus
 

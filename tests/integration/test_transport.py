@@ -21,7 +21,7 @@ import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
-from devstack.servicebus import LocalServiceBus
+from devstack.servicebus import LocalServiceBus, writeback_queues
 from writeback.errors import TransportLockLost
 from writeback.transport import (
     HEARTBEATS_QUEUE,
@@ -43,20 +43,7 @@ MAX_DELIVERIES = 3
 
 def queues() -> list[QueueConfig]:
     """The entities infra/ declares, with short locks so lock expiry is quick to test."""
-    return [
-        QueueConfig(
-            requests_queue(DOMAIN),
-            lock_duration=LOCK_SECONDS,
-            max_delivery_count=MAX_DELIVERIES,
-            default_ttl=600,
-            duplicate_detection_window=600,
-            dead_letter_on_expiration=True,
-        ),
-        QueueConfig(
-            OUTCOMES_QUEUE, requires_session=True, default_ttl=300, dead_letter_on_expiration=True
-        ),
-        QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
-    ]
+    return writeback_queues([DOMAIN], lock_duration=LOCK_SECONDS, max_delivery_count=MAX_DELIVERIES)
 
 
 @dataclass
