@@ -51,6 +51,7 @@ bench: deps
 	$(BIN)/python -m bench.directory
 	$(BIN)/python -m bench.sealing
 	$(BIN)/python -m bench.transport
+	$(BIN)/python -m bench.relay
 
 clean: dc-down
 	rm -rf .devstack
