@@ -183,7 +183,7 @@ def part_two(count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=100, help="resets on the DC, per side")
-    parser.add_argument("--requests", type=int, default=2_000, help="requests for part 2")
+    parser.add_argument("--requests", type=int, default=10_000, help="requests for part 2")
     parser.add_argument("--skip-dc", action="store_true", help="only part 2")
     args = parser.parse_args()
     if not args.skip_dc:

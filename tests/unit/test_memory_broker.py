@@ -423,6 +423,40 @@ class TestNotification:
         assert len(calls) == 2
 
 
+class ScanCountingBroker(MemoryBroker):
+    """Counts the full scans that apply the passing of time."""
+
+    scans = 0
+
+    def _apply_time(self, now: float) -> bool:
+        self.scans += 1
+        return super()._apply_time(now)
+
+
+class TestLongQueues:
+    def test_time_is_applied_only_when_something_is_due(self, clock: FakeClock) -> None:
+        """Operations on a long queue do not rescan it until a lock, expiry or duplicate id
+        is due, and then one scan applies it."""
+        broker = ScanCountingBroker(
+            [QueueConfig("q", lock_duration=10, default_ttl=300, duplicate_detection_window=600)],
+            clock=clock,
+        )
+        for _ in range(200):
+            broker.send("q", message())
+        for _ in range(100):
+            (taken,) = broker.receive("q")
+            broker.complete("q", str(taken.lock_token))
+        assert broker.scans == 0
+        clock.advance(11)  # the completed messages' locks were due: one scan, nothing changes
+        broker.peek("q")
+        broker.peek("q")
+        assert broker.scans == 1
+        assert broker.stats("q")["active"] == 100
+        clock.advance(300)  # the rest expire
+        assert broker.receive("q") == []
+        assert broker.stats("q")["active"] == 0
+
+
 class QueueModel(RuleBasedStateMachine):
     """Random interleavings of send, receive, complete, abandon and time passing."""
 

@@ -132,6 +132,10 @@ class MemoryBroker:
         self.changed = threading.Condition(self._lock)
         self._listeners: list[Callable[[], None]] = []
         self._dirty = False  # set under the lock when waiters and listeners must be told
+        # The earliest time something may be due (a lock, an expiry, a duplicate id to forget).
+        # Time is applied by a scan of every message only once this passes, so a long queue
+        # does not make every operation cost its length. It may be early, never late.
+        self._due: float | None = None
         self._entities: dict[str, _Entity] = {}
         for config in queues:
             if config.name.lower() in self._entities:
@@ -181,7 +185,9 @@ class MemoryBroker:
         with self._lock:
             try:
                 now = self._clock()
-                self._dirty = self._apply_time(now) or self._dirty
+                if self._due is not None and self._due <= now:
+                    self._dirty = self._apply_time(now) or self._dirty
+                    self._due = self._next_deadline()
                 yield now
             finally:
                 dirty, self._dirty = self._dirty, False
@@ -205,7 +211,12 @@ class MemoryBroker:
         detection history is forgotten. Returns when the next of these is due, or None.
         """
         with self._operation():
-            return self._next_deadline()
+            return self._due
+
+    def _note(self, due: float | None) -> None:
+        """Something becomes due at `due` (under the lock)."""
+        if due is not None and (self._due is None or due < self._due):
+            self._due = due
 
     def _apply_time(self, now: float) -> bool:
         changed = False
@@ -274,12 +285,14 @@ class MemoryBroker:
                 if message.message_id in entity.seen_ids:
                     return False
                 entity.seen_ids[message.message_id] = now + window
+                self._note(now + window)
             stored = _copy(message)
             stored.sequence_number = entity.next_sequence
             entity.next_sequence += 1
             stored.enqueued_at = now
             ttls = [t for t in (message.ttl, config.default_ttl) if t is not None]
             stored.expires_at = now + min(ttls) if ttls else None
+            self._note(stored.expires_at)
             stored.delivery_count = 0
             stored.lock_token = stored.locked_until = None
             stored.dead_letter_reason = stored.dead_letter_description = None
@@ -320,6 +333,7 @@ class MemoryBroker:
                 message.lock_token = str(uuid.uuid4())
                 message.locked_until = locked_until
                 entity.locks[message.lock_token] = message.sequence_number
+                self._note(locked_until)
                 taken.append(_copy(message))
             return taken
 
@@ -375,6 +389,7 @@ class MemoryBroker:
             entity, message = self._locked(queue, lock_token)
             del entity.locks[str(lock_token)]
             message.lock_token = message.locked_until = None
+            self._note(message.expires_at)  # an unlocked message can expire again
             self._dirty = True
 
     def dead_letter(
@@ -403,12 +418,14 @@ class MemoryBroker:
             if entity.config.requires_session:
                 raise ValueError("messages of a session queue are locked by their session")
             message.locked_until = now + entity.config.lock_duration
+            self._note(message.locked_until)
             return message.locked_until
 
     def _fail_delivery(self, entity: _Entity, lock_token: str) -> None:
         sequence = entity.locks.pop(lock_token)
         message = entity.messages[sequence]
         message.lock_token = message.locked_until = None
+        self._note(message.expires_at)  # an unlocked message can expire again
         message.delivery_count += 1
         limit = entity.config.max_delivery_count
         if not entity.is_dead_letter and message.delivery_count >= limit:
@@ -454,6 +471,7 @@ class MemoryBroker:
             held = _SessionLock(owner, now + entity.config.lock_duration)
             entity.sessions[session_id] = held
             self._follow_session(entity, session_id, held.locked_until)
+            self._note(held.locked_until)
             return session_id, held.locked_until
 
     def renew_session(self, queue: str, session_id: str, owner: object) -> float:
@@ -466,6 +484,7 @@ class MemoryBroker:
                 raise SessionLockLost(f"session {session_id!r} is not locked by this receiver")
             held.locked_until = now + entity.config.lock_duration
             self._follow_session(entity, session_id, held.locked_until)
+            self._note(held.locked_until)
             return held.locked_until
 
     def release_session(self, queue: str, session_id: str, owner: object) -> None:
