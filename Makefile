@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := devstack/node_modules/.installed
 PYTEST_OPTS ?=
 
 .PHONY: deps lint typecheck test test-unit test-integration demo dc-up dc-down bench doctor clean
@@ -15,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-deps: $(STAMP)
+# Azurite (the Azure Storage emulator) comes from npm, pinned by devstack/package-lock.json.
+$(NODE_STAMP): devstack/package.json devstack/package-lock.json
+	npm ci --prefix devstack --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+deps: $(STAMP) $(NODE_STAMP)
 
 lint: deps
 	$(BIN)/ruff check .

@@ -10,8 +10,18 @@
     │   │                           retry with backoff
     │   └── TransportLockLost       the message's lock expired or it was settled elsewhere: it
     │                               will be (or was) delivered again; do not settle it
+    ├── AuthError                   the HTTP API refused a caller or could not check one; carries
+    │                               `reason` (auth.*) and the HTTP `status`: auth.missing,
+    │                               auth.invalid_token, auth.invalid_key (401), auth.forbidden
+    │                               (403), auth.keys_unavailable (503: Entra's JWKS unreachable)
     ├── KeyStoreError               the relay's key store refused an operation (a pending pair
     │                               exists, the key to remove is active); the keys are unchanged
+    ├── SecretsUnavailable          the cloud's secret source (Key Vault, or a local directory)
+    │                               could not give a secret: missing, refused or unreachable;
+    │                               names the secret, never carries its value
+    ├── StorageError                the audit or agents table (Azure Table Storage) could not be
+    │                               used: unreachable, refused, or it answered an error; names
+    │                               the table and the operation, never an entity's contents
     ├── JournalError                the replay journal cannot be read or written (disk full, I/O
     │   │                           error, lock timeout): apply nothing, let the message come back
     │   └── InvalidTransition       a journal state change its lifecycle forbids (e.g. finishing
@@ -23,10 +33,14 @@
 
 Library exceptions are converted to these in one place per adapter, with the original kept as
 `__cause__`: ldap3/ssl/socket in `writeback.relay.ldap.translate_ldap_error`, joserfc in
-`writeback.sealing`, sqlite3 in `writeback.relay.journal`, azure-servicebus in
-`writeback.transport.servicebus`. Each `reason` is an outcome reason
-code (`writeback.protocol.Reason`). Directory answers about a password (policy, wrong old
-password, ...) are not exceptions: they are outcomes.
+`writeback.sealing` (for callers' Entra ID tokens, with aiohttp, in `writeback.cloud.auth`),
+sqlite3 in `writeback.relay.journal`, azure-servicebus in
+`writeback.transport.servicebus`, azure-core (Key Vault) in
+`writeback.cloud.secrets.translate_keyvault_error`, azure-core (Table Storage) in
+`writeback.cloud.tables.translate_storage_error`. Each `reason` is an outcome reason
+code (`writeback.protocol.Reason`), except AuthError's `auth.*` codes, which are HTTP answers.
+Directory answers about a password (policy, wrong old password, ...) are not exceptions: they
+are outcomes.
 """
 
 from __future__ import annotations
@@ -69,9 +83,46 @@ class TransportLockLost(TransportError):
     """The message's lock is gone: it will be delivered again (to this or another relay)."""
 
 
+class AuthError(WritebackError):
+    """The HTTP API refused a caller (401, 403) or could not check its token (503).
+
+    `reason` is an `auth.*` code (`writeback.cloud.auth.AuthReason`), `status` the HTTP status
+    to answer with, `problem` a sentence safe to return to the caller: it never contains the
+    token, the key or any other credential.
+    """
+
+    def __init__(self, reason: str, problem: str, status: int) -> None:
+        super().__init__(f"{reason}: {problem}")
+        self.reason = reason
+        self.problem = problem
+        self.status = status
+
+
 class KeyStoreError(WritebackError):
     """The key store refused an operation (a pending pair already exists, the key to remove is
     active, ...). The keys on disk are unchanged."""
+
+
+class SecretsUnavailable(WritebackError):
+    """A secret could not be read. `secret` names it; `missing` is true when the source answered
+    that it does not exist (as opposed to refusing access or not answering at all)."""
+
+    def __init__(self, secret: str, problem: str, *, missing: bool = False) -> None:
+        super().__init__(f"secret {secret}: {problem}")
+        self.secret = secret
+        self.problem = problem
+        self.missing = missing
+
+
+class StorageError(WritebackError):
+    """A table of the cloud side (the audit trail, the agents registry) could not be used.
+    `table` names it, `problem` says what went wrong (status and error code, never a response
+    body or an entity's contents)."""
+
+    def __init__(self, table: str, problem: str) -> None:
+        super().__init__(f"table {table}: {problem}")
+        self.table = table
+        self.problem = problem
 
 
 class JournalError(WritebackError):

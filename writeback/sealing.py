@@ -125,6 +125,12 @@ def seal(secrets: Secrets, binding: bytes, recipients: KeySet) -> dict[str, obje
     return dict(jwe.encrypt_json(sealed, None, registry=_JWE_REGISTRY))
 
 
+def bound_to(sealed: Mapping[str, object], binding: bytes) -> bool:
+    """Whether `sealed` carries `binding` as its additional authenticated data (checked
+    without a key: a caller-sealed password is checked in the cloud before it is sent)."""
+    return hmac.compare_digest(str(sealed.get("aad", "")), _b64(binding))
+
+
 def open_sealed(
     sealed: Mapping[str, object], binding: bytes, keys: KeySet, operation: Operation
 ) -> Secrets:
@@ -143,7 +149,7 @@ def open_sealed(
     if not mine:
         raise ProtocolError(UNDECRYPTABLE, "sealed to none of this relay's keys", "sealed")
     # The JWE authenticates its aad, but only we know which aad it must be.
-    if not hmac.compare_digest(str(sealed.get("aad", "")), _b64(binding)):
+    if not bound_to(sealed, binding):
         raise ProtocolError(UNDECRYPTABLE, "sealed for another request", "sealed")
     try:
         # joserfc wants a key for every recipient: keep only ours (aad and content key are shared).

@@ -1,4 +1,4 @@
-"""In-memory fakes for tests: a DC connection and a directory that never touch a network.
+"""In-memory fakes for tests: a DC connection, a directory and the cloud tables, no network.
 
 `FakeLink` stands in for `writeback.relay.ldap.Link`, the one bound connection to a DC that
 `LdapDirectory` uses. It serves a small dict of entries keyed by DN (raw attribute values as
@@ -8,10 +8,14 @@ and every modify, and answers modifies from a queue of recorded DC answers (succ
 is empty). It never applies a modify to its entries. It keeps no bind password, but the modifies
 it records hold the encoded unicodePwd values the relay sent: that is what tests assert on, so a
 FakeLink must never be logged or kept beyond its test.
+
+`MemoryAuditTrail` and `MemoryAgentRegistry` are the cloud side's two tables in memory, with the
+Table adapters' semantics (keys checked, insert-or-replace, an older heartbeat never wins).
 """
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 from collections import deque
@@ -22,6 +26,9 @@ from typing import Any, Literal, cast
 
 import ldap3
 
+from writeback.cloud.agents import AgentRecord
+from writeback.cloud.audit import AuditRecord
+from writeback.cloud.tables import check_key
 from writeback.errors import DirectoryError
 from writeback.protocol import Command, Operation, Outcome, Reason
 from writeback.relay.directory import Capabilities
@@ -219,3 +226,48 @@ class FakeDirectory:
 
     def password_last_set(self, upn: str) -> datetime | None:
         return self.last_set.get(upn.casefold())
+
+
+class MemoryAuditTrail:
+    """The AuditTrail port in memory: insert-or-replace by request id, ids checked as the
+    Table adapter checks them (ValueError before anything is stored)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, AuditRecord] = {}
+        self.closed = False
+
+    async def record(self, record: AuditRecord) -> None:
+        self.records[check_key(record.request_id, "request id")] = record
+
+    async def get(self, request_id: str) -> AuditRecord | None:
+        return self.records.get(check_key(request_id, "request id"))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class MemoryAgentRegistry:
+    """The AgentRegistry port in memory: one record per (domain, relay), and an older heartbeat
+    (smaller `last_seen`, or the same) never replaces the one kept."""
+
+    def __init__(self) -> None:
+        self.agents: dict[tuple[str, str], AgentRecord] = {}
+        self.closed = False
+
+    async def record(self, agent: AgentRecord) -> None:
+        key = (check_key(agent.domain, "domain"), check_key(agent.relay_id, "relay id"))
+        kept = self.agents.get(key)
+        if kept is None or kept.last_seen < agent.last_seen:
+            self.agents[key] = agent
+
+    async def list(self, domain: str | None = None) -> builtins.list[AgentRecord]:
+        if domain is not None:
+            check_key(domain, "domain")
+        return [
+            agent
+            for key, agent in sorted(self.agents.items())
+            if domain is None or key[0] == domain
+        ]
+
+    async def close(self) -> None:
+        self.closed = True

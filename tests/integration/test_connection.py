@@ -10,10 +10,9 @@ import pytest
 
 from devstack import seed
 from devstack.tls import issue_server_certificate
+from tests.testbed import TestBed
 from writeback.protocol import ChangePassword, Reason, ResetPassword, Status
 from writeback.relay.directory import LdapDirectory
-
-from .conftest import TestBed
 
 NEW = "Connection-Pa55!"
 NewUser = Callable[..., seed.Account]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from devstack import seed
+from tests.testbed import TestBed
 from writeback.protocol import (
     ChangePassword,
     Initiator,
@@ -18,8 +19,6 @@ from writeback.protocol import (
 )
 from writeback.relay.directory import LdapDirectory
 from writeback.relay.policy import filetime
-
-from .conftest import TestBed
 
 NEW = "Brand-New-Pa55!"
 NewUser = Callable[..., seed.Account]

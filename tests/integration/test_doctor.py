@@ -8,9 +8,8 @@ import pytest
 
 from devstack import demo, seed, wire_demo
 from devstack.stack import Stack, write_relay_config
+from tests.testbed import TestBed
 from writeback.relay import cli
-
-from .conftest import TestBed
 
 
 def config_for(testbed: TestBed, tmp_path: Path, account: seed.Account, **extra: str) -> Path:

@@ -20,6 +20,7 @@ from joserfc.jwk import ECKey, KeySet
 from devstack import seed
 from devstack.servicebus import LocalServiceBus, writeback_queues
 from devstack.stack import write_full_relay_config
+from tests.testbed import TestBed
 from writeback import sealing
 from writeback.protocol import Initiator, Operation, Reason
 from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
@@ -29,8 +30,6 @@ from writeback.relay.keys import KeyStore
 from writeback.transport import requests_queue
 from writeback.transport.servicebus import ServiceBusCloud
 from writeback.transport.settings import ServiceBusSettings
-
-from .conftest import TestBed
 
 NEW = "Relay-Applied-Pa55!"
 NewUser = Callable[..., seed.Account]

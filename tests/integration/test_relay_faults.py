@@ -22,6 +22,7 @@ import pytest
 from devstack import seed
 from devstack.servicebus import LocalServiceBus, writeback_queues
 from devstack.stack import write_full_relay_config
+from tests.testbed import TestBed
 from writeback import sealing
 from writeback.protocol import Initiator, Operation, Reason
 from writeback.protocol.messages import RequestMessage, Secrets
@@ -29,8 +30,6 @@ from writeback.relay.keys import KeyStore
 from writeback.relay.pipeline import AFTER_DIRECTORY_WRITE, FAILPOINT_ENV
 from writeback.transport.servicebus import ServiceBusCloud
 from writeback.transport.settings import ServiceBusSettings
-
-from .conftest import TestBed
 
 ROUNDS = 5
 LOCK_SECONDS = 2.0

@@ -40,6 +40,7 @@ def request_payload(**changes: Any) -> dict[str, Any]:
         "unlock": False,
         "forceChangeAtNextLogon": False,
         "sealed": {"recipients": []},
+        "traceparent": None,
     }
     payload.update(changes)
     return payload
@@ -53,6 +54,20 @@ def refused(parse: Any, payload: Any) -> ProtocolError:
 
 
 class TestRequest:
+    def test_traceparent_travels_and_is_checked(self) -> None:
+        """A W3C traceparent survives the round trip; anything else in its place is refused."""
+        good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        assert RequestMessage.parse(request_payload(traceparent=good)).traceparent == good
+        for bad in (
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            7,
+        ):
+            assert refused(RequestMessage.parse, request_payload(traceparent=bad)).field == (
+                "traceparent"
+            )
+
     def test_round_trip(self) -> None:
         """A parsed payload serialises back to itself."""
         payload = request_payload()

@@ -326,6 +326,8 @@ NOT_FROM_THE_DIRECTORY = {  # the request pipeline and the cloud side, never Lda
     Reason.REQUEST_UNDECRYPTABLE,
     Reason.AGENT_UNAVAILABLE,
     Reason.AGENT_TIMEOUT,
+    Reason.TRANSPORT_UNAVAILABLE,
+    Reason.OUTCOME_INVALID_SIGNATURE,
 }
 # Also produced by the pre-checks, and by classify() from Samba's phrases.
 PRECHECKED_TOO = {

@@ -360,11 +360,12 @@ class TestHostileInput:
                             "unlock",
                             "forceChangeAtNextLogon",
                             "sealed",
+                            "traceparent",
                             "x",
                         ]
                     ),
                     children,
-                    max_size=13,
+                    max_size=14,
                 )
             ),
             max_leaves=30,

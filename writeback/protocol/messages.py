@@ -31,6 +31,9 @@ MALFORMED = Reason.REQUEST_MALFORMED.value
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _RELAY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+# W3C Trace Context, version 00: the caller's trace travels to the relay so both sides' logs and
+# spans join one trace. All-zero trace or parent ids are invalid (the spec says so).
+TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def utf16_length(text: str) -> int:
@@ -202,6 +205,7 @@ class RequestMessage:
     unlock: bool = False
     force_change_at_next_logon: bool = False
     sealed: Mapping[str, object] | None = field(default=None, repr=False)
+    traceparent: str | None = None
 
     def binding(self) -> bytes:
         """What the sealed secrets are bound to (JWE additional authenticated data)."""
@@ -230,6 +234,7 @@ class RequestMessage:
             "unlock": self.unlock,
             "forceChangeAtNextLogon": self.force_change_at_next_logon,
             "sealed": dict(self.sealed) if self.sealed is not None else None,
+            "traceparent": self.traceparent,
         }
 
     @classmethod
@@ -250,6 +255,7 @@ class RequestMessage:
                 "unlock",
                 "forceChangeAtNextLogon",
                 "sealed",
+                "traceparent",
             },
         )
         fields.header("request")
@@ -274,6 +280,11 @@ class RequestMessage:
             unlock=fields.boolean("unlock"),
             force_change_at_next_logon=fields.boolean("forceChangeAtNextLogon"),
             sealed=sealed if isinstance(sealed, dict) else None,
+            traceparent=(
+                None
+                if fields.value["traceparent"] is None
+                else fields.matching("traceparent", TRACEPARENT, "a W3C traceparent (version 00)")
+            ),
         )
         is_reset = operation is Operation.RESET
         if (initiator is None) == is_reset:

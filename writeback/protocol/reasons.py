@@ -49,6 +49,9 @@ class Reason(enum.StrEnum):
     REQUEST_UNDECRYPTABLE = "request.undecryptable"
     AGENT_UNAVAILABLE = "agent.unavailable"
     AGENT_TIMEOUT = "agent.timeout"
+    # failed in the cloud: the message bus cannot be used, or the relay's answer does not verify
+    TRANSPORT_UNAVAILABLE = "transport.unavailable"
+    OUTCOME_INVALID_SIGNATURE = "outcome.invalid_signature"
 
     @property
     def status(self) -> Status:
@@ -145,6 +148,15 @@ _REASONS: dict[Reason, tuple[Status, str]] = {
     Reason.AGENT_UNAVAILABLE: (
         Status.FAILED,
         "Password writeback is not available right now: the on-premises agent is offline.",
+    ),
+    Reason.TRANSPORT_UNAVAILABLE: (
+        Status.FAILED,
+        "Password writeback cannot reach its message service right now. Try again in a few "
+        "minutes.",
+    ),
+    Reason.OUTCOME_INVALID_SIGNATURE: (
+        Status.FAILED,
+        f"The answer from the on-premises agent could not be verified. {_ADMIN}",
     ),
     Reason.AGENT_TIMEOUT: (
         Status.FAILED,

@@ -1,4 +1,5 @@
-"""Fixtures for integration tests: one real Samba AD DC per session, fresh users per test.
+"""The Samba AD DC test bed for integration and e2e tests: one real DC per session, fresh users
+per test (a pytest plugin, loaded by tests/conftest.py).
 
 The DC is provisioned from devstack into a temporary directory, seeded, started with LDAPS on
 loopback and stopped at the end of the session. Each test creates its own uniquely named users,

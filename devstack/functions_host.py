@@ -1,0 +1,200 @@
+"""A local host for function_app.py: its own registered functions, served without Core Tools.
+
+The Azure Functions host cannot be installed here, so this serves what `app.get_functions()`
+declares, the way the host would: each `httpTrigger` binding on `/api/<route>` (with its
+methods and route parameters, as `azure.functions.HttpRequest`), and each `serviceBusTrigger`
+binding as a receiver on its queue (connection string from the setting the binding names; the
+message completed when the function returns, abandoned when it raises, as with
+autoCompleteMessages). The handlers are function_app.py's own: nothing here knows what they do.
+Not emulated: the host's key checks (the app authenticates itself), host.json's concurrency and
+retry options, other binding types, scaling. `func start` remains the way with Core Tools.
+Run `python -m devstack.functions_host` (settings from the environment) or use `serve()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from aiohttp import web
+from azure.functions.servicebus import ServiceBusMessage
+from azure.servicebus.aio import ServiceBusClient
+
+log = logging.getLogger("devstack.functions_host")
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7071
+
+
+def load_app(module: str = "function_app") -> func.FunctionApp:
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    app = importlib.import_module(module).app
+    if not isinstance(app, func.FunctionApp):
+        raise TypeError(f"{module}.app is not a FunctionApp")
+    return app
+
+
+def bindings(function: Any) -> list[dict[str, Any]]:
+    return list(json.loads(function.get_function_json())["bindings"])
+
+
+async def call(function: Any, argument: object) -> Any:
+    result = function.get_user_function()(argument)
+    return await result if inspect.isawaitable(result) else result
+
+
+def http_routes(functions: list[Any]) -> web.Application:
+    """An aiohttp application answering every HTTP-triggered function of `functions`."""
+    web_app = web.Application(client_max_size=1024 * 1024)
+    for function in functions:
+        for binding in bindings(function):
+            if binding["type"] != "httpTrigger":
+                continue
+            route = "/api/" + binding.get("route", function.get_function_name()).lstrip("/")
+            for method in binding.get("methods") or ["GET", "POST"]:
+                web_app.router.add_route(method.upper(), route, _http_handler(function))
+    return web_app
+
+
+def _http_handler(function: Any) -> Any:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        http_request = func.HttpRequest(
+            method=request.method,
+            url=str(request.url),
+            headers=dict(request.headers),
+            params=dict(request.query),
+            route_params=dict(request.match_info),
+            body=await request.read(),
+        )
+        try:
+            response = await call(function, http_request)
+        except Exception:
+            log.exception("function %s raised", function.get_function_name())
+            return web.Response(status=500)
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
+        return web.Response(
+            status=response.status_code,
+            body=response.get_body(),
+            headers=headers,
+            content_type=response.mimetype or "text/plain",
+            charset=response.charset or None,
+        )
+
+    return handle
+
+
+async def pump_queue(
+    function: Any, binding: Mapping[str, Any], environ: Mapping[str, str], stop: asyncio.Event
+) -> None:
+    """Deliver the binding's queue to the function until `stop` is set."""
+    connection = environ.get(str(binding["connection"]))
+    if not connection:
+        raise RuntimeError(f"setting {binding['connection']} (a connection string) is not set")
+    queue = str(binding["queueName"])
+    async with ServiceBusClient.from_connection_string(connection) as client:
+        while not stop.is_set():
+            try:
+                async with client.get_queue_receiver(queue, max_wait_time=1) as receiver:
+                    while not stop.is_set():
+                        for received in await receiver.receive_messages(10, max_wait_time=1):
+                            try:
+                                await call(function, _message(received))
+                            except Exception:
+                                log.exception("function %s raised", function.get_function_name())
+                                await receiver.abandon_message(received)
+                            else:
+                                await receiver.complete_message(received)
+            except Exception as exc:  # the broker went away: reconnect, as the host does
+                log.warning("queue %s: %s; reconnecting", queue, type(exc).__name__)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+
+def _message(received: Any) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        body=b"".join(received.body),
+        message_id=str(received.message_id),
+        session_id=received.session_id,
+        reply_to=received.reply_to,
+        reply_to_session_id=received.reply_to_session_id,
+        content_type=received.content_type,
+        correlation_id=received.correlation_id,
+        delivery_count=received.delivery_count,
+        enqueued_time_utc=received.enqueued_time_utc,
+        sequence_number=received.sequence_number,
+        application_properties={
+            str(k): v for k, v in (received.application_properties or {}).items()
+        },
+        user_properties={},
+    )
+
+
+async def serve(
+    app: func.FunctionApp,
+    environ: Mapping[str, str],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    stop: asyncio.Event | None = None,
+    started: asyncio.Event | None = None,
+) -> None:
+    """Serve `app` until `stop` is set (forever without one)."""
+    stop = stop or asyncio.Event()
+    functions = app.get_functions()  # indexes the app; a second call would index it twice
+    runner = web.AppRunner(http_routes(functions), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    pumps = [
+        asyncio.create_task(pump_queue(function, binding, environ, stop))
+        for function in functions
+        for binding in bindings(function)
+        if binding["type"] == "serviceBusTrigger"
+    ]
+    log.info("serving", extra={"url": f"http://{host}:{port}/api", "queues": len(pumps)})
+    if started is not None:
+        started.set()
+    try:
+        await stop.wait()
+    finally:
+        await asyncio.gather(*pumps, return_exceptions=True)
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--settings", type=Path, help="a local.settings.json to read Values from")
+    args = parser.parse_args()
+    environ = dict(os.environ)
+    if args.settings:
+        values = json.loads(args.settings.read_text())["Values"]
+        environ = {**values, **environ}
+        os.environ.update({k: str(v) for k, v in values.items() if k not in os.environ})
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(load_app(), environ, args.host, args.port, stop=stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

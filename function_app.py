@@ -1,0 +1,59 @@
+"""The Azure Functions entry point (Python v2 programming model): routes and triggers only.
+
+Every handler lives in `writeback.cloud.http`, which authenticates, validates and calls the
+writeback service; nothing here connects to anything at import time. The routes are anonymous
+at the host because the application authenticates every call itself (Entra ID bearer tokens with
+app roles, or an API key in `x-functions-key`), identically in Azure and on the local host.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from writeback.cloud import http
+from writeback.protocol import Operation
+from writeback.transport import HEARTBEATS_QUEUE
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="v1/passwords/reset", methods=["POST"])
+async def reset_password(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.submit(req, Operation.RESET)
+
+
+@app.route(route="v1/passwords/change", methods=["POST"])
+async def change_password(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.submit(req, Operation.CHANGE)
+
+
+@app.route(route="v1/accounts/unlock", methods=["POST"])
+async def unlock_account(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.submit(req, Operation.UNLOCK)
+
+
+@app.route(route="v1/requests/{request_id}", methods=["GET"])
+async def request_status(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.request_status(req)
+
+
+@app.route(route="v1/health", methods=["GET"])
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.health(req)
+
+
+@app.route(route="v1/domains/{domain}/keys", methods=["GET"])
+async def domain_keys(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.domain_keys(req)
+
+
+@app.route(route="v1/domains/{domain}/policy", methods=["GET"])
+async def domain_policy(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.domain_policy(req)
+
+
+@app.service_bus_queue_trigger(
+    arg_name="message", connection="ServiceBusConnection", queue_name=HEARTBEATS_QUEUE
+)
+async def record_heartbeat(message: func.ServiceBusMessage) -> None:
+    await http.heartbeat(message)

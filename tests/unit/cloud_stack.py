@@ -1,0 +1,206 @@
+"""An in-process cloud side for unit tests: function_app's registered handlers over the real
+service, the in-memory queue model, in-memory tables and a real relay (pipeline, journal,
+agent) on the in-memory directory. Nothing here replaces our own adapters with mocks: the
+fakes are the ports' in-memory implementations from writeback.testing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.functions.servicebus import ServiceBusMessage
+from joserfc.jwk import ECKey, KeySet, RSAKey
+
+import function_app
+from writeback.cloud import http
+from writeback.cloud.auth import Authenticator, AuthSettings
+from writeback.cloud.bootstrap import Cloud
+from writeback.cloud.secrets import SIGNING_KEY_SECRET, CloudKeys, relay_keys_secret
+from writeback.cloud.service import ServiceSettings, WritebackService
+from writeback.cloud.telemetry import Telemetry
+from writeback.relay.agent import Agent
+from writeback.relay.config import RelaySettings
+from writeback.relay.journal import Journal
+from writeback.relay.pipeline import Pipeline, RelayKeys
+from writeback.routing import Routes
+from writeback.testing import FakeDirectory, MemoryAgentRegistry, MemoryAuditTrail
+from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
+from writeback.transport.inprocess import InProcessCloud, InProcessRelay
+from writeback.transport.memory import MemoryBroker, QueueConfig
+
+DOMAIN = "corp.example.test"
+API_KEY = "unit-test-api-key-0123456789abcdefghij"
+RELAY = "relay-1"
+
+
+class DictSecrets:
+    """The SecretSource port over a dict (a rotation is an assignment)."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.values = values
+
+    async def get(self, name: str) -> str:
+        return self.values[name]
+
+    async def close(self) -> None:
+        return None
+
+
+def public(*keys: Any) -> KeySet:
+    return KeySet([type(k).import_key(k.as_dict(private=False)) for k in keys])
+
+
+@dataclass
+class Stack:
+    broker: MemoryBroker
+    service: WritebackService
+    directory: FakeDirectory
+    audit: MemoryAuditTrail
+    agents: MemoryAgentRegistry
+    enc: RSAKey
+    relay_sig: ECKey
+    tmp: Path
+    agent: Agent | None = None
+    _stop: asyncio.Event | None = None
+    _task: asyncio.Task[None] | None = None
+
+    def relay(self) -> Agent:
+        settings = RelaySettings(
+            id=RELAY,
+            domain=DOMAIN,
+            keys=self.tmp,
+            journal=self.tmp,
+            cloud_keys=self.tmp,
+            concurrency=4,
+            heartbeat_interval=30,
+            shutdown_grace=2,
+            receive_wait=0.1,
+        )
+        transport = InProcessRelay(self.broker, DOMAIN)
+        pipeline = Pipeline(
+            relay_id=RELAY,
+            domain=DOMAIN,
+            directory=self.directory,
+            transport=transport,
+            journal=Journal(self.tmp / "journal.sqlite3"),
+            keys=RelayKeys(
+                KeySet([ECKey.import_key(CLOUD_KEY.as_dict(private=False))]),
+                KeySet([self.enc]),
+                self.relay_sig,
+            ),
+        )
+        return Agent(
+            settings, pipeline, transport, directory=self.directory, signing_key=self.relay_sig
+        )
+
+    async def start_relay(self) -> None:
+        self.agent = self.relay()
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.agent.run(self._stop))
+        await self.deliver_heartbeats(expect=1)
+
+    async def stop_relay(self) -> None:
+        if self._stop is not None and self._task is not None:
+            self._stop.set()
+            await self._task
+            self._stop = self._task = None
+
+    async def deliver_heartbeats(self, expect: int = 0, deadline: float = 10.0) -> int:
+        """Hand the heartbeats queue to function_app's Service Bus trigger, as the host would."""
+        trigger = function_app.record_heartbeat.build().get_user_function()
+        delivered, until = 0, time.monotonic() + deadline
+        while True:
+            for stored in self.broker.receive(HEARTBEATS_QUEUE, 10):
+                await trigger(
+                    ServiceBusMessage(
+                        body=stored.body,
+                        message_id=str(stored.message_id),
+                        application_properties={},
+                        user_properties={},
+                    )
+                )
+                self.broker.complete(HEARTBEATS_QUEUE, str(stored.lock_token))
+                delivered += 1
+            if delivered >= expect or time.monotonic() > until:
+                return delivered
+            await asyncio.sleep(0.02)
+
+
+CLOUD_KEY = ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.a", "use": "sig"})
+ENC_KEY = RSAKey.generate_key(2048, parameters={"kid": f"{RELAY}.enc.a", "use": "enc"})
+SIG_KEY = ECKey.generate_key("P-256", parameters={"kid": f"{RELAY}.sig.a", "use": "sig"})
+
+
+@contextlib.asynccontextmanager
+async def cloud_stack(
+    tmp: Path, *, wait: float = 5.0, api_key_roles: str | None = None
+) -> AsyncIterator[Stack]:
+    broker = MemoryBroker(
+        [
+            QueueConfig(requests_queue(DOMAIN), lock_duration=10, duplicate_detection_window=600),
+            QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=300),
+            QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
+        ]
+    )
+    secrets = DictSecrets(
+        {
+            SIGNING_KEY_SECRET: json.dumps(CLOUD_KEY.as_dict(private=True)),
+            relay_keys_secret(DOMAIN): json.dumps(
+                {"keys": [k.as_dict(private=False) for k in (ENC_KEY, SIG_KEY)]}
+            ),
+        }
+    )
+    audit, agents = MemoryAuditTrail(), MemoryAgentRegistry()
+    service = WritebackService(
+        routes=Routes.build([DOMAIN], {"example.test": DOMAIN}),
+        transport=InProcessCloud(broker),
+        keys=CloudKeys(secrets),
+        audit=audit,
+        agents=agents,
+        settings=ServiceSettings(
+            wait_seconds=wait, lifetime_seconds=60, heartbeat_interval=60, poll_wait_seconds=0.3
+        ),
+    )
+    environ = {"WRITEBACK_API_KEYS": API_KEY}
+    if api_key_roles is not None:
+        environ["WRITEBACK_API_KEY_ROLES"] = api_key_roles
+    authenticator = Authenticator(AuthSettings.from_env(environ))
+    http.use(Cloud(service, authenticator, Telemetry()))
+    stack = Stack(broker, service, FakeDirectory(), audit, agents, ENC_KEY, SIG_KEY, tmp)
+    try:
+        yield stack
+    finally:
+        await stack.stop_relay()
+        http.use(None)
+
+
+def request(
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    key: str | None = API_KEY,
+    route_params: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> func.HttpRequest:
+    sent = dict(headers or {})
+    if key is not None:
+        sent["x-functions-key"] = key
+    payload = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
+    return func.HttpRequest(
+        method, f"http://127.0.0.1:7071/api/{path}", headers=sent,
+        route_params=route_params or {}, body=payload,
+    )  # fmt: skip
+
+
+async def call(function: Any, req: func.HttpRequest) -> tuple[int, dict[str, Any]]:
+    response = await function.build().get_user_function()(req)
+    return response.status_code, json.loads(response.get_body() or b"{}")

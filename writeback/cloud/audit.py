@@ -1,0 +1,191 @@
+"""The audit trail: every writeback request and its outcome, one Azure Table entity per request.
+
+The service records a request as `pending` when it is accepted and records it again, complete,
+when its outcome arrives (insert-or-replace, so the second write also clears what the first had
+and the outcome has not). PartitionKey is the request id and RowKey is empty: every read is a
+point read by id (what polling `GET /requests/{id}` needs), and random UUIDs spread the writes
+evenly over partitions; reports over time belong to a log query, not to this table. No field can
+hold a password or a key, and the adapter stores exactly the record's fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from azure.core import exceptions as azure
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient
+
+from writeback.cloud.tables import SDK_ERRORS, Credential, Table, check_key, error_code
+from writeback.errors import StorageError
+
+AUDIT_TABLE = "WritebackAudit"
+_ROW = ""  # one entity per partition (request id)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditRecord:
+    """One request and, once known, its outcome. Times are epoch seconds.
+
+    `caller` is the authenticated identity (object id, app id, or "api-key"), `caller_kind` how
+    it authenticated ("entra", "api-key", "event"); `initiator` who asked for it when that is
+    someone else (an admin resetting a user); `message` the sentence the caller saw, `detail`
+    the admin detail, `relay` the relay that answered, `expires_at` the request's deadline.
+    """
+
+    request_id: str
+    received_at: float
+    domain: str
+    user: str
+    operation: str  # "reset" | "change" | "unlock"
+    initiator: str | None
+    caller: str
+    caller_kind: str  # "entra" | "api-key" | "event"
+    source: str = "api"
+    unlock: bool = False
+    force_change_at_next_logon: bool = False
+    sealed_by_caller: bool = False
+    status: str = "pending"  # "pending" | "applied" | "rejected" | "failed"
+    reason: str | None = None
+    message: str | None = None
+    detail: str | None = None
+    relay: str | None = None
+    completed_at: float | None = None
+    duration_ms: int | None = None
+    trace_id: str | None = None
+    expires_at: float | None = None
+
+    def completed(
+        self,
+        status: str,
+        reason: str,
+        at: float,
+        *,
+        message: str | None = None,
+        detail: str | None = None,
+        relay: str | None = None,
+    ) -> AuditRecord:
+        """This record with its outcome, completed at `at` (the duration follows)."""
+        return dataclasses.replace(
+            self,
+            status=status,
+            reason=reason,
+            message=message,
+            detail=detail,
+            relay=relay,
+            completed_at=at,
+            duration_ms=max(0, round((at - self.received_at) * 1000)),
+        )
+
+
+class AuditTrail(Protocol):
+    """Where requests and their outcomes are recorded."""
+
+    async def record(self, record: AuditRecord) -> None:
+        """Insert or replace the entry for `record.request_id`."""
+
+    async def get(self, request_id: str) -> AuditRecord | None:
+        """The entry for a request id, or None if there is none."""
+
+    async def close(self) -> None: ...
+
+
+_FLOATS = {"received_at", "completed_at", "expires_at"}
+_INTS = {"duration_ms"}
+_BOOLS = {"unlock", "force_change_at_next_logon", "sealed_by_caller"}
+_FIELDS = [f.name for f in dataclasses.fields(AuditRecord) if f.name != "request_id"]
+
+
+def to_entity(record: AuditRecord) -> dict[str, Any]:
+    """The Table entity for a record (None fields are left out: tables store no nulls).
+    ValueError if the request id cannot be a key."""
+    entity: dict[str, Any] = {
+        "PartitionKey": check_key(record.request_id, "request id"),
+        "RowKey": _ROW,
+    }
+    for name in _FIELDS:
+        value = getattr(record, name)
+        if value is not None:
+            # An int epoch would be stored as Int32; always store times as Double.
+            entity[name] = float(value) if name in _FLOATS else value
+    return entity
+
+
+def from_entity(entity: Mapping[str, Any]) -> AuditRecord:
+    """The record a Table entity holds; ValueError (naming the field, never its value) if the
+    entity is not one."""
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = entity.get(name)
+        try:
+            if name in _FLOATS:
+                value = None if value is None else float(value)
+            elif name in _INTS:
+                value = None if value is None else int(value)
+            elif name in _BOOLS:
+                value = bool(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} is not a number") from None
+        values[name] = value
+    for name in ("received_at", "domain", "user", "operation", "caller", "caller_kind"):
+        if values[name] is None:
+            raise ValueError(f"{name} is missing")
+    values["source"] = values["source"] or "api"
+    values["status"] = values["status"] or "pending"
+    return AuditRecord(request_id=str(entity.get("PartitionKey")), **values)
+
+
+class TableAuditTrail:
+    """The audit trail in Azure Table Storage (table `WritebackAudit` unless told otherwise)."""
+
+    def __init__(self, table: Table | TableClient) -> None:
+        self._table = table if isinstance(table, Table) else Table(table)
+
+    @classmethod
+    def from_connection_string(
+        cls, connection_string: str, table_name: str = AUDIT_TABLE, **client_options: Any
+    ) -> TableAuditTrail:
+        return cls(Table.from_connection_string(connection_string, table_name, **client_options))
+
+    @classmethod
+    def from_endpoint(
+        cls,
+        endpoint: str,
+        credential: Credential,
+        table_name: str = AUDIT_TABLE,
+        **client_options: Any,
+    ) -> TableAuditTrail:
+        """Identity-based access: the table service URL and, in Azure, a managed identity."""
+        return cls(Table.from_endpoint(endpoint, credential, table_name, **client_options))
+
+    async def record(self, record: AuditRecord) -> None:
+        entity = to_entity(record)
+        client = await self._table.client()
+        try:
+            # Replace, not merge: a completed entry must not keep what the pending one had.
+            await client.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        except SDK_ERRORS as exc:
+            raise self._table.error(exc, "record a request") from exc
+
+    async def get(self, request_id: str) -> AuditRecord | None:
+        check_key(request_id, "request id")
+        client = await self._table.client()
+        try:
+            entity = await client.get_entity(request_id, _ROW)
+        except azure.ResourceNotFoundError as exc:
+            if error_code(exc) == "TableNotFound":
+                raise self._table.error(exc, "read a request") from exc
+            return None
+        except SDK_ERRORS as exc:
+            raise self._table.error(exc, "read a request") from exc
+        try:
+            return from_entity(entity)
+        except ValueError as exc:
+            raise StorageError(
+                self._table.name, f"read a request: malformed entity: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        await self._table.close()

@@ -1,0 +1,78 @@
+"""The one place the cloud side's adapters are chosen and wired: settings in, a `Cloud` out.
+
+`build(environ)` reads the app settings (`CloudSettings.from_env`), then makes the Service Bus
+transport, the Key Vault (or local) key source, the audit and agents tables and the
+authenticator. Nothing connects here: every client opens its connection on first use, so a
+cold start costs no round trip and a bad setting is reported before any network is touched.
+Tests and the local host pass their own adapters to `WritebackService` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from azure.identity.aio import DefaultAzureCredential
+
+from writeback.cloud.agents import TableAgentRegistry
+from writeback.cloud.audit import TableAuditTrail
+from writeback.cloud.auth import Authenticator
+from writeback.cloud.secrets import CloudKeys, build_secret_source
+from writeback.cloud.service import WritebackService
+from writeback.cloud.settings import CloudSettings, Storage
+from writeback.cloud.tables import Table
+from writeback.cloud.telemetry import Telemetry, configure
+from writeback.transport.servicebus import ServiceBusCloud
+
+
+@dataclass
+class Cloud:
+    """What the HTTP and trigger handlers use."""
+
+    service: WritebackService
+    authenticator: Authenticator
+    telemetry: Telemetry
+
+    async def close(self) -> None:
+        await self.service.transport.close()
+        await self.service.audit.close()
+        await self.service.agents.close()
+        await self.authenticator.close()
+        close = getattr(self.service.keys, "close", None)
+        if close is not None:
+            await close()
+
+
+def _tables(storage: Storage, credential: Any) -> tuple[Table, Table]:
+    if storage.connection_string:
+        return (
+            Table.from_connection_string(storage.connection_string, storage.audit_table),
+            Table.from_connection_string(storage.connection_string, storage.agents_table),
+        )
+    endpoint = storage.table_endpoint or ""
+    return (
+        Table.from_endpoint(endpoint, credential, storage.audit_table),
+        Table.from_endpoint(endpoint, credential, storage.agents_table),
+    )
+
+
+async def build(environ: Mapping[str, str]) -> Cloud:
+    """The cloud side as the app settings describe it."""
+    settings = CloudSettings.from_env(environ)
+    configure(settings.appinsights)
+    credential = DefaultAzureCredential()  # managed identity in Azure; unused with strings
+    audit_table, agents_table = _tables(settings.storage, credential)
+    service = WritebackService(
+        routes=settings.routes,
+        transport=ServiceBusCloud(
+            settings.servicebus, None if settings.servicebus.connection_string else credential
+        ),
+        keys=CloudKeys(
+            build_secret_source(settings.keys), refresh_seconds=settings.keys.refresh_seconds
+        ),
+        audit=TableAuditTrail(audit_table),
+        agents=TableAgentRegistry(agents_table),
+        settings=settings.service,
+    )
+    return Cloud(service, Authenticator(settings.auth), Telemetry())

@@ -1,0 +1,225 @@
+"""The writeback API over Azure Functions' HTTP and Service Bus bindings: the only module under
+`writeback/` that imports `azure.functions`.
+
+Each handler authenticates the caller, checks the app role its operation needs, reads the body
+strictly, calls one method of `WritebackService` and maps the result to a status and a JSON body:
+200 applied, 422 rejected, 503 agent.unavailable / transport.unavailable, 504 agent.timeout
+(pending: poll the request id), 502 any other failure, 400 bad input (naming the field), 401/403
+for authentication and authorisation, 404 an unknown request id. An exception nobody expected
+becomes a 500 with only a correlation id: its text could hold anything, so it goes to the log.
+The service is built on first use from the app settings (`bootstrap.build`), never at import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import azure.functions as func
+
+from writeback.cloud import auth
+from writeback.cloud.bootstrap import Cloud, build
+from writeback.cloud.service import Answer
+from writeback.cloud.submissions import REQUEST_ID, InvalidInput, parse, read_body
+from writeback.cloud.telemetry import trace_id
+from writeback.errors import ConfigurationError, WritebackError
+from writeback.protocol import Operation, Reason
+from writeback.protocol.messages import TRACEPARENT
+
+log = logging.getLogger(__name__)
+
+_cloud: Cloud | None = None
+
+JSON = "application/json"
+_STATUS_OF_REASON = {
+    Reason.AGENT_UNAVAILABLE.value: 503,
+    Reason.TRANSPORT_UNAVAILABLE.value: 503,
+    Reason.AGENT_TIMEOUT.value: 504,
+}
+
+
+async def cloud() -> Cloud:
+    """The service and its adapters, built once per worker from the app settings."""
+    global _cloud  # noqa: PLW0603 - one composition root per worker process, built lazily
+    if _cloud is None:
+        _cloud = await build(os.environ)
+    return _cloud
+
+
+def use(instance: Cloud | None) -> None:
+    """Serve with `instance` (the local host and the tests build their own), or rebuild."""
+    global _cloud  # noqa: PLW0603 - see cloud()
+    _cloud = instance
+
+
+def respond(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    return func.HttpResponse(
+        json.dumps(body), status_code=status, mimetype=JSON, headers=headers or {}
+    )
+
+
+def error(status: int, code: str, message: str, field: str | None = None) -> Any:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return respond(status, body, headers)
+
+
+def answered(answer: Answer) -> Any:
+    body = {
+        "requestId": answer.request_id,
+        "state": answer.state,
+        "status": answer.status or "pending",
+        "reason": answer.reason,
+        "message": answer.message,
+        "durationMs": answer.duration_ms,
+    }
+    if answer.state == "pending":
+        return respond(504, body, {"Location": f"/api/v1/requests/{answer.request_id}"})
+    if answer.status == "applied":
+        return respond(200, body)
+    if answer.status == "rejected":
+        return respond(422, body)
+    return respond(_STATUS_OF_REASON.get(answer.reason or "", 502), body)
+
+
+Handler = Callable[[Cloud, auth.Caller], Awaitable[Any]]
+
+
+async def guarded(request: Any, act: Handler) -> Any:
+    """Authenticate, authorise and run `act`, mapping every expected failure to its status."""
+    try:
+        instance = await cloud()
+    except ConfigurationError as exc:
+        log.error("not configured", extra={"setting": exc.setting, "error": exc.problem})
+        return error(503, "service.misconfigured", f"setting {exc.setting}: {exc.problem}")
+    try:
+        caller = await instance.authenticator.authenticate(dict(request.headers))
+        return await act(instance, caller)
+    except auth.AuthError as exc:
+        return error(exc.status, exc.reason, exc.problem)
+    except InvalidInput as exc:
+        status = 409 if exc.reason == "request.duplicate" else 400
+        status = 404 if exc.reason == "domain.unknown" else status
+        return error(status, exc.reason, exc.problem, exc.field)
+    except WritebackError as exc:
+        # An adapter failed (keys, tables): nothing reached a relay; the text is ours and safe.
+        log.error("request failed", extra={"error": str(exc), "kind": type(exc).__name__})
+        return error(503, "service.unavailable", "The writeback service is not available now.")
+    except Exception:
+        incident = secrets.token_hex(8)
+        log.exception("unexpected failure", extra={"incident": incident})
+        return error(500, "internal", f"Unexpected failure (incident {incident}).")
+
+
+def _traceparent(request: Any) -> str | None:
+    value = request.headers.get("traceparent")
+    return value if isinstance(value, str) and TRACEPARENT.fullmatch(value) else None
+
+
+async def submit(request: Any, operation: Operation) -> Any:
+    """POST /api/v1/passwords/reset | /change, /api/v1/accounts/unlock."""
+
+    async def act(instance: Cloud, caller: auth.Caller) -> Any:
+        submission = parse(operation, read_body(request.get_body()))
+        instance.authenticator.authorize(
+            caller, auth.required_role(operation, submission.initiator)
+        )
+        with instance.telemetry.request(operation.value, _traceparent(request)) as traceparent:
+            answer = await instance.service.submit(
+                submission, caller, trace_id=trace_id(traceparent), traceparent=traceparent
+            )
+            instance.telemetry.completed(operation.value, answer)
+        return answered(answer)
+
+    return await guarded(request, act)
+
+
+async def request_status(request: Any) -> Any:
+    """GET /api/v1/requests/{request_id}."""
+
+    async def act(instance: Cloud, caller: auth.Caller) -> Any:
+        instance.authenticator.authorize(caller, auth.Role.READ)
+        request_id = request.route_params.get("request_id", "")
+        if not REQUEST_ID.fullmatch(request_id):
+            raise InvalidInput("requestId", "is not a request id")
+        answer = await instance.service.status(request_id)
+        if answer is None:
+            return error(404, "request.unknown", "No request with this id.", "requestId")
+        response = answered(answer)
+        if answer.state == "pending":
+            response = respond(200, json.loads(response.get_body()))
+        return response
+
+    return await guarded(request, act)
+
+
+async def health(request: Any) -> Any:
+    """GET /api/v1/health: each domain, its relays and whether they are alive."""
+
+    async def act(instance: Cloud, caller: auth.Caller) -> Any:
+        instance.authenticator.authorize(caller, auth.Role.READ)
+        domains = []
+        for report in await instance.service.health():
+            domains.append(
+                {
+                    "domain": report.domain,
+                    "state": report.state,
+                    "relays": [
+                        {
+                            "relay": relay.relay_id,
+                            "version": relay.version,
+                            "lastHeartbeat": relay.last_seen,
+                            "fresh": relay.relay_id in report.fresh,
+                            "capabilities": relay.capabilities,
+                            "lastError": relay.last_error,
+                        }
+                        for relay in report.relays
+                    ],
+                }
+            )
+        worst = {d["state"] for d in domains}
+        overall = "offline" if worst == {"offline"} else "ok" if worst <= {"ok"} else "degraded"
+        return respond(200, {"status": overall, "domains": domains})
+
+    return await guarded(request, act)
+
+
+async def domain_keys(request: Any) -> Any:
+    """GET /api/v1/domains/{domain}/keys: the JWKS to seal passwords to."""
+
+    async def act(instance: Cloud, caller: auth.Caller) -> Any:
+        instance.authenticator.authorize(caller, auth.Role.READ)
+        jwks = await instance.service.encryption_keys(request.route_params.get("domain", ""))
+        return respond(200, jwks, {"Cache-Control": "max-age=300"})
+
+    return await guarded(request, act)
+
+
+async def domain_policy(request: Any) -> Any:
+    """GET /api/v1/domains/{domain}/policy: the password rules the relays report."""
+
+    async def act(instance: Cloud, caller: auth.Caller) -> Any:
+        instance.authenticator.authorize(caller, auth.Role.READ)
+        domain = request.route_params.get("domain", "")
+        policy, relay = await instance.service.policy(domain)
+        if policy is None or relay is None:
+            return error(404, "policy.unknown", "No relay has reported this domain's policy yet.")
+        return respond(
+            200,
+            {"domain": relay.domain, "policy": policy, "relay": relay.relay_id,
+             "reportedAt": relay.last_seen},
+        )  # fmt: skip
+
+    return await guarded(request, act)
+
+
+async def heartbeat(message: Any) -> None:
+    """Service Bus trigger on writeback-heartbeats: record the relay that sent it."""
+    instance = await cloud()
+    await instance.service.record_heartbeat(message.get_body().decode("utf-8", "replace"))

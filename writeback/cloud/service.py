@@ -1,0 +1,384 @@
+"""The writeback service: what the API and the triggers do, with no HTTP and no Azure in sight.
+
+`submit` routes a validated submission to its domain, fails fast when no relay of that domain
+has sent a heartbeat within three intervals, seals the passwords to every relay key of the
+domain and signs the request, records it as pending in the audit trail, sends it and waits for
+the relay's signed outcome on the request's own session until the wait ends. The outcome is
+verified (signed by a key of the relay it names, for this very request) and recorded before the
+caller is answered. A request that got no answer in time stays pending: `status` looks for its
+outcome again later. The service never holds a password longer than the sealing takes and never
+writes one anywhere: the audit record has no field that could hold it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from joserfc.jwk import ECKey, KeySet
+
+from writeback import sealing
+from writeback.cloud.agents import AgentRecord, AgentRegistry
+from writeback.cloud.audit import AuditRecord, AuditTrail
+from writeback.cloud.submissions import InvalidInput, Submission
+from writeback.errors import ProtocolError, TransportError
+from writeback.protocol import Operation, Reason
+from writeback.protocol.messages import RequestMessage
+from writeback.routing import Routes, UnknownDomain
+from writeback.transport import CloudTransport
+
+log = logging.getLogger(__name__)
+
+OUTCOME_RETENTION_SECONDS = 300  # outcomes queue TTL: after this, a pending request is lost
+
+
+class Keys(Protocol):
+    """The cloud's signing key and each domain's relay public keys (see cloud.secrets)."""
+
+    async def signing_key(self) -> ECKey: ...
+
+    async def relay_keys(self, domain: str) -> KeySet: ...
+
+
+class Caller(Protocol):
+    """Who asked: for the audit trail (see cloud.auth.Caller)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def identity(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    wait_seconds: float = 25.0  # how long a caller waits for the outcome
+    lifetime_seconds: int = 60  # how long a relay may still apply a request
+    heartbeat_interval: float = 60.0  # a domain is offline after three missed heartbeats
+    poll_wait_seconds: float = 1.0  # how long a status read looks for a late outcome
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the caller is told: one outcome, or that it is still pending."""
+
+    request_id: str
+    state: str  # "completed" or "pending"
+    status: str | None
+    reason: str | None
+    message: str | None
+    duration_ms: int | None
+    relay: str | None = None
+
+    @classmethod
+    def of(cls, record: AuditRecord) -> Answer:
+        done = record.status != "pending"
+        return cls(
+            request_id=record.request_id,
+            state="completed" if done else "pending",
+            status=record.status if done else None,
+            reason=record.reason,
+            message=record.message,
+            duration_ms=record.duration_ms,
+            relay=record.relay,
+        )
+
+
+@dataclass(frozen=True)
+class DomainHealth:
+    domain: str
+    state: str  # ok (every known relay fresh), degraded (some), offline (none)
+    relays: list[AgentRecord]
+    fresh: list[str]
+
+
+class WritebackService:
+    """The cloud side's use cases; adapters come in through the constructor (see bootstrap)."""
+
+    def __init__(
+        self,
+        *,
+        routes: Routes,
+        transport: CloudTransport,
+        keys: Keys,
+        audit: AuditTrail,
+        agents: AgentRegistry,
+        settings: ServiceSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.routes = routes
+        self.transport = transport
+        self.keys = keys
+        self.audit = audit
+        self.agents = agents
+        self.settings = settings or ServiceSettings()
+        self.clock = clock
+
+    # -- writes ---------------------------------------------------------------------------------
+    async def submit(
+        self, submission: Submission, caller: Caller, *, source: str = "api", trace_id: str | None
+        = None, traceparent: str | None = None
+    ) -> Answer:  # fmt: skip
+        """Send one writeback request and wait for its outcome (or answer pending)."""
+        started = self.clock()
+        try:
+            domain = self.routes.route(submission.user)
+        except UnknownDomain:
+            raise InvalidInput(
+                "user", "its UPN suffix belongs to no writeback domain", "user.unknown_domain"
+            ) from None
+        request_id = submission.request_id or str(uuid.uuid4())
+        issued = int(started)
+        expires = submission.expires_at or issued + self.settings.lifetime_seconds
+        record = AuditRecord(
+            request_id=request_id,
+            received_at=started,
+            domain=domain,
+            user=submission.user,
+            operation=submission.operation.value,
+            initiator=submission.initiator.value if submission.initiator else None,
+            caller=caller.identity,
+            caller_kind=caller.kind,
+            source=source,
+            unlock=submission.unlock,
+            force_change_at_next_logon=submission.force_change_at_next_logon,
+            sealed_by_caller=submission.sealed_by_caller,
+            status="pending",
+            reason=None,
+            message=None,
+            detail=None,
+            relay=None,
+            completed_at=None,
+            duration_ms=None,
+            trace_id=trace_id,
+            expires_at=float(expires),
+        )
+        if submission.request_id and await self.audit.get(request_id) is not None:
+            raise InvalidInput("requestId", "was used before", "request.duplicate")
+
+        if not self._fresh(await self.agents.list(domain)):
+            return await self._finish(record, Reason.AGENT_UNAVAILABLE, "no relay heartbeat")
+        relay_keys = await self.keys.relay_keys(domain)
+        message = RequestMessage(
+            id=request_id,
+            domain=domain,
+            operation=submission.operation,
+            user=submission.user,
+            issued_at=issued,
+            expires_at=expires,
+            initiator=submission.initiator,
+            unlock=submission.unlock,
+            force_change_at_next_logon=submission.force_change_at_next_logon,
+            traceparent=traceparent,
+        )
+        token = await self._seal(message, submission, relay_keys)
+        await self.audit.record(record)
+        try:
+            await self.transport.send_request(domain, request_id, token, float(expires))
+        except TransportError as exc:
+            log.warning("request not sent", extra={"request_id": request_id, "error": str(exc)})
+            return await self._finish(record, Reason.TRANSPORT_UNAVAILABLE, str(exc))
+        log.info(
+            "request sent",
+            extra={"request_id": request_id, "domain": domain, "operation": message.operation},
+        )
+        deadline = min(started + self.settings.wait_seconds, float(expires))
+        return await self._collect(record, relay_keys, deadline, timeout_is_final=False)
+
+    async def _seal(
+        self, message: RequestMessage, submission: Submission, relay_keys: KeySet
+    ) -> str:
+        signing_key = await self.keys.signing_key()
+        if message.operation is Operation.UNLOCK:
+            return sealing.seal_request(message, None, relay_keys, signing_key)
+        if submission.sealed is None:
+            return sealing.seal_request(message, submission.secrets, relay_keys, signing_key)
+        # Sealed by the caller: it must be sealed to a current key and bound to this request,
+        # or the relay would refuse it after a round trip; say so now, naming the field.
+        kids = {key.kid for key in sealing.keys_for(relay_keys, "enc")}
+        recipients = submission.sealed.get("recipients")
+        headers = [r.get("header") for r in recipients if isinstance(r, dict)] if isinstance(
+            recipients, list
+        ) else []  # fmt: skip
+        named = {h.get("kid") for h in headers if isinstance(h, dict)}
+        if not kids & named:
+            raise InvalidInput(
+                "sealedPassword", "is sealed to no current relay key of the domain; fetch the keys"
+            )
+        if not sealing.bound_to(submission.sealed, message.binding()):
+            raise InvalidInput(
+                "sealedPassword",
+                "is bound to another request (requestId, user, operation and expiresAt must "
+                "match what was sealed)",
+            )
+        sealed = dataclasses.replace(message, sealed=submission.sealed)
+        return sealing.sign(sealed.to_payload(), signing_key, sealing.REQUEST_TYPE)
+
+    async def _collect(
+        self, record: AuditRecord, relay_keys: KeySet, deadline: float, *, timeout_is_final: bool
+    ) -> Answer:
+        try:
+            body = await self.transport.wait_for_outcome(record.request_id, deadline)
+        except TransportError as exc:
+            log.warning(
+                "outcome not received", extra={"request_id": record.request_id, "error": str(exc)}
+            )
+            body = None
+        if body is None:
+            if timeout_is_final:
+                return await self._finish(record, Reason.AGENT_TIMEOUT, "no outcome arrived")
+            answer = Answer.of(record)
+            return dataclasses.replace(
+                answer,
+                reason=Reason.AGENT_TIMEOUT.value,
+                message=Reason.AGENT_TIMEOUT.message,
+                duration_ms=self._elapsed(record),
+            )
+        try:
+            outcome = sealing.verify_outcome(body, relay_keys)
+            if outcome.request_id != record.request_id or outcome.domain != record.domain:
+                raise ProtocolError(
+                    Reason.OUTCOME_INVALID_SIGNATURE.value, "answers another request", "requestId"
+                )
+        except ProtocolError as exc:
+            log.error("outcome refused", extra={"request_id": record.request_id, "error": str(exc)})
+            return await self._finish(record, Reason.OUTCOME_INVALID_SIGNATURE, exc.problem)
+        done = dataclasses.replace(
+            record,
+            status=outcome.status.value,
+            reason=outcome.reason.value,
+            message=outcome.message,
+            detail=outcome.detail,
+            relay=outcome.relay,
+            completed_at=self.clock(),
+            duration_ms=self._elapsed(record),
+        )
+        await self._record_quietly(done)
+        log.info(
+            "request completed",
+            extra={
+                "request_id": done.request_id,
+                "status": done.status,
+                "reason": done.reason,
+                "relay": done.relay,
+                "duration_ms": done.duration_ms,
+            },
+        )
+        return Answer.of(done)
+
+    async def _finish(self, record: AuditRecord, reason: Reason, detail: str) -> Answer:
+        done = dataclasses.replace(
+            record,
+            status=reason.status.value,
+            reason=reason.value,
+            message=reason.message,
+            detail=detail,
+            completed_at=self.clock(),
+            duration_ms=self._elapsed(record),
+        )
+        await self._record_quietly(done)
+        log.info(
+            "request completed",
+            extra={"request_id": done.request_id, "status": done.status, "reason": done.reason},
+        )
+        return Answer.of(done)
+
+    async def _record_quietly(self, record: AuditRecord) -> None:
+        # The directory may already be written: the caller must learn the outcome even if the
+        # audit table is down; the failure is logged for an operator.
+        try:
+            await self.audit.record(record)
+        except Exception as exc:
+            log.error(
+                "audit record not written",
+                extra={"request_id": record.request_id, "error": type(exc).__name__},
+            )
+
+    def _elapsed(self, record: AuditRecord) -> int:
+        return int(1000 * (self.clock() - record.received_at))
+
+    # -- reads ----------------------------------------------------------------------------------
+    async def status(self, request_id: str) -> Answer | None:
+        """A request's state; a pending one is looked for once more on its session."""
+        record = await self.audit.get(request_id)
+        if record is None or record.status != "pending":
+            return None if record is None else Answer.of(record)
+        now = self.clock()
+        expires = record.expires_at or record.received_at + self.settings.lifetime_seconds
+        final = now > expires + OUTCOME_RETENTION_SECONDS
+        relay_keys = await self.keys.relay_keys(record.domain)
+        return await self._collect(
+            record, relay_keys, now + self.settings.poll_wait_seconds, timeout_is_final=final
+        )
+
+    def _fresh(self, relays: list[AgentRecord]) -> list[str]:
+        horizon = self.clock() - 3 * self.settings.heartbeat_interval
+        return [relay.relay_id for relay in relays if relay.last_seen >= horizon]
+
+    async def health(self) -> list[DomainHealth]:
+        """Every configured domain with its relays and whether they are alive."""
+        known = await self.agents.list(None)
+        report = []
+        for domain in sorted(self.routes.domains):
+            relays = [agent for agent in known if agent.domain == domain]
+            fresh = self._fresh(relays)
+            state = "offline" if not fresh else "ok" if len(fresh) == len(relays) else "degraded"
+            report.append(DomainHealth(domain, state, relays, fresh))
+        return report
+
+    def domain(self, name: str) -> str:
+        """A configured domain by name (InvalidInput, reason domain.unknown, otherwise)."""
+        domain = name.lower()
+        if domain not in self.routes.domains:
+            raise InvalidInput("domain", "is not a writeback domain", "domain.unknown")
+        return domain
+
+    async def encryption_keys(self, domain: str) -> dict[str, object]:
+        """The public JWKS callers seal passwords to (encryption keys only)."""
+        relay_keys = await self.keys.relay_keys(self.domain(domain))
+        return {"keys": [key.as_dict(private=False) for key in sealing.keys_for(relay_keys, "enc")]}
+
+    async def policy(self, domain: str) -> tuple[dict[str, object] | None, AgentRecord | None]:
+        """The password rules the freshest relay of `domain` reported, and that relay."""
+        relays = await self.agents.list(self.domain(domain))
+        reported = [relay for relay in relays if relay.policy is not None]
+        if not reported:
+            return None, None
+        newest = max(reported, key=lambda relay: relay.last_seen)
+        return dict(newest.policy or {}), newest
+
+    # -- heartbeats -----------------------------------------------------------------------------
+    async def record_heartbeat(self, body: str) -> AgentRecord | None:
+        """Verify a relay's heartbeat against its domain's keys and record the relay.
+
+        A heartbeat no domain's keys verify is logged and dropped (None): a forged one must not
+        make a domain look alive, and retrying it cannot help.
+        """
+        for domain in sorted(self.routes.domains):
+            try:
+                heartbeat = sealing.verify_heartbeat(body, await self.keys.relay_keys(domain))
+            except ProtocolError:
+                continue
+            if heartbeat.domain != domain:
+                continue
+            now = self.clock()
+            agent = AgentRecord(
+                domain=domain,
+                relay_id=heartbeat.relay,
+                version=heartbeat.version,
+                last_seen=min(float(heartbeat.sent_at), now),  # a fast clock cannot look fresh
+                received_at=now,
+                capabilities=dict(heartbeat.capabilities),
+                policy=dict(heartbeat.policy) if heartbeat.policy is not None else None,
+                last_error=heartbeat.last_error,
+            )
+            await self.agents.record(agent)
+            log.info("heartbeat", extra={"domain": domain, "relay": heartbeat.relay})
+            return agent
+        log.warning("heartbeat refused: signed by no registered relay key")
+        return None

@@ -1,0 +1,121 @@
+"""The cloud side's configuration: the Function App's settings, read once and validated.
+
+Every setting the code reads is named here or in the module that owns it (`auth.AuthSettings`,
+`secrets.CloudKeysSettings`); `local.settings.sample.json` and the infrastructure set the same
+names (tests check both). Connections follow the Functions convention: `ServiceBusConnection`
+and `AzureWebJobsStorage` hold a connection string locally, and in Azure their
+`__fullyQualifiedNamespace` / `__tableServiceUri` forms select the managed identity. A value
+that still reads `@Microsoft.KeyVault(...)` is a reference Azure could not resolve: start-up
+stops and names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from writeback.cloud.auth import AuthSettings
+from writeback.cloud.secrets import CloudKeysSettings, check_resolved
+from writeback.cloud.service import ServiceSettings
+from writeback.errors import ConfigurationError
+from writeback.protocol.messages import MAX_LIFETIME_SECONDS
+from writeback.routing import Routes
+from writeback.transport.settings import ServiceBusSettings
+
+DOMAINS = "WRITEBACK_DOMAINS"
+UPN_SUFFIXES = "WRITEBACK_UPN_SUFFIXES"
+WAIT = "WRITEBACK_WAIT_SECONDS"
+LIFETIME = "WRITEBACK_REQUEST_LIFETIME_SECONDS"
+HEARTBEAT = "WRITEBACK_HEARTBEAT_INTERVAL_SECONDS"
+AUDIT_TABLE = "WRITEBACK_AUDIT_TABLE"
+AGENTS_TABLE = "WRITEBACK_AGENTS_TABLE"
+SERVICEBUS = "ServiceBusConnection"
+SERVICEBUS_NAMESPACE = "ServiceBusConnection__fullyQualifiedNamespace"
+STORAGE = "AzureWebJobsStorage"
+STORAGE_TABLES = "AzureWebJobsStorage__tableServiceUri"
+APPINSIGHTS = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+HTTP_LIMIT_SECONDS = 200  # Azure's load balancer ends an HTTP call at 230 s; stay well inside
+
+
+@dataclass(frozen=True)
+class Storage:
+    connection_string: str | None = field(default=None, repr=False)
+    table_endpoint: str | None = None
+    audit_table: str = "WritebackAudit"
+    agents_table: str = "WritebackAgents"
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    routes: Routes
+    service: ServiceSettings
+    servicebus: ServiceBusSettings
+    storage: Storage
+    auth: AuthSettings
+    keys: CloudKeysSettings
+    appinsights: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> CloudSettings:
+        check_resolved(environ)
+        routes = Routes.parse(environ.get(DOMAINS, ""), environ.get(UPN_SUFFIXES, ""))
+        wait = _seconds(environ, WAIT, 25, 1, HTTP_LIMIT_SECONDS)
+        lifetime = int(_seconds(environ, LIFETIME, 60, 5, MAX_LIFETIME_SECONDS))
+        if wait > lifetime:
+            raise ConfigurationError(WAIT, f"must not exceed {LIFETIME} ({lifetime}s)")
+        service = ServiceSettings(
+            wait_seconds=wait,
+            lifetime_seconds=lifetime,
+            heartbeat_interval=_seconds(environ, HEARTBEAT, 60, 1, 3600),
+        )
+        return cls(
+            routes=routes,
+            service=service,
+            servicebus=_servicebus(environ),
+            storage=_storage(environ),
+            auth=AuthSettings.from_env(environ),
+            keys=CloudKeysSettings.from_env(environ),
+            appinsights=environ.get(APPINSIGHTS) or None,
+        )
+
+
+def _seconds(
+    environ: Mapping[str, str], name: str, default: float, low: float, high: float
+) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"{raw[:40]!r} is not a number of seconds") from None
+    if not low <= value <= high:
+        raise ConfigurationError(name, f"must be between {low:g} and {high:g} seconds")
+    return value
+
+
+def _servicebus(environ: Mapping[str, str]) -> ServiceBusSettings:
+    connection_string = environ.get(SERVICEBUS, "").strip()
+    namespace = environ.get(SERVICEBUS_NAMESPACE, "").strip()
+    if connection_string:
+        table: dict[str, object] = {"connection_string": connection_string}
+    elif namespace:
+        table = {"namespace": namespace}
+    else:
+        raise ConfigurationError(
+            SERVICEBUS_NAMESPACE, f"set it (Azure, managed identity) or {SERVICEBUS} (local)"
+        )
+    return ServiceBusSettings.from_mapping(table, SERVICEBUS, {})
+
+
+def _storage(environ: Mapping[str, str]) -> Storage:
+    connection_string = environ.get(STORAGE, "").strip()
+    endpoint = environ.get(STORAGE_TABLES, "").strip()
+    if not connection_string and not endpoint:
+        raise ConfigurationError(STORAGE_TABLES, f"set it (Azure) or {STORAGE} (local)")
+    return Storage(
+        connection_string=connection_string or None,
+        table_endpoint=None if connection_string else endpoint,
+        audit_table=environ.get(AUDIT_TABLE, "").strip() or "WritebackAudit",
+        agents_table=environ.get(AGENTS_TABLE, "").strip() or "WritebackAgents",
+    )

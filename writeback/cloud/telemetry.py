@@ -1,0 +1,80 @@
+"""Metrics and traces of the cloud side, on OpenTelemetry; Application Insights when configured.
+
+With `APPLICATIONINSIGHTS_CONNECTION_STRING` set, the Azure Monitor distro exports logs, metrics
+and traces; without it the same calls go to OpenTelemetry's no-op (or whatever provider a test
+installs). Metrics: `writeback.requests` (by operation, status, reason) and
+`writeback.request.duration` (ms, by operation and status). Each request runs in a span whose
+W3C `traceparent` travels inside the signed request message, so the relay's logs carry the same
+trace id. Attributes are codes and ids, never a password, token or key.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+log = logging.getLogger(__name__)
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def configure(connection_string: str | None) -> None:
+    """Send telemetry to Application Insights when a connection string is set (once per worker)."""
+    if not connection_string:
+        return
+    # Imported only when used: it is heavy, and the cold start matters.
+    from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415
+
+    configure_azure_monitor(connection_string=connection_string, logger_name="writeback")
+    log.info("telemetry to Application Insights")
+
+
+class Telemetry:
+    """The API's instruments; cheap to call when nothing is configured."""
+
+    def __init__(self) -> None:
+        meter = metrics.get_meter("writeback")
+        self._tracer = trace.get_tracer("writeback")
+        self._requests = meter.create_counter(
+            "writeback.requests", unit="{request}", description="Writeback requests by outcome"
+        )
+        self._duration = meter.create_histogram(
+            "writeback.request.duration", unit="ms", description="Time to the caller's answer"
+        )
+
+    @contextmanager
+    def request(self, operation: str, incoming: str | None) -> Iterator[str]:
+        """A span for one API request, child of the caller's `traceparent` when it sent one;
+        yields the traceparent to put in the request message."""
+        context = _PROPAGATOR.extract({"traceparent": incoming}) if incoming else None
+        with self._tracer.start_as_current_span(
+            f"writeback {operation}", context=context, kind=trace.SpanKind.SERVER
+        ) as span:
+            carrier: dict[str, str] = {}
+            _PROPAGATOR.inject(carrier)
+            yield carrier.get("traceparent") or incoming or _random_traceparent()
+            span.set_attribute("writeback.operation", operation)
+
+    def completed(self, operation: str, answer: Any) -> None:
+        status = answer.status or "pending"
+        labels = {"operation": operation, "status": status, "reason": answer.reason or ""}
+        self._requests.add(1, labels)
+        if answer.duration_ms is not None:
+            self._duration.record(answer.duration_ms, {"operation": operation, "status": status})
+        span = trace.get_current_span()
+        span.set_attribute("writeback.request_id", answer.request_id)
+        span.set_attribute("writeback.reason", answer.reason or "")
+
+
+def _random_traceparent() -> str:
+    """A fresh trace when no tracer records one: the relay's logs still join the cloud's."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+
+
+def trace_id(traceparent: str) -> str:
+    return traceparent.split("-")[1]
