@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := devstack/node_modules/.installed
 PYTEST_OPTS ?=
 
-.PHONY: deps lint typecheck test test-unit test-integration demo dc-up dc-down bench doctor clean
+.PHONY: deps lint typecheck test test-unit test-integration test-e2e demo dc-up dc-down bench doctor clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ lint: deps
 typecheck: deps
 	$(BIN)/mypy
 
-# The README's test command: lint, types, unit and integration tests (a real Samba AD DC).
+# The README's test command: lint, types, unit, integration (a real Samba AD DC) and e2e tests.
 test: lint typecheck
 	$(BIN)/pytest $(PYTEST_OPTS)
 
@@ -39,6 +39,14 @@ test-unit: deps
 
 test-integration: deps
 	$(BIN)/pytest -m integration $(PYTEST_OPTS)
+
+# The HTTP API through the whole local stack (DC, Azurite, broker, relay, local Functions host).
+test-e2e: deps
+	$(BIN)/pytest -m e2e $(PYTEST_OPTS)
+
+# function_app.py on the local Functions host with the settings of local.settings.sample.json.
+functions: deps
+	$(BIN)/python -m devstack.functions_host --settings local.settings.sample.json
 
 # The README's main job: provision a local AD DC and write passwords back through the directory layer.
 demo: deps
@@ -58,6 +66,7 @@ bench: deps
 	$(BIN)/python -m bench.sealing
 	$(BIN)/python -m bench.transport
 	$(BIN)/python -m bench.relay
+	$(BIN)/python -m bench.api
 
 clean: dc-down
 	rm -rf .devstack

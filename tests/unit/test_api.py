@@ -359,3 +359,26 @@ class TestNoSecrets:
         text = "\n".join(records + [r.getMessage() + repr(r.__dict__) for r in caplog.records])
         for secret in (PASSWORD, OLD_PASSWORD, API_KEY):
             assert secret not in text
+
+
+class TestTracing:
+    async def test_the_callers_trace_reaches_the_relays_logs_and_the_audit(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A W3C traceparent sent by the caller travels in the signed request: the relay logs
+        its trace id and the audit record keeps it."""
+        caplog.set_level(logging.INFO)
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            req = request(
+                "POST",
+                "x",
+                reset_body(),
+                headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+            )
+            status, answer = await call(function_app.reset_password, req)
+            assert status == 200
+            assert stack.audit.records[answer["requestId"]].trace_id == trace
+        handled = [r for r in caplog.records if r.getMessage() == "request_handled"]
+        assert [getattr(r, "trace_id", None) for r in handled] == [trace]

@@ -238,6 +238,8 @@ class Pipeline:
                 "reason": outcome.reason.value,
                 "delivery": delivery.delivery_count,
                 "duration_ms": duration,
+                # The caller's W3C trace: the cloud's telemetry and these logs join on it.
+                "trace_id": message.traceparent.split("-")[1] if message.traceparent else None,
             },
         )
         try:
