@@ -206,6 +206,16 @@ class TestBindPassword:
         settings = DirectorySettings.from_mapping({**table, "bind_password_file": str(path)})
         assert settings.bind_password({}) == SECRET
 
+    def test_a_byte_order_mark_is_not_part_of_the_password(
+        self, table: dict[str, object], tmp_path: Path
+    ) -> None:
+        """A file Windows PowerShell wrote with a UTF-8 byte-order mark gives the same password."""
+        path = tmp_path / "bind-password"
+        path.write_bytes(b"\xef\xbb\xbf" + SECRET.encode() + b"\r\n")
+        path.chmod(0o600)
+        settings = DirectorySettings.from_mapping({**table, "bind_password_file": str(path)})
+        assert settings.bind_password({}) == SECRET
+
     @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
     def test_a_file_others_can_read_is_refused(
         self, table: dict[str, object], tmp_path: Path, mode: int

@@ -118,8 +118,17 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve(relay: bootstrap.Relay) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    if sys.platform == "win32":
+        # The proactor loop has no add_signal_handler. A Windows service wrapper (WinSW) stops
+        # the relay with Ctrl+C, which Python sees as SIGINT; Ctrl+Break is SIGBREAK.
+        def request_stop(signum: int, frame: object) -> None:
+            loop.call_soon_threadsafe(stop.set)
+
+        for signum in (signal.SIGINT, signal.SIGBREAK):
+            signal.signal(signum, request_stop)
+    else:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
     try:
         await relay.agent.run(stop)
     finally:

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 
 from writeback.errors import ConfigurationError, InvalidTransition, JournalError, ProtocolError
+from writeback.relay import permissions
 
 SETTING = "relay.journal"
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock before giving up
@@ -328,26 +329,28 @@ def _create_owner_only(path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # O_EXCL: created here with 0600 from the start, never chmod-ed after a window at 0644.
         # An existing journal is left as it is; its mode is checked below.
-        with contextlib.suppress(FileExistsError):
+        try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        else:
+            permissions.make_private(path)  # Windows: empty still, and ours alone from now on
     except OSError as exc:
         raise ConfigurationError(SETTING, f"cannot create {path}: {exc.strerror}") from exc
     # SQLite gives -wal and -shm the database's mode, but a stale one could have been left looser.
     for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         try:
-            mode = candidate.stat().st_mode
+            status = candidate.stat()
         except FileNotFoundError:
             continue
         except OSError as exc:
             raise ConfigurationError(SETTING, f"cannot read {candidate}: {exc.strerror}") from exc
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(status.st_mode):
             raise ConfigurationError(SETTING, f"{candidate} is not a regular file")
         # Refuse rather than chmod: a loose mode means someone else chose it, and they should know.
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigurationError(
-                SETTING,
-                f"{candidate} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it",
-            )
+        problem = permissions.problem(candidate, status, precise=False)
+        if problem:
+            raise ConfigurationError(SETTING, problem)
 
 
 def _state(entry: Entry | None) -> State | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from joserfc.jwk import ECKey, KeyParameters, KeySet, RSAKey, import_key
 
 from writeback.errors import ConfigurationError, KeyStoreError
+from writeback.relay import permissions
 from writeback.sealing import EC_CURVE, KEY_WRAPPING, RSA_BITS, SIGNING
 
 MANIFEST = "keyring.json"
@@ -92,6 +93,7 @@ class KeyStore:
             try:
                 directory.mkdir(mode=0o700, parents=True)
                 directory.chmod(0o700)  # ours, just made: the umask must not decide this
+                permissions.make_private(directory, directory=True)  # Windows: mode means nothing
             except OSError as exc:
                 raise ConfigurationError(
                     SETTING, f"cannot create {directory}: {exc.strerror}"
@@ -250,8 +252,8 @@ def _manifest_row(info: KeyInfo) -> dict[str, str]:
 
 
 def _check_private(path: Path, *, is_directory: bool) -> None:
-    """Refuse `path` unless it is ours and closed to group and others. The relay's keys open
-    every password it will ever set, so it would rather not start than run with readable keys."""
+    """Refuse `path` unless it is ours and closed to everyone else. The relay's keys open every
+    password it will ever set, so it would rather not start than run with readable keys."""
     try:
         status = os.stat(path) if is_directory else os.lstat(path)
     except OSError as exc:
@@ -260,18 +262,9 @@ def _check_private(path: Path, *, is_directory: bool) -> None:
     if not expected(status.st_mode):
         kind = "a directory" if is_directory else "a regular file"
         raise ConfigurationError(SETTING, f"{path} is not {kind}")
-    if status.st_uid != os.getuid():
-        raise ConfigurationError(
-            SETTING, f"{path} is owned by uid {status.st_uid}, not by the relay's uid {os.getuid()}"
-        )
-    mode = stat.S_IMODE(status.st_mode)
-    if mode & 0o077:
-        reach = "readable" if mode & 0o044 else "accessible"
-        who = "others" if mode & 0o007 else "its group"
-        wanted = "700" if is_directory else "600"
-        raise ConfigurationError(
-            SETTING, f"{path} is {reach} by {who} (mode {mode:o}); chmod {wanted} it"
-        )
+    problem = permissions.problem(path, status, directory=is_directory, owner=True)
+    if problem:
+        raise ConfigurationError(SETTING, problem)
 
 
 def _read_manifest(path: Path) -> tuple[str, list[KeyInfo]]:
@@ -349,6 +342,7 @@ def _write_private(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            permissions.make_private(Path(temporary))  # Windows: before the first byte is written
             stream.write(text + "\n")
             stream.flush()
             os.fsync(stream.fileno())
@@ -357,6 +351,10 @@ def _write_private(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+    if permissions.WINDOWS:
+        # No directory fsync on Windows (os.open refuses a directory). The bytes are on disk
+        # already; a rename lost to a power cut leaves the previous, complete file in place.
+        return
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # make the rename itself durable

@@ -8,7 +8,6 @@ travel unencrypted, even to a DC that would accept it (Samba before 4.19 does).
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn
 
 from writeback.errors import ConfigurationError
+from writeback.relay import permissions
 
 PASSWORD_ENV = "WRITEBACK_DIRECTORY_BIND_PASSWORD"  # noqa: S105 - the variable's name
 
@@ -109,15 +109,14 @@ class DirectorySettings:
             return password
         path = self.bind_password_file
         try:
-            mode = path.stat().st_mode
+            status = path.stat()
         except OSError as exc:
             raise ConfigurationError("directory.bind_password_file", f"cannot read {path}") from exc
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigurationError(
-                "directory.bind_password_file",
-                f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it",
-            )
-        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+        problem = permissions.problem(path, status, precise=False)
+        if problem:
+            raise ConfigurationError("directory.bind_password_file", problem)
+        # utf-8-sig: a file written by Windows PowerShell may start with a byte-order mark.
+        password = path.read_text(encoding="utf-8-sig").rstrip("\r\n")
         if not password:
             raise ConfigurationError("directory.bind_password_file", f"{path} is empty")
         return password
