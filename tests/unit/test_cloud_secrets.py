@@ -116,11 +116,14 @@ class TestSecretNames:
             ("corp.example.test", "writeback-relays-corp-example-test"),
             ("Corp.Example.TEST", "writeback-relays-corp-example-test"),
             ("single", "writeback-relays-single"),
-            ("my-company.local", "writeback-relays-my-company-local"),
+            ("my-company.local", "writeback-relays-my--company-local"),
+            ("a-b.c", "writeback-relays-a--b-c"),
+            ("a.b-c", "writeback-relays-a-b--c"),
         ],
     )
     def test_relay_keys_secret_per_domain(self, domain: str, name: str) -> None:
-        """A domain's relay JWKS lives in writeback-relays-<domain, lower case, dots as dashes>."""
+        """A domain's relay JWKS lives in writeback-relays-<domain, lower case, dashes doubled,
+        dots as dashes>, so no two domains share a secret."""
         assert relay_keys_secret(domain) == name
 
     @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
 NAME = re.compile(
     r'"((?:WRITEBACK_[A-Z_]+)|(?:ServiceBusConnection(?:__[A-Za-z]+)?)'
-    r"|(?:AzureWebJobsStorage(?:__[A-Za-z]+)?)|APPLICATIONINSIGHTS_CONNECTION_STRING)\""
+    r"|(?:AzureWebJobsStorage(?:__[A-Za-z]+)?)|APPLICATIONINSIGHTS_[A-Z_]+)\""
 )
 
 

@@ -60,7 +60,7 @@ def _tables(storage: Storage, credential: Any) -> tuple[Table, Table]:
 async def build(environ: Mapping[str, str]) -> Cloud:
     """The cloud side as the app settings describe it."""
     settings = CloudSettings.from_env(environ)
-    configure(settings.appinsights)
+    configure(settings.appinsights, settings.appinsights_authentication)
     credential = DefaultAzureCredential()  # managed identity in Azure; unused with strings
     audit_table, agents_table = _tables(settings.storage, credential)
     service = WritebackService(

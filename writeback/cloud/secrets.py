@@ -74,11 +74,13 @@ def _secret_name(name: str) -> str:
 
 def relay_keys_secret(domain: str) -> str:
     """The name of the secret holding `domain`'s relay JWKS: `writeback-relays-` and the domain,
-    lower-cased, dots replaced by dashes (Key Vault names allow only 0-9 a-z A-Z and '-')."""
+    lower-cased, each dash doubled and each dot made a dash (Key Vault names allow only 0-9 a-z
+    A-Z and '-'). Doubling keeps the names apart: `a-b.c` and `a.b-c` would otherwise share one,
+    and one domain's requests would be sealed to another's relays."""
     lowered = domain.lower()
     if not _DOMAIN.fullmatch(lowered):
         raise ConfigurationError("domain", f"{domain[:80]!r} is not a DNS domain name")
-    return _secret_name(RELAY_KEYS_PREFIX + lowered.replace(".", "-"))
+    return _secret_name(RELAY_KEYS_PREFIX + lowered.replace("-", "--").replace(".", "-"))
 
 
 class SecretSource(Protocol):

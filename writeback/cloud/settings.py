@@ -34,6 +34,7 @@ SERVICEBUS_NAMESPACE = "ServiceBusConnection__fullyQualifiedNamespace"
 STORAGE = "AzureWebJobsStorage"
 STORAGE_TABLES = "AzureWebJobsStorage__tableServiceUri"
 APPINSIGHTS = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+APPINSIGHTS_AUTH = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
 HTTP_LIMIT_SECONDS = 200  # Azure's load balancer ends an HTTP call at 230 s; stay well inside
 
 
@@ -54,6 +55,7 @@ class CloudSettings:
     auth: AuthSettings
     keys: CloudKeysSettings
     appinsights: str | None = field(default=None, repr=False)
+    appinsights_authentication: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CloudSettings:
@@ -76,6 +78,7 @@ class CloudSettings:
             auth=AuthSettings.from_env(environ),
             keys=CloudKeysSettings.from_env(environ),
             appinsights=environ.get(APPINSIGHTS) or None,
+            appinsights_authentication=environ.get(APPINSIGHTS_AUTH) or None,
         )
 
 

@@ -23,14 +23,23 @@ log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def configure(connection_string: str | None) -> None:
-    """Send telemetry to Application Insights when a connection string is set (once per worker)."""
+def configure(connection_string: str | None, authentication: str | None = None) -> None:
+    """Send telemetry to Application Insights when a connection string is set (once per worker).
+
+    `authentication` is APPLICATIONINSIGHTS_AUTHENTICATION_STRING: `Authorization=AAD` makes the
+    exporter authenticate with the Function's managed identity (the resource has local
+    authentication off, as infra/ deploys it).
+    """
     if not connection_string:
         return
-    # Imported only when used: it is heavy, and the cold start matters.
+    # Imported only when used: they are heavy, and the cold start matters.
+    from azure.identity import ManagedIdentityCredential  # noqa: PLC0415
     from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415
 
-    configure_azure_monitor(connection_string=connection_string, logger_name="writeback")
+    options: dict[str, Any] = {}
+    if (authentication or "").replace(" ", "").lower() == "authorization=aad":
+        options["credential"] = ManagedIdentityCredential()
+    configure_azure_monitor(connection_string=connection_string, logger_name="writeback", **options)
     log.info("telemetry to Application Insights")
 
 
