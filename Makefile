@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := devstack/node_modules/.installed
 PYTEST_OPTS ?=
 
-.PHONY: deps lint typecheck test test-unit test-integration test-e2e demo dc-up dc-down bench doctor clean
+.PHONY: deps lint typecheck test test-unit test-integration test-e2e demo up down demo-directory functions dc-up dc-down bench doctor clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,15 +48,27 @@ test-e2e: deps
 functions: deps
 	$(BIN)/python -m devstack.functions_host --settings local.settings.sample.json
 
-# The README's main job: provision a local AD DC and write passwords back through the directory layer.
+# The README's main job: the whole local stack, then writeback through its HTTP API.
 demo: deps
 	$(BIN)/python -m devstack demo
 
-dc-up: deps
+# The whole local stack in the background (DC, Azurite, broker, Functions host, relay);
+# `source .devstack/env` to drive it. `make down` stops all of it.
+up: deps
 	$(BIN)/python -m devstack up
 
-dc-down: deps
+down: deps
 	$(BIN)/python -m devstack down
+
+# The directory layer and the wire without the cloud side (the earlier demos).
+demo-directory: deps
+	$(BIN)/python -m devstack demo-directory
+
+dc-up: deps
+	$(BIN)/python -m devstack dc-up
+
+dc-down: deps
+	$(BIN)/python -m devstack dc-down
 
 doctor: deps
 	$(BIN)/writeback-relay doctor --config .devstack/relay.toml
@@ -68,5 +80,5 @@ bench: deps
 	$(BIN)/python -m bench.relay
 	$(BIN)/python -m bench.api
 
-clean: dc-down
+clean: down
 	rm -rf .devstack

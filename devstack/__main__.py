@@ -5,25 +5,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-from devstack import demo, stack, wire_demo
+from devstack import demo, http_demo, localstack, stack, wire_demo
 from devstack.samba import DevstackError
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack")
-    parser.add_argument("command", choices=["up", "down", "demo"])
+    parser.add_argument(
+        "command", choices=["up", "down", "demo", "dc-up", "dc-down", "demo-directory"]
+    )
     args = parser.parse_args()
     try:
         if args.command == "down":
+            localstack.down()
+            print("local stack stopped: DC, Azurite, broker, Functions host and relay")
+            return 0
+        if args.command == "dc-down":
             stack.down()
             print("local DC stopped")
             return 0
+        if args.command in ("up", "demo"):
+            return _stack(args.command)
         running = stack.up()
         print(
             f"local AD DC {running.dc.names.dc_hostname} at {running.dc.ldaps_url} "
             f"(CA {running.dc.ca_file})"
         )
-        if args.command == "up":
+        if args.command == "dc-up":
             print("environment: source .devstack/env")
             return 0
         ok = demo.run(running)
@@ -36,6 +44,23 @@ def main() -> int:
     print("  .venv/bin/writeback-relay doctor --config .devstack/relay.toml")
     print("  .venv/bin/writeback-relay keys list --dir .devstack/wire/keys")
     print("Stop the DC with: make dc-down")
+    return 0 if ok else 1
+
+
+def _stack(command: str) -> int:
+    """`up`: the whole stack in the background; `demo`: that, then the HTTP scenario."""
+    print("starting the local stack (DC, Azurite, Service Bus broker, Functions host, relay)...")
+    running, env = localstack.up()
+    print(f"writeback API at {env['WRITEBACK_API_URL']} for {env['WRITEBACK_DOMAIN']}")
+    ok = True
+    if command == "demo":
+        ok = http_demo.run(running, env)
+    print("\nTry it by hand:")
+    print("  source .devstack/env")
+    print('  curl -s -H "x-functions-key: $WRITEBACK_API_KEY" $WRITEBACK_API_URL/v1/health')
+    print("  .venv/bin/writeback health                 # the admin client, same environment")
+    print("  .venv/bin/writeback reset <user>@$WRITEBACK_DOMAIN --admin   # asks for the password")
+    print("Logs: .devstack/logs/   Stop everything: make down")
     return 0 if ok else 1
 
 
