@@ -1,18 +1,27 @@
 """The Azure Functions entry point (Python v2 programming model): routes and triggers only.
 
 Every handler lives in `writeback.cloud.http`, which authenticates, validates and calls the
-writeback service; nothing here connects to anything at import time. The routes are anonymous
-at the host because the application authenticates every call itself (Entra ID bearer tokens with
-app roles, or an API key in `x-functions-key`), identically in Azure and on the local host.
+writeback service; nothing here connects to anything at import time. An app setting that is
+still an unresolved Key Vault reference stops the import, so the app does not start. The routes
+are anonymous at the host because the application authenticates every call itself (Entra ID
+bearer tokens with app roles, or an API key in `x-functions-key`), identically in Azure and on
+the local host.
 """
 
 from __future__ import annotations
 
+import os
+
 import azure.functions as func
 
 from writeback.cloud import http
+from writeback.cloud.secrets import check_resolved
 from writeback.protocol import Operation
 from writeback.transport import HEARTBEATS_QUEUE
+
+# A setting Azure could not resolve still reads "@Microsoft.KeyVault(...)": refuse to start, and
+# name it (no network is touched; every other setting is checked when the service is built).
+check_resolved(os.environ)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 

@@ -4,7 +4,10 @@ sample itself starts the app, and bad or unresolved values stop start-up naming 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,34 @@ class TestRouting:
         for upn in ("carol@sub.example.com", "dave@example.org", "no-suffix"):
             with pytest.raises(UnknownDomain):
                 routes.route(upn)
+
+
+class TestStartUp:
+    def test_an_unresolved_key_vault_reference_stops_the_app(self) -> None:
+        """Importing function_app with a setting Azure could not resolve fails, naming the
+        setting and not its value."""
+        reference = "@Microsoft.KeyVault(VaultName=wb-kv;SecretName=writeback-api-keys)"
+        result = subprocess.run(
+            [sys.executable, "-c", "import function_app"],
+            cwd=ROOT,
+            env={**os.environ, "WRITEBACK_API_KEYS": reference},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "WRITEBACK_API_KEYS" in result.stderr
+        assert "wb-kv" not in result.stderr
+
+    def test_the_app_imports_without_settings(self) -> None:
+        """With nothing configured, importing function_app (as the host indexes it) succeeds:
+        settings are checked when the service is first built."""
+        result = subprocess.run(
+            [sys.executable, "-c", "import function_app"],
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("WRITEBACK_")},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
