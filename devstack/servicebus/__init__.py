@@ -46,10 +46,17 @@ def writeback_queues(
     ]
     return [
         *queues,
+        # As infra/ declares them; not shortened with the request lock (a waiting session
+        # receiver holds its session lock for the whole wait).
         QueueConfig(
-            OUTCOMES_QUEUE, requires_session=True, default_ttl=300, dead_letter_on_expiration=True
+            OUTCOMES_QUEUE,
+            requires_session=True,
+            lock_duration=30,
+            max_delivery_count=5,
+            default_ttl=300,
+            dead_letter_on_expiration=True,
         ),
-        QueueConfig(HEARTBEATS_QUEUE, default_ttl=300),
+        QueueConfig(HEARTBEATS_QUEUE, lock_duration=30, max_delivery_count=5, default_ttl=300),
     ]
 
 

@@ -138,6 +138,10 @@ def parse(operation: Operation, body: dict[str, Any], now: float | None = None) 
         raise InvalidInput("initiator", "must be self-service or admin") from None
     unlock = _flag(body, "unlock")
     force = _flag(body, "forceChangeAtNextLogon")
+    if force and initiator is Initiator.SELF_SERVICE:
+        # A user who just chose a password is not made to change it again; only a helpdesk
+        # (admin role) hands out a password the user must replace.
+        raise InvalidInput("forceChangeAtNextLogon", "is only for admin resets")
     return Submission(
         operation,
         user,
