@@ -5,11 +5,14 @@ Functions host as its own process. Tests speak HTTP to the host, as a caller wou
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,3 +104,25 @@ def wait_until(predicate: Any, seconds: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def healthy(stack: LocalCloud, state: str) -> bool:
+    """Whether the API reports the stack's domain in `state` (ok, degraded, offline)."""
+    call = urllib.request.Request(  # noqa: S310 - plain http to the loopback host: the local stack
+        f"{stack.url}/v1/health", headers={"x-functions-key": stack.api_key}
+    )
+    try:
+        with urllib.request.urlopen(call, timeout=60) as response:  # noqa: S310 - see above
+            raw = response.read()
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+    health = json.loads(raw or b"{}")
+    return bool(health.get("domains")) and health["domains"][0]["state"] == state
+
+
+@pytest.fixture
+def ready(local_cloud: LocalCloud) -> LocalCloud:
+    """The stack with its relay running and known to the cloud."""
+    local_cloud.start_relay()
+    wait_until(lambda: healthy(local_cloud, "ok"), 30, "the relay's heartbeat")
+    return local_cloud

@@ -19,7 +19,7 @@ import pytest
 from azure.data.tables import TableClient
 
 from devstack import seed
-from tests.e2e.conftest import WAIT_SECONDS, LocalCloud, wait_until
+from tests.e2e.conftest import WAIT_SECONDS, LocalCloud, healthy, wait_until
 from tests.testbed import TestBed
 from writeback import sealing
 from writeback.protocol import Operation
@@ -67,19 +67,6 @@ def change(stack: LocalCloud, upn: str, old: str, new: str) -> tuple[int, Any]:
     USED.extend((old, new))
     body = {"user": upn, "oldPassword": old, "newPassword": new}
     return api(stack, "POST", "v1/passwords/change", body)
-
-
-def healthy(stack: LocalCloud, state: str) -> bool:
-    _, health = api(stack, "GET", "v1/health")
-    return bool(health.get("domains")) and health["domains"][0]["state"] == state
-
-
-@pytest.fixture
-def ready(local_cloud: LocalCloud) -> LocalCloud:
-    """The stack with its relay running and known to the cloud."""
-    local_cloud.start_relay()
-    wait_until(lambda: healthy(local_cloud, "ok"), 30, "the relay's heartbeat")
-    return local_cloud
 
 
 class TestOperations:

@@ -1,0 +1,435 @@
+"""`writeback`: the administrators' command line for the writeback API.
+
+Thin: parse arguments, take the URL and the credential from the environment (or --token-file),
+ask for the passwords, call one method of `writeback.client.api.Client`, print the outcome and
+map it to an exit code: 0 applied (or healthy), 1 not applied, pending, unreachable or degraded,
+2 a usage error, named. Secrets are never arguments (every local user can read a process's
+command line), and a password is never printed, logged or put in a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import re
+import shlex
+import sys
+import time
+import unicodedata
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from writeback.client import api
+from writeback.protocol.messages import password_problem, upn_problem
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+URL_ENV = "WRITEBACK_API_URL"
+KEY_ENV = "WRITEBACK_API_KEY"
+TOKEN_ENV = "WRITEBACK_TOKEN"  # noqa: S105 - the variable's name, not a token
+FOLLOW_SECONDS = 60
+WAITING = "waiting for the on-premises agent…"
+
+SECURITY = """\
+Secrets are never command-line arguments: the command line of a running program is visible
+to every local user. The API key comes from WRITEBACK_API_KEY (sent as x-functions-key), an
+Entra ID access token from WRITEBACK_TOKEN or --token-file (sent as Authorization: Bearer).
+Passwords are asked at a prompt, or read from stdin with --password-stdin, one per line
+(change: the current one, then the new one). The API URL comes from --url or
+WRITEBACK_API_URL; http:// is refused except to this machine, since the key or token would
+travel in clear.
+
+Exit codes: 0 applied (health: ok); 1 rejected, failed, pending, unreachable or degraded;
+2 a usage error (an option, a setting or the passwords given)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that no error repeats an argument's value: it may be a password."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            names = [
+                e.partition("=")[0] + ("=…" if "=" in e else "") for e in extras if e[:1] == "-"
+            ]
+            values = len(extras) - len(names)
+            shown = " ".join(names + ([f"and {values} value(s), not shown"] if values else []))
+            self.error(f"unrecognized arguments: {shown} (secrets are never arguments: see -h)")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        if "ignored explicit argument" in message:
+            message = message.partition(":")[0] + ": takes no value"
+        message = re.sub(r"invalid choice: .*? \(choose", "invalid choice (choose", message)
+        super().error(message)
+
+
+def _upn(value: str) -> str:
+    if problem := upn_problem(value):
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _request_id(value: str) -> str:
+    if not api.REQUEST_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError("must be 8 to 128 of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _seconds(low: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1
+        if not low <= seconds <= 3600:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds from {low:g} to 3600")
+        return seconds
+
+    return parse
+
+
+def _prompt(prompt: str) -> str:
+    with warnings.catch_warnings():
+        # Without a terminal getpass would read stdin with echo on: refuse instead.
+        warnings.simplefilter("error", getpass.GetPassWarning)
+        try:
+            return getpass.getpass(prompt)
+        except getpass.GetPassWarning:
+            raise api.InvalidSetting(
+                "--password-stdin", "no terminal to ask on: give the password on stdin"
+            ) from None
+        except EOFError:
+            raise api.InvalidSetting("password", "none was entered; nothing was sent") from None
+
+
+def _stdin_line(what: str) -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise api.InvalidSetting("--password-stdin", f"stdin ended before {what}")
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def _passwords(args: argparse.Namespace, *, current: bool) -> tuple[str, str]:
+    """The current password (or "" for a reset) and the new one, from stdin or the prompt."""
+    # On a terminal stdin would echo what is typed: the prompt asks without echo instead.
+    if args.password_stdin and not sys.stdin.isatty():
+        old = _stdin_line("the current password") if current else ""
+        new = _stdin_line("the new password")
+    else:
+        old = _prompt(f"Current password for {args.user}: ") if current else ""
+        new = _prompt(f"New password for {args.user}: ")
+        if _prompt("Repeat the new password: ") != new:
+            raise api.InvalidSetting("password", "the two entries differ; nothing was sent")
+    checks = [("current password", old)] if current else []
+    for what, value in [*checks, ("new password", new)]:
+        if problem := password_problem(value):
+            raise api.InvalidSetting(what, f"{problem}; nothing was sent")
+    return old, new
+
+
+def _clean(text: object) -> str:
+    """Server text as one safe line: no control or format characters reach the terminal."""
+    return "".join(" " if unicodedata.category(c).startswith("C") else c for c in str(text)).strip()
+
+
+def _waiting(args: argparse.Namespace, what: str = WAITING) -> None:
+    if sys.stderr.isatty() and not args.json:
+        print(what, file=sys.stderr, flush=True)
+
+
+def _follow(args: argparse.Namespace, request_id: str) -> str:
+    """The exact command that polls `request_id`, with the options this one was given."""
+    words = ["writeback", "status", _clean(request_id), "--wait", str(FOLLOW_SECONDS)]
+    if args.url:
+        words += ["--url", args.url]
+    if args.token_file:
+        words += ["--token-file", str(args.token_file)]
+    return shlex.join(words)
+
+
+def _report(args: argparse.Namespace, answer: api.Answer) -> int:
+    if args.json:
+        print(json.dumps(answer.body, indent=2))
+    else:
+        print(f"status:   {_clean(answer.status)}")
+        print(f"reason:   {_clean(answer.reason or '-')}")
+        print(f"message:  {_clean(answer.message or '-')}")
+        print(f"request:  {_clean(answer.request_id)}")
+        if answer.duration_ms is not None:
+            print(f"duration: {answer.duration_ms} ms")
+    if answer.pending:
+        print(
+            "The on-premises agent has not answered yet; the request may still be applied.\n"
+            f"Follow it with:  {_follow(args, answer.request_id)}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+    return EXIT_OK if answer.applied else EXIT_PROBLEM
+
+
+def _write(args: argparse.Namespace, send: Callable[[str], api.Answer]) -> int:
+    request_id = api.new_request_id()
+    _waiting(args)
+    try:
+        answer = send(request_id)
+    except KeyboardInterrupt:
+        print(
+            "writeback: interrupted; the request may still be applied; follow it with:  "
+            + _follow(args, request_id),
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEM
+    return _report(args, answer)
+
+
+def _reset(args: argparse.Namespace, client: api.Client) -> int:
+    _, new = _passwords(args, current=False)
+    return _write(
+        args,
+        lambda rid: client.reset(
+            args.user,
+            new,
+            initiator=args.initiator,
+            unlock=args.unlock,
+            force_change=args.force_change,
+            request_id=rid,
+        ),
+    )
+
+
+def _change(args: argparse.Namespace, client: api.Client) -> int:
+    old, new = _passwords(args, current=True)
+    return _write(args, lambda rid: client.change(args.user, old, new, request_id=rid))
+
+
+def _unlock(args: argparse.Namespace, client: api.Client) -> int:
+    return _write(args, lambda rid: client.unlock(args.user, request_id=rid))
+
+
+def _status(args: argparse.Namespace, client: api.Client) -> int:
+    if args.wait:
+        _waiting(args, f"waiting up to {args.wait:g} s for request {args.request_id}…")
+    return _report(args, client.wait(args.request_id, args.wait))
+
+
+def _health(args: argparse.Namespace, client: api.Client) -> int:
+    health = client.health()
+    if args.json:
+        print(json.dumps(health.body, indent=2))
+    else:
+        print(f"health:   {_clean(health.status)}")
+        for domain in health.domains:
+            print(f"{_clean(domain.get('domain'))}: {_clean(domain.get('state'))}")
+            for relay in domain.get("relays") or []:
+                seen = relay.get("lastHeartbeat")
+                age = f"{time.time() - seen:.0f} s ago" if isinstance(seen, int | float) else "-"
+                line = (
+                    f"  {_clean(relay.get('relay'))} {_clean(relay.get('version'))}: "
+                    f"{'fresh' if relay.get('fresh') else 'stale'}, last heartbeat {age}"
+                )
+                if relay.get("lastError"):
+                    line += f", last error: {_clean(relay['lastError'])}"
+                print(line)
+    return EXIT_OK if health.status == "ok" else EXIT_PROBLEM
+
+
+def _refusal(args: argparse.Namespace, exc: api.Refused) -> tuple[str, int]:
+    """One line, and the exit code, for an error the API answered."""
+    said = f"{_clean(exc.message)} ({_clean(exc.code)})"
+    if exc.http_status == 400:
+        field = f"field {_clean(exc.field)}: " if exc.field else ""
+        return f"the API refused the request: {field}{said}", EXIT_USAGE
+    if exc.http_status == 401:
+        return f"not authenticated: {said}; check {args.credential_source}", EXIT_PROBLEM
+    if exc.http_status == 403:
+        return f"not allowed: {said}", EXIT_PROBLEM
+    if exc.http_status == 404 and exc.code == "request.unknown":
+        return f"no request with id {args.request_id}: {said}", EXIT_PROBLEM
+    if exc.http_status == 409:
+        return f"this request id was already used: {said}", EXIT_PROBLEM
+    if exc.http_status == 503:
+        return f"the writeback service is unavailable: {said}", EXIT_PROBLEM
+    return f"the API answered HTTP {exc.http_status}: {said}", EXIT_PROBLEM
+
+
+def _credential(args: argparse.Namespace, environ: Mapping[str, str]) -> api.Credential:
+    if args.token_file:
+        path: Path = args.token_file
+        try:
+            credential = api.Credential.bearer(path.read_text(encoding="utf-8"), "--token-file")
+            shared = os.name == "posix" and path.stat().st_mode & 0o077
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise api.InvalidSetting("--token-file", f"cannot read {path}: {problem}") from None
+        if shared:
+            print(
+                f"writeback: warning: --token-file {path} is readable by others (chmod 600 it)",
+                file=sys.stderr,
+            )
+        return credential
+    key, token = environ.get(KEY_ENV, "").strip(), environ.get(TOKEN_ENV, "").strip()
+    if key and token:
+        raise api.InvalidSetting(KEY_ENV, f"and {TOKEN_ENV} are both set: unset one of them")
+    if token:
+        return api.Credential.bearer(token, TOKEN_ENV)
+    if key:
+        return api.Credential.api_key(key, KEY_ENV)
+    raise api.InvalidSetting(KEY_ENV, f"is not set: set it or {TOKEN_ENV}, or pass --token-file")
+
+
+def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> api.Client:
+    url = args.url or environ.get(URL_ENV, "").strip()
+    if not url:
+        raise api.InvalidSetting(URL_ENV, "is not set: set it or pass --url (…/api)")
+    api.api_url(url, "--url" if args.url else URL_ENV)
+    credential = _credential(args, environ)
+    args.credential_source = credential.source
+    return api.Client(url, credential, timeout=args.timeout)
+
+
+def _options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The global options, accepted before or after the command."""
+    parser.add_argument(
+        "--url",
+        default=default(None),
+        help=f"the API's base URL, e.g. https://<app>.azurewebsites.net/api (default: ${URL_ENV})",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=default(None),
+        metavar="PATH",
+        help="a file holding an Entra ID access token (instead of the environment)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds(1),
+        default=default(api.DEFAULT_TIMEOUT),
+        metavar="SECONDS",
+        help="give up on an answer after this long",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the API's JSON answer as it is",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="writeback",
+        description="The administrators' command line for the writeback API.",
+        epilog=SECURITY,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _options(parser, lambda value: value)
+    common = _Parser(add_help=False, allow_abbrev=False)
+    _options(common, lambda value: argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[..., int], summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=SECURITY,
+            parents=[common],
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.set_defaults(run=run)
+        return sub
+
+    reset = command("reset", _reset, "reset a user's password (asks for the new one twice)")
+    reset.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    who = reset.add_mutually_exclusive_group()
+    who.add_argument(
+        "--admin",
+        dest="initiator",
+        action="store_const",
+        const="admin",
+        default="admin",
+        help="an administrator's reset (the default)",
+    )
+    who.add_argument(
+        "--self-service",
+        dest="initiator",
+        action="store_const",
+        const="self-service",
+        help="a reset on the user's own behalf",
+    )
+    reset.add_argument("--unlock", action="store_true", help="also unlock the account")
+    reset.add_argument(
+        "--force-change",
+        action="store_true",
+        help="make the user change the password at next logon",
+    )
+    change = command("change", _change, "change a password (asks for the current and the new)")
+    change.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    for sub in (reset, change):
+        sub.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password(s) from stdin, one per line, not a prompt",
+        )
+    unlock = command("unlock", _unlock, "unlock a locked-out account")
+    unlock.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    status = command("status", _status, "show a request's outcome (poll it with --wait)")
+    status.add_argument("request_id", type=_request_id, metavar="REQUEST_ID")
+    status.add_argument(
+        "--wait",
+        type=_seconds(0),
+        default=0.0,
+        metavar="SECONDS",
+        help="poll until the request is completed, for at most this long",
+    )
+    command("health", _health, "show each domain's relays; exit 1 unless all are ok")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command (`argv`, default sys.argv[1:]); the exit code. Never raises for a usage,
+    API or network problem: each is one line on stderr."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage and the error (or the help)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.credential_source = KEY_ENV
+    try:
+        client = _client(args, os.environ if environ is None else environ)
+        return int(args.run(args, client))
+    except api.InvalidSetting as exc:
+        print(f"writeback: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except api.Refused as exc:
+        line, code = _refusal(args, exc)
+        if args.json:
+            print(json.dumps(exc.body, indent=2))
+        print(f"writeback: {line}", file=sys.stderr)
+        return code
+    except api.Unreachable as exc:
+        print(f"writeback: {exc}", file=sys.stderr)
+        if exc.timed_out and exc.request_id:
+            print(
+                f"the request may still be applied; follow it with:  "
+                f"{_follow(args, exc.request_id)}",
+                file=sys.stderr,
+            )
+        return EXIT_PROBLEM
+    except api.UnexpectedAnswer as exc:
+        print(f"writeback: {_clean(exc)}", file=sys.stderr)
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        print("writeback: interrupted", file=sys.stderr)
+        return EXIT_PROBLEM
+
+
+if __name__ == "__main__":
+    sys.exit(main())
