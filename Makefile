@@ -6,9 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := devstack/node_modules/.installed
+# checkov has its own environment: it pins packages that conflict with ours.
+CHECKOV_STAMP := .venv-checkov/.installed
 PYTEST_OPTS ?=
 
-.PHONY: deps lint typecheck test test-unit test-integration test-e2e demo up down demo-directory functions dc-up dc-down bench doctor clean
+.PHONY: deps lint typecheck test test-unit test-integration test-infra test-e2e demo up down demo-directory functions dc-up dc-down bench doctor clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,11 @@ $(NODE_STAMP): devstack/package.json devstack/package-lock.json
 	npm ci --prefix devstack --no-audit --no-fund
 	touch $(NODE_STAMP)
 
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet checkov==3.3.30
+	touch $(CHECKOV_STAMP)
+
 deps: $(STAMP) $(NODE_STAMP)
 
 lint: deps
@@ -31,14 +38,18 @@ typecheck: deps
 	$(BIN)/mypy
 
 # The README's test command: lint, types, unit, integration (a real Samba AD DC) and e2e tests.
-test: lint typecheck
-	$(BIN)/pytest $(PYTEST_OPTS)
+test: lint typecheck $(CHECKOV_STAMP)
+	WRITEBACK_REQUIRE_CHECKOV=1 $(BIN)/pytest $(PYTEST_OPTS)
 
 test-unit: deps
 	$(BIN)/pytest -m unit $(PYTEST_OPTS)
 
 test-integration: deps
 	$(BIN)/pytest -m integration $(PYTEST_OPTS)
+
+# Bicep and Terraform, offline: parsing, structure, parity, the settings contract, checkov, fmt.
+test-infra: deps $(CHECKOV_STAMP)
+	WRITEBACK_REQUIRE_CHECKOV=1 $(BIN)/pytest -m infra $(PYTEST_OPTS)
 
 # The HTTP API through the whole local stack (DC, Azurite, broker, relay, local Functions host).
 test-e2e: deps

@@ -1,0 +1,72 @@
+# The Function App: Flex Consumption, Linux, Python, with a system-assigned identity that
+# reaches the storage account, Service Bus, Key Vault and Application Insights through roles
+# (roles.tf) and never through a key or connection string.
+
+resource "azurerm_service_plan" "main" {
+  #checkov:skip=CKV_AZURE_225:Flex Consumption zone redundancy exists only in some regions; it is left to the operator (zone_balancing_enabled)
+  #checkov:skip=CKV_AZURE_212:Flex Consumption scales out on demand from zero (up to maximum_instance_count); a fixed instance minimum does not apply
+  name                = "plan-${var.name_prefix}"
+  location            = local.location
+  resource_group_name = data.azurerm_resource_group.main.name
+  sku_name            = "FC1"
+  os_type             = "Linux"
+}
+
+resource "azurerm_function_app_flex_consumption" "main" {
+  name                = "func-${var.name_prefix}-${local.suffix}"
+  location            = local.location
+  resource_group_name = data.azurerm_resource_group.main.name
+  service_plan_id     = azurerm_service_plan.main.id
+
+  storage_container_type      = "blobContainer"
+  storage_container_endpoint  = "${azurerm_storage_account.main.primary_blob_endpoint}${azurerm_storage_container.app_package.name}"
+  storage_authentication_type = "SystemAssignedIdentity"
+  runtime_name                = "python"
+  runtime_version             = var.python_version
+  maximum_instance_count      = var.maximum_instance_count
+  instance_memory_in_mb       = var.instance_memory_mb
+
+  https_only = true
+  # Deployments authenticate with Entra ID; no publishing user name and password exist.
+  webdeploy_publish_basic_authentication_enabled = false
+
+  identity {
+    type = "SystemAssigned"
+  }
+
+  # The Flex resource has no FTP at all, so there is no ftps_state to turn off.
+  site_config {
+    minimum_tls_version     = "1.2"
+    scm_minimum_tls_version = "1.2"
+    # The provider writes this as the APPLICATIONINSIGHTS_CONNECTION_STRING app setting (set
+    # in app_settings instead, it would show as a change on every plan).
+    application_insights_connection_string = azurerm_application_insights.main.connection_string
+  }
+
+  app_settings = {
+    # The provider adds AzureWebJobsStorage as a key-based connection string (with an empty
+    # key) unless the setting is given; an empty value keeps it out, so the host uses the
+    # identity-based AzureWebJobsStorage__* settings below. It is a local-only setting.
+    "AzureWebJobsStorage"                           = ""
+    "AzureWebJobsStorage__accountName"              = azurerm_storage_account.main.name
+    "AzureWebJobsStorage__blobServiceUri"           = azurerm_storage_account.main.primary_blob_endpoint
+    "AzureWebJobsStorage__queueServiceUri"          = azurerm_storage_account.main.primary_queue_endpoint
+    "AzureWebJobsStorage__tableServiceUri"          = azurerm_storage_account.main.primary_table_endpoint
+    "ServiceBusConnection__fullyQualifiedNamespace" = local.servicebus_fqdn
+    "WRITEBACK_DOMAINS"                             = join(",", [for d in var.domains : d.name])
+    "WRITEBACK_UPN_SUFFIXES"                        = var.upn_suffixes
+    "WRITEBACK_WAIT_SECONDS"                        = tostring(var.wait_seconds)
+    "WRITEBACK_REQUEST_LIFETIME_SECONDS"            = tostring(var.request_lifetime_seconds)
+    "WRITEBACK_HEARTBEAT_INTERVAL_SECONDS"          = tostring(var.heartbeat_interval_seconds)
+    "WRITEBACK_AUDIT_TABLE"                         = azurerm_storage_table.audit.name
+    "WRITEBACK_AGENTS_TABLE"                        = azurerm_storage_table.agents.name
+    "WRITEBACK_KEYVAULT_URL"                        = azurerm_key_vault.main.vault_uri
+    "WRITEBACK_KEYS_REFRESH_SECONDS"                = "300"
+    "WRITEBACK_AUTH_TENANT_ID"                      = var.auth_tenant_id
+    "WRITEBACK_AUTH_AUDIENCES"                      = var.auth_audiences
+    # A Key Vault reference: the platform resolves it with the app's identity, so the keys
+    # never appear in the app's configuration.
+    "WRITEBACK_API_KEYS"                        = var.api_keys_enabled ? "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.main.name};SecretName=writeback-api-keys)" : ""
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" = "Authorization=AAD"
+  }
+}

@@ -1,0 +1,236 @@
+# Inputs of the deployment. The names and defaults are shared with infra/bicep (a test keeps the
+# two at parity); the settings they feed are read by writeback/cloud/settings.py, and the
+# validations below refuse what that code would refuse at start-up.
+
+variable "name_prefix" {
+  description = "Short prefix of every resource name: 3 to 11 lower-case letters or digits."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9]{3,11}$", var.name_prefix))
+    error_message = "name_prefix must be 3 to 11 lower-case letters or digits (storage account names allow nothing else)."
+  }
+}
+
+variable "location" {
+  description = "Azure region of the resources; empty or null: the resource group's region."
+  type        = string
+  default     = null
+}
+
+variable "resource_group_name" {
+  description = "The existing resource group to deploy into."
+  type        = string
+}
+
+variable "domains" {
+  description = <<-EOT
+    The AD domains the cloud writes back to. Each gets its own request queue and relay JWKS
+    secret; relay_principal_ids are the object IDs of the identities its relays run as (a
+    service principal, or an Azure Arc machine's managed identity).
+  EOT
+  type = list(object({
+    name                = string
+    relay_principal_ids = list(string)
+  }))
+
+  validation {
+    condition     = length(var.domains) > 0
+    error_message = "domains must name at least one AD domain."
+  }
+
+  validation {
+    condition = alltrue([
+      for d in var.domains :
+      can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", lower(d.name)))
+    ])
+    error_message = "Each domain name must be a DNS name (letters, digits, inner dashes, dots between labels)."
+  }
+
+  validation {
+    condition     = length(distinct([for d in var.domains : lower(d.name)])) == length(var.domains)
+    error_message = "Domain names must be unique, ignoring case (they name queues and secrets)."
+  }
+
+  validation {
+    # Key Vault secret names are at most 127 characters.
+    condition = alltrue([
+      for d in var.domains :
+      length("writeback-relays-${replace(replace(lower(d.name), "-", "--"), ".", "-")}") <= 127
+    ])
+    error_message = "A domain name is too long for its relay JWKS secret name (127 characters at most)."
+  }
+
+  validation {
+    condition = alltrue(flatten([
+      for d in var.domains : [
+        for id in d.relay_principal_ids :
+        can(regex("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", id))
+      ]
+    ]))
+    error_message = "Each relay_principal_ids entry must be an object ID (a GUID)."
+  }
+}
+
+variable "servicebus_sku" {
+  description = "Service Bus tier: Standard, or Premium (isolation, private networking)."
+  type        = string
+  default     = "Standard"
+
+  validation {
+    # Sessions and duplicate detection, which the queues need, do not exist in Basic.
+    condition     = contains(["Standard", "Premium"], var.servicebus_sku)
+    error_message = "servicebus_sku must be Standard or Premium."
+  }
+}
+
+variable "auth_tenant_id" {
+  description = "Entra ID tenant (directory) ID whose tokens callers present; empty: no token auth."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.auth_tenant_id == "" || can(regex("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", var.auth_tenant_id))
+    error_message = "auth_tenant_id must be the tenant ID (a GUID), not a domain name, or empty."
+  }
+}
+
+variable "auth_audiences" {
+  description = "Comma-separated audiences (app ID URI, client ID) a caller's token must carry."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = (var.auth_tenant_id == "") == (trimspace(var.auth_audiences) == "")
+    error_message = "auth_audiences and auth_tenant_id go together: set both or neither."
+  }
+}
+
+variable "api_keys_enabled" {
+  description = "Accept API keys (the writeback-api-keys secret, read through a Key Vault reference)."
+  type        = bool
+  default     = false
+
+  validation {
+    condition     = var.api_keys_enabled || var.auth_tenant_id != ""
+    error_message = "No way to authenticate callers: set auth_tenant_id and auth_audiences, or api_keys_enabled, or both."
+  }
+}
+
+variable "heartbeat_interval_seconds" {
+  description = "How often relays are expected to send a heartbeat."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.heartbeat_interval_seconds >= 1 && var.heartbeat_interval_seconds <= 3600
+    error_message = "heartbeat_interval_seconds must be between 1 and 3600."
+  }
+}
+
+variable "wait_seconds" {
+  description = "How long an HTTP call waits for the relay's outcome."
+  type        = number
+  default     = 25
+
+  validation {
+    # Azure ends an HTTP call at 230 s; the code keeps well inside it.
+    condition     = var.wait_seconds >= 1 && var.wait_seconds <= 200 && var.wait_seconds <= var.request_lifetime_seconds
+    error_message = "wait_seconds must be between 1 and 200 and not exceed request_lifetime_seconds."
+  }
+}
+
+variable "request_lifetime_seconds" {
+  description = "How long a request stays valid; a relay never applies an older one."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.request_lifetime_seconds >= 5 && var.request_lifetime_seconds <= 600
+    error_message = "request_lifetime_seconds must be between 5 and 600 (the request queues' time-to-live)."
+  }
+}
+
+variable "python_version" {
+  description = "Python version of the Function App."
+  type        = string
+  default     = "3.11"
+
+  validation {
+    condition     = contains(["3.11", "3.12"], var.python_version)
+    error_message = "python_version must be 3.11 or 3.12 (the project needs 3.11 or later)."
+  }
+}
+
+variable "maximum_instance_count" {
+  description = "The most instances the Flex Consumption app scales out to."
+  type        = number
+  default     = 40
+
+  validation {
+    condition     = var.maximum_instance_count >= 1 && var.maximum_instance_count <= 1000
+    error_message = "maximum_instance_count must be between 1 and 1000."
+  }
+}
+
+variable "instance_memory_mb" {
+  description = "Memory of each Flex Consumption instance, in MB."
+  type        = number
+  default     = 2048
+
+  validation {
+    condition     = contains([512, 2048, 4096], var.instance_memory_mb)
+    error_message = "instance_memory_mb must be 512, 2048 or 4096."
+  }
+}
+
+variable "upn_suffixes" {
+  description = "Extra UPN suffix routes, suffix=domain separated by ';' (e.g. \"example.com=corp.example.com\"); each domain always serves its own name."
+  type        = string
+  default     = ""
+}
+
+variable "cloud_signing_key" {
+  description = "The cloud's private signing key (a JWK as JSON); empty: the secret is managed outside Terraform."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.cloud_signing_key == "" || can(jsondecode(var.cloud_signing_key).d)
+    error_message = "cloud_signing_key must be a private JWK (JSON with a \"d\" member), or empty."
+  }
+}
+
+variable "relay_jwks" {
+  description = "Each domain's relay public keys: domain name -> JWKS JSON (from `writeback-relay keys export`)."
+  type        = map(string)
+  default     = {}
+  sensitive   = true
+
+  validation {
+    condition     = alltrue([for name in keys(var.relay_jwks) : contains([for d in var.domains : lower(d.name)], lower(name))])
+    error_message = "Every relay_jwks key must be one of the domains."
+  }
+
+  validation {
+    # Public keys only: a private relay key in the cloud's hands would undo the end-to-end sealing.
+    condition = alltrue([
+      for jwks in values(var.relay_jwks) :
+      jwks == "" || try(alltrue([for key in jsondecode(jwks).keys : !contains(keys(key), "d")]), false)
+    ])
+    error_message = "Each relay_jwks value must be a JWKS (JSON with \"keys\") of public keys only, or empty."
+  }
+}
+
+variable "api_keys" {
+  description = "The API keys callers may present (comma-separated), stored as the writeback-api-keys secret."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = !var.api_keys_enabled || var.api_keys != ""
+    error_message = "api_keys must be set when api_keys_enabled is true."
+  }
+}
