@@ -131,17 +131,7 @@ def parse(operation: Operation, body: dict[str, Any], now: float | None = None) 
             operation, user, secrets=secrets, sealed=sealed, request_id=request_id,
             expires_at=expires_at,
         )  # fmt: skip
-    initiator_value = _text(body, "initiator", required=True)
-    try:
-        initiator = Initiator(initiator_value)
-    except ValueError:
-        raise InvalidInput("initiator", "must be self-service or admin") from None
-    unlock = _flag(body, "unlock")
-    force = _flag(body, "forceChangeAtNextLogon")
-    if force and initiator is Initiator.SELF_SERVICE:
-        # A user who just chose a password is not made to change it again; only a helpdesk
-        # (admin role) hands out a password the user must replace.
-        raise InvalidInput("forceChangeAtNextLogon", "is only for admin resets")
+    initiator, unlock, force = _reset_options(body)
     return Submission(
         operation,
         user,
@@ -153,6 +143,22 @@ def parse(operation: Operation, body: dict[str, Any], now: float | None = None) 
         request_id=request_id,
         expires_at=expires_at,
     )
+
+
+def _reset_options(body: dict[str, Any]) -> tuple[Initiator, bool, bool]:
+    """Who started a reset, and whether it unlocks and forces a change at next logon."""
+    initiator_value = _text(body, "initiator", required=True)
+    try:
+        initiator = Initiator(initiator_value)
+    except ValueError:
+        raise InvalidInput("initiator", "must be self-service or admin") from None
+    unlock = _flag(body, "unlock")
+    force = _flag(body, "forceChangeAtNextLogon")
+    if force and initiator is Initiator.SELF_SERVICE:
+        # A user who just chose a password is not made to change it again; only a helpdesk
+        # (admin role) hands out a password the user must replace.
+        raise InvalidInput("forceChangeAtNextLogon", "is only for admin resets")
+    return initiator, unlock, force
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool = False) -> Any:
