@@ -8,6 +8,7 @@ import pytest
 
 from writeback.errors import ConfigurationError
 from writeback.relay.config import Config
+from writeback.relay.permissions import check_trusted_file
 
 TOML = """
 [relay]
@@ -110,3 +111,18 @@ class TestSample:
         assert config.relay.domain == "corp.example.com"
         assert config.servicebus.websockets is True
         assert config.directory.allow_protected_reset is False
+
+
+class TestTrustedFiles:
+    def test_cloud_keys_writable_by_others_are_refused(self, tmp_path: Path) -> None:
+        """The cloud's public keys decide which requests the relay accepts: a file group or
+        others may write is refused, naming relay.cloud_keys; 0644 is fine."""
+        path = tmp_path / "cloud-jwks.json"
+        path.write_text('{"keys": []}')
+        path.chmod(0o644)
+        check_trusted_file(path, "relay.cloud_keys")
+        for mode in (0o664, 0o646):
+            path.chmod(mode)
+            with pytest.raises(ConfigurationError) as caught:
+                check_trusted_file(path, "relay.cloud_keys")
+            assert caught.value.setting == "relay.cloud_keys"

@@ -25,6 +25,7 @@ from writeback.relay.config import Config
 from writeback.relay.directory import LdapDirectory
 from writeback.relay.journal import Journal
 from writeback.relay.keys import KeyStore
+from writeback.relay.permissions import check_trusted_file
 from writeback.relay.pipeline import FAILPOINT_ENV, Pipeline, RelayKeys
 from writeback.relay.status import status_path
 from writeback.transport.servicebus import ServiceBusRelay
@@ -56,6 +57,7 @@ def build(config: Config, environ: Mapping[str, str] = os.environ) -> Relay:
             f"the keys in {config.relay.keys} belong to relay "
             f"{keys.relay_id!r}, not {config.relay.id!r}",
         )
+    check_trusted_file(config.relay.cloud_keys, "relay.cloud_keys")
     try:
         document = json.loads(config.relay.cloud_keys.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -25,6 +25,7 @@ from writeback.relay.accounts import sid_to_str
 from writeback.relay.config import Config
 from writeback.relay.journal import Journal
 from writeback.relay.keys import KeyStore
+from writeback.relay.permissions import check_trusted_file
 from writeback.relay.settings import DirectorySettings
 from writeback.transport.servicebus import probe
 
@@ -280,6 +281,7 @@ async def diagnose_relay(config: Config) -> list[Check]:
     except WritebackError as exc:
         checks.append(Check("relay keys", Level.FAIL, str(exc)))
     try:
+        check_trusted_file(config.relay.cloud_keys, "relay.cloud_keys")
         document = json.loads(config.relay.cloud_keys.read_text(encoding="utf-8"))
         cloud = sealing.public_keyset(document, "relay.cloud_keys")
         checks.append(Check("cloud keys", Level.OK, f"{len(cloud.keys)} signing key(s) trusted"))

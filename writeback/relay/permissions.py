@@ -27,6 +27,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from writeback.errors import ConfigurationError
+
 WINDOWS = sys.platform == "win32"
 SERVICE_NAME = "WritebackRelay"  # the Windows service; its SID is granted on every private file
 
@@ -345,3 +347,21 @@ def make_private(path: Path, *, directory: bool = False) -> None:
         )
     except types.error as exc:
         raise OSError(exc.winerror, f"cannot make {path} private: {exc.strerror}") from exc
+
+
+def check_trusted_file(path: Path, setting: str) -> None:
+    """Refuse a file that decides whom the relay trusts (the cloud's public keys) when others
+    than its owner may write it: whoever can, could make the relay accept their requests.
+    POSIX modes only; on Windows the install script closes the configuration folder."""
+    if sys.platform == "win32":
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigurationError(setting, f"cannot read {path} ({type(exc).__name__})") from exc
+    if mode & 0o022:
+        raise ConfigurationError(
+            setting,
+            f"{path} is writable by group or others (mode {mode:o}); whoever can write it "
+            "decides which requests the relay accepts: chmod 644 it",
+        )
