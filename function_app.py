@@ -66,3 +66,22 @@ async def domain_policy(req: func.HttpRequest) -> func.HttpResponse:
 )
 async def record_heartbeat(message: func.ServiceBusMessage) -> None:
     await http.heartbeat(message)
+
+
+# Writeback requests as CloudEvents (docs/events.md). Annotated with EventGridEvent, which every
+# library version accepts: with the CloudEvents schema the library hands a func.CloudEvent.
+@app.event_grid_output(arg_name="completed", connection="WritebackEvents")
+@app.event_grid_trigger(arg_name="event")
+async def writeback_event(event: func.EventGridEvent, completed: func.Out[str]) -> None:
+    await http.writeback_event(event, completed)
+
+
+@app.event_hub_message_trigger(
+    arg_name="events",
+    connection="EntraAuditHub",
+    event_hub_name="%WRITEBACK_AUDIT_HUB%",
+    consumer_group="%WRITEBACK_AUDIT_CONSUMER_GROUP%",
+    cardinality="many",
+)
+async def entra_audit(events: list[func.EventHubEvent]) -> None:
+    await http.entra_audit(events)

@@ -242,6 +242,17 @@ class MemoryAuditTrail:
     async def get(self, request_id: str) -> AuditRecord | None:
         return self.records.get(check_key(request_id, "request id"))
 
+    async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
+        wanted = user.casefold()
+        return sorted(
+            (
+                record
+                for record in self.records.values()
+                if record.user.casefold() == wanted and since <= record.received_at <= until
+            ),
+            key=lambda record: record.received_at,
+        )
+
     async def close(self) -> None:
         self.closed = True
 

@@ -1,8 +1,14 @@
 // Writeback, the cloud side: the Azure Function that takes password operations, the Service Bus
-// queues that carry them to the on-premises relays, the Key Vault holding the keys, and the
-// storage and monitoring the Function needs. Deploy into a resource group:
+// queues that carry them to the on-premises relays, the Key Vault holding the keys, the Event Grid
+// topics that carry event-driven requests in and their outcomes out, the Event Hub that receives
+// Entra ID's audit log, and the storage and monitoring the Function needs. Deploy into a resource
+// group:
 //
 //   az deployment group create -g <group> -f infra/bicep/main.bicep -p @main.parameters.json
+//
+// The Event Grid subscription to the function can only be created once the code is published
+// (Event Grid checks that the function exists): deploy, publish, then deploy again with
+// eventSubscriptionEnabled=true.
 //
 // infra/terraform/ declares the same resources from the same contract (names, settings, roles);
 // tests/infra checks both, and that they agree. Every identity gets the narrowest role on the
@@ -75,6 +81,20 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Unlock the AD account when Entra ID\'s audit log reports "Unlock user account (self-service)" for a user of a writeback domain.')
+param unlockOnEntraSelfService bool = false
+
+@description('A password reset or change in Entra ID with no writeback request for that user within this many seconds is recorded as drift.')
+@minValue(1)
+@maxValue(86400)
+param driftWindowSeconds int = 300
+
+@description('On drift, also set "must change password at next logon" in AD, so that the cloud and AD passwords cannot silently differ.')
+param driftForceChange bool = false
+
+@description('Create the Event Grid subscription that delivers writeback requests to the writeback_event function. Event Grid refuses it until the code is published: deploy once, publish, then deploy again with true.')
+param eventSubscriptionEnabled bool = false
+
 @description('The cloud\'s private signing key (JWK JSON). Empty leaves secret writeback-cloud-signing-key as it is; it must exist before the Function can start.')
 @secure()
 param cloudSigningKey string = ''
@@ -117,6 +137,18 @@ var apiKeysSecretName = 'writeback-api-keys'
 var auditTableName = 'WritebackAudit'
 var agentsTableName = 'WritebackAgents'
 var deploymentContainerName = 'app-package'
+// Event-driven writeback and the Entra ID audit stream (function_app.py's writeback_event and
+// entra_audit functions read these).
+var eventFunctionName = 'writeback_event'
+var requestedEventTypes = [
+  'Writeback.PasswordReset.Requested'
+  'Writeback.PasswordChange.Requested'
+  'Writeback.AccountUnlock.Requested'
+]
+var deadLetterContainerName = 'eventgrid-deadletter'
+var auditHubName = 'entra-audit'
+var auditConsumerGroupName = 'writeback'
+var entraDiagnosticsRuleName = 'entra-diagnostics-send'
 
 module monitoring 'modules/monitoring.bicep' = {
   name: 'writeback-monitoring'
@@ -133,6 +165,7 @@ module storage 'modules/storage.bicep' = {
     location: location
     accountName: 'st${namePrefix}${take(resourceToken, 11)}'
     deploymentContainerName: deploymentContainerName
+    deadLetterContainerName: deadLetterContainerName
     tableNames: [
       auditTableName
       agentsTableName
@@ -149,6 +182,28 @@ module serviceBus 'modules/servicebus.bicep' = {
     requestQueueNames: requestQueueNames
     outcomesQueueName: outcomesQueueName
     heartbeatsQueueName: heartbeatsQueueName
+  }
+}
+
+module eventGrid 'modules/eventgrid.bicep' = {
+  name: 'writeback-eventgrid'
+  params: {
+    location: location
+    requestsTopicName: 'evgt-${namePrefix}-${resourceToken}-requests'
+    completedTopicName: 'evgt-${namePrefix}-${resourceToken}-completed'
+    storageAccountName: storage.outputs.accountName
+    deadLetterContainerName: deadLetterContainerName
+  }
+}
+
+module eventHubs 'modules/eventhubs.bicep' = {
+  name: 'writeback-eventhubs'
+  params: {
+    location: location
+    namespaceName: 'evhns-${namePrefix}-${resourceToken}'
+    hubName: auditHubName
+    consumerGroupName: auditConsumerGroupName
+    diagnosticsRuleName: entraDiagnosticsRuleName
   }
 }
 
@@ -202,6 +257,16 @@ module functionApp 'modules/functionapp.bicep' = {
       APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
       // Local authentication is off on Application Insights: telemetry is sent with the identity.
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
+      // The Event Grid output binding (connection WritebackEvents) publishes Completed events to
+      // the completed topic with the app's identity.
+      WritebackEvents__topicEndpointUri: eventGrid.outputs.completedTopicEndpoint
+      // The Event Hubs trigger (connection EntraAuditHub) reads the audit stream with the identity.
+      EntraAuditHub__fullyQualifiedNamespace: eventHubs.outputs.fullyQualifiedNamespace
+      WRITEBACK_AUDIT_HUB: auditHubName
+      WRITEBACK_AUDIT_CONSUMER_GROUP: auditConsumerGroupName
+      WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE: unlockOnEntraSelfService ? 'true' : 'false'
+      WRITEBACK_DRIFT_WINDOW_SECONDS: string(driftWindowSeconds)
+      WRITEBACK_DRIFT_FORCE_CHANGE: driftForceChange ? 'true' : 'false'
     }
   }
 }
@@ -223,6 +288,21 @@ module functionAccess 'modules/function-access.bicep' = {
       agentsTableName
     ]
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    eventHubNamespaceName: eventHubs.outputs.namespaceName
+    auditHubName: eventHubs.outputs.hubName
+    completedTopicName: eventGrid.outputs.completedTopicName
+  }
+}
+
+module eventSubscription 'modules/eventgrid-subscription.bicep' = if (eventSubscriptionEnabled) {
+  name: 'writeback-eventgrid-subscription'
+  params: {
+    requestsTopicName: eventGrid.outputs.requestsTopicName
+    functionAppName: functionApp.outputs.name
+    functionName: eventFunctionName
+    eventTypes: requestedEventTypes
+    storageAccountName: storage.outputs.accountName
+    deadLetterContainerName: deadLetterContainerName
   }
 }
 
@@ -242,3 +322,10 @@ output functionAppHostName string = functionApp.outputs.defaultHostName
 output serviceBusNamespace string = serviceBus.outputs.fullyQualifiedNamespace
 output keyVaultUri string = keyVault.outputs.vaultUri
 output requestQueueNames array = serviceBus.outputs.requestQueueNames
+// Where portals publish Writeback.*.Requested events, and where they subscribe to the outcomes.
+output eventGridRequestsTopicEndpoint string = eventGrid.outputs.requestsTopicEndpoint
+output eventGridCompletedTopicEndpoint string = eventGrid.outputs.completedTopicEndpoint
+// The Entra ID diagnostic setting streams AuditLogs to this hub with this rule (docs/deploy.md).
+output eventHubsNamespace string = eventHubs.outputs.fullyQualifiedNamespace
+output auditHubName string = eventHubs.outputs.hubName
+output entraDiagnosticsRuleId string = eventHubs.outputs.diagnosticsRuleId

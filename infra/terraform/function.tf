@@ -1,6 +1,7 @@
 # The Function App: Flex Consumption, Linux, Python, with a system-assigned identity that
-# reaches the storage account, Service Bus, Key Vault and Application Insights through roles
-# (roles.tf) and never through a key or connection string.
+# reaches the storage account, Service Bus, Key Vault, Application Insights, the completed Event
+# Grid topic and the audit Event Hub through roles (roles.tf) and never through a key or
+# connection string.
 
 resource "azurerm_service_plan" "main" {
   #checkov:skip=CKV_AZURE_225:Flex Consumption zone redundancy exists only in some regions; it is left to the operator (zone_balancing_enabled)
@@ -68,5 +69,15 @@ resource "azurerm_function_app_flex_consumption" "main" {
     # never appear in the app's configuration.
     "WRITEBACK_API_KEYS"                        = var.api_keys_enabled ? "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.main.name};SecretName=writeback-api-keys)" : ""
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" = "Authorization=AAD"
+    # The Event Grid output binding (connection WritebackEvents) publishes Completed events to
+    # the completed topic, and the Event Hubs trigger (connection EntraAuditHub) reads the audit
+    # stream, both with the app's identity.
+    "WritebackEvents__topicEndpointUri"      = azurerm_eventgrid_topic.completed.endpoint
+    "EntraAuditHub__fullyQualifiedNamespace" = local.eventhubs_fqdn
+    "WRITEBACK_AUDIT_HUB"                    = azurerm_eventhub.entra_audit.name
+    "WRITEBACK_AUDIT_CONSUMER_GROUP"         = azurerm_eventhub_consumer_group.writeback.name
+    "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE" = tostring(var.unlock_on_entra_self_service)
+    "WRITEBACK_DRIFT_WINDOW_SECONDS"         = tostring(var.drift_window_seconds)
+    "WRITEBACK_DRIFT_FORCE_CHANGE"           = tostring(var.drift_force_change)
   }
 }

@@ -22,3 +22,28 @@ output "request_queue_names" {
   description = "The request queue of each domain, for its relays' configuration."
   value       = [for queue in azurerm_servicebus_queue.requests : queue.name]
 }
+
+output "eventgrid_requests_topic_endpoint" {
+  description = "Where portals publish Writeback.*.Requested CloudEvents (with EventGrid Data Sender on the topic)."
+  value       = azurerm_eventgrid_topic.requests.endpoint
+}
+
+output "eventgrid_completed_topic_endpoint" {
+  description = "The topic the function publishes Writeback.*.Completed CloudEvents to; portals subscribe to it."
+  value       = azurerm_eventgrid_topic.completed.endpoint
+}
+
+output "eventhubs_namespace" {
+  description = "The Event Hubs namespace's host name (the Entra ID audit stream)."
+  value       = local.eventhubs_fqdn
+}
+
+output "audit_hub_name" {
+  description = "The event hub Entra ID's diagnostic setting streams AuditLogs to."
+  value       = azurerm_eventhub.entra_audit.name
+}
+
+output "entra_diagnostics_rule_id" {
+  description = "The Send-only authorization rule the Entra ID diagnostic setting streams with (docs/deploy.md)."
+  value       = azurerm_eventhub_namespace_authorization_rule.entra_diagnostics.id
+}

@@ -105,6 +105,34 @@ resource "azurerm_role_assignment" "function_publish_telemetry" {
   principal_type       = "ServicePrincipal"
 }
 
+# It reads the Entra ID audit stream: the one event hub, not the namespace.
+resource "azurerm_role_assignment" "function_receive_audit" {
+  scope                = azurerm_eventhub.entra_audit.id
+  role_definition_name = "Azure Event Hubs Data Receiver"
+  principal_id         = azurerm_function_app_flex_consumption.main.identity[0].principal_id
+  principal_type       = "ServicePrincipal"
+}
+
+# It publishes Writeback.*.Completed events to the completed topic; it has no role on the
+# requests topic, whose subscription delivers to it.
+resource "azurerm_role_assignment" "function_publish_completed" {
+  scope                = azurerm_eventgrid_topic.completed.id
+  role_definition_name = "EventGrid Data Sender"
+  principal_id         = azurerm_function_app_flex_consumption.main.identity[0].principal_id
+  principal_type       = "ServicePrincipal"
+}
+
+# -- The Event Grid requests topic's identity ------------------------------------------------
+
+# It writes the requests Event Grid could not deliver into their one container (the account has
+# no shared keys, so dead-lettering needs an identity with a data role).
+resource "azurerm_role_assignment" "eventgrid_write_dead_letters" {
+  scope                = azurerm_storage_container.eventgrid_deadletter.id
+  role_definition_name = "Storage Blob Data Contributor"
+  principal_id         = azurerm_eventgrid_topic.requests.identity[0].principal_id
+  principal_type       = "ServicePrincipal"
+}
+
 # -- Each domain's relays --------------------------------------------------------------------
 
 # A relay receives its own domain's requests, and no other domain's.

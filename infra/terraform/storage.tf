@@ -1,5 +1,5 @@
-# The storage account: the Functions host's own storage, the Flex deployment package, and the
-# audit and agents tables. Shared keys are off, so only Entra ID identities with a data role
+# The storage account: the Functions host's own storage, the Flex deployment package, the events
+# Event Grid could not deliver, and the audit and agents tables. Shared keys are off, so only Entra ID identities with a data role
 # reach it.
 
 resource "azurerm_storage_account" "main" {
@@ -33,6 +33,15 @@ resource "azurerm_storage_account" "main" {
 resource "azurerm_storage_container" "app_package" {
   #checkov:skip=CKV2_AZURE_21:The check wants azurerm_log_analytics_storage_insights, which reads the account key, and shared keys are disabled; an Azure Monitor diagnostic setting is the keyless way to log blob requests
   name                  = "app-package"
+  storage_account_id    = azurerm_storage_account.main.id
+  container_access_type = "private"
+}
+
+# Event Grid writes the requests it could not deliver here, with the requests topic's identity
+# (Storage Blob Data Contributor on this container only, roles.tf); an operator reads them.
+resource "azurerm_storage_container" "eventgrid_deadletter" {
+  #checkov:skip=CKV2_AZURE_21:The check wants azurerm_log_analytics_storage_insights, which reads the account key, and shared keys are disabled; an Azure Monitor diagnostic setting is the keyless way to log blob requests
+  name                  = "eventgrid-deadletter"
   storage_account_id    = azurerm_storage_account.main.id
   container_access_type = "private"
 }

@@ -234,3 +234,32 @@ variable "api_keys" {
     error_message = "api_keys must be set when api_keys_enabled is true."
   }
 }
+
+variable "unlock_on_entra_self_service" {
+  description = "Unlock the AD account when Entra ID's audit log reports \"Unlock user account (self-service)\" for a user of a writeback domain."
+  type        = bool
+  default     = false
+}
+
+variable "drift_window_seconds" {
+  description = "A password reset or change in Entra ID with no writeback request for that user within this many seconds is recorded as drift."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.drift_window_seconds >= 1 && var.drift_window_seconds <= 86400 && floor(var.drift_window_seconds) == var.drift_window_seconds
+    error_message = "drift_window_seconds must be a whole number between 1 and 86400."
+  }
+}
+
+variable "drift_force_change" {
+  description = "On drift, also set \"must change password at next logon\" in AD, so that the cloud and AD passwords cannot silently differ."
+  type        = bool
+  default     = false
+}
+
+variable "event_subscription_enabled" {
+  description = "Create the Event Grid subscription to the writeback_event function. Event Grid refuses it until the code is published: apply once, publish, then apply again with true."
+  type        = bool
+  default     = false
+}

@@ -33,10 +33,14 @@ SERVICEBUS_DATA_OWNER = "090c5cfd-751d-490a-894a-3ce6f1109419"
 KEYVAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 KEYVAULT_SECRETS_OFFICER = "b86a8fe4-44ce-4948-aee5-eccb2c155cd7"
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 STORAGE_TABLE_DATA_READER = "76199698-9eea-4c19-bc75-cec21354c6b6"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+EVENTHUBS_DATA_RECEIVER = "a638d3c7-ab3a-418d-83e6-5f17a39d4fde"
+EVENTHUBS_DATA_OWNER = "f526a384-b230-433a-b45c-95f59c4a2dec"
+EVENTGRID_DATA_SENDER = "d5a91429-5739-47e2-a06b-3470a27159e7"
 
 ROLES = {
     SERVICEBUS_DATA_SENDER: "Azure Service Bus Data Sender",
@@ -45,10 +49,14 @@ ROLES = {
     KEYVAULT_SECRETS_USER: "Key Vault Secrets User",
     KEYVAULT_SECRETS_OFFICER: "Key Vault Secrets Officer",
     STORAGE_BLOB_DATA_OWNER: "Storage Blob Data Owner",
+    STORAGE_BLOB_DATA_CONTRIBUTOR: "Storage Blob Data Contributor",
     STORAGE_QUEUE_DATA_CONTRIBUTOR: "Storage Queue Data Contributor",
     STORAGE_TABLE_DATA_CONTRIBUTOR: "Storage Table Data Contributor",
     STORAGE_TABLE_DATA_READER: "Storage Table Data Reader",
     MONITORING_METRICS_PUBLISHER: "Monitoring Metrics Publisher",
+    EVENTHUBS_DATA_RECEIVER: "Azure Event Hubs Data Receiver",
+    EVENTHUBS_DATA_OWNER: "Azure Event Hubs Data Owner",
+    EVENTGRID_DATA_SENDER: "EventGrid Data Sender",
 }
 
 # What a role assignment's scope is called, by the scope resource's type.
@@ -61,10 +69,14 @@ ENTITY_KINDS = {
     "Microsoft.Storage/storageAccounts/blobServices/containers": "blob-container",
     "Microsoft.Storage/storageAccounts": "storage-account",
     "Microsoft.Insights/components": "application-insights",
+    "Microsoft.EventGrid/topics": "eventgrid-topic",
+    "Microsoft.EventHub/namespaces/eventhubs": "event-hub",
+    "Microsoft.EventHub/namespaces": "eventhub-namespace",
 }
 
 # The roles of the contract and where each may sit. Data-plane roles sit on one entity (queue,
-# secret, table, container), never on the namespace, vault or account, with one exception: the
+# secret, table, container, event hub, topic), never on the namespace, vault or account, with one
+# exception: the
 # Functions host creates its own containers and queues at run time, under names it chooses, so
 # its identity alone holds HOST_STORAGE_ROLES on the storage account (AzureWebJobsStorage).
 ALLOWED_SCOPES = {
@@ -75,6 +87,9 @@ ALLOWED_SCOPES = {
     STORAGE_BLOB_DATA_OWNER: {"blob-container", "storage-account"},
     STORAGE_QUEUE_DATA_CONTRIBUTOR: {"storage-account"},
     MONITORING_METRICS_PUBLISHER: {"application-insights"},
+    EVENTHUBS_DATA_RECEIVER: {"event-hub"},
+    EVENTGRID_DATA_SENDER: {"eventgrid-topic"},
+    STORAGE_BLOB_DATA_CONTRIBUTOR: {"blob-container"},
 }
 HOST_STORAGE_ROLES = {STORAGE_BLOB_DATA_OWNER, STORAGE_QUEUE_DATA_CONTRIBUTOR}
 
@@ -86,6 +101,7 @@ _DEPLOYMENT = "deployment"  # resourceGroup(), subscription(), utcNow(): known a
 
 FUNCTION_PRINCIPAL = "function"
 RELAY_PRINCIPAL = "relay"
+TOPIC_PRINCIPAL = "topic-identity"  # an Event Grid topic's system-assigned identity
 UNKNOWN_PRINCIPAL = "unknown"
 
 
@@ -149,7 +165,8 @@ class Resource:
 
 @dataclass(frozen=True)
 class RoleAssignment:
-    """Who (the function's identity, or a relay by object id) holds which role on what."""
+    """Who (the function's identity, a relay by object id, an Event Grid topic's identity by the
+    topic's name) holds which role on what."""
 
     principal_kind: str
     principal: str
@@ -162,7 +179,10 @@ class RoleAssignment:
         return ROLES.get(self.role, self.role)
 
     def __str__(self) -> str:
-        who = self.principal_kind if self.principal_kind != RELAY_PRINCIPAL else self.principal
+        who = {
+            FUNCTION_PRINCIPAL: self.principal_kind,
+            RELAY_PRINCIPAL: self.principal,
+        }.get(self.principal_kind, f"{self.principal_kind} {self.principal}")
         return f"{who}: {self.role_name} on {self.scope} ({self.file})"
 
 
@@ -193,7 +213,7 @@ class Model:
         }
 
     def granted(self, principal_kind: str, principal: str | None = None) -> set[tuple[str, Entity]]:
-        """(role, scope) pairs held by the function (`principal` None) or by one relay."""
+        """(role, scope) pairs held by every principal of a kind (`principal` None) or by one."""
         return {
             (a.role, a.scope)
             for a in self.role_assignments
@@ -249,9 +269,10 @@ def load(root: Path = BICEP_ROOT, parameters: Mapping[str, Any] | None = None) -
 def least_privilege_violations(model: Model) -> list[str]:
     """Every role assignment broader than the contract allows, as sentences; empty when none.
 
-    A data-plane role must sit on one queue, secret, table or container; the storage account is
-    only for the Functions host's own roles, held by the function's identity; a role outside
-    ALLOWED_SCOPES (Owner, Contributor, any Data Owner but the host's ...) is one by itself.
+    A data-plane role must sit on one queue, secret, table, container, event hub or topic; the
+    storage account is only for the Functions host's own roles, held by the function's identity;
+    a role outside ALLOWED_SCOPES (Owner, Contributor, any Data Owner but the host's ...) is one
+    by itself.
     """
     found = []
     for grant in model.role_assignments:
@@ -748,6 +769,13 @@ def _role_assignment(resource: Resource, relays: Mapping[str, str]) -> RoleAssig
         and principal.path == ("identity", "principalId")
     ):
         kind, who = FUNCTION_PRINCIPAL, FUNCTION_PRINCIPAL
+    elif (
+        isinstance(principal, Unknown)
+        and principal.origin is not None
+        and principal.origin.type == "Microsoft.EventGrid/topics"
+        and principal.path == ("identity", "principalId")
+    ):
+        kind, who = TOPIC_PRINCIPAL, principal.origin.name
     elif isinstance(principal, str) and principal in relays:
         kind, who = RELAY_PRINCIPAL, principal
     else:

@@ -23,6 +23,7 @@ from writeback.transport import REQUESTS_PREFIX, requests_queue
 
 DOMAIN = "{domain}"
 FUNCTION, RELAY, DEPLOYER = "function", "relay", "deployer"
+TOPIC_IDENTITY = "topic-identity"  # an Event Grid topic's system-assigned identity
 
 # Built-in role definition IDs, for templates that name roles by ID rather than by name.
 ROLE_IDS = {
@@ -35,12 +36,29 @@ ROLE_IDS = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
     "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
     "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "Storage Blob Data Contributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+    "Azure Event Hubs Data Receiver": "a638d3c7-ab3a-418d-83e6-5f17a39d4fde",
+    "Azure Event Hubs Data Owner": "f526a384-b230-433a-b45c-95f59c4a2dec",
+    "EventGrid Data Sender": "d5a91429-5739-47e2-a06b-3470a27159e7",
 }
 # Roles that open a data plane: these must sit on the entity they are for.
-DATA_PLANE_ROLE_PREFIXES = ("Azure Service Bus Data ", "Key Vault ", "Storage ")
+DATA_PLANE_ROLE_PREFIXES = (
+    "Azure Service Bus Data ",
+    "Azure Event Hubs Data ",
+    "EventGrid Data ",
+    "Key Vault ",
+    "Storage ",
+)
 # Scopes that hold many entities (a role there reaches all of them).
 WIDE_SCOPES = frozenset(
-    {"servicebus-namespace", "key-vault", "storage-account", "resource-group", "subscription"}
+    {
+        "servicebus-namespace",
+        "eventhub-namespace",
+        "key-vault",
+        "storage-account",
+        "resource-group",
+        "subscription",
+    }
 )
 # The only data-plane roles allowed on a wide scope, each with the reason it cannot be narrower.
 ALLOWED_WIDE_SCOPES = {
@@ -66,7 +84,10 @@ ENTITY_TYPES = {
     "azurerm_storage_table": ("table", {"resource_manager_id"}),
     "azurerm_storage_container": ("blob-container", {"resource_manager_id"}),
     "azurerm_application_insights": ("application-insights", {"id"}),
+    "azurerm_eventgrid_topic": ("eventgrid-topic", {"id"}),
+    "azurerm_eventhub": ("event-hub", {"id"}),
     "azurerm_servicebus_namespace": ("servicebus-namespace", {"id"}),
+    "azurerm_eventhub_namespace": ("eventhub-namespace", {"id"}),
     "azurerm_key_vault": ("key-vault", {"id"}),
     "azurerm_storage_account": ("storage-account", {"id"}),
     "data.azurerm_resource_group": ("resource-group", {"id"}),
@@ -356,10 +377,15 @@ def _scope(model: TerraformModel, expression: str) -> Entity:
 
 
 def _principal(principal_id: str, for_each: str | None) -> str:
-    """function: the app's identity; deployer: whoever runs Terraform; relay: `each.*` of a loop
-    over a `local.relay_*` map (built from var.domains[*].relay_principal_ids)."""
+    """function: the app's identity; topic-identity: an Event Grid topic's; deployer: whoever
+    runs Terraform; relay: `each.*` of a loop over a `local.relay_*` map (built from
+    var.domains[*].relay_principal_ids)."""
     if f"{FUNCTION_APP}." in principal_id and ".identity[0].principal_id" in principal_id:
         return FUNCTION
+    if re.fullmatch(
+        r"\$\{azurerm_eventgrid_topic\.\w+\.identity\[0\]\.principal_id\}", principal_id
+    ):
+        return TOPIC_IDENTITY
     if "data.azurerm_client_config." in principal_id:
         return DEPLOYER
     if re.search(r"\beach\.", principal_id) and for_each and "local.relay_" in for_each:

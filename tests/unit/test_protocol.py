@@ -25,7 +25,7 @@ CODE = re.compile(r"^[a-z]+(?:_[a-z]+)*\.[a-z]+(?:_[a-z]+)*$")
 # DESIGN's partition, by code prefix or exact code.
 REJECTED_PREFIXES = ("policy.", "user.", "account.")
 REJECTED_CODES = {"old_password.mismatch", "request.invalid"}
-FAILED_PREFIXES = ("directory.", "agent.", "transport.", "outcome.")
+FAILED_PREFIXES = ("directory.", "agent.", "transport.", "outcome.", "password.")
 FAILED_CODES = {
     "request.malformed",
     "request.expired",

@@ -328,6 +328,7 @@ NOT_FROM_THE_DIRECTORY = {  # the request pipeline and the cloud side, never Lda
     Reason.AGENT_TIMEOUT,
     Reason.TRANSPORT_UNAVAILABLE,
     Reason.OUTCOME_INVALID_SIGNATURE,
+    Reason.PASSWORD_DRIFT,
 }
 # Also produced by the pre-checks, and by classify() from Samba's phrases.
 PRECHECKED_TOO = {

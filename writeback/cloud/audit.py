@@ -4,8 +4,10 @@ The service records a request as `pending` when it is accepted and records it ag
 when its outcome arrives (insert-or-replace, so the second write also clears what the first had
 and the outcome has not). PartitionKey is the request id and RowKey is empty: every read is a
 point read by id (what polling `GET /requests/{id}` needs), and random UUIDs spread the writes
-evenly over partitions; reports over time belong to a log query, not to this table. No field can
-hold a password or a key, and the adapter stores exactly the record's fields.
+evenly over partitions; reports over time belong to a log query, not to this table. The one
+question by user, "was there a request for this UPN around this time" (drift detection), is a
+scan filtered by time. No field can hold a password or a key, and the adapter stores exactly
+the record's fields.
 """
 
 from __future__ import annotations
@@ -88,6 +90,9 @@ class AuditTrail(Protocol):
 
     async def get(self, request_id: str) -> AuditRecord | None:
         """The entry for a request id, or None if there is none."""
+
+    async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
+        """The entries for `user` (a UPN, in any case) received from `since` to `until`."""
 
     async def close(self) -> None: ...
 
@@ -186,6 +191,30 @@ class TableAuditTrail:
             raise StorageError(
                 self._table.name, f"read a request: malformed entity: {exc}"
             ) from exc
+
+    async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
+        # Entries are keyed by request id, so this scans the table with the time range as the
+        # server-side filter; the UPN is compared here, case-insensitively, as AD compares it.
+        client = await self._table.client()
+        try:
+            entities = client.query_entities(
+                "received_at ge @since and received_at le @until",
+                parameters={"since": float(since), "until": float(until)},
+            )
+            found = [entity async for entity in entities]
+        except SDK_ERRORS as exc:
+            raise self._table.error(exc, "query requests") from exc
+        try:
+            records = [from_entity(entity) for entity in found]
+        except ValueError as exc:
+            raise StorageError(
+                self._table.name, f"query requests: malformed entity: {exc}"
+            ) from exc
+        wanted = user.casefold()
+        return sorted(
+            (record for record in records if record.user.casefold() == wanted),
+            key=lambda record: record.received_at,
+        )
 
     async def close(self) -> None:
         await self._table.close()

@@ -1,5 +1,5 @@
-"""The writeback API over Azure Functions' HTTP and Service Bus bindings: the only module under
-`writeback/` that imports `azure.functions`.
+"""The writeback API over Azure Functions' HTTP, Service Bus, Event Grid and Event Hubs bindings:
+the only module under `writeback/` that imports `azure.functions`.
 
 Each handler authenticates the caller, checks the app role its operation needs, reads the body
 strictly, calls one method of `WritebackService` and maps the result to a status and a JSON body:
@@ -8,6 +8,8 @@ strictly, calls one method of `WritebackService` and maps the result to a status
 for authentication and authorisation, 404 an unknown request id. An exception nobody expected
 becomes a 500 with only a correlation id: its text could hold anything, so it goes to the log.
 The service is built on first use from the app settings (`bootstrap.build`), never at import.
+The event triggers (`writeback_event`, `entra_audit`) only adapt: `writeback.cloud.events` and
+`writeback.cloud.drift` decide, and raise only what a later delivery can get past.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any
 
 import azure.functions as func
 
-from writeback.cloud import auth
+from writeback.cloud import auth, drift, events
 from writeback.cloud.bootstrap import Cloud, build
 from writeback.cloud.service import Answer
+from writeback.cloud.settings import EventSettings
 from writeback.cloud.submissions import REQUEST_ID, InvalidInput, parse, read_body
 from writeback.cloud.telemetry import trace_id
 from writeback.errors import ConfigurationError, WritebackError
@@ -33,6 +36,7 @@ from writeback.protocol.messages import TRACEPARENT
 log = logging.getLogger(__name__)
 
 _cloud: Cloud | None = None
+_stream: tuple[Cloud, drift.AuditStream] | None = None
 
 JSON = "application/json"
 _STATUS_OF_REASON = {
@@ -223,3 +227,55 @@ async def heartbeat(message: Any) -> None:
     """Service Bus trigger on writeback-heartbeats: record the relay that sent it."""
     instance = await cloud()
     await instance.service.record_heartbeat(message.get_body().decode("utf-8", "replace"))
+
+
+async def writeback_event(event: Any, completed: Any) -> None:
+    """Event Grid trigger: one requested CloudEvent (`func.CloudEvent`; a delivery in the Event
+    Grid schema arrives as `func.EventGridEvent`, its topic standing for the source). The
+    Completed CloudEvent goes to the output binding `completed` (`func.Out[str]`)."""
+    instance = await _cloud_for_trigger()
+    handler = events.EventHandler(instance.service, instance.service.audit, instance.telemetry)
+    answer = await handler.handle(_requested(event))
+    if answer is not None:
+        completed.set(answer.to_json())
+
+
+def _requested(event: Any) -> events.RequestedEvent:
+    if isinstance(event, func.CloudEvent):
+        return events.RequestedEvent(
+            id=event.id,
+            source=event.source,
+            type=event.type,
+            data=event.get_json(),
+            specversion=event.specversion,
+            traceparent=event.extension_attrs.get("traceparent"),
+        )
+    return events.RequestedEvent(
+        id=event.id, source=event.topic, type=event.event_type, data=event.get_json(),
+        specversion=None,
+    )  # fmt: skip
+
+
+async def entra_audit(messages: Any) -> None:
+    """Event Hubs trigger (cardinality many) on the Entra audit log stream."""
+    global _stream  # noqa: PLW0603 - one audit stream per Cloud (its settings read once)
+    instance = await _cloud_for_trigger()
+    if _stream is None or _stream[0] is not instance:
+        settings = EventSettings.from_env(os.environ)
+        _stream = (
+            instance,
+            drift.AuditStream(
+                instance.service, instance.service.audit, instance.telemetry, settings
+            ),
+        )
+    batch = messages if isinstance(messages, list) else [messages]
+    await _stream[1].process(message.get_body() for message in batch)
+
+
+async def _cloud_for_trigger() -> Cloud:
+    try:
+        return await cloud()
+    except ConfigurationError as exc:
+        # Raised: the host retries (Event Grid) or logs the batch; nothing can be done without it.
+        log.error("not configured", extra={"setting": exc.setting, "error": exc.problem})
+        raise

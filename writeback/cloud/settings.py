@@ -35,6 +35,15 @@ STORAGE = "AzureWebJobsStorage"
 STORAGE_TABLES = "AzureWebJobsStorage__tableServiceUri"
 APPINSIGHTS = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 APPINSIGHTS_AUTH = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+# The event triggers (docs/events.md). The host resolves the first four itself (binding
+# expressions and identity-based connections in function_app.py); the code reads the last three.
+AUDIT_HUB = "WRITEBACK_AUDIT_HUB"
+AUDIT_CONSUMER_GROUP = "WRITEBACK_AUDIT_CONSUMER_GROUP"
+AUDIT_HUB_NAMESPACE = "EntraAuditHub__fullyQualifiedNamespace"
+EVENTS_TOPIC_ENDPOINT = "WritebackEvents__topicEndpointUri"
+UNLOCK_ON_SELF_SERVICE = "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE"
+DRIFT_WINDOW = "WRITEBACK_DRIFT_WINDOW_SECONDS"
+DRIFT_FORCE_CHANGE = "WRITEBACK_DRIFT_FORCE_CHANGE"
 HTTP_LIMIT_SECONDS = 200  # Azure's load balancer ends an HTTP call at 230 s; stay well inside
 
 
@@ -47,6 +56,25 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class EventSettings:
+    """What the Entra audit stream trigger does (docs/events.md): unlock in AD after an Entra
+    self-service unlock, how far around an Entra password event a writeback request still
+    counts as its match, and whether drift should force a change at next logon."""
+
+    unlock_on_self_service: bool = False
+    drift_window_seconds: float = 300.0
+    drift_force_change: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> EventSettings:
+        return cls(
+            unlock_on_self_service=_flag(environ, UNLOCK_ON_SELF_SERVICE),
+            drift_window_seconds=_seconds(environ, DRIFT_WINDOW, 300, 1, 86400),
+            drift_force_change=_flag(environ, DRIFT_FORCE_CHANGE),
+        )
+
+
+@dataclass(frozen=True)
 class CloudSettings:
     routes: Routes
     service: ServiceSettings
@@ -56,6 +84,7 @@ class CloudSettings:
     keys: CloudKeysSettings
     appinsights: str | None = field(default=None, repr=False)
     appinsights_authentication: str | None = None
+    events: EventSettings = field(default_factory=EventSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> CloudSettings:
@@ -79,6 +108,7 @@ class CloudSettings:
             keys=CloudKeysSettings.from_env(environ),
             appinsights=environ.get(APPINSIGHTS) or None,
             appinsights_authentication=environ.get(APPINSIGHTS_AUTH) or None,
+            events=EventSettings.from_env(environ),
         )
 
 
@@ -95,6 +125,15 @@ def _seconds(
     if not low <= value <= high:
         raise ConfigurationError(name, f"must be between {low:g} and {high:g} seconds")
     return value
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    raise ConfigurationError(name, f"{raw[:40]!r} is not true or false")
 
 
 def _servicebus(environ: Mapping[str, str]) -> ServiceBusSettings:

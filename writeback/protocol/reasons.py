@@ -52,6 +52,8 @@ class Reason(enum.StrEnum):
     # failed in the cloud: the message bus cannot be used, or the relay's answer does not verify
     TRANSPORT_UNAVAILABLE = "transport.unavailable"
     OUTCOME_INVALID_SIGNATURE = "outcome.invalid_signature"
+    # failed, found by the Entra audit stream: a password changed in Entra ID with no writeback
+    PASSWORD_DRIFT = "password.drift"  # noqa: S105 - a reason code, not a secret
 
     @property
     def status(self) -> Status:
@@ -157,6 +159,10 @@ _REASONS: dict[Reason, tuple[Status, str]] = {
     Reason.OUTCOME_INVALID_SIGNATURE: (
         Status.FAILED,
         f"The answer from the on-premises agent could not be verified. {_ADMIN}",
+    ),
+    Reason.PASSWORD_DRIFT: (
+        Status.FAILED,
+        f"Your password was changed in the cloud but not in the on-premises directory. {_ADMIN}",
     ),
     Reason.AGENT_TIMEOUT: (
         Status.FAILED,

@@ -10,6 +10,10 @@
 //                 queues itself at run time, under names it chooses, so Blob Data Owner and Queue
 //                 Data Contributor can only be given on the account.
 //   Monitoring    Metrics Publisher on Application Insights (local authentication is off there).
+//   Event Hubs    Data Receiver on the entra-audit event hub (its trigger), not on the namespace.
+//   Event Grid    Data Sender on the completed topic (its output binding publishes the
+//                 Writeback.*.Completed events); none on the requests topic, whose subscription
+//                 delivers to it.
 
 param principalId string
 param serviceBusNamespaceName string
@@ -22,6 +26,9 @@ param storageAccountName string
 param deploymentContainerName string
 param tableNames array
 param applicationInsightsName string
+param eventHubNamespaceName string
+param auditHubName string
+param completedTopicName string
 
 var roles = {
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
@@ -31,6 +38,8 @@ var roles = {
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+  eventHubsDataReceiver: 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde'
+  eventGridDataSender: 'd5a91429-5739-47e2-a06b-3470a27159e7'
 }
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
@@ -87,6 +96,19 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
+}
+
+resource eventHubNamespace 'Microsoft.EventHub/namespaces@2024-01-01' existing = {
+  name: eventHubNamespaceName
+}
+
+resource auditHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' existing = {
+  parent: eventHubNamespace
+  name: auditHubName
+}
+
+resource completedTopic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
+  name: completedTopicName
 }
 
 resource sendRequests 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (name, i) in requestQueueNames: {
@@ -174,6 +196,26 @@ resource publishTelemetry 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   name: guid(applicationInsights.id, principalId, roles.monitoringMetricsPublisher)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource receiveAudit 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: auditHub
+  name: guid(auditHub.id, principalId, roles.eventHubsDataReceiver)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataReceiver)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource publishCompleted 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: completedTopic
+  name: guid(completedTopic.id, principalId, roles.eventGridDataSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventGridDataSender)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }

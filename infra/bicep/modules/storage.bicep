@@ -1,10 +1,12 @@
 // The Function's storage account: the Functions host's own state (AzureWebJobsStorage), the Flex
-// Consumption deployment package (blob container app-package) and the two tables the code writes
-// (audit records and relay heartbeats). Shared keys are off: every caller uses Entra ID.
+// Consumption deployment package (blob container app-package), the events Event Grid could not
+// deliver (blob container eventgrid-deadletter) and the two tables the code writes (audit records
+// and relay heartbeats). Shared keys are off: every caller uses Entra ID.
 
 param location string
 param accountName string
 param deploymentContainerName string
+param deadLetterContainerName string
 param tableNames array
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -42,6 +44,15 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
 resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// Written by the Event Grid requests topic's identity (eventgrid.bicep), read by an operator.
+resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deadLetterContainerName
   properties: {
     publicAccess: 'None'
   }

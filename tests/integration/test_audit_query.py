@@ -1,0 +1,86 @@
+"""The audit trail's one question by user, "which requests for this UPN between t1 and t2"
+(drift detection), against a real Azure Table service (Azurite), in a table of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from devstack.azurite import Azurite
+from writeback.cloud.audit import AuditRecord, TableAuditTrail
+from writeback.errors import StorageError
+
+T0 = 1_767_225_600.0
+
+
+def record(user: str, received_at: float, **overrides: object) -> AuditRecord:
+    base = AuditRecord(
+        request_id=str(uuid.uuid4()),
+        received_at=received_at,
+        domain="corp.example.test",
+        user=user,
+        operation="reset",
+        initiator="admin",
+        caller="api-key:0a1b2c3d",
+        caller_kind="api-key",
+        status="applied",
+        reason="applied",
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def audit(azurite: Azurite) -> AsyncIterator[TableAuditTrail]:
+    trail = TableAuditTrail.from_connection_string(
+        azurite.connection_string, f"Audit{uuid.uuid4().hex[:16]}"
+    )
+    yield trail
+    await trail.close()
+
+
+class TestForUser:
+    async def test_the_users_requests_in_the_range_oldest_first(
+        self, audit: TableAuditTrail
+    ) -> None:
+        """Only the user's entries inside [since, until] (both ends included) come back, in
+        any case of the UPN, oldest first, with every field."""
+        alice = "Alice.Example@corp.example.test"
+        inside = [
+            record(alice, T0 + 60, operation="change"),
+            record(alice.lower(), T0, status="pending", reason=None),
+            record(alice.upper(), T0 + 300),
+        ]
+        outside = [
+            record(alice, T0 - 0.5),
+            record(alice, T0 + 300.5),
+            record("bob@corp.example.test", T0 + 10),
+        ]
+        for entry in inside + outside:
+            await audit.record(entry)
+        found = await audit.for_user(alice, T0, T0 + 300)
+        assert found == sorted(inside, key=lambda entry: entry.received_at)
+
+    async def test_nothing_found_is_an_empty_list(self, audit: TableAuditTrail) -> None:
+        """A fresh table (created on first use) answers with no entries."""
+        assert await audit.for_user("nobody@corp.example.test", T0, T0 + 600) == []
+
+    async def test_an_unreachable_table_service_is_a_storage_error(self, azurite: Azurite) -> None:
+        """Nothing listening on the table endpoint: StorageError naming the operation."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        connection_string = azurite.connection_string.replace(
+            azurite.endpoint("table"), f"http://127.0.0.1:{port}/devstoreaccount1"
+        )
+        trail = TableAuditTrail.from_connection_string(
+            connection_string, "AuditDown", retry_total=0
+        )
+        try:
+            with pytest.raises(StorageError, match="unreachable"):
+                await trail.for_user("alice@corp.example.test", T0, T0 + 1)
+        finally:
+            await trail.close()

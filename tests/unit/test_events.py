@@ -1,0 +1,336 @@
+"""Writeback requests as CloudEvents through function_app's Event Grid trigger, called the
+documented way (`build().get_user_function()`), over the real service and a real relay on
+in-memory ports; the Completed event is read from the output binding's `func.Out`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+import function_app
+from tests.unit.cloud_stack import DOMAIN, ENC_KEY, Stack, cloud_stack
+from writeback import sealing
+from writeback.cloud import events
+from writeback.cloud.audit import AuditRecord
+from writeback.protocol import Operation
+from writeback.protocol.messages import RequestMessage, Secrets
+from writeback.transport import requests_queue
+
+pytestmark = pytest.mark.timeout(60)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "entra"
+PASSWORD = "Event-Sealed-Pa55word!"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class Captured(func.Out[str]):
+    """The output binding as the host gives it: what the function sets is what is published."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+
+    def set(self, val: str) -> None:
+        self.values.append(val)
+
+    def get(self) -> str:
+        return self.values[-1]
+
+    def event(self) -> dict[str, Any]:
+        (value,) = self.values
+        return dict(json.loads(value))
+
+
+def user() -> str:
+    return f"ev{uuid.uuid4().hex[:10]}@{DOMAIN}"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return dict(json.loads((FIXTURES / name).read_text()))
+
+
+def cloud_event(body: dict[str, Any]) -> func.CloudEvent:
+    """The func.CloudEvent the library decodes from a CloudEvents 1.0 delivery."""
+    known = {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data"}
+    return func.CloudEvent(
+        id=body["id"],
+        source=body["source"],
+        type=body["type"],
+        specversion=body["specversion"],
+        data=body.get("data"),
+        time=None,
+        subject=body.get("subject"),
+        datacontenttype=body.get("datacontenttype"),
+        **{k: v for k, v in body.items() if k not in known},
+    )
+
+
+def sealed_reset(target: str, *, source: str, event_id: str) -> dict[str, Any]:
+    """The published sample reset event, for `target`, with a password sealed to the relay's
+    key and bound to the request id derived from the event."""
+    body = fixture("cloudevent-reset-requested.json")
+    body.update(source=source, id=event_id, subject=f"users/{target}")
+    request_id = events.request_id(source, event_id)
+    expires = int(time.time()) + 60
+    binding = RequestMessage(
+        id=request_id, domain=DOMAIN, operation=Operation.RESET, user=target, issued_at=0,
+        expires_at=expires,
+    ).binding()  # fmt: skip
+    keys = sealing.public_keyset({"keys": [ENC_KEY.as_dict(private=False)]}, "jwks")
+    body["data"] = {
+        "user": target, "initiator": "self-service", "unlock": True, "requestId": request_id,
+        "expiresAt": expires, "sealedPassword": sealing.seal(Secrets(PASSWORD), binding, keys),
+    }  # fmt: skip
+    return body
+
+
+async def deliver(event: Any) -> Captured:
+    """One delivery through the registered trigger, as the host makes it."""
+    completed = Captured()
+    await function_app.writeback_event.build().get_user_function()(event, completed)
+    return completed
+
+
+def everything_stored(stack: Stack) -> str:
+    return "\n".join(repr(record) for record in stack.audit.records.values())
+
+
+class TestBindings:
+    def test_the_trigger_is_declared_as_infra_sets_it(self) -> None:
+        """An Event Grid trigger with an identity-based Event Grid output binding (the
+        connection prefix `WritebackEvents`, so `WritebackEvents__topicEndpointUri`)."""
+        # Built from the function itself: indexing the whole app twice in one process fails.
+        function = function_app.writeback_event.build()
+        trigger, output = json.loads(function.get_function_json())["bindings"]
+        assert trigger == {"direction": "IN", "type": "eventGridTrigger", "name": "event"}
+        assert output == {
+            "direction": "OUT", "type": "eventGrid", "name": "completed",
+            "connection": "WritebackEvents",
+        }  # fmt: skip
+
+    def test_every_setting_the_bindings_use_is_in_the_sample(self) -> None:
+        """The binding expressions and the identity-based connection prefixes have their
+        settings in local.settings.sample.json (the settings test does not see these forms)."""
+        root = Path(function_app.__file__).parent
+        sample = json.loads((root / "local.settings.sample.json").read_text())["Values"]
+        for name in (
+            "WRITEBACK_AUDIT_HUB", "WRITEBACK_AUDIT_CONSUMER_GROUP",
+            "EntraAuditHub__fullyQualifiedNamespace", "WritebackEvents__topicEndpointUri",
+            "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE", "WRITEBACK_DRIFT_WINDOW_SECONDS",
+            "WRITEBACK_DRIFT_FORCE_CHANGE",
+        ):  # fmt: skip
+            assert name in sample, name
+
+
+class TestRequestedEvents:
+    async def test_a_sealed_reset_is_applied_and_answered(self, tmp_path: Path) -> None:
+        """A sealed reset event reaches the directory; the Completed event carries the outcome,
+        the caller is the event's source, and the trace continues the publisher's."""
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            target, event_id = user(), str(uuid.uuid4())
+            body = sealed_reset(target, source="/portals/self-service", event_id=event_id)
+            body["traceparent"] = TRACEPARENT
+            completed = await deliver(cloud_event(body))
+            request_id = events.request_id("/portals/self-service", event_id)
+            applied = stack.directory.applied[-1]
+            assert (applied.user, applied.new_password) == (target, PASSWORD)  # type: ignore[union-attr]
+            answer = completed.event()
+            assert answer["type"] == "Writeback.PasswordReset.Completed"
+            assert answer["specversion"] == "1.0"
+            assert (answer["id"], answer["source"], answer["subject"]) == (
+                request_id, "/writeback", target,
+            )  # fmt: skip
+            assert answer["traceparent"].split("-")[1] == TRACEPARENT.split("-")[1]
+            data = answer["data"]
+            assert (data["status"], data["reason"], data["operation"]) == (
+                "applied", "applied", "reset",
+            )  # fmt: skip
+            assert (data["requestId"], data["eventId"], data["eventSource"], data["user"]) == (
+                request_id, event_id, "/portals/self-service", target,
+            )  # fmt: skip
+            record = stack.audit.records[request_id]
+            assert (record.caller_kind, record.caller, record.source) == (
+                "event", "event-grid:/portals/self-service", "event",
+            )  # fmt: skip
+            assert record.sealed_by_caller
+            assert record.unlock
+            assert record.trace_id == TRACEPARENT.split("-")[1]
+
+    async def test_a_second_delivery_applies_nothing_and_answers_again(
+        self, tmp_path: Path
+    ) -> None:
+        """Event Grid delivers at least once: the same event again finds its request, writes
+        nothing, audits nothing new and publishes the same Completed event."""
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            body = sealed_reset(user(), source="/portals/self-service", event_id="evt-0001")
+            first = await deliver(cloud_event(body))
+            audited = dict(stack.audit.records)
+            second = await deliver(cloud_event(body))
+            assert len(stack.directory.applied) == 1
+            assert stack.audit.records == audited
+            assert first.event()["data"] == second.event()["data"]
+            assert first.event()["id"] == second.event()["id"]
+
+    async def test_unlock_and_the_event_grid_schema(self, tmp_path: Path) -> None:
+        """An unlock event needs no password; a delivery in the Event Grid schema works too,
+        its topic standing for the source."""
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            target = user()
+            event = func.EventGridEvent(
+                id="unlock-1", data={"user": target}, topic="/subscriptions/s/topics/portal",
+                subject=f"users/{target}", event_type="Writeback.AccountUnlock.Requested",
+                event_time=datetime.datetime.now(datetime.UTC), data_version="1.0",
+            )  # fmt: skip
+            answer = (await deliver(event)).event()
+            assert answer["type"] == "Writeback.AccountUnlock.Completed"
+            assert answer["data"]["status"] == "applied"
+            assert stack.directory.applied[-1].operation is Operation.UNLOCK
+            assert answer["id"] == events.request_id("/subscriptions/s/topics/portal", "unlock-1")
+
+    async def test_an_outcome_not_in_yet_is_retried_by_event_grid(self, tmp_path: Path) -> None:
+        """No outcome within the wait: the trigger raises (Event Grid redelivers); the
+        redelivery sends nothing again and answers once the relay has answered."""
+        async with cloud_stack(tmp_path, wait=0.5) as stack:
+            await stack.start_relay()
+            await stack.stop_relay()  # its heartbeat is fresh, but nobody takes the request
+            body = sealed_reset(user(), source="/portals/self-service", event_id="slow-1")
+            with pytest.raises(events.OutcomePending):
+                await deliver(cloud_event(body))
+            await stack.start_relay()
+            deadline = time.monotonic() + 10
+            while not stack.directory.applied and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            answer = (await deliver(cloud_event(body))).event()
+            assert answer["data"]["status"] == "applied"
+            assert len(stack.directory.applied) == 1
+
+    async def test_a_failed_outcome_is_answered_not_raised(self, tmp_path: Path) -> None:
+        """No relay alive: the request fails fast and the Completed event says so."""
+        async with cloud_stack(tmp_path):
+            body = sealed_reset(user(), source="/portals/self-service", event_id="down-1")
+            answer = (await deliver(cloud_event(body))).event()
+            assert (answer["data"]["status"], answer["data"]["reason"]) == (
+                "failed", "agent.unavailable",
+            )  # fmt: skip
+
+
+class TestRefusals:
+    async def test_a_cleartext_password_is_refused_and_never_stored(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The published cleartext sample is refused: audited as request.invalid without the
+        value, answered, never sent, and the value is in no log, record or answer."""
+        caplog.set_level(logging.DEBUG)
+        body = fixture("cloudevent-reset-cleartext.json")
+        secret = body["data"]["newPassword"]
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            completed = await deliver(cloud_event(body))
+            again = await deliver(cloud_event(body))
+            request_id = events.request_id(body["source"], body["id"])
+            record = stack.audit.records[request_id]
+            assert (record.status, record.reason) == ("rejected", "request.invalid")
+            assert record.detail is not None
+            assert "cleartext password in an event" in record.detail
+            assert record.user == "adele.vance@corp.example.test"
+            assert len(stack.audit.records) == 1
+            assert stack.directory.applied == []
+            assert stack.broker.stats(requests_queue(DOMAIN))["active"] == 0
+            data = completed.event()["data"]
+            assert (data["status"], data["field"]) == ("rejected", "newPassword")
+            assert again.event()["data"]["status"] == "rejected"
+            logged = [repr(vars(entry)) for entry in caplog.records]
+            for text in (everything_stored(stack), *logged, *completed.values, *again.values):
+                assert secret not in text
+
+    @pytest.mark.parametrize(
+        ("data", "field"),
+        [
+            ("not an object", "data"),
+            ({"user": "x@corp.example.test", "oldPassword": "Old-Pa55!"}, "oldPassword"),
+            ({"user": "x@corp.example.test", "initiator": "admin"}, "newPassword"),
+            ({"user": "x@corp.example.test", "initiator": "admin", "sealedPassword": {
+                "recipients": []}, "requestId": "x" * 8, "expiresAt": 1}, "expiresAt"),
+        ],
+    )  # fmt: skip
+    async def test_bad_data_is_refused_naming_the_field(
+        self, tmp_path: Path, data: object, field: str
+    ) -> None:
+        """Each bad body is audited and answered as rejected, naming its field; nothing is
+        sent and nothing is raised."""
+        async with cloud_stack(tmp_path) as stack:
+            body = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/portals/p",
+                    "type": "Writeback.PasswordReset.Requested", "data": data}  # fmt: skip
+            answer = (await deliver(cloud_event(body))).event()
+            assert (answer["data"]["status"], answer["data"]["field"]) == ("rejected", field)
+            (record,) = stack.audit.records.values()
+            assert record.status == "rejected"
+            assert stack.directory.applied == []
+
+    async def test_a_user_of_no_writeback_domain_is_refused(self, tmp_path: Path) -> None:
+        """The service's own refusal (the UPN routes nowhere) is audited and answered too."""
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            body = {"specversion": "1.0", "id": "u1", "source": "/portals/p",
+                    "type": "Writeback.AccountUnlock.Requested",
+                    "data": {"user": "someone@elsewhere.test"}}  # fmt: skip
+            answer = (await deliver(cloud_event(body))).event()
+            assert (answer["data"]["reason"], answer["data"]["field"]) == (
+                "user.unknown_domain", "user",
+            )  # fmt: skip
+            record = stack.audit.records[events.request_id("/portals/p", "u1")]
+            assert (record.status, record.domain) == ("rejected", "")
+
+    async def test_a_request_id_not_derived_from_the_event_is_refused(self, tmp_path: Path) -> None:
+        """A sealed password bound to some other request id cannot ride on this event."""
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            body = sealed_reset(user(), source="/portals/p", event_id="mine")
+            body["id"] = "someone-elses"
+            answer = (await deliver(cloud_event(body))).event()
+            assert (answer["data"]["reason"], answer["data"]["field"]) == (
+                "request.invalid", "requestId",
+            )  # fmt: skip
+            assert stack.directory.applied == []
+
+    async def test_other_events_are_dropped(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Another type, or a spec version we do not read, is logged and dropped: nothing
+        audited, nothing published, nothing raised."""
+        async with cloud_stack(tmp_path) as stack:
+            for kind, version in (("Microsoft.Storage.BlobCreated", "1.0"),
+                                  ("Writeback.PasswordReset.Requested", "0.3")):  # fmt: skip
+                body = {"specversion": version, "id": "e1", "source": "/s", "type": kind,
+                        "data": {}}  # fmt: skip
+                assert (await deliver(cloud_event(body))).values == []
+            assert stack.audit.records == {}
+        assert "event dropped" in caplog.text
+
+    async def test_an_id_taken_by_another_caller_is_not_answered_with_its_outcome(
+        self, tmp_path: Path
+    ) -> None:
+        """If an API caller used the id this event derives to, the event is refused and the
+        other request's outcome is not published under it."""
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            body = sealed_reset(user(), source="/portals/p", event_id="taken")
+            request_id = body["data"]["requestId"]
+            stack.audit.records[request_id] = AuditRecord(
+                request_id=request_id, received_at=time.time(), domain=DOMAIN,
+                user=f"other@{DOMAIN}", operation="reset", initiator="admin",
+                caller="api-key:abc", caller_kind="api-key", status="applied", reason="applied",
+            )  # fmt: skip
+            answer = (await deliver(cloud_event(body))).event()
+            assert (answer["data"]["status"], answer["data"]["user"]) == ("rejected", None)
+            assert stack.directory.applied == []

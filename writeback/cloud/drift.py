@@ -1,0 +1,370 @@
+"""The Entra ID audit log stream: unlocks to write back, and passwords that drifted apart.
+
+Entra's diagnostic settings stream the audit log to an Event Hub in Azure Monitor's export
+format, `{"records": [{"category": "AuditLogs", "operationName": …, "properties": {…}}]}`
+(docs/events.md). Two kinds of record matter, and every other one is dropped on its category and
+operation name before any other work:
+
+- "Unlock user account (self-service)" for a user of a writeback domain becomes an unlock
+  request through the writeback service, when WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE is on;
+- a successful password reset or change in Entra for a user of a writeback domain with no
+  writeback request for that user (applied, or still pending) within
+  WRITEBACK_DRIFT_WINDOW_SECONDS of it means the Entra and AD passwords now differ: a reset in
+  the Microsoft 365 admin center, which never writes back, is the known case. It becomes a drift
+  record in the audit trail, one count of `writeback.drift` and a warning log line
+  ("password drift") for an operator to alert on.
+
+A record that cannot be read is logged and skipped; one bad record never fails the batch. Ids
+derive from Entra's record id, so a batch delivered again changes nothing. Logs carry request
+ids, domains and Entra record ids, never a UPN (the audit record has it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import metrics
+
+from writeback.cloud.audit import AuditRecord, AuditTrail
+from writeback.cloud.service import WritebackService
+from writeback.cloud.settings import DRIFT_FORCE_CHANGE, EventSettings
+from writeback.cloud.submissions import InvalidInput, Submission
+from writeback.cloud.telemetry import Telemetry, trace_id
+from writeback.errors import WritebackError
+from writeback.protocol import Operation, Reason
+from writeback.protocol.messages import MAX_TEXT, upn_problem
+from writeback.routing import UnknownDomain
+
+log = logging.getLogger(__name__)
+
+AUDIT_LOGS = "AuditLogs"  # the diagnostic category of the audit log (sign-ins are others)
+UNLOCK = "Unlock user account (self-service)"
+# Entra's names (loggedByService "Self-service Password Management" for the first three, "Core
+# Directory" for the rest; Microsoft's audit activity reference lists "Reset password" where
+# tenants log "Reset user password", so both are read).
+PASSWORD_ACTIVITIES = frozenset(
+    {
+        "Reset password (self-service)",
+        "Reset password (by admin)",
+        "Change password (self-service)",
+        "Reset user password",
+        "Change user password",
+        "Reset password",
+    }
+)
+RELEVANT = PASSWORD_ACTIVITIES | {UNLOCK}
+SOURCE = "entra-audit"  # the audit record's `source` for what this stream writes
+DRIFT = "drift"  # a drift record's `operation`
+DRIFT_REASON = Reason.PASSWORD_DRIFT.value
+DRIFT_MESSAGE = "The password was changed in Entra ID but not in Active Directory."
+_NAMESPACE = uuid.UUID("54144abf-95f1-46eb-85e9-0044febfd948")
+_WRITES = frozenset({Operation.RESET.value, Operation.CHANGE.value})
+_MATCHING = frozenset({"applied", "pending"})  # a request that did (or may still) write AD
+
+
+class Unreadable(ValueError):
+    """A relevant record that cannot be used; the message names the field, never a value."""
+
+
+@dataclass(frozen=True)
+class EntraActivity:
+    """One successful, relevant Entra audit record: what happened, to whom, when, by whom."""
+
+    record_id: str  # Entra's `properties.id`
+    activity: str  # activityDisplayName
+    logged_by: str  # loggedByService
+    user: str  # the target user's UPN
+    at: float  # activityDateTime, epoch seconds
+    initiated_by: str  # "user:<upn>" or "app:<name>"
+    correlation_id: str | None
+
+
+@dataclass
+class Summary:
+    """What one batch held and what became of it (logged once per batch)."""
+
+    records: int = 0
+    relevant: int = 0
+    skipped: int = 0  # unreadable
+    not_ours: int = 0  # no writeback domain, or unlocks are off
+    unlocks: int = 0
+    drifts: int = 0
+    matched: int = 0
+    repeated: int = 0  # already handled (a batch again, or another service's twin record)
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class StreamCaller:
+    """Who asked, for the audit trail: the audit stream, on behalf of Entra's initiator."""
+
+    kind: str
+    identity: str
+
+
+def activities(body: bytes | str, summary: Summary) -> Iterator[EntraActivity]:
+    """The relevant activities in one Event Hub message; the rest is counted and dropped."""
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        summary.skipped += 1
+        log.warning("audit message skipped: not JSON")
+        return
+    records = message.get("records") if isinstance(message, dict) else None
+    if not isinstance(records, list):
+        summary.skipped += 1
+        log.warning("audit message skipped: no records list (not a diagnostic export)")
+        return
+    for record in records:
+        summary.records += 1
+        if not isinstance(record, dict):
+            summary.skipped += 1
+            log.warning("audit record skipped: not an object")
+            continue
+        name = record.get("operationName")
+        # The cheap filter: most of the stream is sign-ins and other directory changes.
+        if (
+            record.get("category") != AUDIT_LOGS
+            or not isinstance(name, str)
+            or name not in RELEVANT
+        ):
+            continue
+        try:
+            activity = read_record(record)
+        except Unreadable as exc:
+            summary.skipped += 1
+            log.warning("audit record skipped", extra={"activity": name, "problem": str(exc)})
+            continue
+        if activity is not None:
+            summary.relevant += 1
+            yield activity
+
+
+def read_record(record: Mapping[str, Any]) -> EntraActivity | None:
+    """The activity of one relevant AuditLogs record; None if it did not succeed."""
+    properties = record.get("properties")
+    if not isinstance(properties, dict):
+        raise Unreadable("properties is not an object")
+    result = properties.get("result")
+    if result is None:
+        raise Unreadable("properties.result is missing")
+    if result not in ("success", 0):  # 0 is "success" in older exports
+        return None  # a failed reset changed no password
+    record_id = properties.get("id")
+    if not isinstance(record_id, str) or not record_id:
+        raise Unreadable("properties.id is missing")
+    logged_by = properties.get("loggedByService")
+    correlation = properties.get("correlationId") or record.get("correlationId")
+    return EntraActivity(
+        record_id=record_id,
+        activity=str(record["operationName"]),
+        logged_by=logged_by if isinstance(logged_by, str) else "",
+        user=_target_user(properties.get("targetResources")),
+        at=_time(properties.get("activityDateTime") or record.get("time")),
+        initiated_by=_initiator(properties.get("initiatedBy")),
+        correlation_id=correlation if isinstance(correlation, str) else None,
+    )
+
+
+def _target_user(targets: object) -> str:
+    if not isinstance(targets, list):
+        raise Unreadable("properties.targetResources is not a list")
+    for target in targets:
+        if not isinstance(target, dict):
+            continue
+        kind = target.get("type", target.get("Type", "User"))  # Graph's samples spell it "Type"
+        upn = target.get("userPrincipalName")
+        if isinstance(kind, str) and kind.lower() == "user" and isinstance(upn, str) and upn:
+            if upn_problem(upn) is not None:
+                raise Unreadable("targetResources: the user's userPrincipalName is not a UPN")
+            return upn
+    raise Unreadable("targetResources names no user")
+
+
+def _time(value: object) -> float:
+    if not isinstance(value, str):
+        raise Unreadable("properties.activityDateTime is missing")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Unreadable("properties.activityDateTime is not an ISO 8601 time") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _initiator(initiated: object) -> str:
+    if isinstance(initiated, dict):
+        user, app = initiated.get("user"), initiated.get("app")
+        if isinstance(user, dict) and isinstance(user.get("userPrincipalName"), str):
+            return f"user:{user['userPrincipalName']}"[:256]
+        if isinstance(app, dict):
+            name = app.get("displayName") or app.get("appId")
+            if isinstance(name, str):
+                return f"app:{name}"[:256]
+    return "unknown"
+
+
+def derived_id(prefix: str, activity: EntraActivity) -> str:
+    """A request id from Entra's record id: the same record always gives the same id."""
+    return f"{prefix}:{uuid.uuid5(_NAMESPACE, activity.record_id)}"
+
+
+class AuditStream:
+    """Processes batches of the Entra audit stream over the writeback service and its audit
+    trail. Built once per Cloud (settings read once; the drift counter created once)."""
+
+    def __init__(
+        self,
+        service: WritebackService,
+        audit: AuditTrail,
+        telemetry: Telemetry,
+        settings: EventSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._service = service
+        self._audit = audit
+        self._telemetry = telemetry
+        self._settings = settings
+        self._clock = clock
+        self._drift = metrics.get_meter("writeback").create_counter(
+            "writeback.drift",
+            unit="{event}",
+            description="Entra ID password resets and changes not written back to AD",
+        )
+        if settings.drift_force_change:
+            log.warning(
+                "drift cannot force a change at next logon: the relay protocol has no "
+                "force-change-only operation; drift is recorded only",
+                extra={"setting": DRIFT_FORCE_CHANGE},
+            )
+
+    async def process(self, bodies: Iterable[bytes | str]) -> Summary:
+        """Handle every relevant record of the batch. A failure a retry may get past (storage,
+        keys, transport) is raised after the whole batch, so a retry policy can run it again
+        (the work is idempotent); anything else is logged per record."""
+        summary = Summary()
+        transient: WritebackError | None = None
+        for body in bodies:
+            for activity in activities(body, summary):
+                try:
+                    await self._handle(activity, summary)
+                except WritebackError as exc:
+                    summary.failed += 1
+                    transient = transient or exc
+                    log.error(
+                        "audit record not processed",
+                        extra={"entra_id": activity.record_id, "kind": type(exc).__name__,
+                               "error": str(exc)},
+                    )  # fmt: skip
+                except Exception:  # one record's bug must not lose the rest of the batch
+                    summary.failed += 1
+                    log.exception(
+                        "audit record not processed", extra={"entra_id": activity.record_id}
+                    )
+        log.info("audit batch", extra=asdict(summary))
+        if transient is not None:
+            raise transient
+        return summary
+
+    async def _handle(self, activity: EntraActivity, summary: Summary) -> None:
+        try:
+            domain = self._service.routes.route(activity.user)
+        except UnknownDomain:
+            summary.not_ours += 1
+            return
+        if activity.activity == UNLOCK:
+            await self._unlock(activity, domain, summary)
+        else:
+            await self._check(activity, domain, summary)
+
+    async def _unlock(self, activity: EntraActivity, domain: str, summary: Summary) -> None:
+        if not self._settings.unlock_on_self_service:
+            summary.not_ours += 1
+            return
+        submission = Submission(
+            Operation.UNLOCK, activity.user, request_id=derived_id("entra", activity)
+        )
+        caller = StreamCaller("event", f"{SOURCE}:{activity.initiated_by}")
+        with self._telemetry.request(Operation.UNLOCK.value, None) as traceparent:
+            try:
+                answer = await self._service.submit(
+                    submission, caller, source=SOURCE, trace_id=trace_id(traceparent),
+                    traceparent=traceparent,
+                )  # fmt: skip
+            except InvalidInput as exc:
+                if exc.reason == "request.duplicate":
+                    summary.repeated += 1
+                else:
+                    summary.skipped += 1
+                    log.warning("Entra unlock not written back", extra={"reason": exc.reason})
+                return
+            self._telemetry.completed(Operation.UNLOCK.value, answer)
+        summary.unlocks += 1
+        log.info(
+            "Entra self-service unlock written back",
+            extra={"request_id": answer.request_id, "domain": domain,
+                   "status": answer.status or "pending", "reason": answer.reason},
+        )  # fmt: skip
+
+    async def _check(self, activity: EntraActivity, domain: str, summary: Summary) -> None:
+        window = self._settings.drift_window_seconds
+        nearby = await self._audit.for_user(
+            activity.user, activity.at - window, activity.at + window
+        )
+        if any(r.operation in _WRITES and r.status in _MATCHING for r in nearby):
+            summary.matched += 1
+            return
+        if any(r.operation == DRIFT for r in nearby):
+            summary.repeated += 1  # this record again, or its twin from another Entra service
+            return
+        await self._record_drift(activity, domain, window)
+        summary.drifts += 1
+
+    async def _record_drift(self, activity: EntraActivity, domain: str, window: float) -> None:
+        now = self._clock()
+        when = datetime.fromtimestamp(activity.at, UTC).isoformat()
+        detail = (
+            f"Entra '{activity.activity}' ({activity.logged_by or 'unknown service'}) by "
+            f"{activity.initiated_by} at {when}, record {activity.record_id}: no writeback "
+            f"request for this user within {window:g}s, so the Entra ID and AD passwords differ. "
+            "Reset the password through writeback, or have the user change it."
+        )
+        if self._settings.drift_force_change:
+            detail += f" {DRIFT_FORCE_CHANGE} is set but not available yet: nothing was sent."
+        record = AuditRecord(
+            request_id=derived_id(DRIFT, activity),
+            received_at=activity.at,  # when it happened in Entra: the window is around it
+            domain=domain,
+            user=activity.user,
+            operation=DRIFT,
+            initiator=activity.initiated_by,
+            caller=f"{SOURCE}:{activity.logged_by or 'unknown'}",
+            caller_kind="event",
+            source=SOURCE,
+            status="failed",  # an administrator must act
+            reason=DRIFT_REASON,
+            message=DRIFT_MESSAGE,
+            detail=detail[:MAX_TEXT],
+            completed_at=now,
+            duration_ms=max(0, round((now - activity.at) * 1000)),
+        )
+        await self._audit.record(record)
+        self._drift.add(1, {"domain": domain, "activity": activity.activity})
+        log.warning(
+            "password drift",
+            extra={
+                "request_id": record.request_id,
+                "domain": domain,
+                "activity": activity.activity,
+                "logged_by": activity.logged_by,
+                "entra_id": activity.record_id,
+                "correlation_id": activity.correlation_id,
+            },
+        )
