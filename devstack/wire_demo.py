@@ -62,6 +62,7 @@ async def _ask(
         expires_at=now + 120,
         initiator=initiator,
         unlock=unlock,
+        reply_session=cloud.reply_session,
     )
     started = time.perf_counter()
     waiting = asyncio.create_task(cloud.wait_for_outcome(request_id, time.time() + wait))

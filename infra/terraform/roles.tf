@@ -23,6 +23,15 @@ resource "azurerm_role_assignment" "function_receive_outcomes" {
   principal_type       = "ServicePrincipal"
 }
 
+# It re-sends an outcome that arrived after its caller gave up (still signed by the relay) to the
+# request's own session, where a status read on any instance finds it.
+resource "azurerm_role_assignment" "function_resend_outcomes" {
+  scope                = azurerm_servicebus_queue.outcomes.id
+  role_definition_name = "Azure Service Bus Data Sender"
+  principal_id         = azurerm_function_app_flex_consumption.main.identity[0].principal_id
+  principal_type       = "ServicePrincipal"
+}
+
 resource "azurerm_role_assignment" "function_receive_heartbeats" {
   scope                = azurerm_servicebus_queue.heartbeats.id
   role_definition_name = "Azure Service Bus Data Receiver"

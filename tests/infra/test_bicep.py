@@ -518,6 +518,7 @@ class TestRoleAssignments:
         expected = {
             *((SERVICEBUS_DATA_SENDER, _queue(requests_queue(d))) for d in DOMAINS),
             (SERVICEBUS_DATA_RECEIVER, _queue(OUTCOMES_QUEUE)),
+            (SERVICEBUS_DATA_SENDER, _queue(OUTCOMES_QUEUE)),  # re-sends late outcomes
             (SERVICEBUS_DATA_RECEIVER, _queue(HEARTBEATS_QUEUE)),
             *((KEYVAULT_SECRETS_USER, Entity("secret", name)) for name in secrets),
             (STORAGE_TABLE_DATA_CONTRIBUTOR, Entity("table", "WritebackAudit")),

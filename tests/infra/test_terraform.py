@@ -362,7 +362,7 @@ class TestResources:
             "azurerm_eventhub": 1,
             "azurerm_eventhub_consumer_group": 1,
             "azurerm_eventhub_namespace_authorization_rule": 1,
-            "azurerm_role_assignment": 20,
+            "azurerm_role_assignment": 21,
         }
 
     def test_queues_have_the_specified_properties(self, model: tm.TerraformModel) -> None:
@@ -627,6 +627,7 @@ class TestRoles:
         assert _roles(model, FUNCTION) == {
             (SENDER, Entity("queue", REQUESTS)),
             (RECEIVER, Entity("queue", OUTCOMES_QUEUE)),
+            (SENDER, Entity("queue", OUTCOMES_QUEUE)),  # re-sends late outcomes
             (RECEIVER, Entity("queue", HEARTBEATS_QUEUE)),
             (SECRETS_USER, Entity("secret", "writeback-cloud-signing-key")),
             (SECRETS_USER, Entity("secret", RELAY_KEYS)),

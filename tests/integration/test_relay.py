@@ -77,6 +77,7 @@ class Cloud:
             expires_at=now + expires_in,
             initiator=initiator if operation is Operation.RESET else None,
             unlock=unlock,
+            reply_session=self.transport.reply_session,
         )
         token = sealing.seal_request(message, secrets, self.relay_keys, signer or self.signing_key)
         await self.transport.send_request(self.domain, request_id, token, now + expires_in)

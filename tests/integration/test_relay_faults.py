@@ -112,6 +112,7 @@ class TestKilledBetweenWriteAndOutcome:
                     issued_at=now,
                     expires_at=now + 300,
                     initiator=Initiator.ADMIN,
+                    reply_session=cloud.reply_session,
                 )
                 dying = start_relay(config, log, AFTER_DIRECTORY_WRITE)
                 await cloud.send_request(

@@ -4,13 +4,18 @@ The same tests run against `InProcessCloud`/`InProcessRelay` (the queue model in
 against `ServiceBusCloud`/`ServiceBusRelay` with the unmodified azure-servicebus SDK talking AMQP
 to the local broker, and against a real Service Bus namespace when
 `WRITEBACK_LIVE_SERVICEBUS_CONNECTION_STRING` is set (its queues must exist as infra/ declares them,
-for the domain in `WRITEBACK_LIVE_SERVICEBUS_DOMAIN`).
+for the domain in `WRITEBACK_LIVE_SERVICEBUS_DOMAIN`). Request/reply is the request-response
+pattern with one reply session per cloud instance (see `writeback.transport`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
+import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from azure.servicebus import ServiceBusSubQueue
+from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from devstack.servicebus import LocalServiceBus, writeback_queues
-from writeback.errors import TransportLockLost
+from writeback.errors import TransportError, TransportLockLost
 from writeback.transport import (
     HEARTBEATS_QUEUE,
     OUTCOMES_QUEUE,
@@ -31,7 +36,7 @@ from writeback.transport import (
     requests_queue,
 )
 from writeback.transport.inprocess import InProcessCloud, InProcessRelay
-from writeback.transport.memory import MemoryBroker, QueueConfig
+from writeback.transport.memory import MemoryBroker, QueueConfig, StoredMessage
 from writeback.transport.servicebus import ServiceBusCloud, ServiceBusRelay
 from writeback.transport.settings import ServiceBusSettings
 
@@ -48,12 +53,14 @@ def queues() -> list[QueueConfig]:
 
 @dataclass
 class Backend:
-    """How to build both sides of one transport, and to look into its dead-letter queue."""
+    """How to build both sides of one transport, and to look into and write to its queues."""
 
     name: str
     cloud: Callable[[], CloudTransport]
     relay: Callable[[], RelayTransport]
     drain: Callable[[str], Any]  # async: queue -> [(body, dead-letter reason, description)]
+    # async: (queue, body, session id, correlation id): a message no transport of ours would send
+    send_raw: Callable[[str, str, str, str | None], Any]
     lock_seconds: float = LOCK_SECONDS
 
     async def dead_letters(self, queue: str) -> list[tuple[str, str | None, str | None]]:
@@ -83,16 +90,24 @@ def sdk_backend(name: str, connection_string: str) -> Backend:
                     await receiver.complete_message(message)
         return [(str(m), m.dead_letter_reason, m.dead_letter_error_description) for m in found]
 
+    async def send_raw(queue: str, body: str, session: str, correlation: str | None) -> None:
+        client = ServiceBusClient.from_connection_string(connection_string)
+        async with client, client.get_queue_sender(queue) as sender:
+            await sender.send_messages(
+                ServiceBusMessage(body, session_id=session, correlation_id=correlation)
+            )
+
     return Backend(
         name,
         lambda: ServiceBusCloud(settings, None),
         lambda: ServiceBusRelay(settings, None, DOMAIN),
         drain,
+        send_raw,
     )
 
 
-def inprocess_backend() -> Backend:
-    broker = MemoryBroker(queues())
+def inprocess_backend(configs: list[QueueConfig] | None = None) -> Backend:
+    broker = MemoryBroker(configs or queues())
 
     async def drain(queue: str) -> list[tuple[str, str | None, str | None]]:
         broker.tick()
@@ -101,8 +116,17 @@ def inprocess_backend() -> Backend:
             broker.complete(queue, str(message.lock_token))
         return [(m.body.decode(), m.dead_letter_reason, m.dead_letter_description) for m in found]
 
+    async def send_raw(queue: str, body: str, session: str, correlation: str | None) -> None:
+        broker.send(
+            queue, StoredMessage(body.encode(), session_id=session, correlation_id=correlation)
+        )
+
     return Backend(
-        "inprocess", lambda: InProcessCloud(broker), lambda: InProcessRelay(broker, DOMAIN), drain
+        "inprocess",
+        lambda: InProcessCloud(broker),
+        lambda: InProcessRelay(broker, DOMAIN),
+        drain,
+        send_raw,
     )
 
 
@@ -124,8 +148,9 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 async def sides(backend: Backend) -> AsyncIterator[tuple[CloudTransport, RelayTransport]]:
     cloud, relay = backend.cloud(), backend.relay()
     # Start from an empty request queue: earlier tests' leftovers are someone else's problem.
-    while await relay.receive(50, 0.2):
-        pass
+    while leftovers := await relay.receive(50, 0.2):
+        for delivery in leftovers:
+            await relay.complete(delivery)
     yield cloud, relay
     await cloud.close()
     await relay.close()
@@ -144,9 +169,19 @@ async def receive_one(relay: RelayTransport, wait: float = 5.0) -> Any:
     return None
 
 
+async def answer(relay: RelayTransport, request_id: str, body: str, session: str) -> None:
+    """The relay's part of a round trip: take the request off its queue, answer, complete."""
+    delivery = await receive_one(relay)
+    assert delivery is not None
+    assert delivery.message_id == request_id
+    await relay.send_outcome(request_id, body, session)
+    await relay.complete(delivery)
+
+
 class TestRequestReply:
     async def test_one_round_trip(self, sides: tuple[CloudTransport, RelayTransport]) -> None:
-        """A request reaches the relay with its id and reply address; the outcome comes back."""
+        """A request reaches the relay with its id and the instance's reply session; the outcome
+        answered on that session reaches the waiter."""
         cloud, relay = sides
         rid = request_id()
         await cloud.send_request(DOMAIN, rid, "signed-request", time.time() + 60)
@@ -156,15 +191,103 @@ class TestRequestReply:
             rid,
             1,
         )
-        assert (delivery.reply_to, delivery.reply_to_session_id) == (OUTCOMES_QUEUE, rid)
-        await relay.send_outcome(rid, "signed-outcome")
+        assert (delivery.reply_to, delivery.reply_to_session_id) == (
+            OUTCOMES_QUEUE,
+            cloud.reply_session,
+        )
+        await relay.send_outcome(rid, "signed-outcome", cloud.reply_session)
         await relay.complete(delivery)
         assert await cloud.wait_for_outcome(rid, time.time() + 10) == "signed-outcome"
 
-    async def test_fifty_concurrent_waiters_get_their_own(
+    async def test_every_instance_has_its_own_reply_session(self, backend: Backend) -> None:
+        """Two cloud instances never share a reply session, and both can listen at once."""
+        first, second = backend.cloud(), backend.cloud()
+        try:
+            assert first.reply_session != second.reply_session
+            await asyncio.gather(first.start(), second.start())
+        finally:
+            await asyncio.gather(first.close(), second.close())
+
+    async def test_fifty_concurrent_requests_on_one_instance(
         self, sides: tuple[CloudTransport, RelayTransport]
     ) -> None:
-        """50 waiters at once: each receives exactly the outcome for its own request."""
+        """50 requests of one instance in flight at once, answered in reverse order on its one
+        reply session: each waiter gets exactly its own outcome."""
+        cloud, relay = sides
+        ids = [request_id() for _ in range(50)]
+        await asyncio.gather(
+            *(cloud.send_request(DOMAIN, rid, rid, time.time() + 60) for rid in ids)
+        )
+        waiters = [
+            asyncio.create_task(cloud.wait_for_outcome(rid, time.time() + 30)) for rid in ids
+        ]
+        for rid in reversed(ids):
+            await relay.send_outcome(rid, f"outcome-for-{rid}", cloud.reply_session)
+        results = await asyncio.gather(*waiters)
+        assert results == [f"outcome-for-{rid}" for rid in ids]
+
+    async def test_two_waits_for_one_request_both_get_it(
+        self, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """A status read on the instance that is still waiting for the request gets the same
+        outcome as the original wait."""
+        cloud, relay = sides
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        waits = [
+            asyncio.create_task(cloud.wait_for_outcome(rid, time.time() + 10)) for _ in range(2)
+        ]
+        await asyncio.sleep(0)  # both start waiting before the outcome can arrive
+        await relay.send_outcome(rid, "outcome", cloud.reply_session)
+        assert await asyncio.gather(*waits) == ["outcome", "outcome"]
+
+    async def test_a_late_outcome_is_found_by_a_later_read(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """An outcome arriving after its waiter gave up is kept on the request's own session:
+        a later read on another instance finds it, once."""
+        cloud, relay = sides
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        started = time.time()
+        assert await cloud.wait_for_outcome(rid, started + 1.0) is None
+        assert time.time() - started < 3
+        await answer(relay, rid, "late-outcome", cloud.reply_session)
+        other = backend.cloud()
+        try:
+            assert await other.wait_for_outcome(rid, time.time() + 10) == "late-outcome"
+            assert await other.wait_for_outcome(rid, time.time() + 1.0) is None
+        finally:
+            await other.close()
+
+    async def test_another_instances_outcome_is_not_delivered_here(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """Each instance's waiters get only what arrives on its own session: an outcome for
+        this instance's request sent to another instance's session does not reach the waiter
+        here (that instance keeps it on the request's own session, for a later read)."""
+        cloud, relay = sides
+        other = backend.cloud()
+        try:
+            mine, theirs = request_id(), request_id()
+            await cloud.send_request(DOMAIN, mine, "mine", time.time() + 60)
+            await other.send_request(DOMAIN, theirs, "theirs", time.time() + 60)
+            waiting_here = asyncio.create_task(cloud.wait_for_outcome(mine, time.time() + 2))
+            waiting_there = asyncio.create_task(other.wait_for_outcome(theirs, time.time() + 10))
+            await relay.send_outcome(mine, "for-mine", other.reply_session)
+            await relay.send_outcome(theirs, "for-theirs", other.reply_session)
+            assert await waiting_there == "for-theirs"
+            assert await waiting_here is None
+            assert await cloud.wait_for_outcome(mine, time.time() + 10) == "for-mine"
+        finally:
+            await other.close()
+
+    async def test_status_reads_wait_on_each_requests_session(
+        self, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """50 reads at once for requests this instance did not send (answered on each request's
+        own session, as a relay does for a request naming no reply session): each gets its
+        own outcome."""
         cloud, relay = sides
         ids = [request_id() for _ in range(50)]
         waiters = [
@@ -172,7 +295,7 @@ class TestRequestReply:
         ]
         # Answer in reverse order so no waiter can get an answer by arriving first.
         for rid in reversed(ids):
-            await relay.send_outcome(rid, f"outcome-for-{rid}")
+            await relay.send_outcome(rid, f"outcome-for-{rid}", rid)
         results = await asyncio.gather(*waiters)
         assert results == [f"outcome-for-{rid}" for rid in ids]
 
@@ -191,18 +314,130 @@ class TestRequestReply:
                 await relay.complete(delivery)
         assert sorted(seen) == sorted(ids)
 
-    async def test_a_timed_out_waiter_gets_nothing_late(
+    async def test_a_timed_out_read_gets_nothing_late(
         self, sides: tuple[CloudTransport, RelayTransport]
     ) -> None:
-        """A waiter returns None at its deadline, and a late outcome reaches no other waiter."""
+        """A read returns None at its deadline, and a late outcome reaches no other waiter."""
         cloud, relay = sides
         late, other = request_id(), request_id()
         started = time.time()
         assert await cloud.wait_for_outcome(late, started + 1.5) is None
         assert time.time() - started < 5
-        await relay.send_outcome(late, "too-late")
-        await relay.send_outcome(other, "for-other")
+        await relay.send_outcome(late, "too-late", late)
+        await relay.send_outcome(other, "for-other", other)
         assert await cloud.wait_for_outcome(other, time.time() + 10) == "for-other"
+
+    async def test_an_uncorrelated_outcome_is_dead_lettered(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """An outcome without a CorrelationId on the reply session cannot be matched: it is
+        dead-lettered (not dropped), and the session keeps serving."""
+        cloud, relay = sides
+        await backend.drain(f"{OUTCOMES_QUEUE}/$DeadLetterQueue")
+        await cloud.start()
+        await backend.send_raw(OUTCOMES_QUEUE, "stray", cloud.reply_session, None)
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        await relay.send_outcome(rid, "outcome", cloud.reply_session)
+        assert await cloud.wait_for_outcome(rid, time.time() + 10) == "outcome"
+        dead = await backend.dead_letters(OUTCOMES_QUEUE)
+        assert [(body, reason) for body, reason, _ in dead] == [("stray", "outcome.uncorrelated")]
+
+    async def test_close_fails_the_waits_still_running(
+        self, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """Closing the cloud side ends its waits with TransportError instead of leaving them."""
+        cloud, _ = sides
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        waiting = asyncio.create_task(cloud.wait_for_outcome(rid, time.time() + 30))
+        await asyncio.sleep(0.1)
+        await cloud.close()
+        with pytest.raises(TransportError):
+            await waiting
+
+
+class TestReplySessionLock:
+    """The reply session's lock is renewed, and the session comes back after an outage."""
+
+    @staticmethod
+    def short_locks() -> list[QueueConfig]:
+        return [
+            dataclasses.replace(c, lock_duration=1.0) if c.name == OUTCOMES_QUEUE else c
+            for c in queues()
+        ]
+
+    @pytest.fixture(params=["inprocess", "servicebus-local"])
+    def short_lock_backend(self, request: pytest.FixtureRequest) -> Iterator[Backend]:
+        if request.param == "inprocess":
+            yield inprocess_backend(self.short_locks())
+            return
+        with LocalServiceBus(self.short_locks()) as bus:
+            yield sdk_backend("servicebus-local", bus.connection_string)
+
+    async def test_the_lock_is_renewed_while_listening(
+        self, short_lock_backend: Backend, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With a 1 s session lock, an instance that listened for 3 s still holds its session:
+        the outcome reaches the waiter and the session was never lost."""
+        cloud, relay = short_lock_backend.cloud(), short_lock_backend.relay()
+        try:
+            await cloud.start()
+            await asyncio.sleep(3)
+            rid = request_id()
+            await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+            await relay.send_outcome(rid, "outcome", cloud.reply_session)
+            assert await cloud.wait_for_outcome(rid, time.time() + 5) == "outcome"
+        finally:
+            await cloud.close()
+            await relay.close()
+        assert "reply_session_lost" not in [r.getMessage() for r in caplog.records]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# pyamqp (azure-servicebus 7.15.0) leaves its socket and transport unclosed when the peer
+# disappears under a connected client, which is exactly what this test does to it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_the_reply_session_survives_a_broker_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The local broker restarts (same queues, same port) while a request is in flight: the
+    instance reopens its reply session by itself and the outcome reaches the waiter."""
+    caplog.set_level(logging.WARNING, "writeback.transport")
+    bus = LocalServiceBus(queues(), port=free_port())
+    await asyncio.to_thread(bus.start)
+    backend = sdk_backend("servicebus-local", bus.connection_string)
+    cloud, relay = backend.cloud(), backend.relay()
+    try:
+        await cloud.start()
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        waiting = asyncio.create_task(cloud.wait_for_outcome(rid, time.time() + 30))
+        delivery = await receive_one(relay)
+        assert delivery is not None
+        await asyncio.to_thread(bus.stop)
+        await asyncio.to_thread(bus.start)
+        deadline = time.time() + 20
+        while True:  # the relay's sender reconnects too (our relay retries; here, the test)
+            try:
+                await relay.send_outcome(rid, "outcome", cloud.reply_session)
+                break
+            except TransportError:
+                if time.time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        assert await waiting == "outcome"
+    finally:
+        await cloud.close()
+        await relay.close()
+        await asyncio.to_thread(bus.stop)
+        gc.collect()  # reap the SDK's leaked sockets here, under this test's warning filter
+    assert "reply_session_lost" in [r.getMessage() for r in caplog.records]
 
 
 class TestDelivery:
@@ -302,6 +537,28 @@ class TestDelivery:
         await relay.dead_letter(delivery, "request.invalid_signature", "signed by an unknown key")
         dead = await backend.dead_letters(requests_queue(DOMAIN))
         assert ("forged", "request.invalid_signature", "signed by an unknown key") in dead
+
+    async def test_settling_while_the_relay_waits_is_not_held_up(
+        self, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """The pipeline completes a request while the agent already waits for the next one:
+        the completion goes through within a receive slice, and the waiting receive still
+        gets the next request at once."""
+        cloud, relay = sides
+        first, second = request_id(), request_id()
+        await cloud.send_request(DOMAIN, first, "first", time.time() + 60)
+        delivery = await receive_one(relay)
+        waiting = asyncio.create_task(relay.receive(1, 5.0))
+        await asyncio.sleep(0.05)  # the receive is waiting on an empty queue
+        started = time.monotonic()
+        await relay.complete(delivery)
+        assert time.monotonic() - started < 1.0
+        await cloud.send_request(DOMAIN, second, "second", time.time() + 60)
+        started = time.monotonic()
+        [next_one] = await waiting
+        assert next_one.message_id == second
+        assert time.monotonic() - started < 1.0
+        await relay.complete(next_one)
 
     async def test_heartbeats_are_sent(
         self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]

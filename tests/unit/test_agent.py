@@ -108,6 +108,7 @@ async def send(cloud: InProcessCloud, keys: dict[str, Any], request_id: str, use
         issued_at=now,
         expires_at=now + 60,
         initiator=Initiator.ADMIN,
+        reply_session=cloud.reply_session,
     )
     token = sealing.seal_request(
         message, Secrets("Agent-Pa55word!"), public(keys["relay"]), keys["cloud"]

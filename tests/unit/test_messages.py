@@ -41,6 +41,7 @@ def request_payload(**changes: Any) -> dict[str, Any]:
         "forceChangeAtNextLogon": False,
         "sealed": {"recipients": []},
         "traceparent": None,
+        "replySession": None,
     }
     payload.update(changes)
     return payload
@@ -67,6 +68,32 @@ class TestRequest:
             assert refused(RequestMessage.parse, request_payload(traceparent=bad)).field == (
                 "traceparent"
             )
+
+    def test_reply_session_travels_and_is_checked(self) -> None:
+        """A reply session like a request id survives the round trip; null means none; anything
+        else in its place (empty, too long, a space, a leading dot, not a string) is refused."""
+        good = "cloud-" + "0123456789abcdef" * 2
+        parsed = RequestMessage.parse(request_payload(replySession=good))
+        assert parsed.reply_session == good
+        assert parsed.to_payload()["replySession"] == good
+        assert RequestMessage.parse(request_payload()).reply_session is None
+        for bad in ("", "x" * 129, "cloud 1", ".cloud", "cloud/1", 7, ["cloud-1"]):
+            assert refused(RequestMessage.parse, request_payload(replySession=bad)).field == (
+                "replySession"
+            )
+
+    def test_reply_session_is_required(self) -> None:
+        """Like every field, replySession must be present (null when there is none)."""
+        payload = request_payload()
+        del payload["replySession"]
+        assert refused(RequestMessage.parse, payload).field == "replySession"
+
+    def test_reply_session_is_not_bound_to_the_secrets(self) -> None:
+        """The binding (JWE AAD) leaves the reply session out: a caller seals before it can know
+        which cloud instance sends its request."""
+        plain = RequestMessage.parse(request_payload())
+        answered = RequestMessage.parse(request_payload(replySession="cloud-1"))
+        assert plain.binding() == answered.binding()
 
     def test_round_trip(self) -> None:
         """A parsed payload serialises back to itself."""

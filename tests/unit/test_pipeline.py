@@ -52,6 +52,13 @@ def keys() -> Keys:
     )
 
 
+class Default:
+    """A marker: the World's own choice (its cloud's reply session)."""
+
+
+DEFAULT = Default()
+
+
 @dataclasses.dataclass
 class World:
     broker: MemoryBroker
@@ -71,6 +78,7 @@ class World:
         signer: ECKey | None = None,
         recipients: Any = None,
         user: str = USER,
+        reply_session: str | Default | None = DEFAULT,
     ) -> str:
         now = int(time.time())
         message = RequestMessage(
@@ -81,6 +89,9 @@ class World:
             issued_at=now - 5,
             expires_at=now + expires_in,
             initiator=Initiator.ADMIN if operation is Operation.RESET else None,
+            reply_session=(
+                self.cloud.reply_session if isinstance(reply_session, Default) else reply_session
+            ),
         )
         secrets = {
             Operation.RESET: Secrets(PASSWORD),
@@ -105,6 +116,15 @@ class World:
         token = await self.cloud.wait_for_outcome(request_id, time.time() + 2)
         assert token is not None, "no outcome was sent"
         return sealing.verify_outcome(token, self.keys.public(self.keys.relay_sig))
+
+    def outcomes_on(self, session: str) -> list[tuple[str | None, str]]:
+        """(CorrelationId, relay) of the outcomes waiting on one session of the outcomes queue."""
+        found = self.broker.peek(OUTCOMES_QUEUE, 10, session_id=session)
+        relay_keys = self.keys.public(self.keys.relay_sig)
+        return [
+            (m.correlation_id, sealing.verify_outcome(m.body.decode(), relay_keys).relay)
+            for m in found
+        ]
 
     def dead_letters(self) -> list[tuple[str | None, str | None]]:
         queue = f"{requests_queue(DOMAIN)}/$DeadLetterQueue"
@@ -138,7 +158,9 @@ async def world(keys: Keys, tmp_path: Path) -> AsyncIterator[World]:
         journal=journal,
         keys=RelayKeys(keys.public(keys.cloud), KeySet([keys.relay]), keys.relay_sig),
     )
-    yield World(broker, InProcessCloud(broker), relay, directory, journal, pipeline, keys)
+    cloud = InProcessCloud(broker)
+    yield World(broker, cloud, relay, directory, journal, pipeline, keys)
+    await cloud.close()
     journal.close()
 
 
@@ -171,6 +193,52 @@ class TestApplying:
             "Too short.",
             "5 < 8",
         )
+
+
+class TestReplySession:
+    async def test_answered_on_the_signed_reply_session(self, world: World) -> None:
+        """The outcome goes to the reply session the signed request names, correlated by the
+        request id, and reaches the cloud instance waiting there."""
+        await world.send(world.token())
+        assert await world.handle_next() is Settled.COMPLETED
+        assert (await world.outcome()).request_id == "req-1"
+        other = "cloud-0123456789abcdef0123456789abcdef"
+        await world.send(world.token(request_id="req-2", reply_session=other), "req-2")
+        assert await world.handle_next() is Settled.COMPLETED
+        assert world.outcomes_on(other) == [("req-2", "relay-1")]
+        assert world.outcomes_on("req-2") == []
+
+    async def test_no_reply_session_answers_on_the_request_id(self, world: World) -> None:
+        """A request that names no reply session is answered on its own session (its id)."""
+        await world.send(world.token(reply_session=None))
+        assert await world.handle_next() is Settled.COMPLETED
+        assert world.outcomes_on("req-1") == [("req-1", "relay-1")]
+
+    @pytest.mark.parametrize("signed", ["cloud-signed", None])
+    async def test_the_unsigned_reply_to_session_is_ignored(
+        self, world: World, signed: str | None
+    ) -> None:
+        """A ReplyToSessionId changed on the way (it is not signed) never redirects the
+        outcome: it goes where the signed request says, or to the request's id."""
+        await world.send(world.token(reply_session=signed))
+        [delivery] = await world.relay.receive(1, 2.0)
+        redirected = dataclasses.replace(delivery, reply_to_session_id="attacker")
+        assert await world.pipeline.handle(redirected) is Settled.COMPLETED
+        assert world.outcomes_on("attacker") == []
+        assert world.outcomes_on(signed or "req-1") == [("req-1", "relay-1")]
+
+    async def test_a_duplicate_is_answered_on_the_reply_session(self, world: World) -> None:
+        """The recorded outcome sent again for a redelivered request goes to its reply session."""
+        other = "cloud-other"
+        token = world.token(reply_session=other)
+        await world.send(token)
+        await world.handle_next()
+        await world.send(token, "req-1-again")  # a new MessageId slips past duplicate detection
+        [delivery] = await world.relay.receive(1, 2.0)
+        redelivered = dataclasses.replace(delivery, message_id="req-1")
+        assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
+        assert world.outcomes_on(other) == [("req-1", "relay-1"), ("req-1", "relay-1")]
+        assert len(world.directory.applied) == 1
 
 
 class TestExactlyOnce:
@@ -285,6 +353,7 @@ class TestRefusals:
             user=USER,
             issued_at=now - 30,
             expires_at=now - 1,
+            reply_session=world.cloud.reply_session,
         )
         await world.send(
             sealing.seal_request(

@@ -2,12 +2,14 @@
 
 `submit` routes a validated submission to its domain, fails fast when no relay of that domain
 has sent a heartbeat within three intervals, seals the passwords to every relay key of the
-domain and signs the request, records it as pending in the audit trail, sends it and waits for
-the relay's signed outcome on the request's own session until the wait ends. The outcome is
-verified (signed by a key of the relay it names, for this very request) and recorded before the
-caller is answered. A request that got no answer in time stays pending: `status` looks for its
-outcome again later. The service never holds a password longer than the sealing takes and never
-writes one anywhere: the audit record has no field that could hold it.
+domain and signs the request (naming the instance's reply session, where the relay answers),
+records it as pending in the audit trail, sends it and waits for the relay's signed outcome
+until the wait ends. The outcome is verified (signed by a key of the relay it names, for this
+very request) and recorded before the caller is answered. A request that got no answer in time
+stays pending: `status` looks for its outcome again later, on any instance (the transport keeps
+a late outcome on the request's own session). The service never holds a password longer than
+the sealing takes and never writes one anywhere: the audit record has no field that could
+hold it.
 """
 
 from __future__ import annotations
@@ -175,6 +177,8 @@ class WritebackService:
             unlock=submission.unlock,
             force_change_at_next_logon=submission.force_change_at_next_logon,
             traceparent=traceparent,
+            # Where this instance listens for outcomes; signed, so no one else can redirect it.
+            reply_session=self.transport.reply_session,
         )
         token = await self._seal(message, submission, relay_keys)
         await self.audit.record(record)

@@ -29,6 +29,7 @@ MAX_TEXT = 2000  # outcome message and detail, heartbeat error
 MALFORMED = Reason.REQUEST_MALFORMED.value
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_ID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ : -"
 _RELAY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 # W3C Trace Context, version 00: the caller's trace travels to the relay so both sides' logs and
@@ -206,6 +207,11 @@ class RequestMessage:
     force_change_at_next_logon: bool = False
     sealed: Mapping[str, object] | None = field(default=None, repr=False)
     traceparent: str | None = None
+    # The outcomes session the relay must answer on: the sending cloud instance's own session,
+    # on which it waits for many requests at once. Signed, so only the cloud chooses where an
+    # outcome goes; None means the request's own session (id). Not part of the binding: a
+    # caller seals before it can know which instance will send its request.
+    reply_session: str | None = None
 
     def binding(self) -> bytes:
         """What the sealed secrets are bound to (JWE additional authenticated data)."""
@@ -235,6 +241,7 @@ class RequestMessage:
             "forceChangeAtNextLogon": self.force_change_at_next_logon,
             "sealed": dict(self.sealed) if self.sealed is not None else None,
             "traceparent": self.traceparent,
+            "replySession": self.reply_session,
         }
 
     @classmethod
@@ -256,6 +263,7 @@ class RequestMessage:
                 "forceChangeAtNextLogon",
                 "sealed",
                 "traceparent",
+                "replySession",
             },
         )
         fields.header("request")
@@ -270,7 +278,7 @@ class RequestMessage:
         )
         sealed = fields.value["sealed"]
         message = cls(
-            id=fields.matching("id", _ID, "1 to 128 characters of A-Z a-z 0-9 . _ : -"),
+            id=fields.matching("id", _ID, _ID_RULE),
             domain=fields.checked("domain", domain_problem),
             operation=operation,
             user=fields.checked("user", upn_problem),
@@ -284,6 +292,11 @@ class RequestMessage:
                 None
                 if fields.value["traceparent"] is None
                 else fields.matching("traceparent", TRACEPARENT, "a W3C traceparent (version 00)")
+            ),
+            reply_session=(
+                None
+                if fields.value["replySession"] is None
+                else fields.matching("replySession", _ID, _ID_RULE)
             ),
         )
         is_reset = operation is Operation.RESET

@@ -4,7 +4,8 @@ verify the cloud's signature and the format → check id, domain and expiry → 
 gets the recorded outcome again; an entry a crash left APPLYING is resolved from the user's
 pwdLastSet, so a write AD already accepted is neither repeated nor reported as a history
 failure) → open the sealed secrets → apply through the directory, one write per user at a time,
-with the message lock renewed meanwhile → journal the outcome → send it signed → complete.
+with the message lock renewed meanwhile → journal the outcome → send it signed, on the reply
+session the signed request names (else the request's own) → complete.
 
 A message whose signature or format is bad is dead-lettered with a reason and no secret: nothing
 in it can be trusted, not even the id to answer on. Anything signed and well-formed gets an
@@ -243,7 +244,11 @@ class Pipeline:
             },
         )
         try:
-            await self._transport.send_outcome(message.id, token)
+            # Where the signed request says (the sending cloud instance's session), else on the
+            # request's own session; never the message's unsigned ReplyToSessionId.
+            await self._transport.send_outcome(
+                message.id, token, message.reply_session or message.id
+            )
         except TransportError as exc:
             # Journaled: the redelivered message resends this very outcome.
             log.warning("outcome_not_sent", extra={"request": message.id, "error": str(exc)})

@@ -1,16 +1,23 @@
 """The wire between the two sides: requests to a domain's relays, outcomes back on a session.
 
 Queues: `writeback-requests-<domain>` (one per domain, duplicate detection on, peek-lock),
-`writeback-outcomes` (sessions: one session per request id, so each waiting caller receives only
-its own outcome) and `writeback-heartbeats`. Bodies are the signed tokens of
-`writeback.protocol.messages` / `writeback.sealing`; the transport never looks inside them and
-must never log them. Two implementations obey one contract (tests/integration/test_transport.py):
-`servicebus.ServiceBusTransport` on the azure-servicebus SDK, and `memory.MemoryTransport` for
-unit tests.
+`writeback-outcomes` (sessions) and `writeback-heartbeats`. Request/reply follows Service Bus's
+request-response pattern with one session per cloud instance: each instance holds its own reply
+session (`cloud-<uuid>`) open for its lifetime, signs it into every request it sends, and the
+relay answers on that session with CorrelationId = request id, so one open receiver serves every
+concurrent caller of the instance (opening a session receiver per request costs half a second
+in the SDK). An outcome that arrives after its caller stopped waiting is re-sent by the instance
+to the request's own session (session id = request id), which is also where a relay answers a
+request that names no reply session; a status read for a request looks there. Bodies are the
+signed tokens of `writeback.protocol.messages` / `writeback.sealing`; the transport never looks
+inside them and must never log them. Two implementations obey one contract
+(tests/integration/test_transport.py): `servicebus` on the azure-servicebus SDK, and `inprocess`
+on the `memory` queue model for unit tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,17 +56,34 @@ class Delivery:
 class CloudTransport(Protocol):
     """What the cloud side needs: send a request, wait for its outcome."""
 
+    @property
+    def reply_session(self) -> str:
+        """This instance's session on `writeback-outcomes`; the service signs it into every
+        request as the place to answer."""
+
+    async def start(self, domains: Iterable[str] = ()) -> None:
+        """Warm up (optional): open the reply session's receiver and the senders to `domains`'
+        queues, returning once they are open. `send_request` starts listening by itself."""
+
     async def send_request(
         self, domain: str, request_id: str, body: str, expires_at: float
     ) -> None:
-        """Send to the domain's queue: MessageId = request id, TTL up to `expires_at`, the reply
-        to `writeback-outcomes` on session = request id."""
+        """Send to the domain's queue: MessageId = request id, TTL up to `expires_at`, ReplyTo
+        `writeback-outcomes` and ReplyToSessionId = `reply_session` (informative only: the
+        relay answers where the signed request says). The request is registered as expected
+        before it is sent, so its outcome can never arrive unexpected."""
 
     async def wait_for_outcome(self, request_id: str, deadline: float) -> str | None:
-        """The outcome body sent on session `request_id`, or None if none arrived by `deadline`
-        (wall-clock seconds). An outcome arriving later is never returned to anybody else."""
+        """The outcome of `request_id`, or None if none arrived by `deadline` (wall-clock).
 
-    async def close(self) -> None: ...
+        For a request this instance sent, the outcome comes through the reply session; several
+        waits for one request all get it. Otherwise (a status read for a request another
+        instance sent, or this instance's after its wait ended) the request's own session is
+        read, where an outcome that arrived after every wait for it ended is kept (until its
+        time-to-live) for the next one."""
+
+    async def close(self) -> None:
+        """Stop listening and close everything; waits still running raise TransportError."""
 
 
 class RelayTransport(Protocol):
@@ -80,8 +104,10 @@ class RelayTransport(Protocol):
     async def dead_letter(self, delivery: Delivery, reason: str, description: str) -> None:
         """The request can never be processed; `reason` and `description` hold no secret."""
 
-    async def send_outcome(self, request_id: str, body: str) -> None:
-        """Answer on the outcomes queue, session = the (verified) request id."""
+    async def send_outcome(self, request_id: str, body: str, session: str) -> None:
+        """Answer on the outcomes queue: SessionId = `session` (the verified request's signed
+        reply session, or its id), CorrelationId = `request_id`. Never a session taken from the
+        message's unsigned ReplyToSessionId."""
 
     async def send_heartbeat(self, body: str) -> None: ...
 

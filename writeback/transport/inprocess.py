@@ -2,15 +2,20 @@
 
 For unit tests of the cloud service and the relay: the same queues, sessions, peek-lock,
 delivery counts, TTL and duplicate detection as the Service Bus transport, because the model
-underneath is the one the local AMQP broker serves. Waiting polls the broker every few
-milliseconds until a deadline; it is a test fake, not a product transport.
+underneath is the one the local AMQP broker serves, and the same request/reply scheme (one
+reply session per cloud instance, CorrelationId = request id, orphans re-sent to the request's
+own session; see `writeback.transport`). A wait wakes when the broker reports a change (and at
+least every POLL_SECONDS, for what only time changes: expiries, renewals); it is a test fake,
+not a product transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from writeback.errors import TransportLockLost, TransportUnavailable
 from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, Delivery, requests_queue
@@ -18,13 +23,23 @@ from writeback.transport.memory import (
     MemoryBroker,
     MessageLockLost,
     SessionCannotBeLocked,
+    SessionLockLost,
     StoredMessage,
     UnknownQueue,
 )
+from writeback.transport.replies import (
+    Backoff,
+    Delivered,
+    Replies,
+    new_reply_session,
+    renewal_due,
+)
 
-POLL_SECONDS = 0.005
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.05
 OUTCOME_TTL = 300.0
 HEARTBEAT_TTL = 300.0
+UNCORRELATED = "outcome.uncorrelated"
 
 
 class _InProcess:
@@ -38,6 +53,29 @@ class _InProcess:
         except UnknownQueue as exc:
             raise TransportUnavailable(f"send to {queue}: no such queue") from exc
 
+    async def _changed(self, timeout: float) -> None:
+        """Return when the broker changes, or after `timeout` seconds (at most POLL_SECONDS).
+
+        The broker calls its listeners on the thread that changed it, hence the thread-safe
+        hand-over; the listener is registered only while waiting, so none outlives its loop.
+        """
+        loop = asyncio.get_running_loop()
+        changed: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not changed.done():
+                changed.set_result(None)
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(settle)
+
+        self.broker.add_listener(wake)
+        try:
+            await asyncio.wait({changed}, timeout=max(0.0, min(timeout, POLL_SECONDS)))
+        finally:
+            self.broker.remove_listener(wake)
+            changed.cancel()
+
     async def close(self) -> None:
         return None
 
@@ -45,21 +83,51 @@ class _InProcess:
 class InProcessCloud(_InProcess):
     """CloudTransport on a MemoryBroker."""
 
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        clock: Callable[[], float] = time.time,
+        *,
+        reply_session: str | None = None,
+    ) -> None:
+        super().__init__(broker, clock)
+        self.reply_session = reply_session or new_reply_session()
+        self.replies = Replies(clock)
+        self._owner = object()  # the holder of the reply session's lock in the model
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def start(self, domains: Iterable[str] = ()) -> None:
+        self._listen()
+        await self._listening.wait()
+
     async def send_request(
         self, domain: str, request_id: str, body: str, expires_at: float
     ) -> None:
-        self._send(
-            requests_queue(domain),
-            StoredMessage(
-                body=body.encode(),
-                message_id=request_id,
-                reply_to=OUTCOMES_QUEUE,
-                reply_to_session_id=request_id,
-                ttl=max(1.0, expires_at - self._clock()),
-            ),
-        )
+        registered = self.replies.expect(request_id, expires_at)
+        self._listen()
+        try:
+            self._send(
+                requests_queue(domain),
+                StoredMessage(
+                    body=body.encode(),
+                    message_id=request_id,
+                    reply_to=OUTCOMES_QUEUE,
+                    reply_to_session_id=self.reply_session,
+                    ttl=max(1.0, expires_at - self._clock()),
+                ),
+            )
+        except Exception:
+            if registered:
+                self.replies.forget(request_id)
+            raise
 
     async def wait_for_outcome(self, request_id: str, deadline: float) -> str | None:
+        if self.replies.expecting(request_id):
+            return await self.replies.wait(request_id, deadline)
+        return await self._wait_on_request_session(request_id, deadline)
+
+    async def _wait_on_request_session(self, request_id: str, deadline: float) -> str | None:
         owner = object()
         try:
             self.broker.lock_session(OUTCOMES_QUEUE, request_id, owner)
@@ -74,10 +142,98 @@ class InProcessCloud(_InProcess):
                 if received:
                     self.broker.complete(OUTCOMES_QUEUE, str(received[0].lock_token))
                     return received[0].body.decode()
-                await asyncio.sleep(POLL_SECONDS)
+                await self._changed(deadline - self._clock())
             return None
         finally:
             self.broker.release_session(OUTCOMES_QUEUE, request_id, owner)
+
+    # -- the reply session ------------------------------------------------------------------
+    def _listen(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._hold_reply_session())
+
+    async def _hold_reply_session(self) -> None:
+        """Lock the reply session and serve it; when the lock is lost, lock it again after a
+        pause (its messages stay in the session meanwhile)."""
+        backoff = Backoff()
+        while True:
+            try:
+                locked = self.broker.lock_session(OUTCOMES_QUEUE, self.reply_session, self._owner)
+                self._listening.set()
+                backoff.reset()
+                # A named session is always locked or refused: None only means "none available".
+                await self._serve(locked[1] if locked else self._clock())
+            except (
+                SessionCannotBeLocked,
+                SessionLockLost,
+                MessageLockLost,
+                UnknownQueue,
+                TransportUnavailable,
+            ) as exc:
+                log.warning(
+                    "reply_session_lost",
+                    extra={"session": self.reply_session, "error": type(exc).__name__},
+                )
+            finally:
+                self._listening.clear()
+                self._release()
+            await asyncio.sleep(backoff.next())
+
+    def _release(self) -> None:
+        # Its messages still locked (one being handled when this failed) become available again.
+        with contextlib.suppress(UnknownQueue):
+            self.broker.release_session(OUTCOMES_QUEUE, self.reply_session, self._owner)
+
+    async def _serve(self, locked_until: float) -> None:
+        renew_at = renewal_due(locked_until, self._clock())
+        while True:
+            self.broker.tick()
+            for message in self.broker.receive(
+                OUTCOMES_QUEUE, 16, session_id=self.reply_session, owner=self._owner
+            ):
+                self._dispatch(message)
+            for request_id, body in self.replies.stale():
+                if body is not None:
+                    self._forward(request_id, body, OUTCOME_TTL)
+                self.replies.drop(request_id)
+            if self._clock() >= renew_at:
+                locked_until = self.broker.renew_session(
+                    OUTCOMES_QUEUE, self.reply_session, self._owner
+                )
+                renew_at = renewal_due(locked_until, self._clock())
+            await self._changed(renew_at - self._clock())
+
+    def _dispatch(self, message: StoredMessage) -> None:
+        token = str(message.lock_token)
+        request_id = message.correlation_id
+        if not request_id or len(request_id) > 128:
+            self.broker.dead_letter(
+                OUTCOMES_QUEUE, token, UNCORRELATED, "no CorrelationId naming a request"
+            )
+            return
+        body = message.body.decode()
+        if self.replies.deliver(request_id, body) is Delivered.ORPHAN:
+            left = (message.expires_at or self._clock() + OUTCOME_TTL) - self._clock()
+            self._forward(request_id, body, max(1.0, left))
+        self.broker.complete(OUTCOMES_QUEUE, token)
+
+    def _forward(self, request_id: str, body: str, ttl: float) -> None:
+        """Re-send an outcome nobody here waits for to its request's own session."""
+        self._send(
+            OUTCOMES_QUEUE,
+            StoredMessage(
+                body=body.encode(), session_id=request_id, correlation_id=request_id, ttl=ttl
+            ),
+        )
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        self._release()
+        self.replies.close()
 
 
 class InProcessRelay(_InProcess):
@@ -96,7 +252,7 @@ class InProcessRelay(_InProcess):
             received = self.broker.receive(self.queue, max_messages)
             if received or self._clock() >= deadline:
                 return [self._delivery(message) for message in received]
-            await asyncio.sleep(POLL_SECONDS)
+            await self._changed(deadline - self._clock())
 
     @staticmethod
     def _delivery(message: StoredMessage) -> Delivery:
@@ -132,14 +288,11 @@ class InProcessRelay(_InProcess):
             delivery,
         )
 
-    async def send_outcome(self, request_id: str, body: str) -> None:
+    async def send_outcome(self, request_id: str, body: str, session: str) -> None:
         self._send(
             OUTCOMES_QUEUE,
             StoredMessage(
-                body=body.encode(),
-                session_id=request_id,
-                correlation_id=request_id,
-                ttl=OUTCOME_TTL,
+                body=body.encode(), session_id=session, correlation_id=request_id, ttl=OUTCOME_TTL
             ),
         )
 

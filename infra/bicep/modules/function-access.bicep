@@ -1,6 +1,8 @@
 // What the Function's identity may do, and nothing more: each role on the one entity it needs.
 //   Service Bus   Data Sender on each domain's request queue; Data Receiver on outcomes (it waits
-//                 for its own session) and on heartbeats (its trigger).
+//                 on its own reply session) and on heartbeats (its trigger); Data Sender on
+//                 outcomes (an outcome that arrived after its caller gave up is re-sent, still
+//                 signed by the relay, to the request's own session, where a status read finds it).
 //   Key Vault     Secrets User on each secret it reads: the signing key, each domain's relay JWKS,
 //                 the API keys. A secret must exist when this module runs (see keyvault.bicep).
 //   Storage       Table Data Contributor on each of its two tables; Blob Data Owner on the
@@ -126,6 +128,16 @@ resource receiveOutcomes 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   name: guid(outcomesQueue.id, principalId, roles.serviceBusDataReceiver)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource resendOutcomes 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: outcomesQueue
+  name: guid(outcomesQueue.id, principalId, roles.serviceBusDataSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataSender)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }

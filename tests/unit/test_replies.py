@@ -1,0 +1,142 @@
+"""Matching outcomes on a cloud instance's reply session to the requests it waits for."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from writeback.errors import TransportUnavailable
+from writeback.transport.replies import Backoff, Delivered, Replies, new_reply_session, renewal_due
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TestReplies:
+    async def test_an_outcome_reaches_its_waiter(self) -> None:
+        """An outcome delivered for an expected request is what its wait returns."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        waiting = asyncio.create_task(replies.wait("req-1", time.time() + 5))
+        await asyncio.sleep(0)
+        assert replies.deliver("req-1", "outcome") is Delivered.TO_WAITER
+        assert await waiting == "outcome"
+        assert not replies.expecting("req-1")
+
+    async def test_an_outcome_before_the_wait_is_kept(self) -> None:
+        """An outcome that arrives between the send and the wait is not lost."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        assert replies.deliver("req-1", "outcome") is Delivered.TO_WAITER
+        assert await replies.wait("req-1", time.time() + 5) == "outcome"
+
+    async def test_two_waits_share_one_outcome(self) -> None:
+        """Two waits for one request (the submit and a status read) both get its outcome."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        waits = [asyncio.create_task(replies.wait("req-1", time.time() + 5)) for _ in range(2)]
+        await asyncio.sleep(0)
+        replies.deliver("req-1", "outcome")
+        assert await asyncio.gather(*waits) == ["outcome", "outcome"]
+
+    async def test_a_timed_out_wait_makes_a_late_outcome_an_orphan(self) -> None:
+        """When the last wait gives up, the request is no longer expected: a late outcome is an
+        orphan (to be re-sent to the request's own session)."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        started = time.monotonic()
+        assert await replies.wait("req-1", time.time() + 0.05) is None
+        assert time.monotonic() - started < 1
+        assert replies.deliver("req-1", "late") is Delivered.ORPHAN
+
+    async def test_one_waits_timeout_leaves_the_other_waiting(self) -> None:
+        """A short wait ending does not end a longer wait for the same request."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        longer = asyncio.create_task(replies.wait("req-1", time.time() + 5))
+        assert await replies.wait("req-1", time.time() + 0.05) is None
+        assert replies.deliver("req-1", "outcome") is Delivered.TO_WAITER
+        assert await longer == "outcome"
+
+    async def test_a_second_outcome_is_a_duplicate(self) -> None:
+        """The same request answered twice (a redelivered request): the second is dropped."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        assert replies.deliver("req-1", "first") is Delivered.TO_WAITER
+        assert replies.deliver("req-1", "again") is Delivered.DUPLICATE
+        assert await replies.wait("req-1", time.time() + 1) == "first"
+
+    async def test_unknown_requests_are_orphans(self) -> None:
+        """An outcome for a request this instance never sent is an orphan."""
+        assert Replies().deliver("req-other", "outcome") is Delivered.ORPHAN
+
+    async def test_a_request_never_sent_is_forgotten(self) -> None:
+        """A send that failed takes its registration back."""
+        replies = Replies()
+        assert replies.expect("req-1", time.time() + 60)
+        assert not replies.expect("req-1", time.time() + 60)
+        replies.forget("req-1")
+        assert not replies.expecting("req-1")
+
+    async def test_stale_entries_are_dropped_with_their_outcome(self) -> None:
+        """Entries nobody waits for go once their request expired; an outcome they received is
+        handed back for re-sending, and unexpired or waited-for entries stay."""
+        clock = Clock()
+        replies = Replies(clock)
+        replies.expect("answered", clock.now + 10)
+        replies.expect("silent", clock.now + 10)
+        replies.expect("young", clock.now + 100)
+        replies.deliver("answered", "outcome")
+        assert replies.stale() == []
+        clock.now += 11
+        assert sorted(replies.stale()) == [("answered", "outcome"), ("silent", None)]
+        for request_id, _ in replies.stale():
+            replies.drop(request_id)
+        assert len(replies) == 1
+        assert replies.expecting("young")
+
+    async def test_close_fails_the_waits(self) -> None:
+        """Closing ends every running wait with TransportUnavailable and forgets everything."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        replies.expect("req-2", time.time() + 60)
+        waiting = asyncio.create_task(replies.wait("req-1", time.time() + 30))
+        await asyncio.sleep(0)
+        replies.close()
+        with pytest.raises(TransportUnavailable):
+            await waiting
+        assert len(replies) == 0
+
+
+class TestSessionsAndTiming:
+    def test_reply_sessions_are_unique_ids(self) -> None:
+        """Each instance's reply session is new and a valid session (and request-id-like) id."""
+        first, second = new_reply_session(), new_reply_session()
+        assert first != second
+        assert re.fullmatch(r"cloud-[0-9a-f]{32}", first)
+
+    def test_renewal_is_halfway_within_bounds(self) -> None:
+        """A lock is renewed halfway to its end, never sooner than 0.5 s nor later than 30 s."""
+        assert renewal_due(1000.0 + 30, 1000.0) == 1015.0
+        assert renewal_due(1000.0 + 0.2, 1000.0) == 1000.5  # a skewed clock cannot spin
+        assert renewal_due(1000.0 - 5, 1000.0) == 1000.5
+        assert renewal_due(1000.0 + 300, 1000.0) == 1030.0
+
+    def test_backoff_grows_and_resets(self) -> None:
+        """Pauses double from 0.5 s up to 30 s (with jitter) and start again after a success."""
+        backoff = Backoff()
+        pauses = [backoff.next() for _ in range(10)]
+        assert 0.4 <= pauses[0] <= 0.6
+        assert 0.8 <= pauses[1] <= 1.2
+        assert all(p <= 36 for p in pauses)
+        assert pauses[-1] >= 24
+        backoff.reset()
+        assert backoff.next() <= 0.6
