@@ -25,6 +25,7 @@ from writeback.cloud.bootstrap import Cloud
 from writeback.cloud.secrets import SIGNING_KEY_SECRET, CloudKeys, relay_keys_secret
 from writeback.cloud.service import ServiceSettings, WritebackService
 from writeback.cloud.telemetry import Telemetry
+from writeback.errors import SecretsUnavailable
 from writeback.relay.agent import Agent
 from writeback.relay.config import RelaySettings
 from writeback.relay.journal import Journal
@@ -47,6 +48,8 @@ class DictSecrets:
         self.values = values
 
     async def get(self, name: str) -> str:
+        if name not in self.values:  # as the real sources answer a missing secret
+            raise SecretsUnavailable(name, "no such secret", missing=True)
         return self.values[name]
 
     async def close(self) -> None:

@@ -28,7 +28,7 @@ from writeback import sealing
 from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.cloud.audit import AuditRecord, AuditTrail
 from writeback.cloud.submissions import InvalidInput, Submission
-from writeback.errors import ProtocolError, TransportError
+from writeback.errors import ProtocolError, SecretsUnavailable, TransportError, WritebackError
 from writeback.protocol import Operation, Reason
 from writeback.protocol.messages import RequestMessage
 from writeback.routing import Routes, UnknownDomain
@@ -363,9 +363,17 @@ class WritebackService:
         A heartbeat no domain's keys verify is logged and dropped (None): a forged one must not
         make a domain look alive, and retrying it cannot help.
         """
+        unreadable: list[str] = []
         for domain in sorted(self.routes.domains):
             try:
-                heartbeat = sealing.verify_heartbeat(body, await self.keys.relay_keys(domain))
+                keys = await self.keys.relay_keys(domain)
+            except WritebackError as exc:
+                # One domain's missing or broken key secret must not silence the others.
+                unreadable.append(domain)
+                log.error("relay keys unreadable", extra={"domain": domain, "error": str(exc)})
+                continue
+            try:
+                heartbeat = sealing.verify_heartbeat(body, keys)
             except ProtocolError:
                 continue
             if heartbeat.domain != domain:
@@ -384,5 +392,10 @@ class WritebackService:
             await self.agents.record(agent)
             log.info("heartbeat", extra={"domain": domain, "relay": heartbeat.relay})
             return agent
+        if unreadable:
+            # It may be from a domain whose keys could not be read: let it come back later.
+            raise SecretsUnavailable(
+                "relay keys of " + ", ".join(unreadable), "unreadable; the heartbeat comes back"
+            )
         log.warning("heartbeat refused: signed by no registered relay key")
         return None
