@@ -163,9 +163,9 @@ def machine() -> str:
         check=False,
     )
     return (
-        f"{os.cpu_count()} CPUs ({model}), {memory:.0f} GiB, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, "
-        f"{samba.stdout.strip() or 'samba'}"
+        f"{os.cpu_count()} CPUs ({model}), {memory:.0f} GiB, {platform.system()}, "
+        f"Python {platform.python_version()}, "
+        f"{samba.stdout.strip().replace('Version', 'Samba') or 'Samba'}"
     )
 
 
