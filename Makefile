@@ -89,7 +89,7 @@ bench: deps
 	$(BIN)/python -m bench.sealing
 	$(BIN)/python -m bench.transport
 	$(BIN)/python -m bench.relay
-	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.report
 
 clean: down
 	rm -rf .devstack
