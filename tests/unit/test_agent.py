@@ -158,6 +158,30 @@ class TestServing:
         assert beats[0].policy is not None
         assert beats[0].policy["minLength"] == 8
 
+    async def test_the_journal_is_pruned_with_the_heartbeats(
+        self, keys: dict[str, Any], tmp_path: Path
+    ) -> None:
+        """Each heartbeat round also prunes the journal, so it does not grow forever."""
+        agent, _, _, _, journal = build(keys, tmp_path)
+        prunes: list[int] = []
+        pipeline = agent._pipeline
+        original = pipeline.prune
+
+        def counted() -> int:
+            prunes.append(1)
+            return original()
+
+        pipeline.prune = counted  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        running = asyncio.create_task(agent.run(stop))
+        deadline = time.monotonic() + 10
+        while len(prunes) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await running
+        journal.close()
+        assert len(prunes) >= 2
+
 
 class TestOutages:
     async def test_backs_off_while_service_bus_is_down(

@@ -255,6 +255,21 @@ class TestExactlyOnce:
         assert (await world.outcome()).reason is Reason.APPLIED
         assert len(world.directory.applied) == 1
 
+    async def test_a_late_duplicate_still_gets_the_recorded_outcome(self, world: World) -> None:
+        """A request answered, then delivered again after its expiry (its answer was lost), gets
+        its recorded outcome, not request.expired, and is not applied again."""
+        token = world.token()
+        await world.send(token)
+        await world.handle_next()
+        await world.outcome()
+        await world.send(token, "req-1-again")
+        [delivery] = await world.relay.receive(1, 2.0)
+        redelivered = dataclasses.replace(delivery, message_id="req-1")
+        world.pipeline._clock = lambda: time.time() + 3600  # long after the request's expiry
+        assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
+        assert (await world.outcome()).reason is Reason.APPLIED
+        assert len(world.directory.applied) == 1
+
     async def test_crash_after_the_write_reports_applied(self, world: World) -> None:
         """Journal APPLYING and a pwdLastSet after it: the write happened; it is not repeated."""
         world.journal.begin(

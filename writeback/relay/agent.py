@@ -24,7 +24,7 @@ from pathlib import Path
 from joserfc.jwk import ECKey
 
 from writeback import __version__, sealing
-from writeback.errors import DirectoryError, TransportError
+from writeback.errors import DirectoryError, JournalError, TransportError
 from writeback.protocol.messages import Heartbeat
 from writeback.relay.config import RelaySettings
 from writeback.relay.directory import Directory
@@ -156,6 +156,14 @@ class Agent:
     async def _heartbeats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.heartbeat()
+            try:
+                # The journal would otherwise grow forever; ids past the replay window go.
+                pruned = await asyncio.to_thread(self._pipeline.prune)
+            except JournalError as exc:
+                log.warning("journal_prune_failed", extra={"error": str(exc)})
+            else:
+                if pruned:
+                    log.info("journal_pruned", extra={"entries": pruned})
             await _sleep_unless(stop, self.settings.heartbeat_interval)
 
     async def heartbeat(self) -> None:

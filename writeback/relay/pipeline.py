@@ -115,11 +115,8 @@ class Pipeline:
         return await self._answer(delivery, message, outcome, started)
 
     async def _process(self, message: RequestMessage, delivery_count: int) -> Outcome:
-        if self._clock() >= message.expires_at:
-            return Outcome(
-                Reason.REQUEST_EXPIRED,
-                f"expired {self._clock() - message.expires_at:.0f}s before it arrived",
-            )
+        # The journal comes before the expiry: a request already answered gets its recorded
+        # outcome even when it is delivered again after its expiry (a crash, a lost answer).
         try:
             seen = self._journal.begin(
                 message.id,
@@ -133,6 +130,8 @@ class Pipeline:
         if seen is not None and seen.final and seen.outcome is not None:
             recorded = OutcomeMessage.parse(dict(seen.outcome))
             return Outcome(recorded.reason, recorded.detail, recorded.message)
+        if seen is None and self._clock() >= message.expires_at:
+            return self._record(message, self._expired(message, "before it arrived"))
         try:
             command = sealing.open_request(message, self._keys.decryption)
         except ProtocolError as exc:
@@ -149,6 +148,9 @@ class Pipeline:
                 resolved = None
             if resolved is not None:
                 return self._record(message, resolved)
+            if self._clock() >= message.expires_at:
+                # Delivered again after its expiry and not written before: never apply it now.
+                return self._record(message, self._expired(message, "before it was applied"))
             if seen is None or seen.state is State.RECEIVED:
                 self._journal.applying(message.id)
             outcome = await asyncio.to_thread(self._directory.apply, command)
@@ -156,6 +158,16 @@ class Pipeline:
                 # The worst moment to die: AD has the write, the journal and the caller do not.
                 os.kill(os.getpid(), signal.SIGKILL)
         return self._record(message, outcome)
+
+    def prune(self) -> int:
+        """Forget journal entries past the replay window (see Journal.prune); how many went."""
+        return self._journal.prune()
+
+    def _expired(self, message: RequestMessage, when: str) -> Outcome:
+        return Outcome(
+            Reason.REQUEST_EXPIRED,
+            f"expired {self._clock() - message.expires_at:.0f}s {when}",
+        )
 
     async def _written_since(self, command: Command, since: float) -> Outcome | None:
         """An earlier delivery's write, if AD shows one: the password changed after `since`."""
