@@ -41,6 +41,7 @@ class LocalCloud:
     relay_config: Path
     logs: Path
     azurite: Azurite
+    settings: dict[str, str]  # the host's app settings: a Cloud built in a test uses the same
     relay: subprocess.Popen[bytes] | None = None
 
     def start_relay(self) -> None:
@@ -87,7 +88,9 @@ def local_cloud(
         )  # fmt: skip
         port = cloud.free_port()
         host = cloud.start_host(settings, port, logs / "host.log")
-        stack = LocalCloud(f"http://127.0.0.1:{port}/api", api_key, domain, config, logs, azurite)
+        stack = LocalCloud(
+            f"http://127.0.0.1:{port}/api", api_key, domain, config, logs, azurite, settings
+        )
         stack.start_relay()
         try:
             yield stack
