@@ -10,8 +10,9 @@ import pytest
 
 from tests.unit.cloud_stack import CLOUD_KEY, DOMAIN, ENC_KEY, RELAY, SIG_KEY, DictSecrets
 from writeback import sealing
+from writeback.cloud.agents import AgentRecord
 from writeback.cloud.secrets import SIGNING_KEY_SECRET, CloudKeys, relay_keys_secret
-from writeback.cloud.service import WritebackService
+from writeback.cloud.service import ServiceSettings, WritebackService
 from writeback.errors import SecretsUnavailable
 from writeback.protocol.messages import Heartbeat
 from writeback.routing import Routes
@@ -63,3 +64,38 @@ class TestHeartbeats:
         with pytest.raises(SecretsUnavailable):
             await svc.record_heartbeat(beat())
         assert await agents.list(None) == []
+
+
+class CountingRegistry(MemoryAgentRegistry):
+    """Counts reads of the agents table."""
+
+    reads = 0
+
+    async def list(self, domain: str | None = None) -> list[AgentRecord]:
+        self.reads += 1
+        return await super().list(domain)
+
+
+class TestAliveness:
+    async def test_a_heartbeat_is_read_once_per_freshness_period(self) -> None:
+        """A domain with a fresh heartbeat is alive without a table read on every request, and
+        offline as soon as that heartbeat is three intervals old."""
+        now = [1_800_000_000.0]
+        agents = CountingRegistry()
+        await agents.record(AgentRecord(DOMAIN, RELAY, "t", now[0], now[0], {}, None, None))
+        svc = WritebackService(
+            routes=Routes.build([DOMAIN]),
+            transport=InProcessCloud(MemoryBroker([])),
+            keys=CloudKeys(DictSecrets({})),
+            audit=MemoryAuditTrail(),
+            agents=agents,
+            settings=ServiceSettings(heartbeat_interval=60),
+            clock=lambda: now[0],
+        )
+        assert await svc._alive(DOMAIN)
+        now[0] += 100
+        assert await svc._alive(DOMAIN)
+        assert agents.reads == 1
+        now[0] += 81  # 181 s: more than three intervals since the heartbeat
+        assert not await svc._alive(DOMAIN)
+        assert agents.reads == 2

@@ -120,6 +120,8 @@ class WritebackService:
         self.agents = agents
         self.settings = settings or ServiceSettings()
         self.clock = clock
+        # domain -> until when its freshest known heartbeat keeps it alive (no table read before)
+        self._alive_until: dict[str, float] = {}
 
     # -- writes ---------------------------------------------------------------------------------
     async def submit(
@@ -163,7 +165,7 @@ class WritebackService:
         if submission.request_id and await self.audit.get(request_id) is not None:
             raise InvalidInput("requestId", "was used before", "request.duplicate")
 
-        if not self._fresh(await self.agents.list(domain)):
+        if not await self._alive(domain):
             return await self._finish(record, Reason.AGENT_UNAVAILABLE, "no relay heartbeat")
         relay_keys = await self.keys.relay_keys(domain)
         message = RequestMessage(
@@ -319,6 +321,19 @@ class WritebackService:
         return await self._collect(
             record, relay_keys, now + self.settings.poll_wait_seconds, timeout_is_final=final
         )
+
+    async def _alive(self, domain: str) -> bool:
+        """Whether a relay of `domain` sent a heartbeat within three intervals. A heartbeat seen
+        keeps the domain alive until it is three intervals old, so the agents table is read
+        once per domain per such period, not on every request; the answer is the same."""
+        if self._alive_until.get(domain, 0.0) > self.clock():
+            return True
+        relays = await self.agents.list(domain)
+        if not self._fresh(relays):
+            return False
+        newest = max(relay.last_seen for relay in relays)
+        self._alive_until[domain] = newest + 3 * self.settings.heartbeat_interval
+        return True
 
     def _fresh(self, relays: list[AgentRecord]) -> list[str]:
         horizon = self.clock() - 3 * self.settings.heartbeat_interval
