@@ -41,6 +41,11 @@ async def unlock_account(req: func.HttpRequest) -> func.HttpResponse:
     return await http.submit(req, Operation.UNLOCK)
 
 
+@app.route(route="v1/passwords/expire", methods=["POST"])
+async def expire_password(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.submit(req, Operation.EXPIRE)
+
+
 @app.route(route="v1/requests/{request_id}", methods=["GET"])
 async def request_status(req: func.HttpRequest) -> func.HttpResponse:
     return await http.request_status(req)

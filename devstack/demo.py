@@ -15,6 +15,7 @@ from devstack.stack import Stack
 from writeback.protocol import (
     ChangePassword,
     Command,
+    ExpirePassword,
     Initiator,
     Reason,
     ResetPassword,
@@ -45,6 +46,7 @@ def scenario(stack: Stack) -> list[tuple[str, Command, Reason]]:
     young = user("young", groups=(domain.min_age_group,))
     admin_user = user("admin", groups=(f"CN=Domain Admins,CN=Users,{domain.base_dn}",))
     outside, disabled = user("outside", ou=domain.outside_ou), user("disabled", disabled=True)
+    expiring = user("expiring")
     seed.lock_out(stack.dc, locked, seed.DOMAIN_POLICY["lockout_threshold"])
     seed.lock_out(stack.dc, helpdesk, seed.DOMAIN_POLICY["lockout_threshold"])
     admin.unbind()
@@ -94,6 +96,7 @@ def scenario(stack: Stack) -> list[tuple[str, Command, Reason]]:
             Reason.USER_NOT_FOUND,
         ),
         ("unlock", UnlockAccount(locked.upn), Reason.APPLIED),
+        ("expire: must change at next logon", ExpirePassword(expiring.upn), Reason.APPLIED),
     ]
 
 

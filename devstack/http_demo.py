@@ -18,12 +18,20 @@ from typing import Any
 
 from devstack import demo, localstack, seed
 from devstack.stack import Stack
-from writeback.protocol import ChangePassword, Command, Reason, ResetPassword, UnlockAccount
+from writeback.protocol import (
+    ChangePassword,
+    Command,
+    ExpirePassword,
+    Reason,
+    ResetPassword,
+    UnlockAccount,
+)
 
 PATHS = {
     "reset": "v1/passwords/reset",
     "change": "v1/passwords/change",
     "unlock": "v1/accounts/unlock",
+    "expire": "v1/passwords/expire",
 }
 STATUS = {"applied": 200, "rejected": 422}
 
@@ -38,7 +46,7 @@ def body(command: Command) -> dict[str, Any]:
     if isinstance(command, ChangePassword):
         return {"user": command.user, "oldPassword": command.old_password,
                 "newPassword": command.new_password}  # fmt: skip
-    assert isinstance(command, UnlockAccount)  # noqa: S101 - Command is these three
+    assert isinstance(command, UnlockAccount | ExpirePassword)  # noqa: S101 - the other two
     return {"user": command.user}
 
 

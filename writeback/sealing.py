@@ -26,6 +26,7 @@ from writeback.errors import ConfigurationError, ProtocolError
 from writeback.protocol import (
     ChangePassword,
     Command,
+    ExpirePassword,
     Operation,
     Reason,
     ResetPassword,
@@ -224,6 +225,8 @@ def open_request(message: RequestMessage, relay_keys: KeySet) -> Command:
     """The command a verified request asks for, with its secrets opened."""
     if message.operation is Operation.UNLOCK:
         return UnlockAccount(message.user)
+    if message.operation is Operation.EXPIRE:
+        return ExpirePassword(message.user)
     if message.sealed is None:  # parse() already refuses this; kept for the type checker
         raise ProtocolError(UNDECRYPTABLE, "no sealed secrets", "sealed")
     secrets = open_sealed(message.sealed, message.binding(), relay_keys, message.operation)

@@ -208,7 +208,9 @@ class FakeDirectory:
             with self._lock:
                 self.applied.append(command)
                 outcome = self.outcomes.popleft() if self.outcomes else Outcome(Reason.APPLIED)
-                if outcome.reason is Reason.APPLIED and command.operation is not Operation.UNLOCK:
+                if outcome.reason is Reason.APPLIED and command.operation is Operation.EXPIRE:
+                    self.last_set.pop(user, None)  # pwdLastSet = 0
+                elif outcome.reason is Reason.APPLIED and command.operation is not Operation.UNLOCK:
                     self.last_set[user] = datetime.fromtimestamp(self._clock(), UTC)
                 return outcome
         finally:

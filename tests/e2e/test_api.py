@@ -32,6 +32,7 @@ USED: list[str] = [NEW, SECOND]  # every password the tests send, scanned for at
 REQUEST_IDS: list[str] = []
 NewUser = Callable[..., seed.Account]
 CanBind = Callable[[seed.Account, str], bool]
+Read = Callable[[str, list[str]], dict[str, str]]
 
 
 def api(
@@ -86,6 +87,26 @@ class TestOperations:
         assert (status, answer["reason"]) == (200, "applied")
         poll = api(ready, "GET", f"v1/requests/{answer['requestId']}")
         assert poll == (200, {**answer, "state": "completed"})
+
+    def test_expire(
+        self, ready: LocalCloud, new_user: NewUser, can_bind: CanBind, read: Read
+    ) -> None:
+        """An expire makes AD require a new password at next logon, without changing it; an
+        account whose password never expires is refused with its reason and left alone."""
+        user = new_user("mustchange")
+        status, answer = api(ready, "POST", "v1/passwords/expire", {"user": user.upn})
+        assert (status, answer["status"], answer["reason"]) == (200, "applied", "applied")
+        assert answer["message"].startswith("You must choose a new password")
+        assert read(user.dn, ["pwdLastSet"]) == {"pwdLastSet": "0"}
+        assert not can_bind(user, user.password)
+        never = new_user("neverexp", never_expires=True)
+        status, answer = api(ready, "POST", "v1/passwords/expire", {"user": never.upn})
+        assert (status, answer["reason"]) == (422, "account.password_never_expires")
+        assert can_bind(never, never.password)
+        status, answer = api(
+            ready, "POST", "v1/passwords/expire", {"user": user.upn, "newPassword": NEW}
+        )
+        assert (status, answer["error"], answer["field"]) == (400, "request.invalid", "newPassword")
 
     def test_self_service_reset(
         self, ready: LocalCloud, new_user: NewUser, can_bind: CanBind

@@ -20,9 +20,11 @@ import pytest
 import function_app
 from devstack import seed
 from tests.e2e.conftest import LocalCloud
+from tests.entra import audit_message, stream
 from writeback import sealing
 from writeback.cloud import events, http
 from writeback.cloud.bootstrap import Cloud, build
+from writeback.cloud.settings import DRIFT_FORCE_CHANGE
 from writeback.protocol import Operation
 from writeback.protocol.messages import RequestMessage, Secrets
 
@@ -49,10 +51,16 @@ class Captured(func.Out[str]):
 
 
 @pytest.fixture
-async def local(ready: LocalCloud) -> AsyncIterator[Cloud]:
-    """A Cloud for this process, built from the stack's settings and served by function_app,
-    once the relay's heartbeat has reached the agents table."""
-    instance = await build(ready.settings)
+def settings(ready: LocalCloud) -> dict[str, str]:
+    """The app settings the test's Cloud is built from: the stack's, unless a test changes them."""
+    return dict(ready.settings)
+
+
+@pytest.fixture
+async def local(settings: dict[str, str]) -> AsyncIterator[Cloud]:
+    """A Cloud for this process, built from `settings` and served by function_app, once the
+    relay's heartbeat has reached the agents table."""
+    instance = await build(settings)
     http.use(instance)
     try:
         deadline = time.monotonic() + 60
@@ -128,3 +136,43 @@ class TestEventsEndToEnd:
             "applied", "event", f"event-grid:{SOURCE}", True,
         )  # fmt: skip
         assert PASSWORD not in ready.log_text()
+
+
+class TestDriftEndToEnd:
+    @pytest.fixture
+    def settings(self, ready: LocalCloud) -> dict[str, str]:
+        return {**ready.settings, DRIFT_FORCE_CHANGE: "true"}
+
+    async def test_a_microsoft_365_reset_forces_a_change_at_next_logon_in_ad(
+        self,
+        settings: dict[str, str],
+        local: Cloud,
+        new_user: Callable[..., seed.Account],
+        can_bind: Callable[[seed.Account, str], bool],
+        read: Callable[[str, list[str]], dict[str, str]],
+    ) -> None:
+        """With WRITEBACK_DRIFT_FORCE_CHANGE on, a Microsoft 365 admin center reset of an AD user
+        (no writeback) gives one drift record in Azurite and one expire through the broker and
+        the relay: the Samba DC now requires a new password at next logon. The batch delivered
+        again changes nothing more."""
+        assert settings[DRIFT_FORCE_CHANGE] == "true"
+        account = new_user("drifted")
+        started = time.time()
+        message = audit_message("audit-m365-admin-reset.json", target=account.upn, at=started)
+        await stream(message)
+        assert read(account.dn, ["pwdLastSet"]) == {"pwdLastSet": "0"}
+        assert not can_bind(account, account.password)
+
+        await stream(message)
+        records = await local.service.audit.for_user(account.upn, started - 5, time.time() + 5)
+        by_operation = {record.operation: record for record in records}
+        assert sorted(by_operation) == ["drift", "expire"]
+        assert len(records) == 2
+        expire, drifted = by_operation["expire"], by_operation["drift"]
+        assert (expire.status, expire.reason, expire.caller) == (
+            "applied", "applied", "entra-audit:drift",
+        )  # fmt: skip
+        assert (drifted.status, drifted.reason) == ("failed", "password.drift")
+        assert drifted.detail is not None
+        assert drifted.detail.endswith(f"expire request {expire.request_id} (must change at next "
+                                       "logon): applied.")  # fmt: skip

@@ -11,6 +11,7 @@ from devstack import seed
 from tests.testbed import TestBed
 from writeback.protocol import (
     ChangePassword,
+    ExpirePassword,
     Initiator,
     Reason,
     ResetPassword,
@@ -154,10 +155,12 @@ class TestReset:
     def test_protected_by_group_membership(
         self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser
     ) -> None:
-        """A Domain Admins member without adminCount is still refused a reset and an unlock."""
+        """A Domain Admins member without adminCount is still refused a reset, an unlock and an
+        expire."""
         user = new_user("da", groups=(f"CN=Domain Admins,CN=Users,{testbed.domain.base_dn}",))
         assert directory.apply(ResetPassword(user.upn, NEW)).reason is Reason.USER_PROTECTED
         assert directory.apply(UnlockAccount(user.upn)).reason is Reason.USER_PROTECTED
+        assert directory.apply(ExpirePassword(user.upn)).reason is Reason.USER_PROTECTED
 
     def test_denied_group(self, testbed: TestBed, new_user: NewUser, admin: Any) -> None:
         """Members of a configured denied group are protected like administrators."""
@@ -365,6 +368,55 @@ class TestUnlock:
         outcome = directory.apply(UnlockAccount(new_user().upn))
         assert outcome.reason is Reason.APPLIED
         assert "not locked" in outcome.message
+
+
+class TestExpire:
+    def test_the_user_must_change_at_next_logon(
+        self, directory: LdapDirectory, new_user: NewUser, read: Read, can_bind: CanBind
+    ) -> None:
+        """pwdLastSet becomes 0: the DC refuses the old password's bind (must change, data 773)
+        and computes the password as expired, and a change with it still works."""
+        user = new_user("expire")
+        assert can_bind(user, user.password)
+        outcome = directory.apply(ExpirePassword(user.upn))
+        assert (outcome.status, outcome.reason) == (Status.APPLIED, Reason.APPLIED)
+        assert "pwdLastSet is now 0" in outcome.detail
+        state = read(user.dn, ["pwdLastSet", "msDS-UserPasswordExpiryTimeComputed"])
+        assert state == {"pwdLastSet": "0", "msDS-UserPasswordExpiryTimeComputed": "0"}
+        assert not can_bind(user, user.password)
+        again = directory.apply(ExpirePassword(user.upn))
+        assert (again.reason, "already had to change" in again.detail) == (Reason.APPLIED, True)
+        changed = directory.apply(ChangePassword(user.upn, user.password, "Fresh-Start-Pa55!"))
+        assert changed.reason is Reason.APPLIED
+        assert can_bind(user, "Fresh-Start-Pa55!")
+
+    def test_a_password_that_never_expires_is_refused(
+        self, directory: LdapDirectory, new_user: NewUser, read: Read, can_bind: CanBind
+    ) -> None:
+        """DONT_EXPIRE_PASSWORD: account.password_never_expires, and nothing is written."""
+        user = new_user("noexpire", never_expires=True)
+        before = read(user.dn, ["pwdLastSet"])["pwdLastSet"]
+        outcome = directory.apply(ExpirePassword(user.upn))
+        assert (outcome.status, outcome.reason) == (
+            Status.REJECTED,
+            Reason.ACCOUNT_PASSWORD_NEVER_EXPIRES,
+        )
+        assert read(user.dn, ["pwdLastSet"])["pwdLastSet"] == before != "0"
+        assert can_bind(user, user.password)
+
+    def test_without_write_pwd_last_set(
+        self, testbed: TestBed, new_user: NewUser, read: Read
+    ) -> None:
+        """An account with Reset Password only cannot expire: access denied naming pwdLastSet."""
+        user = new_user()
+        partial = testbed.directory(testbed.domain.reset_only)
+        try:
+            outcome = partial.apply(ExpirePassword(user.upn))
+        finally:
+            partial.close()
+        assert outcome.reason is Reason.DIRECTORY_ACCESS_DENIED
+        assert "Write pwdLastSet" in outcome.detail
+        assert read(user.dn, ["pwdLastSet"])["pwdLastSet"] != "0"
 
 
 class TestAccessDenied:

@@ -124,7 +124,7 @@ async def cloud(testbed: TestBed, bus: LocalServiceBus, tmp_path: Path) -> Async
 
 
 class TestOperations:
-    async def test_reset_change_unlock(
+    async def test_reset_change_unlock_expire(
         self, cloud: Cloud, testbed: TestBed, new_user: NewUser, can_bind: CanBind
     ) -> None:
         """Each operation travels sealed and signed, is applied to AD and answered applied."""
@@ -141,6 +141,10 @@ class TestOperations:
         assert unlock is not None
         assert unlock.reason is Reason.APPLIED
         assert can_bind(user, "Changed-Pa55!")
+        expire = await cloud.ask(Operation.EXPIRE, user.upn, None)
+        assert expire is not None
+        assert expire.reason is Reason.APPLIED
+        assert not can_bind(user, "Changed-Pa55!")  # must change at next logon
 
     async def test_rejections_reach_the_caller(
         self, cloud: Cloud, testbed: TestBed, new_user: NewUser

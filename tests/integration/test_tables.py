@@ -123,6 +123,13 @@ class TestAuditTrail:
         assert stored is not None
         assert (stored.status, stored.message, stored.duration_ms) == ("applied", None, 500)
 
+    async def test_a_duration_beyond_int32_is_stored(self, audit: TableAuditTrail) -> None:
+        """A drift found a month after the Entra reset has a duration over 2**31 ms, which the
+        SDK would refuse as an Int32: it is stored and reads back exactly."""
+        record = request(status="failed", reason="password.drift", duration_ms=2_678_400_123)
+        await audit.record(record)
+        assert await audit.get(record.request_id) == record
+
     async def test_unknown_id_is_none(self, audit: TableAuditTrail) -> None:
         """An id never recorded reads as None, not as an error."""
         assert await audit.get(str(uuid.uuid4())) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from writeback.cloud.auth import Authenticator, AuthSettings
 from writeback.cloud.bootstrap import Cloud
 from writeback.cloud.secrets import SIGNING_KEY_SECRET, CloudKeys, relay_keys_secret
 from writeback.cloud.service import ServiceSettings, WritebackService
+from writeback.cloud.settings import EventSettings
 from writeback.cloud.telemetry import Telemetry
 from writeback.errors import SecretsUnavailable
 from writeback.relay.agent import Agent
@@ -175,7 +177,7 @@ async def cloud_stack(
     if api_key_roles is not None:
         environ["WRITEBACK_API_KEY_ROLES"] = api_key_roles
     authenticator = Authenticator(AuthSettings.from_env(environ))
-    http.use(Cloud(service, authenticator, Telemetry()))
+    http.use(Cloud(service, authenticator, Telemetry(), EventSettings.from_env(os.environ)))
     stack = Stack(broker, service, FakeDirectory(), audit, agents, ENC_KEY, SIG_KEY, tmp)
     try:
         yield stack

@@ -53,6 +53,7 @@ class TestBindings:
             "reset_password": ("v1/passwords/reset", ("POST",), "ANONYMOUS"),
             "change_password": ("v1/passwords/change", ("POST",), "ANONYMOUS"),
             "unlock_account": ("v1/accounts/unlock", ("POST",), "ANONYMOUS"),
+            "expire_password": ("v1/passwords/expire", ("POST",), "ANONYMOUS"),
             "request_status": ("v1/requests/{request_id}", ("GET",), "ANONYMOUS"),
             "health": ("v1/health", ("GET",), "ANONYMOUS"),
             "domain_keys": ("v1/domains/{domain}/keys", ("GET",), "ANONYMOUS"),
@@ -83,8 +84,14 @@ class TestOperations:
                 function_app.unlock_account, request("POST", "x", {"user": body["user"]})
             )
             assert status == 200
+            status, expired = await call(
+                function_app.expire_password, request("POST", "x", {"user": body["user"]})
+            )
+            assert (status, expired["reason"]) == (200, "applied"), expired
             operations = [c.operation for c in stack.directory.applied]
-            assert operations == [Operation.RESET, Operation.CHANGE, Operation.UNLOCK]
+            assert operations == [
+                Operation.RESET, Operation.CHANGE, Operation.UNLOCK, Operation.EXPIRE
+            ]  # fmt: skip
             reset = stack.directory.applied[0]
             assert reset.unlock  # type: ignore[union-attr]
             assert reset.force_change_at_next_logon  # type: ignore[union-attr]

@@ -491,6 +491,7 @@ OPERATIONS = [
     (Operation.RESET, Initiator.ADMIN, Role.RESET_ADMIN),
     (Operation.CHANGE, None, Role.CHANGE),
     (Operation.UNLOCK, None, Role.UNLOCK),
+    (Operation.EXPIRE, None, Role.EXPIRE),
     (READ, None, Role.READ),
 ]
 

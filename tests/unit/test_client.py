@@ -40,6 +40,7 @@ OLD = "Client-Old-Pa55!"
 RESET = "/api/v1/passwords/reset"
 CHANGE = "/api/v1/passwords/change"
 UNLOCK = "/api/v1/accounts/unlock"
+EXPIRE = "/api/v1/passwords/expire"
 HEALTH = "/api/v1/health"
 USER = "alice@corp.example.com"
 Body = dict[str, Any] | bytes | Callable[["Recorded"], dict[str, Any]]
@@ -591,6 +592,13 @@ class TestOutcomes:
         fake_api.answer("POST", UNLOCK, 200, outcome(message="Unlocked."))
         assert main(["unlock", USER]) == 0
         assert set(fake_api.requests[0].json()) == {"user", "requestId"}
+
+    def test_expire_sends_only_the_user_and_an_id(self, fake_api: FakeApi) -> None:
+        """`writeback expire USER` posts the user and a request id to /passwords/expire."""
+        fake_api.answer("POST", EXPIRE, 200, outcome(message="Change it at next logon."))
+        assert main(["expire", USER]) == 0
+        assert set(fake_api.requests[0].json()) == {"user", "requestId"}
+        assert fake_api.requests[0].json()["user"] == USER
 
     def test_json_prints_the_raw_answer(
         self, fake_api: FakeApi, capsys: pytest.CaptureFixture[str]

@@ -84,8 +84,9 @@ class TestAuditEntity:
 
     def test_whole_second_times_are_stored_as_doubles(self) -> None:
         """An int epoch is stored as a float, so the table column keeps one type."""
-        entity = audit.to_entity(request(received_at=1_767_225_600))
+        entity = audit.to_entity(request(received_at=1_767_225_600, duration_ms=2**40))
         assert type(entity["received_at"]) is float
+        assert type(entity["duration_ms"]) is float  # an int would be an Int32 in the table
 
     def test_a_malformed_entity_names_the_field_not_its_value(self) -> None:
         """An entity missing a field or holding a wrong type is a ValueError that names the

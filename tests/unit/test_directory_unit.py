@@ -21,6 +21,7 @@ from writeback.errors import DirectoryUnavailable
 from writeback.protocol import (
     ChangePassword,
     Command,
+    ExpirePassword,
     Initiator,
     Outcome,
     Reason,
@@ -340,12 +341,14 @@ class TestProtectedAccounts:
         ],
         ids=["adminCount", "Domain Admins", "BUILTIN Administrators"],
     )
-    def test_reset_and_unlock_are_refused(self, protected: RawEntry) -> None:
-        """A protected account cannot be reset or unlocked through the relay; nothing is written."""
+    def test_reset_unlock_and_expire_are_refused(self, protected: RawEntry) -> None:
+        """A protected account cannot be reset, unlocked or expired through the relay; nothing
+        is written."""
         link = make_link(users={ALICE: protected})
         reset = apply(link, ResetPassword(ALICE_UPN, NEW, Initiator.ADMIN))
         unlock = apply(link, UnlockAccount(ALICE_UPN))
-        assert reset.reason is unlock.reason is Reason.USER_PROTECTED
+        expire = apply(link, ExpirePassword(ALICE_UPN))
+        assert reset.reason is unlock.reason is expire.reason is Reason.USER_PROTECTED
         assert ALICE in reset.detail
         assert link.modifies == []
 
@@ -527,6 +530,52 @@ class TestUnlock:
         outcome = apply(link, UnlockAccount(ALICE_UPN))
         assert outcome.reason is Reason.APPLIED
         assert outcome.message == "The account was not locked out."
+
+
+class TestExpire:
+    def test_expire_writes_pwd_last_set_zero_and_nothing_else(self) -> None:
+        """An expire is one modify of pwdLastSet to 0: no password, no control, no unlock."""
+        link = make_link(controls=[POLICY_HINTS_OID])
+        outcome = apply(link, ExpirePassword(ALICE_UPN))
+        assert outcome.reason is Reason.APPLIED
+        assert outcome.message.startswith("You must choose a new password")
+        assert "pwdLastSet is now 0" in outcome.detail
+        [modify] = link.modifies
+        assert (modify.dn, modify.changes, modify.controls) == (
+            ALICE,
+            {"pwdLastSet": [(ldap3.MODIFY_REPLACE, ["0"])]},
+            None,
+        )
+
+    def test_an_account_already_due_says_so(self) -> None:
+        """pwdLastSet already 0 (must change already): written again, and the detail says so."""
+        link = make_link(users={ALICE: user(pwdLastSet=[b"0"])})
+        outcome = apply(link, ExpirePassword(ALICE_UPN))
+        assert outcome.reason is Reason.APPLIED
+        assert "already had to change" in outcome.detail
+        assert len(link.modifies) == 1
+
+    def test_a_password_that_never_expires_is_refused(self) -> None:
+        """DONT_EXPIRE_PASSWORD makes AD ignore pwdLastSet = 0: refused, nothing written."""
+        link = make_link(users={ALICE: user(uac=UF_NORMAL_ACCOUNT | UF_DONT_EXPIRE_PASSWD)})
+        outcome = apply(link, ExpirePassword(ALICE_UPN))
+        assert outcome.reason is Reason.ACCOUNT_PASSWORD_NEVER_EXPIRES
+        assert outcome.status.value == "rejected"
+        assert link.modifies == []
+
+    def test_outside_the_scopes_is_refused(self) -> None:
+        """An expire is bound by directory.scopes like every operation."""
+        link = make_link(users={f"CN=Alice Example,{ADMINS}": user()})
+        assert apply(link, ExpirePassword(ALICE_UPN)).reason is Reason.USER_OUT_OF_SCOPE
+        assert link.modifies == []
+
+    def test_access_denied_names_the_right(self) -> None:
+        """Without Write pwdLastSet the DC says access denied, and the detail names the right."""
+        link = make_link()
+        link.answer(WINDOWS_DENIED)
+        outcome = apply(link, ExpirePassword(ALICE_UPN))
+        assert outcome.reason is Reason.DIRECTORY_ACCESS_DENIED
+        assert "Write pwdLastSet on the user object" in outcome.detail
 
 
 class TestFakeLink:

@@ -9,57 +9,27 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import function_app
+from tests.entra import FIXTURES, audit_message, stream
 from tests.unit.cloud_stack import DOMAIN, Stack, call, cloud_stack, request
 from writeback.cloud import drift
 from writeback.cloud.audit import AuditRecord
 from writeback.cloud.settings import CloudSettings, EventSettings
 from writeback.errors import ConfigurationError, StorageError
-from writeback.protocol import Operation
+from writeback.protocol import Operation, Outcome, Reason
 
 pytestmark = pytest.mark.timeout(60)
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "entra"
 
 
 def user() -> str:
     return f"dr{uuid.uuid4().hex[:10]}@{DOMAIN}"
-
-
-def audit_message(name: str, *, target: str, at: float | None = None) -> bytes:
-    """A fixture message with its records about `target`, at `at` (their published time when
-    None), and record ids of their own, as a new Entra operation would have."""
-    message = json.loads((FIXTURES / name).read_text())
-    suffix = uuid.uuid4().hex[:8]
-    for record in message["records"]:
-        properties = record["properties"]
-        if isinstance(properties.get("id"), str):
-            properties["id"] += f"_{suffix}"
-        if at is not None:
-            moment = datetime.fromtimestamp(at, UTC)
-            record["time"] = moment.isoformat().replace("+00:00", "Z")
-            properties["activityDateTime"] = moment.isoformat()
-        for resource in properties.get("targetResources") or []:
-            if resource.get("type") == "User" and "userPrincipalName" in resource:
-                published, resource["userPrincipalName"] = resource["userPrincipalName"], target
-                initiator = (properties.get("initiatedBy") or {}).get("user") or {}
-                if initiator.get("userPrincipalName") == published:  # self-service
-                    initiator["userPrincipalName"] = target
-    return json.dumps(message).encode()
-
-
-async def stream(*bodies: bytes | str) -> None:
-    """One batch through the registered trigger (cardinality many), as the host delivers it."""
-    events = [func.EventHubEvent(body=body) for body in bodies]  # type: ignore[arg-type]
-    await function_app.entra_audit.build().get_user_function()(events)
 
 
 def drifts(stack: Stack) -> list[AuditRecord]:
@@ -201,20 +171,54 @@ class TestDrift:
             await stream(audit_message("audit-m365-admin-reset.json", target="a@elsewhere.test"))
             assert stack.audit.records == {}
 
-    async def test_force_change_is_not_available_and_says_so(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    async def test_force_change_expires_the_drifted_password(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """WRITEBACK_DRIFT_FORCE_CHANGE cannot be honoured (the protocol has no force-change-only
-        operation): drift is recorded, nothing is sent, and the record and a warning say so."""
+        """With WRITEBACK_DRIFT_FORCE_CHANGE on, drift sends one expire for the user (applied by
+        the relay), audited as its own request, and the drift record names it. The twin record
+        and a second delivery of the batch send nothing more."""
         monkeypatch.setenv("WRITEBACK_DRIFT_FORCE_CHANGE", "true")
+        target = user()
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            message = audit_message("audit-entra-admin-reset.json", target=target)
+            await stream(message)
+            await stream(message)
+            (record,) = drifts(stack)
+            assert [(c.operation, c.user) for c in stack.directory.applied] == [
+                (Operation.EXPIRE, target)
+            ]
+            (expire,) = [r for r in stack.audit.records.values() if r.operation == "expire"]
+            assert (expire.user, expire.status, expire.reason) == (target, "applied", "applied")
+            assert (expire.source, expire.caller) == ("entra-audit", "entra-audit:drift")
+            assert record.detail is not None
+            assert f"expire request {expire.request_id}" in record.detail
+            assert record.detail.endswith("applied.")
+
+    async def test_force_change_is_off_by_default(self, tmp_path: Path) -> None:
+        """Without the setting drift is recorded and nothing is sent to the relay."""
         async with cloud_stack(tmp_path) as stack:
             await stack.start_relay()
             await stream(audit_message("audit-m365-admin-reset.json", target=user()))
             (record,) = drifts(stack)
             assert record.detail is not None
-            assert "not available" in record.detail
+            assert "WRITEBACK_DRIFT_FORCE_CHANGE" not in record.detail
             assert stack.directory.applied == []
-        assert "force-change-only" in caplog.text
+            assert [r.operation for r in stack.audit.records.values()] == ["drift"]
+
+    async def test_a_refused_expire_is_named_in_the_drift_record(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The relay refuses the expire (a protected account, here): drift is still recorded,
+        and its detail carries the relay's reason for the operator."""
+        monkeypatch.setenv("WRITEBACK_DRIFT_FORCE_CHANGE", "1")
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            stack.directory.outcomes.append(Outcome(Reason.USER_PROTECTED, "adminCount=1"))
+            await stream(audit_message("audit-m365-admin-reset.json", target=user()))
+            (record,) = drifts(stack)
+            assert record.detail is not None
+            assert record.detail.endswith("user.protected.")
 
 
 class TestBadAndUnrelated:

@@ -154,14 +154,27 @@ class TestRequest:
             ("change", {}, "initiator"),
             ("change", {"initiator": None, "unlock": True}, "unlock"),
             ("unlock", {"initiator": None}, "sealed"),
+            ("expire", {"initiator": None}, "sealed"),
+            (
+                "expire",
+                {"initiator": None, "sealed": None, "forceChangeAtNextLogon": True},
+                "unlock",
+            ),
             ("reset", {"sealed": None}, "sealed"),
             ("reset", {"sealed": "a.b.c"}, "sealed"),
         ],
     )
     def test_operation_rules(self, operation: str, changes: dict[str, Any], field: str) -> None:
-        """Initiator only on resets, unlock/force only on resets, secrets on all but unlock."""
+        """Initiator only on resets, unlock/force only on resets, secrets on all but unlock and
+        expire."""
         payload = request_payload(operation=operation, **changes)
         assert refused(RequestMessage.parse, payload).field == field
+
+    def test_an_expire_carries_no_secrets(self) -> None:
+        """An expire is the user alone: no initiator, no flags, nothing sealed."""
+        payload = request_payload(operation="expire", initiator=None, sealed=None)
+        message = RequestMessage.parse(payload)
+        assert (message.operation, message.sealed, message.initiator) == ("expire", None, None)
 
     def test_binding_covers_the_identity(self) -> None:
         """The AAD changes with id, domain, operation, user and expiry, and nothing else."""

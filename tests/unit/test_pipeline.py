@@ -97,6 +97,7 @@ class World:
             Operation.RESET: Secrets(PASSWORD),
             Operation.CHANGE: Secrets(PASSWORD, "Old1!"),
             Operation.UNLOCK: None,
+            Operation.EXPIRE: None,
         }[operation]
         return sealing.seal_request(
             message,
@@ -311,6 +312,33 @@ class TestExactlyOnce:
         await world.send(world.token())
         await world.handle_next()
         assert len(world.directory.applied) == 1
+
+    async def test_an_expire_redelivered_after_the_users_new_password_is_not_repeated(
+        self, world: World
+    ) -> None:
+        """An expire another delivery applied, and the user has answered it with a new password
+        since: writing pwdLastSet = 0 again would make them change it twice."""
+        world.directory.last_set[USER] = datetime.now(UTC)  # the new password, after the expire
+        await world.send(world.token(Operation.EXPIRE))
+        [delivery] = await world.relay.receive(1, 2.0)
+        redelivered = dataclasses.replace(delivery, delivery_count=2)
+        assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
+        assert (await world.outcome()).reason is Reason.APPLIED
+        assert world.directory.applied == []
+
+    async def test_an_expire_left_applying_is_written_again(self, world: World) -> None:
+        """pwdLastSet = 0 reads as never set: an expire a crash left APPLYING is simply written
+        again (it is idempotent), and the fake directory shows the must-change state."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="expire", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1")
+        world.directory.last_set[USER] = datetime.fromtimestamp(time.time() - 86400, UTC)
+        await world.send(world.token(Operation.EXPIRE))
+        assert await world.handle_next() is Settled.COMPLETED
+        assert (await world.outcome()).reason is Reason.APPLIED
+        assert [c.operation for c in world.directory.applied] == [Operation.EXPIRE]
+        assert world.directory.password_last_set(USER) is None
 
     async def test_one_write_per_user_at_a_time(self, world: World) -> None:
         """Two requests for one user in parallel never overlap in the directory."""

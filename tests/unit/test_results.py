@@ -317,6 +317,7 @@ FROM_DIRECTORY_LAYER = {  # LdapDirectory itself; see tests/unit/test_directory_
     Reason.USER_PROTECTED,  # adminCount=1, a protected or denied group
     Reason.USER_OUT_OF_SCOPE,  # outside directory.scopes
     Reason.ACCOUNT_DISABLED,  # userAccountControl & ACCOUNTDISABLE
+    Reason.ACCOUNT_PASSWORD_NEVER_EXPIRES,  # an expire for a DONT_EXPIRE_PASSWORD account
 }
 NOT_FROM_THE_DIRECTORY = {  # the request pipeline and the cloud side, never LdapDirectory
     Reason.REQUEST_MALFORMED,

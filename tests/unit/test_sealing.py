@@ -17,6 +17,7 @@ from writeback import sealing
 from writeback.errors import ConfigurationError, ProtocolError
 from writeback.protocol import (
     ChangePassword,
+    ExpirePassword,
     Initiator,
     Operation,
     Reason,
@@ -87,7 +88,7 @@ def request(operation: Operation = Operation.RESET, **changes: Any) -> RequestMe
 
 
 def secrets_for(operation: Operation) -> Secrets | None:
-    if operation is Operation.UNLOCK:
+    if operation in (Operation.UNLOCK, Operation.EXPIRE):
         return None
     old = OLD if operation is Operation.CHANGE else None
     return Secrets(new_password=PASSWORD, old_password=old)
@@ -114,13 +115,14 @@ def flip_bit(segment: str, position: int) -> str:
 class TestRoundTrip:
     @pytest.mark.parametrize("operation", list(Operation))
     def test_every_operation(self, keys: Keys, operation: Operation) -> None:
-        """Reset, change and unlock survive seal, sign, verify and open, field for field."""
+        """Reset, change, unlock and expire survive seal, sign, verify and open, field for field."""
         token = sealed_token(keys, request(operation))
         command = relay_opens(keys, token)
         expected = {
             Operation.RESET: ResetPassword("alice@corp.example.test", PASSWORD),
             Operation.CHANGE: ChangePassword("alice@corp.example.test", OLD, PASSWORD),
             Operation.UNLOCK: UnlockAccount("alice@corp.example.test"),
+            Operation.EXPIRE: ExpirePassword("alice@corp.example.test"),
         }[operation]
         assert command == expected
 

@@ -63,11 +63,16 @@ class TestChangeAndUnlock:
             "newPassword"
         )
 
-    def test_an_unlock_takes_only_the_user(self) -> None:
-        """An unlock with a password field is refused, naming it."""
-        assert refused(Operation.UNLOCK, {"user": "a@b.c", "newPassword": PASSWORD}).field == (
+    @pytest.mark.parametrize("operation", [Operation.UNLOCK, Operation.EXPIRE])
+    def test_an_unlock_or_expire_takes_only_the_user(self, operation: Operation) -> None:
+        """An unlock or expire with a password field (or any other) is refused, naming it."""
+        assert refused(operation, {"user": "a@b.c", "newPassword": PASSWORD}).field == (
             "newPassword"
         )
+        assert refused(operation, {"user": "a@b.c", "forceChangeAtNextLogon": True}).field == (
+            "forceChangeAtNextLogon"
+        )
+        assert parse(operation, {"user": "a@b.c", "requestId": "expire-0001"}).secrets is None
 
 
 class TestBody:

@@ -236,6 +236,10 @@ class Client:
         """Unlock `user`'s account."""
         return self._write("v1/accounts/unlock", {"user": user}, request_id)
 
+    def expire(self, user: str, *, request_id: str | None = None) -> Answer:
+        """Make `user` choose a new password at next logon (the password is not changed)."""
+        return self._write("v1/passwords/expire", {"user": user}, request_id)
+
     def request(self, request_id: str) -> Answer:
         """The state of one request (Refused 404 `request.unknown` if the API has no record)."""
         if not REQUEST_ID.fullmatch(request_id):

@@ -211,6 +211,10 @@ def _unlock(args: argparse.Namespace, client: api.Client) -> int:
     return _write(args, lambda rid: client.unlock(args.user, request_id=rid))
 
 
+def _expire(args: argparse.Namespace, client: api.Client) -> int:
+    return _write(args, lambda rid: client.expire(args.user, request_id=rid))
+
+
 def _status(args: argparse.Namespace, client: api.Client) -> int:
     if args.wait:
         _waiting(args, f"waiting up to {args.wait:g} s for request {args.request_id}…")
@@ -381,6 +385,8 @@ def _parser() -> argparse.ArgumentParser:
         )
     unlock = command("unlock", _unlock, "unlock a locked-out account")
     unlock.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    expire = command("expire", _expire, "make a user choose a new password at next logon")
+    expire.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
     status = command("status", _status, "show a request's outcome (poll it with --wait)")
     status.add_argument("request_id", type=_request_id, metavar="REQUEST_ID")
     status.add_argument(

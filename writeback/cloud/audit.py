@@ -113,8 +113,10 @@ def to_entity(record: AuditRecord) -> dict[str, Any]:
     for name in _FIELDS:
         value = getattr(record, name)
         if value is not None:
-            # An int epoch would be stored as Int32; always store times as Double.
-            entity[name] = float(value) if name in _FLOATS else value
+            # A Python int is stored as Int32, too small for an epoch or for a drift found weeks
+            # after the fact (2**31 ms is under 25 days): numbers are stored as Double, exact up
+            # to 2**53. Rows written as Int32 before still read back.
+            entity[name] = float(value) if name in _FLOATS | _INTS else value
     return entity
 
 

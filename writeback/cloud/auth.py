@@ -88,6 +88,7 @@ class Role(enum.StrEnum):
     RESET_ADMIN = "Writeback.Reset.Admin"
     CHANGE = "Writeback.Change"
     UNLOCK = "Writeback.Unlock"
+    EXPIRE = "Writeback.Expire"
     READ = "Writeback.Read"
 
 
@@ -107,6 +108,8 @@ def required_role(
         return Role.CHANGE
     if operation == Operation.UNLOCK:
         return Role.UNLOCK
+    if operation == Operation.EXPIRE:
+        return Role.EXPIRE
     if operation == READ:
         return Role.READ
     raise ValueError(f"no role is defined for operation {operation!r}")

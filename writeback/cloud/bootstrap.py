@@ -10,7 +10,7 @@ Tests and the local host pass their own adapters to `WritebackService` instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.identity.aio import DefaultAzureCredential
@@ -20,7 +20,7 @@ from writeback.cloud.audit import TableAuditTrail
 from writeback.cloud.auth import Authenticator
 from writeback.cloud.secrets import CloudKeys, build_secret_source
 from writeback.cloud.service import WritebackService
-from writeback.cloud.settings import CloudSettings, Storage
+from writeback.cloud.settings import CloudSettings, EventSettings, Storage
 from writeback.cloud.tables import Table
 from writeback.cloud.telemetry import Telemetry, configure
 from writeback.transport.servicebus import ServiceBusCloud
@@ -33,6 +33,8 @@ class Cloud:
     service: WritebackService
     authenticator: Authenticator
     telemetry: Telemetry
+    # The event triggers' settings, read from the same app settings as the rest.
+    events: EventSettings = field(default_factory=EventSettings)
 
     async def close(self) -> None:
         await self.service.transport.close()
@@ -75,4 +77,4 @@ async def build(environ: Mapping[str, str]) -> Cloud:
         agents=TableAgentRegistry(agents_table),
         settings=settings.service,
     )
-    return Cloud(service, Authenticator(settings.auth), Telemetry())
+    return Cloud(service, Authenticator(settings.auth), Telemetry(), settings.events)

@@ -12,7 +12,10 @@ operation name before any other work:
   WRITEBACK_DRIFT_WINDOW_SECONDS of it means the Entra and AD passwords now differ: a reset in
   the Microsoft 365 admin center, which never writes back, is the known case. It becomes a drift
   record in the audit trail, one count of `writeback.drift` and a warning log line
-  ("password drift") for an operator to alert on.
+  ("password drift") for an operator to alert on. With WRITEBACK_DRIFT_FORCE_CHANGE on, an
+  expire request (pwdLastSet = 0) goes to the user's relay first, so the user must choose a new
+  password at the next on-premises logon and the two cannot silently stay apart; the drift
+  record says what became of it.
 
 A record that cannot be read is logged and skipped; one bad record never fails the batch. Ids
 derive from Entra's record id, so a batch delivered again changes nothing. Logs carry request
@@ -33,7 +36,7 @@ from typing import Any
 from opentelemetry import metrics
 
 from writeback.cloud.audit import AuditRecord, AuditTrail
-from writeback.cloud.service import WritebackService
+from writeback.cloud.service import Answer, WritebackService
 from writeback.cloud.settings import DRIFT_FORCE_CHANGE, EventSettings
 from writeback.cloud.submissions import InvalidInput, Submission
 from writeback.cloud.telemetry import Telemetry, trace_id
@@ -66,7 +69,8 @@ DRIFT_REASON = Reason.PASSWORD_DRIFT.value
 DRIFT_MESSAGE = "The password was changed in Entra ID but not in Active Directory."
 _NAMESPACE = uuid.UUID("54144abf-95f1-46eb-85e9-0044febfd948")
 _WRITES = frozenset({Operation.RESET.value, Operation.CHANGE.value})
-_MATCHING = frozenset({"applied", "pending"})  # a request that did (or may still) write AD
+_MATCHING = frozenset({"applied", "pending"})
+DUPLICATE = "request.duplicate"  # a request that did (or may still) write AD
 
 
 class Unreadable(ValueError):
@@ -238,12 +242,6 @@ class AuditStream:
             unit="{event}",
             description="Entra ID password resets and changes not written back to AD",
         )
-        if settings.drift_force_change:
-            log.warning(
-                "drift cannot force a change at next logon: the relay protocol has no "
-                "force-change-only operation; drift is recorded only",
-                extra={"setting": DRIFT_FORCE_CHANGE},
-            )
 
     async def process(self, bodies: Iterable[bytes | str]) -> Summary:
         """Handle every relevant record of the batch. A failure a retry may get past (storage,
@@ -288,24 +286,15 @@ class AuditStream:
         if not self._settings.unlock_on_self_service:
             summary.not_ours += 1
             return
-        submission = Submission(
-            Operation.UNLOCK, activity.user, request_id=derived_id("entra", activity)
-        )
-        caller = StreamCaller("event", f"{SOURCE}:{activity.initiated_by}")
-        with self._telemetry.request(Operation.UNLOCK.value, None) as traceparent:
-            try:
-                answer = await self._service.submit(
-                    submission, caller, source=SOURCE, trace_id=trace_id(traceparent),
-                    traceparent=traceparent,
-                )  # fmt: skip
-            except InvalidInput as exc:
-                if exc.reason == "request.duplicate":
-                    summary.repeated += 1
-                else:
-                    summary.skipped += 1
-                    log.warning("Entra unlock not written back", extra={"reason": exc.reason})
-                return
-            self._telemetry.completed(Operation.UNLOCK.value, answer)
+        caller = f"{SOURCE}:{activity.initiated_by}"
+        answer = await self._submit(Operation.UNLOCK, activity, "entra", caller)
+        if isinstance(answer, InvalidInput):
+            if answer.reason == DUPLICATE:
+                summary.repeated += 1
+            else:
+                summary.skipped += 1
+                log.warning("Entra unlock not written back", extra={"reason": answer.reason})
+            return
         summary.unlocks += 1
         log.info(
             "Entra self-service unlock written back",
@@ -324,10 +313,53 @@ class AuditStream:
         if any(r.operation == DRIFT for r in nearby):
             summary.repeated += 1  # this record again, or its twin from another Entra service
             return
-        await self._record_drift(activity, domain, window)
+        # The expire goes first: if recording the drift fails, the batch's retry finds no drift
+        # record, sends the expire again under the same id (a duplicate, so nothing is written
+        # twice) and records the drift then.
+        forced = await self._force_change(activity) if self._settings.drift_force_change else ""
+        await self._record_drift(activity, domain, window, forced)
         summary.drifts += 1
 
-    async def _record_drift(self, activity: EntraActivity, domain: str, window: float) -> None:
+    async def _submit(
+        self, operation: Operation, activity: EntraActivity, prefix: str, caller: str
+    ) -> Answer | InvalidInput:
+        """Send one request for the activity's user through the writeback service, under an id
+        derived from the Entra record; the service's refusal is returned, not raised."""
+        submission = Submission(operation, activity.user, request_id=derived_id(prefix, activity))
+        with self._telemetry.request(operation.value, None) as traceparent:
+            try:
+                answer = await self._service.submit(
+                    submission, StreamCaller("event", caller), source=SOURCE,
+                    trace_id=trace_id(traceparent), traceparent=traceparent,
+                )  # fmt: skip
+            except InvalidInput as exc:
+                return exc
+            self._telemetry.completed(operation.value, answer)
+        return answer
+
+    async def _force_change(self, activity: EntraActivity) -> str:
+        """Send an expire for the drifted user; what became of it, for the drift record."""
+        request_id = derived_id(Operation.EXPIRE.value, activity)
+        answer = await self._submit(Operation.EXPIRE, activity, Operation.EXPIRE.value,
+                                    f"{SOURCE}:drift")  # fmt: skip
+        if isinstance(answer, InvalidInput):
+            if answer.reason == DUPLICATE:
+                return f" {DRIFT_FORCE_CHANGE}: expire request {request_id} was sent before."
+            return f" {DRIFT_FORCE_CHANGE}: expire not sent ({answer.reason}: {answer.problem})."
+        log.info(
+            "drifted user must change the password at next logon",
+            extra={"request_id": request_id, "status": answer.status or "pending",
+                   "reason": answer.reason},
+        )  # fmt: skip
+        outcome = answer.reason if answer.state == "completed" else "still pending"
+        return (
+            f" {DRIFT_FORCE_CHANGE}: expire request {request_id} (must change at next logon): "
+            f"{outcome}."
+        )
+
+    async def _record_drift(
+        self, activity: EntraActivity, domain: str, window: float, forced: str
+    ) -> None:
         now = self._clock()
         when = datetime.fromtimestamp(activity.at, UTC).isoformat()
         detail = (
@@ -335,9 +367,7 @@ class AuditStream:
             f"{activity.initiated_by} at {when}, record {activity.record_id}: no writeback "
             f"request for this user within {window:g}s, so the Entra ID and AD passwords differ. "
             "Reset the password through writeback, or have the user change it."
-        )
-        if self._settings.drift_force_change:
-            detail += f" {DRIFT_FORCE_CHANGE} is set but not available yet: nothing was sent."
+        ) + forced
         record = AuditRecord(
             request_id=derived_id(DRIFT, activity),
             received_at=activity.at,  # when it happened in Entra: the window is around it

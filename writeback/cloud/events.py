@@ -1,7 +1,8 @@
 """Writeback requests that arrive as CloudEvents through Event Grid, and the events that answer.
 
 A portal or an identity workflow publishes `Writeback.PasswordReset.Requested`,
-`Writeback.PasswordChange.Requested` or `Writeback.AccountUnlock.Requested` (CloudEvents 1.0)
+`Writeback.PasswordChange.Requested`, `Writeback.AccountUnlock.Requested` or
+`Writeback.PasswordExpire.Requested` (CloudEvents 1.0)
 whose `data` is the body the HTTP API takes (docs/api.md). Event Grid stores and retries events,
 so a password in one must be sealed to the domain's relay keys (`sealedPassword`): a cleartext
 `newPassword` or `oldPassword` is refused and audited without its value, and nothing here ever
@@ -41,11 +42,13 @@ REQUESTED: dict[str, Operation] = {
     "Writeback.PasswordReset.Requested": Operation.RESET,
     "Writeback.PasswordChange.Requested": Operation.CHANGE,
     "Writeback.AccountUnlock.Requested": Operation.UNLOCK,
+    "Writeback.PasswordExpire.Requested": Operation.EXPIRE,
 }
 COMPLETED: dict[Operation, str] = {
     Operation.RESET: "Writeback.PasswordReset.Completed",
     Operation.CHANGE: "Writeback.PasswordChange.Completed",
     Operation.UNLOCK: "Writeback.AccountUnlock.Completed",
+    Operation.EXPIRE: "Writeback.PasswordExpire.Completed",
 }
 COMPLETED_SOURCE = "/writeback"
 # A request id is the UUIDv5 of "<source>\n<id>" in this namespace (published in

@@ -26,7 +26,6 @@ import azure.functions as func
 from writeback.cloud import auth, drift, events
 from writeback.cloud.bootstrap import Cloud, build
 from writeback.cloud.service import Answer
-from writeback.cloud.settings import EventSettings
 from writeback.cloud.submissions import REQUEST_ID, InvalidInput, parse, read_body
 from writeback.cloud.telemetry import trace_id
 from writeback.errors import ConfigurationError, WritebackError
@@ -127,7 +126,7 @@ def _traceparent(request: Any) -> str | None:
 
 
 async def submit(request: Any, operation: Operation) -> Any:
-    """POST /api/v1/passwords/reset | /change, /api/v1/accounts/unlock."""
+    """POST /api/v1/passwords/reset | /change | /expire, /api/v1/accounts/unlock."""
 
     async def act(instance: Cloud, caller: auth.Caller) -> Any:
         submission = parse(operation, read_body(request.get_body()))
@@ -261,11 +260,10 @@ async def entra_audit(messages: Any) -> None:
     global _stream  # noqa: PLW0603 - one audit stream per Cloud (its settings read once)
     instance = await _cloud_for_trigger()
     if _stream is None or _stream[0] is not instance:
-        settings = EventSettings.from_env(os.environ)
         _stream = (
             instance,
             drift.AuditStream(
-                instance.service, instance.service.audit, instance.telemetry, settings
+                instance.service, instance.service.audit, instance.telemetry, instance.events
             ),
         )
     batch = messages if isinstance(messages, list) else [messages]

@@ -29,7 +29,8 @@ from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.cloud.audit import AuditRecord, AuditTrail
 from writeback.cloud.submissions import InvalidInput, Submission
 from writeback.errors import ProtocolError, SecretsUnavailable, TransportError, WritebackError
-from writeback.protocol import Operation, Reason
+from writeback.protocol import Reason
+from writeback.protocol.commands import WITHOUT_SECRETS
 from writeback.protocol.messages import RequestMessage
 from writeback.routing import Routes, UnknownDomain
 from writeback.transport import CloudTransport
@@ -200,7 +201,7 @@ class WritebackService:
         self, message: RequestMessage, submission: Submission, relay_keys: KeySet
     ) -> str:
         signing_key = await self.keys.signing_key()
-        if message.operation is Operation.UNLOCK:
+        if message.operation in WITHOUT_SECRETS:
             return sealing.seal_request(message, None, relay_keys, signing_key)
         if submission.sealed is None:
             return sealing.seal_request(message, submission.secrets, relay_keys, signing_key)

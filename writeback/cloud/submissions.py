@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from writeback.protocol import Initiator, Operation
+from writeback.protocol.commands import WITHOUT_SECRETS
 from writeback.protocol.messages import (
     MAX_LIFETIME_SECONDS,
     MAX_MESSAGE_BYTES,
@@ -47,6 +48,7 @@ _FIELDS: dict[Operation, set[str]] = {
         "expiresAt",
     },
     Operation.UNLOCK: {"user", "requestId"},
+    Operation.EXPIRE: {"user", "requestId"},
 }
 
 
@@ -104,7 +106,7 @@ def parse(operation: Operation, body: dict[str, Any], now: float | None = None) 
     request_id = _text(body, "requestId")
     if request_id is not None and not REQUEST_ID.fullmatch(request_id):
         raise InvalidInput("requestId", "must be 8 to 128 characters of A-Z a-z 0-9 . _ : -")
-    if operation is Operation.UNLOCK:
+    if operation in WITHOUT_SECRETS:
         return Submission(operation, user, request_id=request_id)
 
     sealed = body.get("sealedPassword")

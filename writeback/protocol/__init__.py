@@ -8,6 +8,7 @@ nothing of ours except `writeback.errors`.
 from writeback.protocol.commands import (
     ChangePassword,
     Command,
+    ExpirePassword,
     Initiator,
     Operation,
     ResetPassword,
@@ -18,6 +19,7 @@ from writeback.protocol.reasons import Outcome, Reason, Status
 __all__ = [
     "ChangePassword",
     "Command",
+    "ExpirePassword",
     "Initiator",
     "Operation",
     "Outcome",

@@ -1,4 +1,4 @@
-"""The commands a relay applies: reset, change, unlock.
+"""The commands a relay applies: reset, change, unlock, expire.
 
 Commands carry passwords, so their `repr` hides them and nothing in this module ever formats a
 password into a string.
@@ -14,6 +14,7 @@ class Operation(enum.StrEnum):
     RESET = "reset"
     CHANGE = "change"
     UNLOCK = "unlock"
+    EXPIRE = "expire"
 
 
 class Initiator(enum.StrEnum):
@@ -56,4 +57,16 @@ class UnlockAccount:
     operation = Operation.UNLOCK
 
 
-Command = ResetPassword | ChangePassword | UnlockAccount
+@dataclass(frozen=True)
+class ExpirePassword:
+    """Make the user choose a new password at next logon (pwdLastSet = 0); the password itself
+    is not touched. What drift asks for when Entra ID and AD passwords differ."""
+
+    user: str
+
+    operation = Operation.EXPIRE
+
+
+Command = ResetPassword | ChangePassword | UnlockAccount | ExpirePassword
+# The operations that carry no password: nothing is sealed for them.
+WITHOUT_SECRETS = frozenset({Operation.UNLOCK, Operation.EXPIRE})

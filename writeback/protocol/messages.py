@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from writeback.errors import ProtocolError
-from writeback.protocol.commands import Initiator, Operation
+from writeback.protocol.commands import WITHOUT_SECRETS, Initiator, Operation
 from writeback.protocol.reasons import Reason, Status
 
 VERSION = 1
@@ -306,9 +306,11 @@ class RequestMessage:
             )
         if not is_reset and (message.unlock or message.force_change_at_next_logon):
             raise ProtocolError(MALFORMED, "only a reset may unlock or force a change", "unlock")
-        if (sealed is None) != (operation is Operation.UNLOCK):
+        if (sealed is None) != (operation in WITHOUT_SECRETS):
             raise ProtocolError(
-                MALFORMED, "a reset or change carries sealed secrets, an unlock none", "sealed"
+                MALFORMED,
+                "a reset or change carries sealed secrets, an unlock or expire none",
+                "sealed",
             )
         if sealed is not None and not isinstance(sealed, dict):
             raise ProtocolError(MALFORMED, "must be a JWE in JSON serialization", "sealed")

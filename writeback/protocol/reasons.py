@@ -37,6 +37,7 @@ class Reason(enum.StrEnum):
     ACCOUNT_DISABLED = "account.disabled"
     ACCOUNT_LOCKED = "account.locked"
     ACCOUNT_CANNOT_CHANGE_PASSWORD = "account.cannot_change_password"  # noqa: S105 - a reason code
+    ACCOUNT_PASSWORD_NEVER_EXPIRES = "account.password_never_expires"  # noqa: S105 - a reason code
     REQUEST_INVALID = "request.invalid"
     # failed: something is broken; an administrator must act
     DIRECTORY_UNAVAILABLE = "directory.unavailable"
@@ -116,6 +117,11 @@ _REASONS: dict[Reason, tuple[Status, str]] = {
     Reason.ACCOUNT_CANNOT_CHANGE_PASSWORD: (
         Status.REJECTED,
         f"This account is not allowed to change its password. {_ADMIN}",
+    ),
+    Reason.ACCOUNT_PASSWORD_NEVER_EXPIRES: (
+        Status.REJECTED,
+        "This account's password never expires, so it cannot be required to change at next "
+        f"logon. {_ADMIN}",
     ),
     Reason.REQUEST_INVALID: (Status.REJECTED, "The request is not valid."),
     Reason.DIRECTORY_UNAVAILABLE: (

@@ -1,4 +1,4 @@
-"""Apply a reset, change or unlock to AD DS and say exactly what happened.
+"""Apply a reset, change, unlock or expire to AD DS and say exactly what happened.
 
 For each command: find the user by UPN, refuse what the relay must refuse whatever AD would allow
 (outside the configured OUs, disabled, protected accounts on a reset or unlock), pre-check the
@@ -24,6 +24,7 @@ from writeback.errors import DirectoryAccessDenied, DirectoryError, DirectoryUna
 from writeback.protocol import (
     ChangePassword,
     Command,
+    ExpirePassword,
     Initiator,
     Operation,
     Outcome,
@@ -169,6 +170,8 @@ class LdapDirectory:
             return self._reset(link, command, user, hints)
         if isinstance(command, ChangePassword):
             return self._change(link, command, user)
+        if isinstance(command, ExpirePassword):
+            return self._expire(link, user)
         return self._unlock(link, command, user)
 
     @staticmethod
@@ -186,8 +189,8 @@ class LdapDirectory:
         if user.number("userAccountControl") & accounts.UF_ACCOUNTDISABLE:
             return Outcome(Reason.ACCOUNT_DISABLED, f"{user.dn} is disabled")
         # As in Microsoft's writeback: an administrator may change their own password with the
-        # old one, but a reset or unlock of a privileged account through the cloud would let
-        # whoever controls the cloud side take over the domain.
+        # old one, but a reset, unlock or expire of a privileged account through the cloud would
+        # let whoever controls the cloud side take over (or lock out of) the domain.
         # allow_protected_reset lifts AD's own protection (adminCount, AdminSDHolder groups),
         # never the administrator's explicit denied_groups.
         if command.operation is not Operation.CHANGE:
@@ -331,6 +334,27 @@ class LdapDirectory:
                 Reason.APPLIED,
                 f"{outcome.detail}; " + ("was locked out" if locked else "was not locked out"),
                 "The account is unlocked." if locked else "The account was not locked out.",
+            )
+        return outcome
+
+    def _expire(self, link: ldap.Link, user: User) -> Outcome:
+        if user.number("userAccountControl") & accounts.UF_DONT_EXPIRE_PASSWD:
+            # AD ignores pwdLastSet = 0 for such accounts: "applied" would be a false promise.
+            return Outcome(
+                Reason.ACCOUNT_PASSWORD_NEVER_EXPIRES,
+                f"{user.dn} has DONT_EXPIRE_PASSWORD in userAccountControl; nothing was written",
+            )
+        was_due = user.number("pwdLastSet") == 0
+        changes: dict[str, list[tuple[str, list[Any]]]] = {
+            "pwdLastSet": [(ldap3.MODIFY_REPLACE, ["0"])]
+        }
+        outcome = self._write(link, operation=Operation.EXPIRE, user=user, changes=changes)
+        if outcome.reason is Reason.APPLIED:
+            return Outcome(
+                Reason.APPLIED,
+                f"{outcome.detail}; "
+                + ("it already had to change its password" if was_due else "pwdLastSet is now 0"),
+                "You must choose a new password the next time you sign in on-premises.",
             )
         return outcome
 

@@ -174,6 +174,9 @@ class Pipeline:
         if command.operation is Operation.UNLOCK:
             return None  # lockoutTime=0 can simply be written again
         last_set = await asyncio.to_thread(self._directory.password_last_set, command.user)
+        # An expire writes pwdLastSet = 0, which reads as None: writing it again is harmless.
+        # A password set since then is the user's answer to it; another expire would make them
+        # change it twice.
         if last_set is None or last_set.timestamp() < since - CLOCK_TOLERANCE_SECONDS:
             return None
         # Writing again would fail as history (or change the password twice): report the write

@@ -58,6 +58,7 @@ RIGHTS_NEEDED: dict[Operation, str] = {
     Operation.RESET: "the Reset Password extended right on the user object",
     Operation.CHANGE: "the Change Password extended right on the user object",
     Operation.UNLOCK: "Write lockoutTime on the user object",
+    Operation.EXPIRE: "Write pwdLastSet on the user object",
 }
 
 _HINTS = {
