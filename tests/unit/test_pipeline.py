@@ -313,6 +313,22 @@ class TestExactlyOnce:
         await world.handle_next()
         assert len(world.directory.applied) == 1
 
+    async def test_a_request_issued_in_the_future_is_answered_not_applied(
+        self, world: World, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A relay whose clock is 10 minutes behind the cloud's: the signed request is answered
+        request.malformed naming the clock, nothing is applied or journaled, so the same
+        request can be applied once the clocks agree."""
+        await world.send(world.token())
+        world.pipeline._clock = lambda: time.time() - 600
+        assert await world.handle_next() is Settled.COMPLETED
+        outcome = await world.outcome()
+        assert outcome.reason is Reason.REQUEST_MALFORMED
+        assert "ahead of this relay's clock" in outcome.detail
+        assert world.directory.applied == []
+        assert world.journal.get("req-1") is None
+        assert "request_from_the_future" in caplog.text
+
     async def test_an_expire_redelivered_after_the_users_new_password_is_not_repeated(
         self, world: World
     ) -> None:

@@ -1,11 +1,12 @@
 """What a relay does with one delivered request, from signature to settlement.
 
-verify the cloud's signature and the format → check id, domain and expiry → journal (a duplicate
-gets the recorded outcome again; an entry a crash left APPLYING is resolved from the user's
-pwdLastSet, so a write AD already accepted is neither repeated nor reported as a history
-failure) → open the sealed secrets → apply through the directory, one write per user at a time,
-with the message lock renewed meanwhile → journal the outcome → send it signed, on the reply
-session the signed request names (else the request's own) → complete.
+verify the cloud's signature and the format → check id and domain → refuse a request issued ahead
+of this relay's clock (clock skew) → journal, then the expiry (a duplicate gets the recorded
+outcome again; an entry a crash left APPLYING is resolved from the user's pwdLastSet, so a write AD
+already accepted is neither repeated nor reported as a history failure) → open the sealed secrets →
+apply through the directory, one write per user at a time, with the message lock renewed meanwhile
+→ journal the outcome → send it signed, on the reply session the signed request names (else the
+request's own) → complete.
 
 A message whose signature or format is bad is dead-lettered with a reason and no secret: nothing
 in it can be trusted, not even the id to answer on. Anything signed and well-formed gets an
@@ -115,6 +116,21 @@ class Pipeline:
         return await self._answer(delivery, message, outcome, started)
 
     async def _process(self, message: RequestMessage, delivery_count: int) -> Outcome:
+        ahead = message.issued_at - self._clock()
+        if ahead > sealing.CLOCK_SKEW_SECONDS:
+            # Signed by the cloud, so not forged: one of the two clocks is wrong. Refused before
+            # the journal, so the same request is applied once the clocks agree again (within
+            # its lifetime); the caller learns why at once.
+            log.warning(
+                "request_from_the_future",
+                extra={"request": message.id, "ahead_seconds": round(ahead)},
+            )
+            return Outcome(
+                Reason.REQUEST_MALFORMED,
+                f"issued {ahead:.0f}s ahead of this relay's clock (more than "
+                f"{sealing.CLOCK_SKEW_SECONDS}s): check the time synchronisation of the relay's "
+                "host",
+            )
         # The journal comes before the expiry: a request already answered gets its recorded
         # outcome even when it is delivered again after its expiry (a crash, a lost answer).
         try:
