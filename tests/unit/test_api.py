@@ -143,6 +143,32 @@ class TestAvailability:
             assert stack.broker.stats(f"writeback-requests-{DOMAIN}")["active"] == 0
             assert stack.audit.records[answer["requestId"]].reason == "agent.unavailable"
 
+    async def test_a_request_never_sent_may_be_sent_again_under_its_id(
+        self, tmp_path: Path
+    ) -> None:
+        """503 agent.unavailable means nothing was sent: the caller retries with the same
+        requestId once a relay is back and it is applied, keeping its first arrival time. Once
+        sent, the id is used: another retry is 409, as is the id from another user."""
+        async with cloud_stack(tmp_path) as stack:
+            body = reset_body(requestId=str(uuid.uuid4()))
+            status, answer = await call(function_app.reset_password, request("POST", "x", body))
+            assert (status, answer["reason"]) == (503, "agent.unavailable")
+            first_arrival = stack.audit.records[body["requestId"]].received_at
+            other_user = {**body, "user": user()}
+            status, answer = await call(
+                function_app.reset_password, request("POST", "x", other_user)
+            )
+            assert (status, answer["error"]) == (409, "request.duplicate")
+            await stack.start_relay()
+            status, answer = await call(function_app.reset_password, request("POST", "x", body))
+            assert (status, answer["reason"], answer["requestId"]) == (
+                200, "applied", body["requestId"],
+            )  # fmt: skip
+            assert len(stack.directory.applied) == 1
+            assert stack.audit.records[body["requestId"]].received_at == first_arrival
+            status, answer = await call(function_app.reset_password, request("POST", "x", body))
+            assert (status, answer["error"]) == (409, "request.duplicate")
+
     async def test_slow_relay_gives_504_then_the_poll_shows_the_outcome(
         self, tmp_path: Path
     ) -> None:

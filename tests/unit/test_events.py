@@ -19,8 +19,9 @@ import pytest
 import function_app
 from tests.unit.cloud_stack import DOMAIN, ENC_KEY, Stack, cloud_stack
 from writeback import sealing
-from writeback.cloud import events
+from writeback.cloud import events, http
 from writeback.cloud.audit import AuditRecord
+from writeback.cloud.telemetry import Telemetry
 from writeback.protocol import Operation
 from writeback.protocol.messages import RequestMessage, Secrets
 from writeback.transport import requests_queue
@@ -214,12 +215,39 @@ class TestRequestedEvents:
             assert answer["data"]["status"] == "applied"
             assert len(stack.directory.applied) == 1
 
-    async def test_a_failed_outcome_is_answered_not_raised(self, tmp_path: Path) -> None:
-        """No relay alive: the request fails fast and the Completed event says so."""
-        async with cloud_stack(tmp_path):
+    async def test_no_relay_alive_is_retried_while_the_request_is_valid(
+        self, tmp_path: Path
+    ) -> None:
+        """No relay alive: nothing is sent and the trigger raises NotSentYet, so Event Grid
+        delivers the event again; once a relay is back, that delivery sends the request under
+        the same id and it is applied once."""
+        async with cloud_stack(tmp_path) as stack:
             body = sealed_reset(user(), source="/portals/self-service", event_id="down-1")
+            with pytest.raises(events.NotSentYet):
+                await deliver(cloud_event(body))
+            rid = events.request_id("/portals/self-service", "down-1")
+            assert stack.audit.records[rid].reason == "agent.unavailable"
+            assert stack.directory.applied == []
+            await stack.start_relay()
             answer = (await deliver(cloud_event(body))).event()
-            assert (answer["data"]["status"], answer["data"]["reason"]) == (
+            assert (answer["id"], answer["data"]["status"]) == (rid, "applied")
+            assert len(stack.directory.applied) == 1
+
+    async def test_no_relay_alive_is_answered_once_the_request_expired(
+        self, tmp_path: Path
+    ) -> None:
+        """A delivery after the request's expiry, still with no relay alive: the failure is
+        final, answered as a Completed event, never raised."""
+        async with cloud_stack(tmp_path) as stack:
+            body = sealed_reset(user(), source="/portals/self-service", event_id="down-2")
+            with pytest.raises(events.NotSentYet):
+                await deliver(cloud_event(body))
+            late = events.EventHandler(
+                stack.service, stack.audit, Telemetry(), clock=lambda: time.time() + 120
+            )
+            answer = await late.handle(http._requested(cloud_event(body)))
+            assert answer is not None
+            assert (answer.data["status"], answer.data["reason"]) == (
                 "failed", "agent.unavailable",
             )  # fmt: skip
 

@@ -11,7 +11,10 @@ a request id derived from the event's source and id (`request_id`), so a second 
 the request already recorded and applies nothing again. The outcome goes back as a
 `Writeback.*.Completed` CloudEvent. A bad event is refused (audited, answered), never raised;
 only what a later delivery can get past is raised, so that Event Grid retries: storage or keys
-unreachable, or an outcome not in yet (`OutcomePending`). Nothing here imports azure.functions:
+unreachable, an outcome not in yet (`OutcomePending`), or a request that could not be sent (no
+relay alive, Service Bus down) while it is still valid (`NotSentYet`: the next delivery sends it
+again under the same id; after its expiry the `agent.unavailable` or `transport.unavailable`
+outcome is final and answered). Nothing here imports azure.functions:
 `writeback.cloud.http` adapts the trigger and the output binding.
 """
 
@@ -29,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from writeback.cloud.audit import AuditRecord, AuditTrail
-from writeback.cloud.service import Answer, WritebackService
+from writeback.cloud.service import NOT_SENT, Answer, WritebackService
 from writeback.cloud.submissions import InvalidInput, Submission, parse
 from writeback.cloud.telemetry import Telemetry, trace_id
 from writeback.protocol import Operation, Reason
@@ -122,6 +125,12 @@ class OutcomePending(Exception):
     delivers the event again later; that delivery looks for the outcome and sends nothing."""
 
 
+class NotSentYet(Exception):
+    """No relay of the domain was alive, or Service Bus could not be reached, and the request is
+    still valid: raised so that Event Grid delivers the event again, which sends the request
+    again under the same id. Once the request has expired, the outcome is final and answered."""
+
+
 class EventHandler:
     """Applies requested events through the writeback service and answers them."""
 
@@ -154,9 +163,10 @@ class EventHandler:
         traceparent = event.traceparent if _traceparent_ok(event.traceparent) else None
 
         existing = await self.audit.get(rid)
-        if existing is not None:
+        if existing is not None and existing.reason not in NOT_SENT:
             log.info("event already handled", extra=context)
             return await self._answer_again(existing, caller, event, operation)
+        first_arrival = existing.received_at if existing is not None else self.clock()
         try:
             submission = _submission(operation, event.data, rid)
         except InvalidInput as exc:
@@ -180,6 +190,15 @@ class EventHandler:
         if answer.state == "pending":
             log.info("event outcome pending: Event Grid will deliver it again", extra=context)
             raise OutcomePending(rid)
+        valid_until = submission.expires_at or (
+            first_arrival + self.service.settings.lifetime_seconds
+        )
+        if answer.reason in NOT_SENT and self.clock() < valid_until:
+            log.warning(
+                "event not sent: Event Grid will deliver it again",
+                extra={**context, "reason": answer.reason},
+            )
+            raise NotSentYet(rid)
         log.info(
             "event completed", extra={**context, "status": answer.status, "reason": answer.reason}
         )

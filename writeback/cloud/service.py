@@ -92,6 +92,22 @@ class Answer:
         )
 
 
+# The outcomes of requests that never reached a relay: nothing can have been written.
+NOT_SENT = frozenset({Reason.AGENT_UNAVAILABLE.value, Reason.TRANSPORT_UNAVAILABLE.value})
+
+
+def resendable(previous: AuditRecord, retry: AuditRecord) -> bool:
+    """Whether `retry` may reuse the request id of `previous`: only the same caller, for the same
+    user and operation, after an outcome that says the request was never sent. Anything else
+    with a used id is a duplicate."""
+    return previous.reason in NOT_SENT and (
+        previous.caller_kind,
+        previous.caller,
+        previous.user.casefold(),
+        previous.operation,
+    ) == (retry.caller_kind, retry.caller, retry.user.casefold(), retry.operation)
+
+
 @dataclass(frozen=True)
 class DomainHealth:
     domain: str
@@ -163,8 +179,14 @@ class WritebackService:
             trace_id=trace_id,
             expires_at=float(expires),
         )
-        if submission.request_id and await self.audit.get(request_id) is not None:
-            raise InvalidInput("requestId", "was used before", "request.duplicate")
+        if submission.request_id:
+            previous = await self.audit.get(request_id)
+            if previous is not None and not resendable(previous, record):
+                raise InvalidInput("requestId", "was used before", "request.duplicate")
+            if previous is not None:
+                # Never sent (no relay alive, Service Bus down): the same caller may try the same
+                # request again. It keeps its first arrival, so a retry policy cannot renew it.
+                record = dataclasses.replace(record, received_at=previous.received_at)
 
         if not await self._alive(domain):
             return await self._finish(record, Reason.AGENT_UNAVAILABLE, "no relay heartbeat")
