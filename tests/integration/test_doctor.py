@@ -10,6 +10,7 @@ from devstack import demo, seed, wire_demo
 from devstack.stack import Stack, write_relay_config
 from tests.testbed import TestBed
 from writeback.relay import cli
+from writeback.relay import doctor as doctor_module
 
 
 def config_for(testbed: TestBed, tmp_path: Path, account: seed.Account, **extra: str) -> Path:
@@ -41,6 +42,32 @@ class TestDoctor:
         assert "Unexpire Password" in report
         assert "PSO(s) readable" in report
         assert "FAIL" not in report
+
+    def test_the_change_throttle_is_checked_against_the_lockout_threshold(
+        self, testbed: TestBed
+    ) -> None:
+        """The test domain locks out at 5: 5 allowed wrong current passwords is a warning that
+        names the value to set, 4 is fine, and 0 (off) is a warning."""
+        directory = testbed.directory()
+        try:
+            settings, password = directory.settings, testbed.domain.relay.password
+
+            def throttle(attempts: int) -> doctor_module.Check:
+                checks = doctor_module.diagnose(settings, password, change_attempts=attempts)
+                (check,) = [c for c in checks if c.name == "change throttle"]
+                return check
+
+            at_threshold, below, off = throttle(5), throttle(4), throttle(0)
+        finally:
+            directory.close()
+        assert at_threshold.level is doctor_module.Level.WARN
+        assert "set it to 4 or less" in at_threshold.summary
+        assert below.level is doctor_module.Level.OK
+        assert "lockout threshold 5" in below.summary
+        assert off.level is doctor_module.Level.WARN
+        assert [c.name for c in doctor_module.diagnose(settings, password)].count(
+            "change throttle"
+        ) == 0
 
     def test_names_each_missing_right(
         self, testbed: TestBed, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -34,6 +34,7 @@ from writeback.transport.settings import ServiceBusSettings
 NEW = "Relay-Applied-Pa55!"
 NewUser = Callable[..., seed.Account]
 CanBind = Callable[[seed.Account, str], bool]
+Read = Callable[[str, list[str]], dict[str, str]]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,10 @@ async def cloud(testbed: TestBed, bus: LocalServiceBus, tmp_path: Path) -> Async
         testbed.dc, testbed.domain, tmp_path, bus.connection_string, relay_id="relay-it"
     )
     keys = KeyStore(tmp_path / "keys")
-    relay = bootstrap.build(Config.load(config_path, environ={}))
+    # Three wrong current passwords per user, below the test domain's lockout threshold of 5.
+    relay = bootstrap.build(
+        Config.load(config_path, environ={"WRITEBACK_RELAY_CHANGE_ATTEMPTS": "3"})
+    )
     stop = asyncio.Event()
     running = asyncio.create_task(relay.agent.run(stop))
     settings = ServiceBusSettings(connection_string=bus.connection_string)
@@ -145,6 +149,28 @@ class TestOperations:
         assert expire is not None
         assert expire.reason is Reason.APPLIED
         assert not can_bind(user, "Changed-Pa55!")  # must change at next logon
+
+    async def test_wrong_current_passwords_are_throttled_before_ad_locks_the_account(
+        self, cloud: Cloud, new_user: NewUser, read: Read, can_bind: CanBind
+    ) -> None:
+        """Three wrong current passwords reach the DC (badPwdCount 3); the fourth change, even
+        with the right one, is answered account.throttled without asking the DC, so the
+        account is not locked out and its password still works."""
+        user = new_user("guessed")
+        for n in range(3):
+            wrong = await cloud.ask(
+                Operation.CHANGE, user.upn, Secrets("Next-Pa55word!", f"Wrong-0ld-{n}!")
+            )
+            assert wrong is not None
+            assert wrong.reason is Reason.OLD_PASSWORD_MISMATCH
+        assert read(user.dn, ["badPwdCount"]) == {"badPwdCount": "3"}
+        right = await cloud.ask(
+            Operation.CHANGE, user.upn, Secrets("Next-Pa55word!", user.password)
+        )
+        assert right is not None
+        assert right.reason is Reason.ACCOUNT_THROTTLED
+        assert read(user.dn, ["badPwdCount", "lockoutTime"])["badPwdCount"] == "3"
+        assert can_bind(user, user.password)
 
     async def test_rejections_reach_the_caller(
         self, cloud: Cloud, testbed: TestBed, new_user: NewUser

@@ -129,6 +129,27 @@ class TestOperations:
             assert status == 200
 
 
+class TestThrottle:
+    async def test_wrong_current_passwords_end_in_429(self, tmp_path: Path) -> None:
+        """After five wrong current passwords for a user, a change is answered 429
+        account.throttled with when to try again, and the directory is not asked."""
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            stack.directory.outcomes.extend([Outcome(Reason.OLD_PASSWORD_MISMATCH)] * 5)
+            body = {"user": user(), "oldPassword": "Guess-0ld-Pa55!", "newPassword": PASSWORD}
+            for _ in range(5):
+                status, answer = await call(
+                    function_app.change_password, request("POST", "x", body)
+                )
+                assert (status, answer["reason"]) == (422, "old_password.mismatch")
+            status, answer = await call(function_app.change_password, request("POST", "x", body))
+            assert (status, answer["status"], answer["reason"]) == (
+                429, "rejected", "account.throttled",
+            )  # fmt: skip
+            assert answer["message"].endswith("Try again in 15 minutes.")
+            assert len(stack.directory.applied) == 5
+
+
 class TestAvailability:
     async def test_no_heartbeat_fails_fast_with_503(self, tmp_path: Path) -> None:
         """Without a relay heartbeat the API answers agent.unavailable at once, sends nothing,

@@ -69,6 +69,13 @@ class TestLoad:
         ]
         assert config.servicebus.websockets is False
 
+    def test_the_change_throttle_defaults_and_can_be_turned_off(self, config_file: Path) -> None:
+        """5 wrong current passwords per 900 s by default; 0 attempts turns it off."""
+        config = Config.load(config_file, environ={})
+        assert (config.relay.change_attempts, config.relay.change_window) == (5, 900.0)
+        config = Config.load(config_file, environ={"WRITEBACK_RELAY_CHANGE_ATTEMPTS": "0"})
+        assert config.relay.change_attempts == 0
+
     @pytest.mark.parametrize(
         ("environ", "setting"),
         [
@@ -77,6 +84,9 @@ class TestLoad:
             ({"WRITEBACK_RELAY_ID": "relay dc1"}, "relay.id"),
             ({"WRITEBACK_RELAY_COLOUR": "blue"}, "relay.colour"),
             ({"WRITEBACK_RELAY_HEARTBEAT_INTERVAL": "-5"}, "relay.heartbeat_interval"),
+            ({"WRITEBACK_RELAY_CHANGE_ATTEMPTS": "-1"}, "relay.change_attempts"),
+            ({"WRITEBACK_RELAY_CHANGE_ATTEMPTS": "true"}, "relay.change_attempts"),
+            ({"WRITEBACK_RELAY_CHANGE_WINDOW": "0"}, "relay.change_window"),
             ({"WRITEBACK_DIRECTORY_SERVERS": '["ldap://dc1"]'}, "directory.servers"),
         ],
     )

@@ -329,6 +329,24 @@ class TestExactlyOnce:
         assert world.journal.get("req-1") is None
         assert "request_from_the_future" in caplog.text
 
+    async def test_wrong_current_passwords_are_throttled_before_the_directory(
+        self, world: World
+    ) -> None:
+        """Five changes with a wrong current password reach the DC; the sixth for the same
+        user is answered account.throttled and journaled without touching the DC."""
+        world.directory.outcomes.extend([Outcome(Reason.OLD_PASSWORD_MISMATCH)] * 5)
+        for n in range(6):
+            request_id = f"req-wrong-{n}"
+            await world.send(world.token(Operation.CHANGE, request_id=request_id), request_id)
+            assert await world.handle_next() is Settled.COMPLETED
+        last = await world.outcome("req-wrong-5")
+        assert last.reason is Reason.ACCOUNT_THROTTLED
+        assert last.message.startswith("Too many attempts with a wrong current password.")
+        assert len(world.directory.applied) == 5
+        entry = world.journal.get("req-wrong-5")
+        assert entry is not None
+        assert entry.state is State.REJECTED
+
     async def test_an_expire_redelivered_after_the_users_new_password_is_not_repeated(
         self, world: World
     ) -> None:

@@ -42,6 +42,7 @@ _STATUS_OF_REASON = {
     Reason.AGENT_UNAVAILABLE.value: 503,
     Reason.TRANSPORT_UNAVAILABLE.value: 503,
     Reason.AGENT_TIMEOUT.value: 504,
+    Reason.ACCOUNT_THROTTLED.value: 429,
 }
 
 
@@ -87,7 +88,7 @@ def answered(answer: Answer) -> Any:
     if answer.status == "applied":
         return respond(200, body)
     if answer.status == "rejected":
-        return respond(422, body)
+        return respond(_STATUS_OF_REASON.get(answer.reason or "", 422), body)
     return respond(_STATUS_OF_REASON.get(answer.reason or "", 502), body)
 
 

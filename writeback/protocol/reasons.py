@@ -39,6 +39,7 @@ class Reason(enum.StrEnum):
     ACCOUNT_CANNOT_CHANGE_PASSWORD = "account.cannot_change_password"  # noqa: S105 - a reason code
     ACCOUNT_PASSWORD_NEVER_EXPIRES = "account.password_never_expires"  # noqa: S105 - a reason code
     REQUEST_INVALID = "request.invalid"
+    ACCOUNT_THROTTLED = "account.throttled"
     # failed: something is broken; an administrator must act
     DIRECTORY_UNAVAILABLE = "directory.unavailable"
     DIRECTORY_ACCESS_DENIED = "directory.access_denied"
@@ -124,6 +125,10 @@ _REASONS: dict[Reason, tuple[Status, str]] = {
         f"logon. {_ADMIN}",
     ),
     Reason.REQUEST_INVALID: (Status.REJECTED, "The request is not valid."),
+    Reason.ACCOUNT_THROTTLED: (
+        Status.REJECTED,
+        "Too many attempts with a wrong current password. Try again later.",
+    ),
     Reason.DIRECTORY_UNAVAILABLE: (
         Status.FAILED,
         "The on-premises directory cannot be reached right now. Try again later.",

@@ -28,6 +28,7 @@ from writeback.relay.keys import KeyStore
 from writeback.relay.permissions import check_trusted_file
 from writeback.relay.pipeline import FAILPOINT_ENV, Pipeline, RelayKeys
 from writeback.relay.status import status_path
+from writeback.relay.throttle import ChangeThrottle
 from writeback.transport.servicebus import ServiceBusRelay
 
 
@@ -78,6 +79,7 @@ def build(config: Config, environ: Mapping[str, str] = os.environ) -> Relay:
         journal=journal,
         keys=RelayKeys(cloud_keys, keys.decryption_keys(), keys.signing_key()),
         failpoint=environ.get(FAILPOINT_ENV),
+        throttle=ChangeThrottle(config.relay.change_attempts, config.relay.change_window),
     )
     agent = Agent(
         config.relay,

@@ -46,11 +46,13 @@ def load_directory_settings(path: Path) -> DirectorySettings:
 
 def _doctor(args: argparse.Namespace) -> int:
     settings = load_directory_settings(args.config)
-    checks = doctor.diagnose(settings, settings.bind_password())
     with args.config.open("rb") as handle:
         full = "relay" in tomllib.load(handle)
-    if full:  # a whole relay.toml: also keys, journal, cloud keys and Service Bus
-        checks += asyncio.run(doctor.diagnose_relay(Config.load(args.config)))
+    config = Config.load(args.config) if full else None
+    attempts = config.relay.change_attempts if config is not None else None
+    checks = doctor.diagnose(settings, settings.bind_password(), change_attempts=attempts)
+    if config is not None:  # a whole relay.toml: also keys, journal, cloud keys and Service Bus
+        checks += asyncio.run(doctor.diagnose_relay(config))
     print(doctor.render(checks))
     return EXIT_PROBLEM if any(c.level is doctor.Level.FAIL for c in checks) else EXIT_OK
 

@@ -38,6 +38,8 @@ class RelaySettings:
     heartbeat_interval: float = 60.0
     shutdown_grace: float = 20.0
     receive_wait: float = 5.0
+    change_attempts: int = 5  # wrong current passwords per user within change_window (0: off)
+    change_window: float = 900.0
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> RelaySettings:
@@ -51,6 +53,8 @@ class RelaySettings:
             "heartbeat_interval",
             "shutdown_grace",
             "receive_wait",
+            "change_attempts",
+            "change_window",
         }
         for key in table:
             if key not in known:
@@ -69,6 +73,9 @@ class RelaySettings:
             or not (1 <= concurrency <= 64)
         ):
             raise ConfigurationError("relay.concurrency", "an integer from 1 to 64")
+        attempts = table.get("change_attempts", 5)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= 100:
+            raise ConfigurationError("relay.change_attempts", "an integer from 0 (off) to 100")
         return cls(
             id=table["id"],
             domain=table["domain"],
@@ -79,6 +86,8 @@ class RelaySettings:
             heartbeat_interval=_seconds(table, "heartbeat_interval", 60.0),
             shutdown_grace=_seconds(table, "shutdown_grace", 20.0),
             receive_wait=_seconds(table, "receive_wait", 5.0),
+            change_attempts=attempts,
+            change_window=_seconds(table, "change_window", 900.0),
         )
 
 

@@ -20,7 +20,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from writeback import sealing
 from writeback.errors import DirectoryError, TransportError, WritebackError
-from writeback.relay import ldap, rights
+from writeback.relay import accounts, ldap, rights
 from writeback.relay.accounts import sid_to_str
 from writeback.relay.config import Config
 from writeback.relay.journal import Journal
@@ -152,12 +152,34 @@ def _check_psos(link: ldap.Link, sids: frozenset[str]) -> Check:
     return unreadable
 
 
+def throttle_check(attempts: int, lockout_threshold: int) -> Check:
+    """Whether relay.change_attempts keeps writeback from locking accounts out on its own."""
+    name = "change throttle"
+    if attempts == 0:
+        return Check(name, Level.WARN, "off (relay.change_attempts = 0): wrong current "
+                     "passwords go to the DC without limit")  # fmt: skip
+    if lockout_threshold and attempts >= lockout_threshold:
+        return Check(
+            name,
+            Level.WARN,
+            f"relay.change_attempts = {attempts} is not below the domain's lockout threshold "
+            f"({lockout_threshold}): changes with wrong current passwords through writeback can "
+            f"lock accounts out; set it to {max(1, lockout_threshold - 1)} or less",
+        )
+    return Check(name, Level.OK, f"{attempts} wrong current passwords per user, then refused "
+                 f"(lockout threshold {lockout_threshold or 'none'})")  # fmt: skip
+
+
 def diagnose(
     settings: DirectorySettings,
     password: str,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    *,
+    change_attempts: int | None = None,
 ) -> list[Check]:
-    """Run every check; never raises for a directory problem (it becomes a FAIL)."""
+    """Run every check; never raises for a directory problem (it becomes a FAIL). With
+    `change_attempts` (a whole relay.toml) the change throttle is checked against the domain's
+    lockout threshold too."""
     checks: list[Check] = []
     links: list[ldap.Link] = []
     for address in settings.servers:
@@ -243,6 +265,9 @@ def diagnose(
         sids = _account_sids(link, settings.bind_user)
         checks.extend(_check_rights(link, settings, sids))
         checks.append(_check_psos(link, sids))
+        if change_attempts is not None:
+            policy = accounts.read_domain_policy(link)
+            checks.append(throttle_check(change_attempts, policy.lockout_threshold))
     except DirectoryError as exc:
         checks.append(Check("directory", Level.FAIL, str(exc)))
     finally:

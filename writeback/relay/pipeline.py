@@ -35,6 +35,7 @@ from writeback.protocol import Command, Operation, Outcome, Reason
 from writeback.protocol.messages import OutcomeMessage, RequestMessage
 from writeback.relay.directory import Directory
 from writeback.relay.journal import Journal, State
+from writeback.relay.throttle import ChangeThrottle
 from writeback.transport import Delivery, RelayTransport
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Pipeline:
         keys: RelayKeys,
         clock: Callable[[], float] = time.time,
         failpoint: str | None = None,
+        throttle: ChangeThrottle | None = None,
     ) -> None:
         self.relay_id = relay_id
         self.domain = domain
@@ -83,6 +85,7 @@ class Pipeline:
         self._keys = keys
         self._clock = clock
         self._user_locks: dict[str, asyncio.Lock] = {}
+        self._throttle = throttle if throttle is not None else ChangeThrottle()
         # Fault injection for the crash tests only (see FAILPOINT_ENV); never set in production.
         self._failpoint = failpoint
 
@@ -109,13 +112,15 @@ class Pipeline:
             return await self._dead_letter(delivery, exc)
         try:
             async with self._keep_locked(delivery):
-                outcome = await self._process(message, delivery.delivery_count)
+                outcome = self._from_the_future(message) or await self._process(
+                    message, delivery.delivery_count
+                )
         except JournalError as exc:
             log.error("journal_failed", extra={"request": message.id, "error": str(exc)})
             return await self._settle(self._transport.abandon(delivery), Settled.ABANDONED)
         return await self._answer(delivery, message, outcome, started)
 
-    async def _process(self, message: RequestMessage, delivery_count: int) -> Outcome:
+    def _from_the_future(self, message: RequestMessage) -> Outcome | None:
         ahead = message.issued_at - self._clock()
         if ahead > sealing.CLOCK_SKEW_SECONDS:
             # Signed by the cloud, so not forged: one of the two clocks is wrong. Refused before
@@ -131,6 +136,9 @@ class Pipeline:
                 f"{sealing.CLOCK_SKEW_SECONDS}s): check the time synchronisation of the relay's "
                 "host",
             )
+        return None
+
+    async def _process(self, message: RequestMessage, delivery_count: int) -> Outcome:
         # The journal comes before the expiry: a request already answered gets its recorded
         # outcome even when it is delivered again after its expiry (a crash, a lost answer).
         try:
@@ -153,6 +161,11 @@ class Pipeline:
         except ProtocolError as exc:
             return self._record(message, Outcome(Reason(exc.reason), str(exc)))
         async with self._one_write_per_user(message.user):
+            # Under the user's lock, so that parallel changes cannot all pass the count.
+            throttled = self._throttle.refusal(message.operation, message.user, self._clock())
+            if throttled is not None:
+                log.warning("change_throttled", extra={"request": message.id})
+                return self._record(message, throttled)
             if seen is not None and seen.state is State.APPLYING:
                 # This relay crashed while applying it.
                 resolved = await self._written_since(command, seen.updated_at)
@@ -170,6 +183,7 @@ class Pipeline:
             if seen is None or seen.state is State.RECEIVED:
                 self._journal.applying(message.id)
             outcome = await asyncio.to_thread(self._directory.apply, command)
+            self._throttle.record(command.operation, command.user, outcome, self._clock())
             if self._failpoint == AFTER_DIRECTORY_WRITE:
                 # The worst moment to die: AD has the write, the journal and the caller do not.
                 os.kill(os.getpid(), signal.SIGKILL)
