@@ -103,14 +103,17 @@ param cloudSigningKey string = ''
 @secure()
 param relayJwks object = {}
 
+@description('The app roles an API key caller has (Writeback.Reset.SelfService, Writeback.Reset.Admin, Writeback.Change, Writeback.Unlock, Writeback.Expire, Writeback.Read). Empty: every role. Grant a portal\'s key only what it calls.')
+param apiKeyRoles array = []
+
 @description('The API keys (secret writeback-api-keys) when apiKeysEnabled. Empty leaves the secret as it is.')
 @secure()
 param apiKeys string = ''
 
 // Settings the code reads but Azure must not set. The connection strings and the secrets
 // directory are the local stack's way in (Azure uses the identity-based `__` settings and Key
-// Vault); WRITEBACK_AUTH_JWKS_URL points token checks at a test issuer (Azure uses the tenant's)
-// and WRITEBACK_API_KEY_ROLES stays at its default; Flex Consumption takes the runtime from
+// Vault); WRITEBACK_AUTH_JWKS_URL points token checks at a test issuer (Azure uses the tenant's);
+// Flex Consumption takes the runtime from
 // functionAppConfig, not from FUNCTIONS_WORKER_RUNTIME. Nothing reads this list at deployment
 // time: tests/infra uses it to tell "deliberately absent" from "forgotten".
 #disable-next-line no-unused-vars
@@ -119,7 +122,6 @@ var localOnlySettings = [
   'ServiceBusConnection'
   'WRITEBACK_SECRETS_DIR'
   'WRITEBACK_AUTH_JWKS_URL'
-  'WRITEBACK_API_KEY_ROLES'
   'FUNCTIONS_WORKER_RUNTIME'
 ]
 
@@ -254,6 +256,8 @@ module functionApp 'modules/functionapp.bicep' = {
       // A Key Vault reference, resolved by the platform with the app's identity: the keys
       // themselves never appear in the template, the deployment or the site's configuration.
       WRITEBACK_API_KEYS: apiKeysEnabled ? '@Microsoft.KeyVault(VaultName=${keyVault.outputs.vaultName};SecretName=${apiKeysSecretName})' : ''
+      // The roles a key caller has; the app refuses to start on a role it does not know.
+      WRITEBACK_API_KEY_ROLES: join(apiKeyRoles, ',')
       APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
       // Local authentication is off on Application Insights: telemetry is sent with the identity.
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'

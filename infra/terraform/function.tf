@@ -68,6 +68,7 @@ resource "azurerm_function_app_flex_consumption" "main" {
     # A Key Vault reference: the platform resolves it with the app's identity, so the keys
     # never appear in the app's configuration.
     "WRITEBACK_API_KEYS"                        = var.api_keys_enabled ? "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.main.name};SecretName=writeback-api-keys)" : ""
+    "WRITEBACK_API_KEY_ROLES"                   = join(",", var.api_key_roles)
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" = "Authorization=AAD"
     # The Event Grid output binding (connection WritebackEvents) publishes Completed events to
     # the completed topic, and the Event Hubs trigger (connection EntraAuditHub) reads the audit

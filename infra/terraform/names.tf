@@ -37,7 +37,6 @@ locals {
     "ServiceBusConnection",
     "WRITEBACK_SECRETS_DIR",
     "WRITEBACK_AUTH_JWKS_URL",
-    "WRITEBACK_API_KEY_ROLES",
     "FUNCTIONS_WORKER_RUNTIME",
   ]
 }

@@ -241,6 +241,17 @@ variable "unlock_on_entra_self_service" {
   default     = false
 }
 
+variable "api_key_roles" {
+  description = "The app roles an API key caller has. Empty: every role. Grant a portal's key only what it calls."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for role in var.api_key_roles : contains(["Writeback.Reset.SelfService", "Writeback.Reset.Admin", "Writeback.Change", "Writeback.Unlock", "Writeback.Expire", "Writeback.Read"], role)])
+    error_message = "api_key_roles may hold only Writeback.Reset.SelfService, Writeback.Reset.Admin, Writeback.Change, Writeback.Unlock, Writeback.Expire, Writeback.Read."
+  }
+}
+
 variable "drift_window_seconds" {
   description = "A password reset or change in Entra ID with no writeback request for that user within this many seconds is recorded as drift."
   type        = number

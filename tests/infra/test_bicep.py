@@ -73,6 +73,7 @@ APP_SETTINGS = {
     "WRITEBACK_AUTH_TENANT_ID": PARAMETER,
     "WRITEBACK_AUTH_AUDIENCES": PARAMETER,
     "WRITEBACK_API_KEYS": PARAMETER,  # '' when API keys are off; a Key Vault reference when on
+    "WRITEBACK_API_KEY_ROLES": PARAMETER,
     "APPLICATIONINSIGHTS_CONNECTION_STRING": RESOURCE,
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": LITERAL,
     "WritebackEvents__topicEndpointUri": RESOURCE,
@@ -88,7 +89,6 @@ LOCAL_ONLY_SETTINGS = [
     "ServiceBusConnection",
     "WRITEBACK_SECRETS_DIR",
     "WRITEBACK_AUTH_JWKS_URL",
-    "WRITEBACK_API_KEY_ROLES",
     "FUNCTIONS_WORKER_RUNTIME",
 ]
 
@@ -465,6 +465,13 @@ class TestFunctionApp:
         assert values["WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE"] == "true"
         assert values["WRITEBACK_DRIFT_WINDOW_SECONDS"] == "900"
         assert values["WRITEBACK_DRIFT_FORCE_CHANGE"] == "true"
+
+    def test_api_key_roles_arrive_as_the_code_parses_them(self) -> None:
+        """The key callers' roles become the comma-separated list auth reads; none means all."""
+        roles = ["Writeback.Reset.SelfService", "Writeback.Read"]
+        values = bicep_model.load(parameters={"apiKeyRoles": roles}).app_setting_values
+        assert values["WRITEBACK_API_KEY_ROLES"] == "Writeback.Reset.SelfService,Writeback.Read"
+        assert bicep_model.load().app_setting_values["WRITEBACK_API_KEY_ROLES"] == ""
 
     def test_event_connections_point_at_their_resources(self, plain: Model) -> None:
         """The output binding's connection names the completed topic's endpoint, the trigger's

@@ -37,6 +37,7 @@ SHARED_INPUTS = {
     "unlockOnEntraSelfService": "unlock_on_entra_self_service",
     "driftWindowSeconds": "drift_window_seconds",
     "driftForceChange": "drift_force_change",
+    "apiKeyRoles": "api_key_roles",
     "eventSubscriptionEnabled": "event_subscription_enabled",
 }
 # Outputs both report, Bicep name -> Terraform name.

@@ -86,6 +86,7 @@ REQUIRED_APP_SETTINGS = {
     "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE",
     "WRITEBACK_DRIFT_WINDOW_SECONDS",
     "WRITEBACK_DRIFT_FORCE_CHANGE",
+    "WRITEBACK_API_KEY_ROLES",
 }
 # azurerm injects a key-based AzureWebJobsStorage unless the setting is given; the empty value
 # given instead keeps it out (function.tf). No other local-only setting may appear at all.
@@ -328,6 +329,7 @@ class TestInputs:
             "unlock_on_entra_self_service": False,
             "drift_window_seconds": 300,
             "drift_force_change": False,
+            "api_key_roles": [],
             "event_subscription_enabled": False,
         }
         required = {"name_prefix", "location", "resource_group_name", "domains"}
@@ -781,7 +783,6 @@ class TestAppSettings:
             "ServiceBusConnection",
             "WRITEBACK_SECRETS_DIR",
             "WRITEBACK_AUTH_JWKS_URL",
-            "WRITEBACK_API_KEY_ROLES",
             "FUNCTIONS_WORKER_RUNTIME",
         }
         present = set(model.local_only_settings) & set(model.app_settings)
@@ -821,6 +822,7 @@ class TestAppSettings:
             "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE",
             "WRITEBACK_DRIFT_WINDOW_SECONDS",
             "WRITEBACK_DRIFT_FORCE_CHANGE",
+            "WRITEBACK_API_KEY_ROLES",
         }
         assert {n for n, k in kinds.items() if k == "resource"} == {
             "AzureWebJobsStorage__accountName",
@@ -849,6 +851,7 @@ class TestAppSettings:
         )
         assert values["WRITEBACK_DRIFT_WINDOW_SECONDS"] == "${tostring(var.drift_window_seconds)}"
         assert values["WRITEBACK_DRIFT_FORCE_CHANGE"] == "${tostring(var.drift_force_change)}"
+        assert values["WRITEBACK_API_KEY_ROLES"] == '${join(",", var.api_key_roles)}'
 
     def test_api_keys_come_from_their_secret(self, model: tm.TerraformModel) -> None:
         """With API keys on, the setting is a Key Vault reference to writeback-api-keys in this
