@@ -73,11 +73,16 @@ def free_port() -> int:
 def start_host(
     settings: dict[str, str], port: int, log: Path, deadline: float = 30.0
 ) -> subprocess.Popen[bytes]:
-    """function_app.py on the local host at 127.0.0.1:`port`, answering once this returns."""
+    """function_app.py on the local host at 127.0.0.1:`port`, answering once this returns. What
+    its Event Grid output bindings publish goes to published-events.jsonl beside `log`."""
     environ = {**os.environ, **settings}
+    published = log.with_name("published-events.jsonl")
     with log.open("ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.functions_host", "--port", str(port)],
+            [
+                *(sys.executable, "-m", "devstack.functions_host", "--port", str(port)),
+                *("--published", str(published)),
+            ],
             cwd=ROOT,
             env=environ,
             stdout=output,

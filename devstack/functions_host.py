@@ -5,9 +5,15 @@ declares, the way the host would: each `httpTrigger` binding on `/api/<route>` (
 methods and route parameters, as `azure.functions.HttpRequest`), and each `serviceBusTrigger`
 binding as a receiver on its queue (connection string from the setting the binding names; the
 message completed when the function returns, abandoned when it raises, as with
-autoCompleteMessages). The handlers are function_app.py's own: nothing here knows what they do.
-Not emulated: the host's key checks (the app authenticates itself), host.json's concurrency and
-retry options, other binding types, scaling. `func start` remains the way with Core Tools.
+autoCompleteMessages), and each `eventGridTrigger` on the host's webhook,
+`POST /runtime/webhooks/eventgrid?functionName=<name>`, as Event Grid delivers: CloudEvents 1.0
+(one event, or a batch) or the Event Grid schema (an array), with the subscription validation
+handshake of both; 200 when the function returns, 500 when it raises (Event Grid retries). What an
+`eventGrid` output binding sets is "published" as one JSON line to the file given as `published`
+(else logged). The handlers are function_app.py's own: nothing here knows what they do.
+Not emulated: the host's key checks (the app authenticates itself; the webhook's system key is
+not checked), host.json's concurrency and retry options, other binding types (Event Hubs: there is
+no local broker for it), scaling. `func start` remains the way with Core Tools.
 Run `python -m devstack.functions_host` (settings from the environment) or use `serve()`.
 """
 
@@ -56,9 +62,20 @@ async def call(function: Any, argument: object) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-def http_routes(functions: list[Any]) -> web.Application:
-    """An aiohttp application answering every HTTP-triggered function of `functions`."""
+def http_routes(functions: list[Any], published: Path | None = None) -> web.Application:
+    """An aiohttp application answering every HTTP-triggered function of `functions`, and the
+    Event Grid webhook for every Event Grid-triggered one."""
     web_app = web.Application(client_max_size=1024 * 1024)
+    grid = {
+        function.get_function_name().lower(): function
+        for function in functions
+        if any(b["type"] == "eventGridTrigger" for b in bindings(function))
+    }
+    if grid:
+        handler = _event_grid_handler(grid, published)
+        for path in ("/runtime/webhooks/eventgrid", "/runtime/webhooks/EventGrid"):
+            web_app.router.add_route("POST", path, handler)
+            web_app.router.add_route("OPTIONS", path, _cloudevents_validation)
     for function in functions:
         for binding in bindings(function):
             if binding["type"] != "httpTrigger":
@@ -94,6 +111,94 @@ def _http_handler(function: Any) -> Any:
         )
 
     return handle
+
+
+VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
+
+
+async def _cloudevents_validation(request: web.Request) -> web.StreamResponse:
+    """The CloudEvents webhook validation (abuse protection): allow the asking origin."""
+    origin = request.headers.get("WebHook-Request-Origin", "")
+    return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin or "*"})
+
+
+def _event_grid_handler(grid: Mapping[str, Any], published: Path | None) -> Any:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        function = grid.get(request.query.get("functionName", "").lower())
+        if function is None:
+            return web.json_response({"error": "no Event Grid function of that name"}, status=404)
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return web.json_response({"error": "the body is not JSON"}, status=400)
+        items = body if isinstance(body, list) else [body]
+        if not items or not all(isinstance(item, dict) for item in items):
+            return web.json_response({"error": "not an event or a list of events"}, status=400)
+        for item in items:
+            if item.get("eventType") == VALIDATION:
+                code = (item.get("data") or {}).get("validationCode")
+                return web.json_response({"validationResponse": code})
+        for item in items:  # one invocation per event, as the host makes them
+            try:
+                await _invoke_event_grid(function, trigger_event(item), published)
+            except Exception:
+                log.exception("function %s raised", function.get_function_name())
+                return web.Response(status=500)
+        return web.Response(status=200)
+
+    return handle
+
+
+def trigger_event(item: dict[str, Any]) -> Any:
+    """The `func.CloudEvent` (CloudEvents 1.0) or `func.EventGridEvent` the host makes of one
+    delivered event."""
+    if "specversion" in item:
+        known = {"id", "source", "type", "specversion", "data", "time", "subject",
+                 "datacontenttype", "dataschema"}  # fmt: skip
+        return func.CloudEvent(
+            id=str(item.get("id")), source=str(item.get("source")), type=str(item.get("type")),
+            specversion=str(item["specversion"]), data=item.get("data"),
+            subject=item.get("subject"), datacontenttype=item.get("datacontenttype"),
+            **{key: value for key, value in item.items() if key not in known},
+        )  # fmt: skip
+    return func.EventGridEvent(
+        id=str(item.get("id")), data=item.get("data") or {}, topic=str(item.get("topic", "")),
+        subject=str(item.get("subject", "")), event_type=str(item.get("eventType")),
+        event_time=None, data_version=str(item.get("dataVersion", "")),
+    )  # fmt: skip
+
+
+class OutputBinding(func.Out[str]):
+    """An `eventGrid` output binding: what the function sets is published after it returns."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+
+    def set(self, val: str) -> None:
+        self.values.append(val)
+
+    def get(self) -> str:
+        return self.values[-1]
+
+
+async def _invoke_event_grid(function: Any, event: Any, published: Path | None) -> None:
+    arguments: dict[str, Any] = {}
+    outputs: list[OutputBinding] = []
+    for binding in bindings(function):
+        if binding["type"] == "eventGridTrigger":
+            arguments[binding["name"]] = event
+        elif binding["type"] == "eventGrid" and binding["direction"] == "OUT":
+            outputs.append(OutputBinding())
+            arguments[binding["name"]] = outputs[-1]
+    result = function.get_user_function()(**arguments)
+    if inspect.isawaitable(result):
+        await result
+    for value in (v for output in outputs for v in output.values):
+        if published is None:
+            log.info("event published: %s", value)
+        else:
+            with published.open("a", encoding="utf-8") as sink:
+                sink.write(value.replace("\n", " ") + "\n")
 
 
 async def pump_queue(
@@ -150,11 +255,12 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     started: asyncio.Event | None = None,
+    published: Path | None = None,
 ) -> None:
     """Serve `app` until `stop` is set (forever without one)."""
     stop = stop or asyncio.Event()
     functions = app.get_functions()  # indexes the app; a second call would index it twice
-    runner = web.AppRunner(http_routes(functions), access_log=None)
+    runner = web.AppRunner(http_routes(functions, published), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     pumps = [
@@ -178,6 +284,9 @@ def main() -> None:
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--settings", type=Path, help="a local.settings.json to read Values from")
+    parser.add_argument(
+        "--published", type=Path, help="append the events output bindings publish to this file"
+    )
     args = parser.parse_args()
     environ = dict(os.environ)
     if args.settings:
@@ -191,7 +300,7 @@ def main() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(load_app(), environ, args.host, args.port, stop=stop)
+        await serve(load_app(), environ, args.host, args.port, stop=stop, published=args.published)
 
     asyncio.run(run())
 

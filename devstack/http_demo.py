@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from devstack import demo, localstack, seed
+from devstack import demo, event_demo, localstack, seed
 from devstack.stack import Stack
 from writeback.protocol import (
     ChangePassword,
@@ -72,6 +72,18 @@ def run(stack: Stack, env: dict[str, str], out: Callable[[str], None] = print) -
         reason = answer.get("reason") or answer.get("error", "?")
         ok = (status, reason) == (STATUS[expected.status.value], expected.value)
         rows.append((what, status, reason, elapsed, ok, answer.get("message", "")))
+
+    admin = stack.dc.admin_connection()
+    portal_user = seed.create_user(
+        admin, stack.domain.users_ou, stack.domain.dns_domain, seed.unique_name("portal")
+    )
+
+    def stamp() -> str:
+        admin.search(portal_user.dn, "(objectClass=user)", "BASE", attributes=["pwdLastSet"])
+        return str(admin.entries[0]["pwdLastSet"].raw_values[0])
+
+    rows += event_demo.run(env, portal_user.upn, demo.NEW, stamp)
+    admin.unbind()
 
     localstack.stop_relay()
     deadline = time.monotonic() + 6 * localstack.HEARTBEAT_SECONDS

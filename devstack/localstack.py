@@ -43,6 +43,7 @@ AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 HEARTBEAT_SECONDS = 5  # offline after 15 s: the demo shows the fail-fast without a long wait
+PUBLISHED = "published-events.jsonl"  # what the Event Grid output binding publishes, locally
 PROCESSES = ("relay", "functions", "servicebus", "azurite")  # stopped in this order
 
 
@@ -171,8 +172,9 @@ def up(state: Path = STATE) -> tuple[stack.Stack, dict[str, str]]:
         secrets_file.chmod(0o600)
         _stop(state, "relay")
     saved = json.loads(secrets_file.read_text())
+    published = (state / "logs" / PUBLISHED).resolve()
     _spawn(state, "functions", [sys.executable, "-m", "devstack.functions_host", "--port",
-           str(API_PORT)], saved["settings"])  # fmt: skip
+           str(API_PORT), "--published", str(published)], saved["settings"])  # fmt: skip
     _wait_for_port(API_PORT, "the local Functions host")
     start_relay(state)
     wait_for_relay(saved["api_key"])
@@ -186,6 +188,7 @@ def up(state: Path = STATE) -> tuple[stack.Stack, dict[str, str]]:
         "WRITEBACK_DC_PASSWORD": stack.ADMIN_PASSWORD,
         "WRITEBACK_USERS_OU": running.domain.users_ou,
         "WRITEBACK_RELAY_CONFIG": str((state / "relay" / "relay.toml").resolve()),
+        "WRITEBACK_EVENTS_PUBLISHED": str(published),
     }
     env = state / "env"
     env.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))

@@ -10,40 +10,29 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import azure.functions as func
 import pytest
 
 import function_app
-from devstack import seed
+from devstack import event_demo, seed
+from devstack.functions_host import OutputBinding, trigger_event
 from tests.e2e.conftest import LocalCloud
 from tests.entra import audit_message, stream
-from writeback import sealing
-from writeback.cloud import events, http
+from writeback.cloud import http
 from writeback.cloud.bootstrap import Cloud, build
 from writeback.cloud.settings import DRIFT_FORCE_CHANGE
-from writeback.protocol import Operation
-from writeback.protocol.messages import RequestMessage, Secrets
 
 pytestmark = pytest.mark.timeout(300)
 PASSWORD = "Sealed-Grid-Pa55w0rd!"
 SOURCE = "/portals/e2e"
 
 
-class Captured(func.Out[str]):
+class Captured(OutputBinding):
     """The Event Grid output binding: what the function sets is what would be published."""
-
-    def __init__(self) -> None:
-        self.values: list[str] = []
-
-    def set(self, val: str) -> None:
-        self.values.append(val)
-
-    def get(self) -> str:
-        return self.values[-1]
 
     def data(self) -> dict[str, Any]:
         (value,) = self.values
@@ -76,24 +65,12 @@ async def local(settings: dict[str, str]) -> AsyncIterator[Cloud]:
         await instance.close()
 
 
-def sealed_reset(instance_keys: dict[str, object], domain: str, upn: str, event_id: str) -> Any:
+def sealed_reset(instance_keys: dict[str, object], domain: str, upn: str) -> Any:
     """A requested CloudEvent whose password is sealed to the domain's published relay keys and
     bound to the request id derived from the event, as a portal would publish it."""
-    request_id = events.request_id(SOURCE, event_id)
-    expires = int(time.time()) + 120
-    binding = RequestMessage(
-        id=request_id, domain=domain, operation=Operation.RESET, user=upn, issued_at=0,
-        expires_at=expires,
-    ).binding()  # fmt: skip
-    sealed = sealing.seal(
-        Secrets(new_password=PASSWORD), binding, sealing.public_keyset(instance_keys, "jwks")
+    return trigger_event(
+        event_demo.sealed_event(instance_keys, domain, upn, PASSWORD, source=SOURCE)
     )
-    return func.CloudEvent(
-        id=event_id, source=SOURCE, type="Writeback.PasswordReset.Requested", specversion="1.0",
-        datacontenttype="application/json", subject=f"users/{upn}",
-        data={"user": upn, "initiator": "self-service", "sealedPassword": sealed,
-              "requestId": request_id, "expiresAt": expires},
-    )  # fmt: skip
 
 
 async def deliver(event: Any) -> Captured:
@@ -117,7 +94,7 @@ class TestEventsEndToEnd:
         account = new_user("cloudev")
         started = time.time()
         keys = await local.service.encryption_keys(ready.domain)
-        event = sealed_reset(keys, ready.domain, account.upn, str(uuid.uuid4()))
+        event = sealed_reset(keys, ready.domain, account.upn)
 
         first = await deliver(event)
         assert (first.data()["status"], first.data()["reason"]) == ("applied", "applied")
@@ -136,6 +113,64 @@ class TestEventsEndToEnd:
             "applied", "event", f"event-grid:{SOURCE}", True,
         )  # fmt: skip
         assert PASSWORD not in ready.log_text()
+
+
+class TestEventGridWebhook:
+    def test_a_sealed_event_through_the_hosts_webhook_is_applied_once(
+        self,
+        ready: LocalCloud,
+        new_user: Callable[..., seed.Account],
+        can_bind: Callable[[seed.Account, str], bool],
+        read: Callable[[str, list[str]], dict[str, str]],
+    ) -> None:
+        """Event Grid's delivery, over HTTP to the local host's webhook, twice: both answer
+        200 and publish the same Completed event; AD is written once."""
+        account = new_user("webhook")
+        keys = json.loads(urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - local
+            f"{ready.url}/v1/domains/{ready.domain}/keys",
+            headers={"x-functions-key": ready.api_key}), timeout=10).read())  # fmt: skip
+        event = event_demo.sealed_event(keys, ready.domain, account.upn, PASSWORD)
+        host = ready.url.removesuffix("/api")
+        published = ready.logs / "published-events.jsonl"
+        request_id = event["data"]["requestId"]
+
+        assert event_demo.deliver(host, event) == 200
+        assert can_bind(account, PASSWORD)
+        stamp = read(account.dn, ["pwdLastSet"])
+        assert event_demo.deliver(host, event) == 200
+        assert read(account.dn, ["pwdLastSet"]) == stamp
+        first, second = event_demo.completed(published, request_id)
+        assert first["type"] == "Writeback.PasswordReset.Completed"
+        assert (first["data"]["status"], first["data"]["reason"]) == ("applied", "applied")
+        assert second["data"] == first["data"]
+        assert PASSWORD not in published.read_text()
+
+    def test_the_webhook_validates_and_refuses_like_the_host(self, ready: LocalCloud) -> None:
+        """The subscription validation handshake is answered; an unknown function is 404 and
+        a body that is not events is 400, without calling anything."""
+        host = ready.url.removesuffix("/api")
+        validation = [{
+            "id": "v1", "topic": "/t", "subject": "", "eventTime": "2026-01-01T00:00:00Z",
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "dataVersion": "1",
+            "data": {"validationCode": "code-123"},
+        }]  # fmt: skip
+
+        def post(body: object, function: str = "writeback_event") -> tuple[int, bytes]:
+            request = urllib.request.Request(  # noqa: S310 - the local host
+                f"{host}/runtime/webhooks/eventgrid?functionName={function}",
+                data=json.dumps(body).encode(), method="POST",
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                    return response.status, response.read()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read()
+
+        status, body = post(validation)
+        assert (status, json.loads(body)) == (200, {"validationResponse": "code-123"})
+        assert post(validation, "no_such_function")[0] == 404
+        assert post("text")[0] == 400
 
 
 class TestDriftEndToEnd:

@@ -17,6 +17,7 @@ import azure.functions as func
 import pytest
 
 import function_app
+from devstack.functions_host import OutputBinding
 from tests.unit.cloud_stack import DOMAIN, ENC_KEY, Stack, cloud_stack
 from writeback import sealing
 from writeback.cloud import events, http
@@ -32,17 +33,8 @@ PASSWORD = "Event-Sealed-Pa55word!"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-class Captured(func.Out[str]):
+class Captured(OutputBinding):
     """The output binding as the host gives it: what the function sets is what is published."""
-
-    def __init__(self) -> None:
-        self.values: list[str] = []
-
-    def set(self, val: str) -> None:
-        self.values.append(val)
-
-    def get(self) -> str:
-        return self.values[-1]
 
     def event(self) -> dict[str, Any]:
         (value,) = self.values
