@@ -51,6 +51,11 @@ async def request_status(req: func.HttpRequest) -> func.HttpResponse:
     return await http.request_status(req)
 
 
+@app.route(route="v1/users/{user}/requests", methods=["GET"])
+async def user_history(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.user_history(req)
+
+
 @app.route(route="v1/health", methods=["GET"])
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     return await http.health(req)

@@ -87,6 +87,10 @@ class TestOperations:
         assert (status, answer["reason"]) == (200, "applied")
         poll = api(ready, "GET", f"v1/requests/{answer['requestId']}")
         assert poll == (200, {**answer, "state": "completed"})
+        status, history = api(ready, "GET", f"v1/users/{user.upn}/requests?hours=1")
+        assert status == 200
+        assert [e["operation"] for e in history["requests"]] == ["unlock", "change", "reset"]
+        assert history["requests"][0]["requestId"] == answer["requestId"]
 
     def test_expire(
         self, ready: LocalCloud, new_user: NewUser, can_bind: CanBind, read: Read

@@ -195,6 +195,7 @@ def request(
     route_params: dict[str, str] | None = None,
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
 ) -> func.HttpRequest:
     sent = dict(headers or {})
     if key is not None:
@@ -202,7 +203,7 @@ def request(
     payload = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
     return func.HttpRequest(
         method, f"http://127.0.0.1:7071/api/{path}", headers=sent,
-        route_params=route_params or {}, body=payload,
+        route_params=route_params or {}, params=params or {}, body=payload,
     )  # fmt: skip
 
 

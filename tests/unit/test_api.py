@@ -54,6 +54,7 @@ class TestBindings:
             "change_password": ("v1/passwords/change", ("POST",), "ANONYMOUS"),
             "unlock_account": ("v1/accounts/unlock", ("POST",), "ANONYMOUS"),
             "expire_password": ("v1/passwords/expire", ("POST",), "ANONYMOUS"),
+            "user_history": ("v1/users/{user}/requests", ("GET",), "ANONYMOUS"),
             "request_status": ("v1/requests/{request_id}", ("GET",), "ANONYMOUS"),
             "health": ("v1/health", ("GET",), "ANONYMOUS"),
             "domain_keys": ("v1/domains/{domain}/keys", ("GET",), "ANONYMOUS"),
@@ -127,6 +128,65 @@ class TestOperations:
             body = reset_body(user=f"alt{uuid.uuid4().hex[:6]}@example.test")
             status, _ = await call(function_app.reset_password, request("POST", "x", body))
             assert status == 200
+
+
+class TestHistory:
+    async def test_a_users_requests_newest_first_without_secrets_or_details(
+        self, tmp_path: Path
+    ) -> None:
+        """A reset then a change for one user (and a reset for another): the user's history
+        holds the two, newest first, whatever the UPN's case; no password, no admin detail."""
+        target, other = user(), user()
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            for body in (reset_body(user=target), reset_body(user=other)):
+                assert (await call(function_app.reset_password, request("POST", "x", body)))[
+                    0
+                ] == 200
+            change = {"user": target, "oldPassword": PASSWORD, "newPassword": OLD_PASSWORD}
+            await call(function_app.change_password, request("POST", "x", change))
+            status, answer = await call(
+                function_app.user_history,
+                request("GET", "x", route_params={"user": target.upper()}),
+            )
+            assert status == 200, answer
+            assert [(e["operation"], e["status"]) for e in answer["requests"]] == [
+                ("change", "applied"), ("reset", "applied"),
+            ]  # fmt: skip
+            assert answer["hours"] == 24
+            assert set(answer["requests"][0]) == {
+                "requestId", "receivedAt", "operation", "source", "callerKind", "state",
+                "status", "reason", "message", "durationMs", "relay",
+            }  # fmt: skip
+            assert PASSWORD not in json.dumps(answer)
+
+    @pytest.mark.parametrize(
+        ("route", "params", "field"),
+        [
+            ({"user": "no-suffix"}, {}, "user"),
+            ({"user": "a@corp.example.test"}, {"hours": "0"}, "hours"),
+            ({"user": "a@corp.example.test"}, {"hours": "169"}, "hours"),
+            ({"user": "a@corp.example.test"}, {"hours": "-1"}, "hours"),
+        ],
+    )
+    async def test_bad_input_is_400_naming_the_field(
+        self, tmp_path: Path, route: dict[str, str], params: dict[str, str], field: str
+    ) -> None:
+        async with cloud_stack(tmp_path):
+            status, answer = await call(
+                function_app.user_history,
+                request("GET", "x", route_params=route, params=params),
+            )
+            assert (status, answer["field"]) == (400, field)
+
+    async def test_it_needs_the_read_role(self, tmp_path: Path) -> None:
+        """A key without Writeback.Read is refused 403."""
+        async with cloud_stack(tmp_path, api_key_roles="Writeback.Change"):
+            status, answer = await call(
+                function_app.user_history,
+                request("GET", "x", route_params={"user": "a@corp.example.test"}),
+            )
+            assert (status, answer["error"]) == (403, "auth.forbidden")
 
 
 class TestThrottle:

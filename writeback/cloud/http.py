@@ -194,6 +194,37 @@ async def health(request: Any) -> Any:
     return await guarded(request, act)
 
 
+async def user_history(request: Any) -> Any:
+    """GET /api/v1/users/{user}/requests?hours=24: the user's recent requests, newest first."""
+
+    async def act(instance: Cloud, caller: auth.Caller) -> Any:
+        instance.authenticator.authorize(caller, auth.Role.READ)
+        user = request.route_params.get("user", "")
+        raw = request.params.get("hours", "24")
+        if not raw.isdigit() or len(raw) > 4:
+            raise InvalidInput("hours", "must be a whole number of hours")
+        records = await instance.service.history(user, int(raw))
+        entries = [
+            {
+                "requestId": record.request_id,
+                "receivedAt": record.received_at,
+                "operation": record.operation,
+                "source": record.source,
+                "callerKind": record.caller_kind,
+                "state": "completed" if record.status != "pending" else "pending",
+                "status": record.status,
+                "reason": record.reason,
+                "message": record.message,
+                "durationMs": record.duration_ms,
+                "relay": record.relay,
+            }
+            for record in records
+        ]
+        return respond(200, {"user": user, "hours": int(raw), "requests": entries})
+
+    return await guarded(request, act)
+
+
 async def domain_keys(request: Any) -> Any:
     """GET /api/v1/domains/{domain}/keys: the JWKS to seal passwords to."""
 

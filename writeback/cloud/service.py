@@ -31,7 +31,7 @@ from writeback.cloud.submissions import InvalidInput, Submission
 from writeback.errors import ProtocolError, SecretsUnavailable, TransportError, WritebackError
 from writeback.protocol import Reason
 from writeback.protocol.commands import WITHOUT_SECRETS
-from writeback.protocol.messages import RequestMessage
+from writeback.protocol.messages import RequestMessage, upn_problem
 from writeback.routing import Routes, UnknownDomain
 from writeback.transport import CloudTransport
 
@@ -92,6 +92,8 @@ class Answer:
         )
 
 
+HISTORY_HOURS = 168  # how far back a user's history reaches: a week
+HISTORY_LIMIT = 100  # the most entries one history answer holds
 # The outcomes of requests that never reached a relay: nothing can have been written.
 NOT_SENT = frozenset({Reason.AGENT_UNAVAILABLE.value, Reason.TRANSPORT_UNAVAILABLE.value})
 
@@ -344,6 +346,19 @@ class WritebackService:
         return await self._collect(
             record, relay_keys, now + self.settings.poll_wait_seconds, timeout_is_final=final
         )
+
+    async def history(self, user: str, hours: int) -> list[AuditRecord]:
+        """The user's requests and drift records received in the last `hours` (1 to
+        HISTORY_HOURS), newest first, at most HISTORY_LIMIT of them: what a helpdesk looks at
+        when a user says their password did not work on-premises."""
+        if problem := upn_problem(user):
+            raise InvalidInput("user", problem)
+        if not 1 <= hours <= HISTORY_HOURS:
+            raise InvalidInput("hours", f"must be a whole number from 1 to {HISTORY_HOURS}")
+        now = self.clock()
+        records = await self.audit.for_user(user, now - hours * 3600, now)
+        records.sort(key=lambda record: record.received_at, reverse=True)
+        return records[:HISTORY_LIMIT]
 
     async def _alive(self, domain: str) -> bool:
         """Whether a relay of `domain` sent a heartbeat within three intervals. A heartbeat seen
