@@ -127,6 +127,27 @@ class InProcessCloud(_InProcess):
             return await self.replies.wait(request_id, deadline)
         return await self._wait_on_request_session(request_id, deadline)
 
+    async def adopt(self, session: str) -> int | None:
+        if session == self.reply_session:
+            return None  # ours: the listener serves it
+        owner = object()
+        try:
+            self.broker.lock_session(OUTCOMES_QUEUE, session, owner)
+        except SessionCannotBeLocked:
+            return None
+        except UnknownQueue as exc:
+            raise TransportUnavailable(f"adopt session {session}: no such queue") from exc
+        moved = 0
+        try:
+            self.broker.tick()
+            while received := self.broker.receive(
+                OUTCOMES_QUEUE, 16, session_id=session, owner=owner
+            ):
+                moved += sum(self._dispatch(message) for message in received)
+        finally:
+            self.broker.release_session(OUTCOMES_QUEUE, session, owner)
+        return moved
+
     async def _wait_on_request_session(self, request_id: str, deadline: float) -> str | None:
         owner = object()
         try:
@@ -203,19 +224,22 @@ class InProcessCloud(_InProcess):
                 renew_at = renewal_due(locked_until, self._clock())
             await self._changed(renew_at - self._clock())
 
-    def _dispatch(self, message: StoredMessage) -> None:
+    def _dispatch(self, message: StoredMessage) -> bool:
+        """Hand an outcome to its waiter or re-send it as an orphan, then complete it; False
+        if it named no request and was dead-lettered."""
         token = str(message.lock_token)
         request_id = message.correlation_id
         if not request_id or len(request_id) > 128:
             self.broker.dead_letter(
                 OUTCOMES_QUEUE, token, UNCORRELATED, "no CorrelationId naming a request"
             )
-            return
+            return False
         body = message.body.decode()
         if self.replies.deliver(request_id, body) is Delivered.ORPHAN:
             left = (message.expires_at or self._clock() + OUTCOME_TTL) - self._clock()
             self._forward(request_id, body, max(1.0, left))
         self.broker.complete(OUTCOMES_QUEUE, token)
+        return True
 
     def _forward(self, request_id: str, body: str, ttl: float) -> None:
         """Re-send an outcome nobody here waits for to its request's own session."""
