@@ -7,7 +7,8 @@ records it as pending in the audit trail, sends it and waits for the relay's sig
 until the wait ends. The outcome is verified (signed by a key of the relay it names, for this
 very request) and recorded before the caller is answered. A request that got no answer in time
 stays pending: `status` looks for its outcome again later, on any instance (the transport keeps
-a late outcome on the request's own session). The service never holds a password longer than
+a late outcome on the request's own session; if the instance that sent it is gone, the sweeper
+in `writeback.cloud.sweep` moves it there). The service never holds a password longer than
 the sealing takes and never writes one anywhere: the audit record has no field that could
 hold it.
 """
@@ -161,6 +162,8 @@ class WritebackService:
             duration_ms=None,
             trace_id=trace_id,
             expires_at=float(expires),
+            # Where the outcome will arrive: if this instance dies first, the sweeper adopts it.
+            reply_session=self.transport.reply_session,
         )
         if submission.request_id and await self.audit.get(request_id) is not None:
             raise InvalidInput("requestId", "was used before", "request.duplicate")
