@@ -343,6 +343,36 @@ class TestRequestReply:
         dead = await backend.dead_letters(OUTCOMES_QUEUE)
         assert [(body, reason) for body, reason, _ in dead] == [("stray", "outcome.uncorrelated")]
 
+    async def test_a_refused_body_on_the_reply_session_is_skipped(
+        self, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """A body the waiter's check refuses (a forgery that arrived first) is not returned:
+        the wait goes on and returns the outcome the check accepts."""
+        cloud, relay = sides
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        waiting = asyncio.create_task(
+            cloud.wait_for_outcome(rid, time.time() + 10, lambda body: body == "genuine")
+        )
+        await relay.send_outcome(rid, "forged", cloud.reply_session)
+        await relay.send_outcome(rid, "genuine", cloud.reply_session)
+        assert await waiting == "genuine"
+
+    async def test_a_refused_body_on_the_requests_session_is_dead_lettered(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """A status read skips a body its check refuses, dead-letters it (`outcome.refused`),
+        and returns the outcome behind it."""
+        cloud, relay = sides
+        await backend.drain(f"{OUTCOMES_QUEUE}/$DeadLetterQueue")
+        rid = request_id()
+        await relay.send_outcome(rid, "forged", rid)
+        await relay.send_outcome(rid, "genuine", rid)
+        accept = lambda body: body == "genuine"  # noqa: E731 - one line, named for reading
+        assert await cloud.wait_for_outcome(rid, time.time() + 10, accept) == "genuine"
+        dead = await backend.dead_letters(OUTCOMES_QUEUE)
+        assert [(body, reason) for body, reason, _ in dead] == [("forged", "outcome.refused")]
+
     async def test_close_fails_the_waits_still_running(
         self, sides: tuple[CloudTransport, RelayTransport]
     ) -> None:

@@ -20,7 +20,7 @@ on the `memory` queue model for unit tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,14 +76,20 @@ class CloudTransport(Protocol):
         relay answers where the signed request says). The request is registered as expected
         before it is sent, so its outcome can never arrive unexpected."""
 
-    async def wait_for_outcome(self, request_id: str, deadline: float) -> str | None:
-        """The outcome of `request_id`, or None if none arrived by `deadline` (wall-clock).
+    async def wait_for_outcome(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool] = ...
+    ) -> str | None:
+        """The first outcome of `request_id` that `accept` takes (by default, the first), or
+        None if none arrived by `deadline` (wall-clock). The transport never looks inside a
+        body: `accept` (the service's signature check) does, and a body it refuses is skipped,
+        never returned, and the wait goes on.
 
         For a request this instance sent, the outcome comes through the reply session; several
         waits for one request all get it. Otherwise (a status read for a request another
         instance sent, or this instance's after its wait ended) the request's own session is
         read, where an outcome that arrived after every wait for it ended is kept (until its
-        time-to-live) for the next one."""
+        time-to-live) for the next one; a body refused there is dead-lettered
+        (`outcome.refused`)."""
 
     async def adopt(self, session: str) -> int | None:
         """Take over another instance's reply session if nobody holds it any more: re-send

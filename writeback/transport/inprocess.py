@@ -31,6 +31,7 @@ from writeback.transport.replies import (
     Backoff,
     Delivered,
     Replies,
+    accept_any,
     new_reply_session,
     renewal_due,
 )
@@ -40,6 +41,7 @@ POLL_SECONDS = 0.05
 OUTCOME_TTL = 300.0
 HEARTBEAT_TTL = 300.0
 UNCORRELATED = "outcome.uncorrelated"
+REFUSED = "outcome.refused"
 
 
 class _InProcess:
@@ -122,10 +124,12 @@ class InProcessCloud(_InProcess):
                 self.replies.forget(request_id)
             raise
 
-    async def wait_for_outcome(self, request_id: str, deadline: float) -> str | None:
+    async def wait_for_outcome(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool] = accept_any
+    ) -> str | None:
         if self.replies.expecting(request_id):
-            return await self.replies.wait(request_id, deadline)
-        return await self._wait_on_request_session(request_id, deadline)
+            return await self.replies.wait(request_id, deadline, accept)
+        return await self._wait_on_request_session(request_id, deadline, accept)
 
     async def adopt(self, session: str) -> int | None:
         if session == self.reply_session:
@@ -148,7 +152,9 @@ class InProcessCloud(_InProcess):
             self.broker.release_session(OUTCOMES_QUEUE, session, owner)
         return moved
 
-    async def _wait_on_request_session(self, request_id: str, deadline: float) -> str | None:
+    async def _wait_on_request_session(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool]
+    ) -> str | None:
         owner = object()
         try:
             self.broker.lock_session(OUTCOMES_QUEUE, request_id, owner)
@@ -161,8 +167,14 @@ class InProcessCloud(_InProcess):
                     OUTCOMES_QUEUE, 1, session_id=request_id, owner=owner
                 )
                 if received:
-                    self.broker.complete(OUTCOMES_QUEUE, str(received[0].lock_token))
-                    return received[0].body.decode()
+                    token, body = str(received[0].lock_token), received[0].body.decode()
+                    if accept(body):
+                        self.broker.complete(OUTCOMES_QUEUE, token)
+                        return body
+                    self.broker.dead_letter(
+                        OUTCOMES_QUEUE, token, REFUSED, "the cloud could not verify it"
+                    )
+                    continue
                 await self._changed(deadline - self._clock())
             return None
         finally:
@@ -213,8 +225,8 @@ class InProcessCloud(_InProcess):
                 OUTCOMES_QUEUE, 16, session_id=self.reply_session, owner=self._owner
             ):
                 self._dispatch(message)
-            for request_id, body in self.replies.stale():
-                if body is not None:
+            for request_id, bodies in self.replies.stale():
+                for body in bodies:
                     self._forward(request_id, body, OUTCOME_TTL)
                 self.replies.drop(request_id)
             if self._clock() >= renew_at:

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ from writeback.transport.replies import (
     Backoff,
     Delivered,
     Replies,
+    accept_any,
     new_reply_session,
     renewal_due,
 )
@@ -62,6 +63,7 @@ SWEEP_SECONDS = 1.0  # how often entries nobody waits for are looked at
 ADOPT_WAIT_SECONDS = 1.0  # an adopted session with nothing more for this long is drained
 ADOPT_SECONDS = 10.0  # the longest an adopted session is held (its lock lasts 30 s in infra/)
 UNCORRELATED = "outcome.uncorrelated"
+REFUSED = "outcome.refused"
 # The SDK's keep-alive task sleeps in 1 s steps and a link's close waits for it; a receiver
 # that is always receiving keeps its connection alive anyway. `keep_alive` is read by
 # azure-servicebus 7.x's configuration but not documented: without it, closing is just slower.
@@ -118,12 +120,16 @@ class ServiceBusCloud(Bus):
                 self.replies.forget(request_id)
             raise
 
-    async def wait_for_outcome(self, request_id: str, deadline: float) -> str | None:
+    async def wait_for_outcome(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool] = accept_any
+    ) -> str | None:
         if self.replies.expecting(request_id):
-            return await self.replies.wait(request_id, deadline)
-        return await self._wait_on_request_session(request_id, deadline)
+            return await self.replies.wait(request_id, deadline, accept)
+        return await self._wait_on_request_session(request_id, deadline, accept)
 
-    async def _wait_on_request_session(self, request_id: str, deadline: float) -> str | None:
+    async def _wait_on_request_session(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool]
+    ) -> str | None:
         remaining = deadline - time.time()
         if remaining <= 0:
             return None
@@ -141,8 +147,15 @@ class ServiceBusCloud(Bus):
                     max_message_count=1, max_wait_time=remaining
                 )
                 if received:
-                    await receiver.complete_message(received[0])
-                    return str(received[0])
+                    body = str(received[0])
+                    if accept(body):
+                        await receiver.complete_message(received[0])
+                        return body
+                    await receiver.dead_letter_message(
+                        received[0],
+                        reason=REFUSED,
+                        error_description="the cloud could not verify it",
+                    )
         except Exception as exc:
             raise translate_servicebus_error(exc, f"wait for outcome {request_id}") from exc
         finally:
@@ -257,8 +270,8 @@ class ServiceBusCloud(Bus):
         return True
 
     async def _sweep(self) -> None:
-        for request_id, body in self.replies.stale():
-            if body is not None:
+        for request_id, bodies in self.replies.stale():
+            for body in bodies:
                 await self._forward(request_id, body, OUTCOME_TTL.total_seconds())
             self.replies.drop(request_id)
 
