@@ -95,3 +95,10 @@ async def writeback_event(event: func.EventGridEvent, completed: func.Out[str]) 
 )
 async def entra_audit(events: list[func.EventHubEvent]) -> None:
     await http.entra_audit(events)
+
+
+# Outcomes left on the reply session of an instance that is gone (writeback.cloud.sweep). The
+# host runs a timer on one instance at a time; the schedule is an app setting (NCRONTAB).
+@app.timer_trigger(schedule="%WRITEBACK_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
+async def sweep_replies(timer: func.TimerRequest) -> None:
+    await http.sweep_replies(timer)

@@ -255,6 +255,16 @@ class MemoryAuditTrail:
             key=lambda record: record.received_at,
         )
 
+    async def pending(self, since: float, until: float) -> list[AuditRecord]:
+        return sorted(
+            (
+                record
+                for record in self.records.values()
+                if record.status == "pending" and since <= record.received_at <= until
+            ),
+            key=lambda record: record.received_at,
+        )
+
     async def close(self) -> None:
         self.closed = True
 

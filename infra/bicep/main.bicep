@@ -271,6 +271,8 @@ module functionApp 'modules/functionapp.bicep' = {
       WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE: unlockOnEntraSelfService ? 'true' : 'false'
       WRITEBACK_DRIFT_WINDOW_SECONDS: string(driftWindowSeconds)
       WRITEBACK_DRIFT_FORCE_CHANGE: driftForceChange ? 'true' : 'false'
+      // The sweeper's timer (NCRONTAB): adopts the reply sessions of instances that are gone.
+      WRITEBACK_SWEEP_SCHEDULE: '0 */1 * * * *'
     }
   }
 }

@@ -83,6 +83,7 @@ APP_SETTINGS = {
     "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE": PARAMETER,
     "WRITEBACK_DRIFT_WINDOW_SECONDS": PARAMETER,
     "WRITEBACK_DRIFT_FORCE_CHANGE": PARAMETER,
+    "WRITEBACK_SWEEP_SCHEDULE": LITERAL,
 }
 LOCAL_ONLY_SETTINGS = [
     "AzureWebJobsStorage",
@@ -452,6 +453,7 @@ class TestFunctionApp:
         assert values["WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE"] == "false"
         assert values["WRITEBACK_DRIFT_WINDOW_SECONDS"] == "300"
         assert values["WRITEBACK_DRIFT_FORCE_CHANGE"] == "false"
+        assert values["WRITEBACK_SWEEP_SCHEDULE"] == "0 */1 * * * *"
 
     def test_behaviour_parameters_arrive_as_the_code_parses_them(self) -> None:
         """The Entra ID audit behaviour parameters become lower-case booleans and a number."""

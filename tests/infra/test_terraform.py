@@ -87,6 +87,7 @@ REQUIRED_APP_SETTINGS = {
     "WRITEBACK_DRIFT_WINDOW_SECONDS",
     "WRITEBACK_DRIFT_FORCE_CHANGE",
     "WRITEBACK_API_KEY_ROLES",
+    "WRITEBACK_SWEEP_SCHEDULE",
 }
 # azurerm injects a key-based AzureWebJobsStorage unless the setting is given; the empty value
 # given instead keeps it out (function.tf). No other local-only setting may appear at all.
@@ -804,6 +805,7 @@ class TestAppSettings:
             "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=AAD",
             "WRITEBACK_AUDIT_HUB": "entra-audit",
             "WRITEBACK_AUDIT_CONSUMER_GROUP": "writeback",
+            "WRITEBACK_SWEEP_SCHEDULE": "0 */1 * * * *",
         }
         assert {name: model.app_setting_values[name] for name in fixed} == fixed
         assert {model.app_settings[name] for name in fixed} == {"literal"}

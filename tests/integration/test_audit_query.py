@@ -1,5 +1,6 @@
-"""The audit trail's one question by user, "which requests for this UPN between t1 and t2"
-(drift detection), against a real Azure Table service (Azurite), in a table of its own."""
+"""The audit trail's two queries against a real Azure Table service (Azurite), each test in a
+table of its own: "which requests for this UPN between t1 and t2" (drift detection) and "which
+requests received between t1 and t2 are still pending" (the sweeper)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,33 @@ class TestForUser:
                 await trail.for_user("alice@corp.example.test", T0, T0 + 1)
         finally:
             await trail.close()
+
+
+class TestPending:
+    async def test_the_pending_requests_in_the_range_oldest_first(
+        self, audit: TableAuditTrail
+    ) -> None:
+        """Only pending entries inside [since, until] (both ends included) come back, oldest
+        first, with every field, an older entry without a reply session included."""
+        user = "alice@corp.example.test"
+        pending = {"status": "pending", "reason": None}
+        inside = [
+            record(user, T0 + 60, reply_session="cloud-a", **pending),
+            record(user, T0, reply_session="cloud-b", **pending),
+            record("bob@corp.example.test", T0 + 300, **pending),
+        ]
+        outside = [
+            record(user, T0 + 30, reply_session="cloud-a"),  # applied
+            record(user, T0 + 31, status="failed", reason="agent.timeout"),
+            record(user, T0 - 0.5, **pending),
+            record(user, T0 + 300.5, **pending),
+        ]
+        for entry in inside + outside:
+            await audit.record(entry)
+        found = await audit.pending(T0, T0 + 300)
+        assert found == sorted(inside, key=lambda entry: entry.received_at)
+
+    async def test_nothing_pending_is_an_empty_list(self, audit: TableAuditTrail) -> None:
+        """A table with only completed entries answers with no entries."""
+        await audit.record(record("alice@corp.example.test", T0))
+        assert await audit.pending(T0 - 60, T0 + 60) == []

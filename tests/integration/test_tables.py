@@ -101,6 +101,7 @@ class TestAuditTrail:
             duration_ms=750,
             trace_id="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             expires_at=1_767_225_660.0,
+            reply_session="cloud-0123456789abcdef0123456789abcdef",
         )
         await audit.record(record)
         assert await audit.get(record.request_id) == record

@@ -343,6 +343,36 @@ class TestRequestReply:
         dead = await backend.dead_letters(OUTCOMES_QUEUE)
         assert [(body, reason) for body, reason, _ in dead] == [("stray", "outcome.uncorrelated")]
 
+    async def test_a_refused_body_on_the_reply_session_is_skipped(
+        self, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """A body the waiter's check refuses (a forgery that arrived first) is not returned:
+        the wait goes on and returns the outcome the check accepts."""
+        cloud, relay = sides
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        waiting = asyncio.create_task(
+            cloud.wait_for_outcome(rid, time.time() + 10, lambda body: body == "genuine")
+        )
+        await relay.send_outcome(rid, "forged", cloud.reply_session)
+        await relay.send_outcome(rid, "genuine", cloud.reply_session)
+        assert await waiting == "genuine"
+
+    async def test_a_refused_body_on_the_requests_session_is_dead_lettered(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """A status read skips a body its check refuses, dead-letters it (`outcome.refused`),
+        and returns the outcome behind it."""
+        cloud, relay = sides
+        await backend.drain(f"{OUTCOMES_QUEUE}/$DeadLetterQueue")
+        rid = request_id()
+        await relay.send_outcome(rid, "forged", rid)
+        await relay.send_outcome(rid, "genuine", rid)
+        accept = lambda body: body == "genuine"  # noqa: E731 - one line, named for reading
+        assert await cloud.wait_for_outcome(rid, time.time() + 10, accept) == "genuine"
+        dead = await backend.dead_letters(OUTCOMES_QUEUE)
+        assert [(body, reason) for body, reason, _ in dead] == [("forged", "outcome.refused")]
+
     async def test_close_fails_the_waits_still_running(
         self, sides: tuple[CloudTransport, RelayTransport]
     ) -> None:
@@ -355,6 +385,67 @@ class TestRequestReply:
         await cloud.close()
         with pytest.raises(TransportError):
             await waiting
+
+
+class TestAdoption:
+    """Another instance's reply session: adopted once nobody holds it, left alone while held."""
+
+    async def test_a_gone_instances_outcomes_are_moved_to_their_requests(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """An instance closes with a request in flight; the relay answers on its session. A
+        second instance adopts the session: the outcome is re-sent to the request's own session,
+        where a status read finds it; a stray without a CorrelationId is dead-lettered, not
+        counted; the drained session, adopted again, has nothing more."""
+        gone, relay = sides
+        await backend.drain(f"{OUTCOMES_QUEUE}/$DeadLetterQueue")
+        rid = request_id()
+        await gone.send_request(DOMAIN, rid, "request", time.time() + 60)
+        await gone.close()
+        await answer(relay, rid, "orphaned-outcome", gone.reply_session)
+        await backend.send_raw(OUTCOMES_QUEUE, "stray", gone.reply_session, None)
+        heir = backend.cloud()
+        try:
+            assert await heir.adopt(gone.reply_session) == 1
+            assert await heir.wait_for_outcome(rid, time.time() + 10) == "orphaned-outcome"
+            assert await heir.adopt(gone.reply_session) == 0
+        finally:
+            await heir.close()
+        dead = await backend.dead_letters(OUTCOMES_QUEUE)
+        assert [(body, reason) for body, reason, _ in dead] == [("stray", "outcome.uncorrelated")]
+
+    async def test_a_live_instances_session_is_not_adopted(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """While an instance listens, another's adopt answers None at once and takes nothing:
+        the outcome answered on the session afterwards still reaches the live instance's
+        waiter."""
+        live, relay = sides
+        rid = request_id()
+        await live.send_request(DOMAIN, rid, "request", time.time() + 60)
+        await live.start()
+        waiting = asyncio.create_task(live.wait_for_outcome(rid, time.time() + 15))
+        other = backend.cloud()
+        try:
+            started = time.monotonic()
+            assert await other.adopt(live.reply_session) is None
+            assert time.monotonic() - started < 5
+        finally:
+            await other.close()
+        await answer(relay, rid, "outcome", live.reply_session)
+        assert await waiting == "outcome"
+
+    async def test_an_instance_does_not_adopt_its_own_session(
+        self, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """Its own session is served by its listener: adopt answers None and takes nothing."""
+        cloud, relay = sides
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        waiting = asyncio.create_task(cloud.wait_for_outcome(rid, time.time() + 15))
+        assert await cloud.adopt(cloud.reply_session) is None
+        await answer(relay, rid, "outcome", cloud.reply_session)
+        assert await waiting == "outcome"
 
 
 class TestReplySessionLock:

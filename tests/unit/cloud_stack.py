@@ -34,7 +34,12 @@ from writeback.relay.journal import Journal
 from writeback.relay.pipeline import Pipeline, RelayKeys
 from writeback.routing import Routes
 from writeback.testing import FakeDirectory, MemoryAgentRegistry, MemoryAuditTrail
-from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
+from writeback.transport import (
+    HEARTBEATS_QUEUE,
+    OUTCOMES_QUEUE,
+    RelayTransport,
+    requests_queue,
+)
 from writeback.transport.inprocess import InProcessCloud, InProcessRelay
 from writeback.transport.memory import MemoryBroker, QueueConfig
 
@@ -77,32 +82,19 @@ class Stack:
     _task: asyncio.Task[None] | None = None
 
     def relay(self) -> Agent:
-        settings = RelaySettings(
-            id=RELAY,
-            domain=DOMAIN,
-            keys=self.tmp,
-            journal=self.tmp,
-            cloud_keys=self.tmp,
-            concurrency=4,
-            heartbeat_interval=30,
-            shutdown_grace=2,
-            receive_wait=0.1,
-        )
         transport = InProcessRelay(self.broker, DOMAIN)
-        pipeline = Pipeline(
-            relay_id=RELAY,
-            domain=DOMAIN,
-            directory=self.directory,
-            transport=transport,
-            journal=Journal(self.tmp / "journal.sqlite3"),
-            keys=RelayKeys(
-                KeySet([ECKey.import_key(CLOUD_KEY.as_dict(private=False))]),
-                KeySet([self.enc]),
-                self.relay_sig,
-            ),
-        )
-        return Agent(
-            settings, pipeline, transport, directory=self.directory, signing_key=self.relay_sig
+        return relay_agent(transport, self.directory, self.tmp, self.enc, self.relay_sig)
+
+    def instance(self) -> WritebackService:
+        """Another cloud instance: the same tables, keys and queues, its own reply session."""
+        first = self.service
+        return WritebackService(
+            routes=first.routes,
+            transport=InProcessCloud(self.broker),
+            keys=first.keys,
+            audit=first.audit,
+            agents=first.agents,
+            settings=first.settings,
         )
 
     async def start_relay(self) -> None:
@@ -136,6 +128,42 @@ class Stack:
             if delivered >= expect or time.monotonic() > until:
                 return delivered
             await asyncio.sleep(0.02)
+
+
+def relay_agent(
+    transport: RelayTransport,
+    directory: FakeDirectory,
+    tmp: Path,
+    enc: RSAKey | None = None,
+    sig: ECKey | None = None,
+) -> Agent:
+    """A real relay (agent, pipeline, journal in `tmp`) of DOMAIN on `directory`, answering
+    through `transport`, with its keys (by default the ones the stack's cloud knows)."""
+    enc, sig = enc or ENC_KEY, sig or SIG_KEY
+    settings = RelaySettings(
+        id=RELAY,
+        domain=DOMAIN,
+        keys=tmp,
+        journal=tmp,
+        cloud_keys=tmp,
+        concurrency=4,
+        heartbeat_interval=30,
+        shutdown_grace=2,
+        receive_wait=0.1,
+    )
+    pipeline = Pipeline(
+        relay_id=RELAY,
+        domain=DOMAIN,
+        directory=directory,
+        transport=transport,
+        journal=Journal(tmp / "journal.sqlite3"),
+        keys=RelayKeys(
+            KeySet([ECKey.import_key(CLOUD_KEY.as_dict(private=False))]),
+            KeySet([enc]),
+            sig,
+        ),
+    )
+    return Agent(settings, pipeline, transport, directory=directory, signing_key=sig)
 
 
 CLOUD_KEY = ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.a", "use": "sig"})

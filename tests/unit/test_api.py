@@ -38,8 +38,8 @@ def reset_body(**changes: Any) -> dict[str, Any]:
 
 class TestBindings:
     def test_every_function_is_declared_as_documented(self) -> None:
-        """Routes, methods, anonymous host auth and the heartbeat trigger are what infra and
-        the docs say."""
+        """Routes, methods, anonymous host auth, the heartbeat trigger and the sweeper's timer
+        are what infra and the docs say, and no function is declared beyond them."""
         declared = {
             f.get_function_name(): json.loads(f.get_function_json())["bindings"][0]
             for f in function_app.app.get_functions()
@@ -65,6 +65,13 @@ class TestBindings:
         assert heartbeat["queueName"] == "writeback-heartbeats"
         assert heartbeat["connection"] == "ServiceBusConnection"
         assert not heartbeat.get("isSessionsEnabled")
+        sweeper = declared["sweep_replies"]
+        assert sweeper["type"] == "timerTrigger"
+        assert sweeper["schedule"] == "%WRITEBACK_SWEEP_SCHEDULE%"
+        assert sweeper["runOnStartup"] is False
+        triggers = {name: binding["type"] for name, binding in declared.items()}
+        assert set(triggers) == {*routes, "record_heartbeat", "sweep_replies", "writeback_event",
+                                 "entra_audit"}  # fmt: skip
 
 
 class TestOperations:

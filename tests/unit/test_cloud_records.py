@@ -57,7 +57,7 @@ class TestAuditEntity:
             "request_id", "received_at", "domain", "user", "operation", "initiator", "caller",
             "caller_kind", "source", "unlock", "force_change_at_next_logon", "sealed_by_caller",
             "status", "reason", "message", "detail", "relay", "completed_at", "duration_ms",
-            "trace_id", "expires_at",
+            "trace_id", "expires_at", "reply_session",
         ]  # fmt: skip
 
     def test_keys_are_the_request_id_and_an_empty_row(self) -> None:
@@ -79,8 +79,16 @@ class TestAuditEntity:
         record = request(initiator="self", status="failed", reason="directory.unavailable",
                          message="Try again later.", detail="no DC answered", relay="relay-a",
                          completed_at=1_767_225_601.0, duration_ms=750, trace_id="00-ab-cd-01",
-                         unlock=True, source="event", expires_at=1_767_225_700.0)  # fmt: skip
+                         unlock=True, source="event", expires_at=1_767_225_700.0,
+                         reply_session="cloud-0123456789abcdef0123456789abcdef")  # fmt: skip
         assert audit.from_entity(audit.to_entity(record)) == record
+
+    def test_an_entry_written_before_reply_sessions_were_recorded_loads(self) -> None:
+        """An older entity without `reply_session` reads back with None there."""
+        record = request(reply_session="cloud-gone")
+        entity = audit.to_entity(record)
+        del entity["reply_session"]
+        assert audit.from_entity(entity) == dataclasses.replace(record, reply_session=None)
 
     def test_whole_second_times_are_stored_as_doubles(self) -> None:
         """An int epoch is stored as a float, so the table column keeps one type."""
@@ -187,6 +195,26 @@ class TestMemoryAuditTrail:
             await trail.record(request(request_id="a/b"))
         with pytest.raises(ValueError, match="request id"):
             await trail.get("a#b")
+
+    async def test_pending_in_a_window(self) -> None:
+        """pending() gives the pending records received within [since, until], both ends
+        included, oldest first, as the table adapter does."""
+        trail = MemoryAuditTrail()
+        t0 = 1_767_225_600.0
+        inside = [
+            request(received_at=t0 + 10),
+            request(received_at=t0),
+            request(received_at=t0 + 60),
+        ]
+        outside = [
+            request(received_at=t0 - 0.5),
+            request(received_at=t0 + 60.5),
+            request(received_at=t0 + 5).completed("applied", "applied", t0 + 6),
+        ]
+        for record in inside + outside:
+            await trail.record(record)
+        found = await trail.pending(t0, t0 + 60)
+        assert found == sorted(inside, key=lambda record: record.received_at)
 
     async def test_close(self) -> None:
         """close() is recorded, so tests can check that the service closes its adapters."""

@@ -9,7 +9,14 @@ import time
 import pytest
 
 from writeback.errors import TransportUnavailable
-from writeback.transport.replies import Backoff, Delivered, Replies, new_reply_session, renewal_due
+from writeback.transport.replies import (
+    MAX_BODIES,
+    Backoff,
+    Delivered,
+    Replies,
+    new_reply_session,
+    renewal_due,
+)
 
 
 class Clock:
@@ -66,13 +73,55 @@ class TestReplies:
         assert replies.deliver("req-1", "outcome") is Delivered.TO_WAITER
         assert await longer == "outcome"
 
-    async def test_a_second_outcome_is_a_duplicate(self) -> None:
-        """The same request answered twice (a redelivered request): the second is dropped."""
+    async def test_the_same_body_twice_is_a_duplicate(self) -> None:
+        """The very same body again is dropped; another one (a redelivered request answered
+        anew) is kept behind the first, which a wait taking anything returns."""
         replies = Replies()
         replies.expect("req-1", time.time() + 60)
         assert replies.deliver("req-1", "first") is Delivered.TO_WAITER
-        assert replies.deliver("req-1", "again") is Delivered.DUPLICATE
+        assert replies.deliver("req-1", "first") is Delivered.DUPLICATE
+        assert replies.deliver("req-1", "again") is Delivered.TO_WAITER
         assert await replies.wait("req-1", time.time() + 1) == "first"
+
+    async def test_a_refused_body_does_not_end_the_wait(self) -> None:
+        """A body the caller refuses (a forgery) is skipped, before or during the wait: the
+        wait goes on and returns the outcome it accepts, and each body is offered once."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        offered: list[str] = []
+
+        def accept(body: str) -> bool:
+            offered.append(body)
+            return body == "genuine"
+
+        replies.deliver("req-1", "forged-early")
+        waiting = asyncio.create_task(replies.wait("req-1", time.time() + 5, accept))
+        await asyncio.sleep(0)
+        replies.deliver("req-1", "forged-late")
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        replies.deliver("req-1", "genuine")
+        assert await waiting == "genuine"
+        assert offered == ["forged-early", "forged-late", "genuine"]
+
+    async def test_only_refused_bodies_end_in_none_at_the_deadline(self) -> None:
+        """Nothing acceptable arrives: the wait ends at its deadline with None."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        replies.deliver("req-1", "forged")
+        started = time.monotonic()
+        assert await replies.wait("req-1", time.time() + 0.1, lambda body: False) is None
+        assert 0.05 < time.monotonic() - started < 1
+
+    async def test_a_full_entry_makes_further_bodies_orphans(self) -> None:
+        """Past MAX_BODIES distinct bodies an entry takes no more: a flood of forgeries cannot
+        grow it, and what comes after (perhaps the real outcome) is re-sent to the request's
+        own session instead of being dropped."""
+        replies = Replies()
+        replies.expect("req-1", time.time() + 60)
+        for n in range(MAX_BODIES):
+            assert replies.deliver("req-1", f"forged-{n}") is Delivered.TO_WAITER
+        assert replies.deliver("req-1", "genuine") is Delivered.ORPHAN
 
     async def test_unknown_requests_are_orphans(self) -> None:
         """An outcome for a request this instance never sent is an orphan."""
@@ -87,17 +136,18 @@ class TestReplies:
         assert not replies.expecting("req-1")
 
     async def test_stale_entries_are_dropped_with_their_outcome(self) -> None:
-        """Entries nobody waits for go once their request expired; an outcome they received is
+        """Entries nobody waits for go once their request expired; the bodies they received are
         handed back for re-sending, and unexpired or waited-for entries stay."""
         clock = Clock()
         replies = Replies(clock)
         replies.expect("answered", clock.now + 10)
         replies.expect("silent", clock.now + 10)
         replies.expect("young", clock.now + 100)
+        replies.deliver("answered", "forged")
         replies.deliver("answered", "outcome")
         assert replies.stale() == []
         clock.now += 11
-        assert sorted(replies.stale()) == [("answered", "outcome"), ("silent", None)]
+        assert sorted(replies.stale()) == [("answered", ["forged", "outcome"]), ("silent", [])]
         for request_id, _ in replies.stale():
             replies.drop(request_id)
         assert len(replies) == 1

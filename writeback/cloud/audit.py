@@ -6,8 +6,9 @@ and the outcome has not). PartitionKey is the request id and RowKey is empty: ev
 point read by id (what polling `GET /requests/{id}` needs), and random UUIDs spread the writes
 evenly over partitions; reports over time belong to a log query, not to this table. The one
 question by user, "was there a request for this UPN around this time" (drift detection), is a
-scan filtered by time. No field can hold a password or a key, and the adapter stores exactly
-the record's fields.
+scan filtered by time; so is the sweeper's, "which requests are still pending from this
+window" (`pending`), with the status in the server-side filter too. No field can hold a password
+or a key, and the adapter stores exactly the record's fields.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class AuditRecord:
     `caller` is the authenticated identity (object id, app id, or "api-key"), `caller_kind` how
     it authenticated ("entra", "api-key", "event"); `initiator` who asked for it when that is
     someone else (an admin resetting a user); `message` the sentence the caller saw, `detail`
-    the admin detail, `relay` the relay that answered, `expires_at` the request's deadline.
+    the admin detail, `relay` the relay that answered, `expires_at` the request's deadline,
+    `reply_session` the cloud instance's session the request named for its outcome (None on
+    entries written before it was recorded): the sweeper adopts it if that instance is gone.
     """
 
     request_id: str
@@ -58,6 +61,7 @@ class AuditRecord:
     duration_ms: int | None = None
     trace_id: str | None = None
     expires_at: float | None = None
+    reply_session: str | None = None
 
     def completed(
         self,
@@ -93,6 +97,10 @@ class AuditTrail(Protocol):
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
         """The entries for `user` (a UPN, in any case) received from `since` to `until`."""
+
+    async def pending(self, since: float, until: float) -> list[AuditRecord]:
+        """The entries still `pending` that were received from `since` to `until`, oldest
+        first."""
 
     async def close(self) -> None: ...
 
@@ -197,12 +205,27 @@ class TableAuditTrail:
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
         # Entries are keyed by request id, so this scans the table with the time range as the
         # server-side filter; the UPN is compared here, case-insensitively, as AD compares it.
+        records = await self._query(
+            "received_at ge @since and received_at le @until",
+            {"since": float(since), "until": float(until)},
+        )
+        wanted = user.casefold()
+        return [record for record in records if record.user.casefold() == wanted]
+
+    async def pending(self, since: float, until: float) -> list[AuditRecord]:
+        # The same scan, with the status in the filter as well: only pending entries (a few per
+        # minute of traffic at most) cross the network, however large the table is.
+        return await self._query(
+            "status eq @status and received_at ge @since and received_at le @until",
+            {"status": "pending", "since": float(since), "until": float(until)},
+        )
+
+    async def _query(self, query: str, parameters: dict[str, Any]) -> list[AuditRecord]:
+        """The entries a parameterised filter selects, oldest first (values are never pasted
+        into the filter text)."""
         client = await self._table.client()
         try:
-            entities = client.query_entities(
-                "received_at ge @since and received_at le @until",
-                parameters={"since": float(since), "until": float(until)},
-            )
+            entities = client.query_entities(query, parameters=parameters)
             found = [entity async for entity in entities]
         except SDK_ERRORS as exc:
             raise self._table.error(exc, "query requests") from exc
@@ -212,11 +235,7 @@ class TableAuditTrail:
             raise StorageError(
                 self._table.name, f"query requests: malformed entity: {exc}"
             ) from exc
-        wanted = user.casefold()
-        return sorted(
-            (record for record in records if record.user.casefold() == wanted),
-            key=lambda record: record.received_at,
-        )
+        return sorted(records, key=lambda record: record.received_at)
 
     async def close(self) -> None:
         await self._table.close()

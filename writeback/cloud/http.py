@@ -9,7 +9,8 @@ for authentication and authorisation, 404 an unknown request id. An exception no
 becomes a 500 with only a correlation id: its text could hold anything, so it goes to the log.
 The service is built on first use from the app settings (`bootstrap.build`), never at import.
 The event triggers (`writeback_event`, `entra_audit`) only adapt: `writeback.cloud.events` and
-`writeback.cloud.drift` decide, and raise only what a later delivery can get past.
+`writeback.cloud.drift` decide, and raise only what a later delivery can get past. The timer
+(`sweep`) runs `writeback.cloud.sweep`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import azure.functions as func
 
-from writeback.cloud import auth, drift, events
+from writeback.cloud import auth, drift, events, sweep
 from writeback.cloud.bootstrap import Cloud, build
 from writeback.cloud.service import Answer
 from writeback.cloud.submissions import REQUEST_ID, InvalidInput, parse, read_body
@@ -300,6 +301,16 @@ async def entra_audit(messages: Any) -> None:
         )
     batch = messages if isinstance(messages, list) else [messages]
     await _stream[1].process(message.get_body() for message in batch)
+
+
+async def sweep_replies(timer: Any) -> None:
+    """Timer trigger: adopt the reply sessions of gone instances, record their outcomes
+    (`writeback.cloud.sweep`). A run the host missed (the app was down) comes late, marked past
+    due: it is the same sweep, and covers what the missed ones would have."""
+    instance = await _cloud_for_trigger()
+    if getattr(timer, "past_due", False):
+        log.info("sweep past due")
+    await sweep.sweep(instance.service)
 
 
 async def _cloud_for_trigger() -> Cloud:

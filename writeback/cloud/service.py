@@ -5,11 +5,13 @@ has sent a heartbeat within three intervals, seals the passwords to every relay 
 domain and signs the request (naming the instance's reply session, where the relay answers),
 records it as pending in the audit trail, sends it and waits for the relay's signed outcome
 until the wait ends. The outcome is verified (signed by a key of the relay it names, for this
-very request) and recorded before the caller is answered. A request that got no answer in time
-stays pending: `status` looks for its outcome again later, on any instance (the transport keeps
-a late outcome on the request's own session). The service never holds a password longer than
-the sealing takes and never writes one anywhere: the audit record has no field that could
-hold it.
+very request) and recorded before the caller is answered; a body that does not verify is logged
+as a security event and skipped, and the wait goes on for the real outcome. A request that got
+no answer in time stays pending: `status` looks for its outcome again later, on any instance
+(the transport keeps a late outcome on the request's own session; if the instance that sent it
+is gone, the sweeper in `writeback.cloud.sweep` moves it there). The service never holds a
+password longer than the sealing takes and never writes one anywhere: the audit record has no
+field that could hold it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from writeback.cloud.submissions import InvalidInput, Submission
 from writeback.errors import ProtocolError, SecretsUnavailable, TransportError, WritebackError
 from writeback.protocol import Reason
 from writeback.protocol.commands import WITHOUT_SECRETS
-from writeback.protocol.messages import RequestMessage, upn_problem
+from writeback.protocol.messages import OutcomeMessage, RequestMessage, upn_problem
 from writeback.routing import Routes, UnknownDomain
 from writeback.transport import CloudTransport
 
@@ -180,6 +182,8 @@ class WritebackService:
             duration_ms=None,
             trace_id=trace_id,
             expires_at=float(expires),
+            # Where the outcome will arrive: if this instance dies first, the sweeper adopts it.
+            reply_session=self.transport.reply_session,
         )
         if submission.request_id:
             previous = await self.audit.get(request_id)
@@ -253,8 +257,16 @@ class WritebackService:
     async def _collect(
         self, record: AuditRecord, relay_keys: KeySet, deadline: float, *, timeout_is_final: bool
     ) -> Answer:
+        verified: dict[str, OutcomeMessage] = {}
+
+        def accept(body: str) -> bool:
+            outcome = self._verified(record, body, relay_keys)
+            if outcome is not None:
+                verified[body] = outcome
+            return outcome is not None
+
         try:
-            body = await self.transport.wait_for_outcome(record.request_id, deadline)
+            body = await self.transport.wait_for_outcome(record.request_id, deadline, accept)
         except TransportError as exc:
             log.warning(
                 "outcome not received", extra={"request_id": record.request_id, "error": str(exc)}
@@ -270,15 +282,7 @@ class WritebackService:
                 message=Reason.AGENT_TIMEOUT.message,
                 duration_ms=self._elapsed(record),
             )
-        try:
-            outcome = sealing.verify_outcome(body, relay_keys)
-            if outcome.request_id != record.request_id or outcome.domain != record.domain:
-                raise ProtocolError(
-                    Reason.OUTCOME_INVALID_SIGNATURE.value, "answers another request", "requestId"
-                )
-        except ProtocolError as exc:
-            log.error("outcome refused", extra={"request_id": record.request_id, "error": str(exc)})
-            return await self._finish(record, Reason.OUTCOME_INVALID_SIGNATURE, exc.problem)
+        outcome = verified[body]
         done = dataclasses.replace(
             record,
             status=outcome.status.value,
@@ -301,6 +305,26 @@ class WritebackService:
             },
         )
         return Answer.of(done)
+
+    @staticmethod
+    def _verified(record: AuditRecord, body: str, relay_keys: KeySet) -> OutcomeMessage | None:
+        """The outcome in `body` if a relay key of the request's domain signed it for this very
+        request; None otherwise, logged as a security event. Whoever can send to the outcomes
+        queue can put anything on a reply session, so such a body is never taken as the
+        outcome, nor as a reason to stop waiting for the real one."""
+        try:
+            outcome = sealing.verify_outcome(body, relay_keys)
+            if outcome.request_id != record.request_id or outcome.domain != record.domain:
+                raise ProtocolError(
+                    Reason.OUTCOME_INVALID_SIGNATURE.value, "answers another request", "requestId"
+                )
+        except ProtocolError as exc:
+            log.error(
+                "outcome refused",
+                extra={"request_id": record.request_id, "error": str(exc), "security": True},
+            )
+            return None
+        return outcome
 
     async def _finish(self, record: AuditRecord, reason: Reason, detail: str) -> Answer:
         done = dataclasses.replace(

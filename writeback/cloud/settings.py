@@ -44,6 +44,9 @@ EVENTS_TOPIC_ENDPOINT = "WritebackEvents__topicEndpointUri"
 UNLOCK_ON_SELF_SERVICE = "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE"
 DRIFT_WINDOW = "WRITEBACK_DRIFT_WINDOW_SECONDS"
 DRIFT_FORCE_CHANGE = "WRITEBACK_DRIFT_FORCE_CHANGE"
+# The sweeper's timer (writeback.cloud.sweep): an NCRONTAB schedule the host resolves itself
+# (`%WRITEBACK_SWEEP_SCHEDULE%` in function_app.py); the host refuses to start without it.
+SWEEP_SCHEDULE = "WRITEBACK_SWEEP_SCHEDULE"
 HTTP_LIMIT_SECONDS = 200  # Azure's load balancer ends an HTTP call at 230 s; stay well inside
 
 

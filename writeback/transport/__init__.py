@@ -8,7 +8,10 @@ relay answers on that session with CorrelationId = request id, so one open recei
 concurrent caller of the instance (opening a session receiver per request costs half a second
 in the SDK). An outcome that arrives after its caller stopped waiting is re-sent by the instance
 to the request's own session (session id = request id), which is also where a relay answers a
-request that names no reply session; a status read for a request looks there. Bodies are the
+request that names no reply session; a status read for a request looks there. An instance that
+dies leaves the outcomes of its requests in flight in its reply session; another instance
+`adopt`s that session (it can lock it only once nobody holds it) and re-sends them to their
+requests' own sessions the same way, so none is lost. Bodies are the
 signed tokens of `writeback.protocol.messages` / `writeback.sealing`; the transport never looks
 inside them and must never log them. Two implementations obey one contract
 (tests/integration/test_transport.py): `servicebus` on the azure-servicebus SDK, and `inprocess`
@@ -17,7 +20,7 @@ on the `memory` queue model for unit tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,14 +76,28 @@ class CloudTransport(Protocol):
         relay answers where the signed request says). The request is registered as expected
         before it is sent, so its outcome can never arrive unexpected."""
 
-    async def wait_for_outcome(self, request_id: str, deadline: float) -> str | None:
-        """The outcome of `request_id`, or None if none arrived by `deadline` (wall-clock).
+    async def wait_for_outcome(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool] = ...
+    ) -> str | None:
+        """The first outcome of `request_id` that `accept` takes (by default, the first), or
+        None if none arrived by `deadline` (wall-clock). The transport never looks inside a
+        body: `accept` (the service's signature check) does, and a body it refuses is skipped,
+        never returned, and the wait goes on.
 
         For a request this instance sent, the outcome comes through the reply session; several
         waits for one request all get it. Otherwise (a status read for a request another
         instance sent, or this instance's after its wait ended) the request's own session is
         read, where an outcome that arrived after every wait for it ended is kept (until its
-        time-to-live) for the next one."""
+        time-to-live) for the next one; a body refused there is dead-lettered
+        (`outcome.refused`)."""
+
+    async def adopt(self, session: str) -> int | None:
+        """Take over another instance's reply session if nobody holds it any more: re-send
+        each outcome in it to its request's own session (as an orphan of this instance's own
+        is), complete it, and return how many were re-sent. None, within about a second, when
+        the session is held (its instance is alive and serves it itself) or is this
+        instance's own. An outcome naming no request is dead-lettered, as on the own session.
+        Raises TransportError if the session could not be read."""
 
     async def close(self) -> None:
         """Stop listening and close everything; waits still running raise TransportError."""

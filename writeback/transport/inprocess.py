@@ -31,6 +31,7 @@ from writeback.transport.replies import (
     Backoff,
     Delivered,
     Replies,
+    accept_any,
     new_reply_session,
     renewal_due,
 )
@@ -40,6 +41,7 @@ POLL_SECONDS = 0.05
 OUTCOME_TTL = 300.0
 HEARTBEAT_TTL = 300.0
 UNCORRELATED = "outcome.uncorrelated"
+REFUSED = "outcome.refused"
 
 
 class _InProcess:
@@ -122,12 +124,37 @@ class InProcessCloud(_InProcess):
                 self.replies.forget(request_id)
             raise
 
-    async def wait_for_outcome(self, request_id: str, deadline: float) -> str | None:
+    async def wait_for_outcome(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool] = accept_any
+    ) -> str | None:
         if self.replies.expecting(request_id):
-            return await self.replies.wait(request_id, deadline)
-        return await self._wait_on_request_session(request_id, deadline)
+            return await self.replies.wait(request_id, deadline, accept)
+        return await self._wait_on_request_session(request_id, deadline, accept)
 
-    async def _wait_on_request_session(self, request_id: str, deadline: float) -> str | None:
+    async def adopt(self, session: str) -> int | None:
+        if session == self.reply_session:
+            return None  # ours: the listener serves it
+        owner = object()
+        try:
+            self.broker.lock_session(OUTCOMES_QUEUE, session, owner)
+        except SessionCannotBeLocked:
+            return None
+        except UnknownQueue as exc:
+            raise TransportUnavailable(f"adopt session {session}: no such queue") from exc
+        moved = 0
+        try:
+            self.broker.tick()
+            while received := self.broker.receive(
+                OUTCOMES_QUEUE, 16, session_id=session, owner=owner
+            ):
+                moved += sum(self._dispatch(message) for message in received)
+        finally:
+            self.broker.release_session(OUTCOMES_QUEUE, session, owner)
+        return moved
+
+    async def _wait_on_request_session(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool]
+    ) -> str | None:
         owner = object()
         try:
             self.broker.lock_session(OUTCOMES_QUEUE, request_id, owner)
@@ -140,8 +167,14 @@ class InProcessCloud(_InProcess):
                     OUTCOMES_QUEUE, 1, session_id=request_id, owner=owner
                 )
                 if received:
-                    self.broker.complete(OUTCOMES_QUEUE, str(received[0].lock_token))
-                    return received[0].body.decode()
+                    token, body = str(received[0].lock_token), received[0].body.decode()
+                    if accept(body):
+                        self.broker.complete(OUTCOMES_QUEUE, token)
+                        return body
+                    self.broker.dead_letter(
+                        OUTCOMES_QUEUE, token, REFUSED, "the cloud could not verify it"
+                    )
+                    continue
                 await self._changed(deadline - self._clock())
             return None
         finally:
@@ -192,8 +225,8 @@ class InProcessCloud(_InProcess):
                 OUTCOMES_QUEUE, 16, session_id=self.reply_session, owner=self._owner
             ):
                 self._dispatch(message)
-            for request_id, body in self.replies.stale():
-                if body is not None:
+            for request_id, bodies in self.replies.stale():
+                for body in bodies:
                     self._forward(request_id, body, OUTCOME_TTL)
                 self.replies.drop(request_id)
             if self._clock() >= renew_at:
@@ -203,19 +236,22 @@ class InProcessCloud(_InProcess):
                 renew_at = renewal_due(locked_until, self._clock())
             await self._changed(renew_at - self._clock())
 
-    def _dispatch(self, message: StoredMessage) -> None:
+    def _dispatch(self, message: StoredMessage) -> bool:
+        """Hand an outcome to its waiter or re-send it as an orphan, then complete it; False
+        if it named no request and was dead-lettered."""
         token = str(message.lock_token)
         request_id = message.correlation_id
         if not request_id or len(request_id) > 128:
             self.broker.dead_letter(
                 OUTCOMES_QUEUE, token, UNCORRELATED, "no CorrelationId naming a request"
             )
-            return
+            return False
         body = message.body.decode()
         if self.replies.deliver(request_id, body) is Delivered.ORPHAN:
             left = (message.expires_at or self._clock() + OUTCOME_TTL) - self._clock()
             self._forward(request_id, body, max(1.0, left))
         self.broker.complete(OUTCOMES_QUEUE, token)
+        return True
 
     def _forward(self, request_id: str, body: str, ttl: float) -> None:
         """Re-send an outcome nobody here waits for to its request's own session."""

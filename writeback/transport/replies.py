@@ -10,6 +10,12 @@ any more (the wait ended, the caller was told to poll) is an orphan: the listene
 the request's own session, where a status read on any instance finds it. Entries nobody waits
 for are dropped once their request expired (`stale`, `drop`), so nothing grows without bound.
 
+An entry keeps every distinct body that arrives for its request, and a wait returns the first
+its caller accepts (`accept`: the service verifies the relay's signature). So a forged or
+unverifiable body that arrives first does not hide the real outcome behind it: the wait skips
+it and goes on until its deadline. Past MAX_BODIES an entry takes no more; further bodies are
+orphans, re-sent to the request's own session, where a status read skips what it refuses too.
+
 Transport-neutral and synchronous apart from `wait`; it never looks inside outcome bodies.
 """
 
@@ -25,6 +31,8 @@ from dataclasses import dataclass, field
 
 from writeback.errors import TransportUnavailable
 
+MAX_BODIES = 8  # distinct bodies one entry keeps (a relay answers once; more means forgeries)
+
 
 def new_reply_session() -> str:
     """A fresh reply session id for one cloud instance: `cloud-<32 hex digits>`."""
@@ -35,15 +43,28 @@ class Delivered(enum.Enum):
     """What became of an outcome handed to `Replies.deliver`."""
 
     TO_WAITER = "to-waiter"  # its request's entry took it (a waiter has it, or will at once)
-    DUPLICATE = "duplicate"  # its request already had an outcome: the same one, sent again
-    ORPHAN = "orphan"  # nobody here expects it: re-send it to the request's own session
+    DUPLICATE = "duplicate"  # its request's entry already has this very body
+    ORPHAN = "orphan"  # nobody here expects it (or its entry is full): re-send it to the
+    # request's own session
+
+
+def accept_any(body: str) -> bool:
+    """The `accept` of a wait that takes the first body (a transport's own tests)."""
+    return True
 
 
 @dataclass
 class _Expected:
-    future: asyncio.Future[str]
+    changed: asyncio.Future[None]  # resolved (and replaced) whenever a body arrives
     expires_at: float
+    bodies: list[str] = field(default_factory=list)
     waiters: int = 0
+    closed: bool = False
+
+    def wake(self) -> None:
+        if not self.changed.done():
+            self.changed.set_result(None)
+        self.changed = asyncio.get_running_loop().create_future()
 
 
 @dataclass
@@ -57,8 +78,8 @@ class Replies:
         """Register a request before it is sent; False if it was already registered."""
         if request_id in self._expected:
             return False
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._expected[request_id] = _Expected(future, expires_at)
+        changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._expected[request_id] = _Expected(changed, expires_at)
         return True
 
     def forget(self, request_id: str) -> None:
@@ -66,7 +87,7 @@ class Replies:
         expected = self._expected.get(request_id)
         if expected is not None and expected.waiters == 0:
             del self._expected[request_id]
-            expected.future.cancel()
+            expected.changed.cancel()
 
     def expecting(self, request_id: str) -> bool:
         """Whether this instance sent the request and still expects its outcome here."""
@@ -75,8 +96,11 @@ class Replies:
     def __len__(self) -> int:
         return len(self._expected)
 
-    async def wait(self, request_id: str, deadline: float) -> str | None:
-        """The outcome of an expected request, or None at `deadline` (wall-clock seconds).
+    async def wait(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool] = accept_any
+    ) -> str | None:
+        """The first outcome of an expected request that `accept` takes (each body is offered
+        once per wait), or None at `deadline` (wall-clock seconds).
 
         When the last waiter gives up, the entry goes: an outcome arriving later is an orphan,
         re-sent to the request's own session for a status read to find. Raises
@@ -85,58 +109,59 @@ class Replies:
         expected = self._expected[request_id]
         expected.waiters += 1
         try:
-            remaining = deadline - self.clock()
-            if remaining > 0 and not expected.future.done():
-                # asyncio.wait, not wait_for: a timeout must not cancel the entry others share.
-                await asyncio.wait({expected.future}, timeout=remaining)
+            offered = 0
+            while True:
+                for body in expected.bodies[offered:]:
+                    offered += 1
+                    if accept(body):
+                        return body
+                if expected.closed:
+                    raise TransportUnavailable("the transport was closed")
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    return None
+                # asyncio.wait, not wait_for: a timeout must not cancel what others share.
+                await asyncio.wait({expected.changed}, timeout=remaining)
         finally:
             expected.waiters -= 1
             if expected.waiters == 0 and self._expected.get(request_id) is expected:
                 del self._expected[request_id]
-        if expected.future.done() and not expected.future.cancelled():
-            return expected.future.result()  # raises what close() set
-        return None
 
     def deliver(self, request_id: str, body: str) -> Delivered:
         """Hand an outcome received on the reply session to its request's entry."""
         expected = self._expected.get(request_id)
         if expected is None:
             return Delivered.ORPHAN
-        if expected.future.done():
-            # Outcomes are journaled by the relay: a second one for a request is the same
-            # answer sent again (a redelivered request), never news.
+        if body in expected.bodies:
             return Delivered.DUPLICATE
-        expected.future.set_result(body)
+        if len(expected.bodies) >= MAX_BODIES:
+            return Delivered.ORPHAN
+        expected.bodies.append(body)
+        expected.wake()
         return Delivered.TO_WAITER
 
-    def stale(self) -> list[tuple[str, str | None]]:
-        """The entries nobody waits for whose request expired, as (request id, the outcome it
-        received or None). Re-send each outcome to its request's own session, then `drop` it."""
+    def stale(self) -> list[tuple[str, list[str]]]:
+        """The entries nobody waits for whose request expired, as (request id, the bodies it
+        received). Re-send each to its request's own session, then `drop` the entry."""
         now = self.clock()
-        found: list[tuple[str, str | None]] = []
-        for request_id, expected in self._expected.items():
-            if expected.waiters or expected.expires_at > now:
-                continue
-            future = expected.future
-            kept = future.done() and not future.cancelled() and future.exception() is None
-            found.append((request_id, future.result() if kept else None))
-        return found
+        return [
+            (request_id, list(expected.bodies))
+            for request_id, expected in self._expected.items()
+            if not expected.waiters and expected.expires_at <= now
+        ]
 
     def drop(self, request_id: str) -> None:
         """Forget an entry `stale` listed (its outcome, if any, was re-sent)."""
         expected = self._expected.pop(request_id, None)
         if expected is not None:
-            expected.future.cancel()
+            expected.changed.cancel()
 
     def close(self) -> None:
         """The transport is closing: waiters fail with TransportUnavailable, entries go."""
         for expected in self._expected.values():
-            if expected.future.done():
-                continue
-            if expected.waiters:
-                expected.future.set_exception(TransportUnavailable("the transport was closed"))
-            else:
-                expected.future.cancel()
+            expected.closed = True
+            if not expected.changed.done():
+                expected.changed.set_result(None)
         self._expected.clear()
 
 

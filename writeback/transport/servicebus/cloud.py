@@ -10,6 +10,12 @@ dropped, the broker restarted) the task reopens the same session after a growing
 outcomes wait in the session meanwhile, so none is lost. Status reads for requests this
 instance is not waiting for open a short-lived receiver on the request's own session.
 
+`adopt` opens another instance's reply session through a client of its own that never retries:
+the SDK retries a session held by another receiver three times with growing pauses (some 15 s),
+and for adoption "held" is the everyday answer (that instance is alive), wanted at once. An
+adopted session is drained for at most ADOPT_SECONDS, well within its lock (nothing renews it);
+what is left is taken by the next sweep.
+
 Failures: a request that cannot be sent raises TransportError and is not expected any more;
 while the reply session is down, waits run to their deadline (the outcome is kept in the
 session and reaches a later wait or, as an orphan, the request's session); an outcome without a
@@ -22,13 +28,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
-from azure.servicebus.aio import ServiceBusReceiver
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from azure.servicebus.exceptions import SessionCannotBeLockedError
 
 from writeback.errors import TransportUnavailable
 from writeback.transport import OUTCOMES_QUEUE, requests_queue
@@ -36,6 +43,7 @@ from writeback.transport.replies import (
     Backoff,
     Delivered,
     Replies,
+    accept_any,
     new_reply_session,
     renewal_due,
 )
@@ -43,6 +51,8 @@ from writeback.transport.servicebus.bus import (
     CONTENT_TYPE,
     OUTCOME_TTL,
     Bus,
+    build_client,
+    quietly,
     translate_servicebus_error,
 )
 from writeback.transport.settings import ServiceBusSettings
@@ -50,7 +60,10 @@ from writeback.transport.settings import ServiceBusSettings
 log = logging.getLogger(__name__)
 LISTEN_SECONDS = 5.0  # the longest single receive on the reply session
 SWEEP_SECONDS = 1.0  # how often entries nobody waits for are looked at
+ADOPT_WAIT_SECONDS = 1.0  # an adopted session with nothing more for this long is drained
+ADOPT_SECONDS = 10.0  # the longest an adopted session is held (its lock lasts 30 s in infra/)
 UNCORRELATED = "outcome.uncorrelated"
+REFUSED = "outcome.refused"
 # The SDK's keep-alive task sleeps in 1 s steps and a link's close waits for it; a receiver
 # that is always receiving keeps its connection alive anyway. `keep_alive` is read by
 # azure-servicebus 7.x's configuration but not documented: without it, closing is just slower.
@@ -74,6 +87,7 @@ class ServiceBusCloud(Bus):
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._stopping = False
+        self._adopter: ServiceBusClient | None = None
 
     async def start(self, domains: Iterable[str] = (), timeout: float = 30.0) -> None:
         self._listen()
@@ -106,12 +120,16 @@ class ServiceBusCloud(Bus):
                 self.replies.forget(request_id)
             raise
 
-    async def wait_for_outcome(self, request_id: str, deadline: float) -> str | None:
+    async def wait_for_outcome(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool] = accept_any
+    ) -> str | None:
         if self.replies.expecting(request_id):
-            return await self.replies.wait(request_id, deadline)
-        return await self._wait_on_request_session(request_id, deadline)
+            return await self.replies.wait(request_id, deadline, accept)
+        return await self._wait_on_request_session(request_id, deadline, accept)
 
-    async def _wait_on_request_session(self, request_id: str, deadline: float) -> str | None:
+    async def _wait_on_request_session(
+        self, request_id: str, deadline: float, accept: Callable[[str], bool]
+    ) -> str | None:
         remaining = deadline - time.time()
         if remaining <= 0:
             return None
@@ -129,14 +147,64 @@ class ServiceBusCloud(Bus):
                     max_message_count=1, max_wait_time=remaining
                 )
                 if received:
-                    await receiver.complete_message(received[0])
-                    return str(received[0])
+                    body = str(received[0])
+                    if accept(body):
+                        await receiver.complete_message(received[0])
+                        return body
+                    await receiver.dead_letter_message(
+                        received[0],
+                        reason=REFUSED,
+                        error_description="the cloud could not verify it",
+                    )
         except Exception as exc:
             raise translate_servicebus_error(exc, f"wait for outcome {request_id}") from exc
         finally:
             # Answer the caller first; the close (a round trip of its own) follows.
             self._background(receiver.close())
         return None
+
+    # -- another instance's reply session -----------------------------------------------------
+    async def adopt(self, session: str) -> int | None:
+        if session == self.reply_session:
+            return None  # ours: the listener serves it
+        receiver = self._adopting_client().get_queue_receiver(
+            OUTCOMES_QUEUE,
+            session_id=session,
+            max_wait_time=ADOPT_WAIT_SECONDS,
+            prefetch_count=0,
+            **_NO_KEEP_ALIVE,
+        )
+        try:
+            try:
+                await receiver.__aenter__()
+            except SessionCannotBeLockedError:
+                return None  # its instance holds it: alive, and serving it itself
+            return await self._drain(receiver, time.monotonic() + ADOPT_SECONDS)
+        except Exception as exc:
+            raise translate_servicebus_error(exc, f"adopt session {session}") from exc
+        finally:
+            self._background(receiver.close())
+
+    async def _drain(self, receiver: ServiceBusReceiver, until: float) -> int:
+        moved = 0
+        while time.monotonic() < until:
+            received = await receiver.receive_messages(
+                max_message_count=16, max_wait_time=ADOPT_WAIT_SECONDS
+            )
+            if not received:
+                break
+            for message in received:
+                moved += await self._dispatch(receiver, message)
+        return moved
+
+    def _adopting_client(self) -> ServiceBusClient:
+        """The client `adopt` uses: the transport's settings, but no retries (see the module
+        docstring); built on first use and kept for the next sweep."""
+        if self._adopter is None:
+            self._adopter = build_client(
+                self._settings, self._credential, **{**self._extra, "retry_total": 0}
+            )
+        return self._adopter
 
     # -- the reply session ------------------------------------------------------------------
     def _listen(self) -> None:
@@ -184,23 +252,26 @@ class ServiceBusCloud(Bus):
 
     async def _dispatch(
         self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
-    ) -> None:
+    ) -> bool:
+        """Hand an outcome to its waiter or re-send it as an orphan, then complete it; False
+        if it named no request and was dead-lettered."""
         request_id = message.correlation_id
         if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
             await receiver.dead_letter_message(
                 message, reason=UNCORRELATED, error_description="no CorrelationId naming a request"
             )
-            return
+            return False
         body = str(message)
         if self.replies.deliver(request_id, body) is Delivered.ORPHAN:
             # Settled only once it is safe in the request's own session: if this fails, the
             # session is reopened and the outcome comes back to be forwarded again.
             await self._forward(request_id, body, _time_left(message))
         await receiver.complete_message(message)
+        return True
 
     async def _sweep(self) -> None:
-        for request_id, body in self.replies.stale():
-            if body is not None:
+        for request_id, bodies in self.replies.stale():
+            for body in bodies:
                 await self._forward(request_id, body, OUTCOME_TTL.total_seconds())
             self.replies.drop(request_id)
 
@@ -231,6 +302,9 @@ class ServiceBusCloud(Bus):
                 listener.result()  # retrieved, so asyncio does not log it as never retrieved
         self.replies.close()
         await super().close()
+        adopter, self._adopter = self._adopter, None
+        if adopter is not None:
+            await quietly(adopter.close())
 
 
 def _seconds(moment: Any) -> float:
