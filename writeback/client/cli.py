@@ -1,10 +1,11 @@
 """`writeback`: the administrators' command line for the writeback API.
 
-Thin: parse arguments, take the URL and the credential from the environment (or --token-file),
-ask for the passwords, call one method of `writeback.client.api.Client`, print the outcome and
-map it to an exit code: 0 applied (or healthy), 1 not applied, pending, unreachable or degraded,
-2 a usage error, named. Secrets are never arguments (every local user can read a process's
-command line), and a password is never printed, logged or put in a message.
+Thin: parse arguments (`writeback.client.arguments`), take the URL and the credential from the
+environment (or --token-file), ask for the passwords, call one method of
+`writeback.client.api.Client`, print the outcome and map it to an exit code: 0 applied (or
+healthy), 1 not applied, pending, unreachable or degraded, 2 a usage error, named. Secrets are
+never arguments (every local user can read a process's command line), and a password is never
+printed, logged or put in a message.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import getpass
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -21,77 +21,16 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
 from writeback.client import api
-from writeback.protocol.messages import password_problem, upn_problem
+from writeback.client.arguments import KEY_ENV, TOKEN_ENV, URL_ENV, build_parser
+from writeback.protocol.messages import password_problem
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
-URL_ENV = "WRITEBACK_API_URL"
-KEY_ENV = "WRITEBACK_API_KEY"
-TOKEN_ENV = "WRITEBACK_TOKEN"  # noqa: S105 - the variable's name, not a token
 FOLLOW_SECONDS = 60
 WAITING = "waiting for the on-premises agent…"
-
-SECURITY = """\
-Secrets are never command-line arguments: the command line of a running program is visible
-to every local user. The API key comes from WRITEBACK_API_KEY (sent as x-functions-key), an
-Entra ID access token from WRITEBACK_TOKEN or --token-file (sent as Authorization: Bearer).
-Passwords are asked at a prompt, or read from stdin with --password-stdin, one per line
-(change: the current one, then the new one). The API URL comes from --url or
-WRITEBACK_API_URL; http:// is refused except to this machine, since the key or token would
-travel in clear.
-
-Exit codes: 0 applied (health: ok); 1 rejected, failed, pending, unreachable or degraded;
-2 a usage error (an option, a setting or the passwords given)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, except that no error repeats an argument's value: it may be a password."""
-
-    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
-        parsed, extras = self.parse_known_args(args, namespace)
-        if extras:
-            names = [
-                e.partition("=")[0] + ("=…" if "=" in e else "") for e in extras if e[:1] == "-"
-            ]
-            values = len(extras) - len(names)
-            shown = " ".join(names + ([f"and {values} value(s), not shown"] if values else []))
-            self.error(f"unrecognized arguments: {shown} (secrets are never arguments: see -h)")
-        return parsed
-
-    def error(self, message: str) -> NoReturn:
-        if "ignored explicit argument" in message:
-            message = message.partition(":")[0] + ": takes no value"
-        message = re.sub(r"invalid choice: .*? \(choose", "invalid choice (choose", message)
-        super().error(message)
-
-
-def _upn(value: str) -> str:
-    if problem := upn_problem(value):
-        raise argparse.ArgumentTypeError(problem)
-    return value
-
-
-def _request_id(value: str) -> str:
-    if not api.REQUEST_ID.fullmatch(value):
-        raise argparse.ArgumentTypeError("must be 8 to 128 of A-Z a-z 0-9 . _ : -")
-    return value
-
-
-def _seconds(low: float) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = -1
-        if not low <= seconds <= 3600:
-            raise argparse.ArgumentTypeError(f"must be a number of seconds from {low:g} to 3600")
-        return seconds
-
-    return parse
 
 
 def _prompt(prompt: str) -> str:
@@ -296,121 +235,28 @@ def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> api.Client:
     return api.Client(url, credential, timeout=args.timeout)
 
 
-def _options(parser: argparse.ArgumentParser, default: Any) -> None:
-    """The global options, accepted before or after the command."""
-    parser.add_argument(
-        "--url",
-        default=default(None),
-        help=f"the API's base URL, e.g. https://<app>.azurewebsites.net/api (default: ${URL_ENV})",
-    )
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        default=default(None),
-        metavar="PATH",
-        help="a file holding an Entra ID access token (instead of the environment)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=_seconds(1),
-        default=default(api.DEFAULT_TIMEOUT),
-        metavar="SECONDS",
-        help="give up on an answer after this long",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=default(False),
-        help="print the API's JSON answer as it is",
-    )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="writeback",
-        description="The administrators' command line for the writeback API.",
-        epilog=SECURITY,
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _options(parser, lambda value: value)
-    common = _Parser(add_help=False, allow_abbrev=False)
-    _options(common, lambda value: argparse.SUPPRESS)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, run: Callable[..., int], summary: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog=SECURITY,
-            parents=[common],
-            allow_abbrev=False,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        sub.set_defaults(run=run)
-        return sub
-
-    reset = command("reset", _reset, "reset a user's password (asks for the new one twice)")
-    reset.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
-    who = reset.add_mutually_exclusive_group()
-    who.add_argument(
-        "--admin",
-        dest="initiator",
-        action="store_const",
-        const="admin",
-        default="admin",
-        help="an administrator's reset (the default)",
-    )
-    who.add_argument(
-        "--self-service",
-        dest="initiator",
-        action="store_const",
-        const="self-service",
-        help="a reset on the user's own behalf",
-    )
-    reset.add_argument("--unlock", action="store_true", help="also unlock the account")
-    reset.add_argument(
-        "--force-change",
-        action="store_true",
-        help="make the user change the password at next logon",
-    )
-    change = command("change", _change, "change a password (asks for the current and the new)")
-    change.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
-    for sub in (reset, change):
-        sub.add_argument(
-            "--password-stdin",
-            action="store_true",
-            help="read the password(s) from stdin, one per line, not a prompt",
-        )
-    unlock = command("unlock", _unlock, "unlock a locked-out account")
-    unlock.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
-    expire = command("expire", _expire, "make a user choose a new password at next logon")
-    expire.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
-    status = command("status", _status, "show a request's outcome (poll it with --wait)")
-    status.add_argument("request_id", type=_request_id, metavar="REQUEST_ID")
-    status.add_argument(
-        "--wait",
-        type=_seconds(0),
-        default=0.0,
-        metavar="SECONDS",
-        help="poll until the request is completed, for at most this long",
-    )
-    command("health", _health, "show each domain's relays; exit 1 unless all are ok")
-    return parser
+# What each command of `build_parser` runs.
+_COMMANDS: dict[str, Callable[[argparse.Namespace, api.Client], int]] = {
+    "reset": _reset,
+    "change": _change,
+    "unlock": _unlock,
+    "expire": _expire,
+    "status": _status,
+    "health": _health,
+}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command (`argv`, default sys.argv[1:]); the exit code. Never raises for a usage,
     API or network problem: each is one line on stderr."""
     try:
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the error (or the help)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.credential_source = KEY_ENV
     try:
         client = _client(args, os.environ if environ is None else environ)
-        return int(args.run(args, client))
+        return _COMMANDS[args.command](args, client)
     except api.InvalidSetting as exc:
         print(f"writeback: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,184 @@
+"""The `writeback` command line's grammar: its commands, their arguments and options, and the
+help that says where the URL and the credential come from.
+
+Parsing only: nothing here reads the environment, asks for a password or calls the API (`cli`
+does). No error message ever repeats an argument's value (it may be a password), and no option
+takes a secret: every local user can read a process's command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from writeback.client import api
+from writeback.protocol.messages import upn_problem
+
+URL_ENV = "WRITEBACK_API_URL"
+KEY_ENV = "WRITEBACK_API_KEY"
+TOKEN_ENV = "WRITEBACK_TOKEN"  # noqa: S105 - the variable's name, not a token
+
+SECURITY = """\
+Secrets are never command-line arguments: the command line of a running program is visible
+to every local user. The API key comes from WRITEBACK_API_KEY (sent as x-functions-key), an
+Entra ID access token from WRITEBACK_TOKEN or --token-file (sent as Authorization: Bearer).
+Passwords are asked at a prompt, or read from stdin with --password-stdin, one per line
+(change: the current one, then the new one). The API URL comes from --url or
+WRITEBACK_API_URL; http:// is refused except to this machine, since the key or token would
+travel in clear.
+
+Exit codes: 0 applied (health: ok); 1 rejected, failed, pending, unreachable or degraded;
+2 a usage error (an option, a setting or the passwords given)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that no error repeats an argument's value: it may be a password."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            names = [
+                e.partition("=")[0] + ("=…" if "=" in e else "") for e in extras if e[:1] == "-"
+            ]
+            values = len(extras) - len(names)
+            shown = " ".join(names + ([f"and {values} value(s), not shown"] if values else []))
+            self.error(f"unrecognized arguments: {shown} (secrets are never arguments: see -h)")
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        if "ignored explicit argument" in message:
+            message = message.partition(":")[0] + ": takes no value"
+        message = re.sub(r"invalid choice: .*? \(choose", "invalid choice (choose", message)
+        super().error(message)
+
+
+def _upn(value: str) -> str:
+    if problem := upn_problem(value):
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _request_id(value: str) -> str:
+    if not api.REQUEST_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError("must be 8 to 128 of A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _seconds(low: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1
+        if not low <= seconds <= 3600:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds from {low:g} to 3600")
+        return seconds
+
+    return parse
+
+
+def _options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The global options, accepted before or after the command."""
+    parser.add_argument(
+        "--url",
+        default=default(None),
+        help=f"the API's base URL, e.g. https://<app>.azurewebsites.net/api (default: ${URL_ENV})",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=default(None),
+        metavar="PATH",
+        help="a file holding an Entra ID access token (instead of the environment)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds(1),
+        default=default(api.DEFAULT_TIMEOUT),
+        metavar="SECONDS",
+        help="give up on an answer after this long",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the API's JSON answer as it is",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; `command` names the one given."""
+    parser = _Parser(
+        prog="writeback",
+        description="The administrators' command line for the writeback API.",
+        epilog=SECURITY,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _options(parser, lambda value: value)
+    common = _Parser(add_help=False, allow_abbrev=False)
+    _options(common, lambda value: argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=SECURITY,
+            parents=[common],
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return sub
+
+    reset = command("reset", "reset a user's password (asks for the new one twice)")
+    reset.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    who = reset.add_mutually_exclusive_group()
+    who.add_argument(
+        "--admin",
+        dest="initiator",
+        action="store_const",
+        const="admin",
+        default="admin",
+        help="an administrator's reset (the default)",
+    )
+    who.add_argument(
+        "--self-service",
+        dest="initiator",
+        action="store_const",
+        const="self-service",
+        help="a reset on the user's own behalf",
+    )
+    reset.add_argument("--unlock", action="store_true", help="also unlock the account")
+    reset.add_argument(
+        "--force-change",
+        action="store_true",
+        help="make the user change the password at next logon",
+    )
+    change = command("change", "change a password (asks for the current and the new)")
+    change.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    for sub in (reset, change):
+        sub.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password(s) from stdin, one per line, not a prompt",
+        )
+    unlock = command("unlock", "unlock a locked-out account")
+    unlock.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    expire = command("expire", "make a user choose a new password at next logon")
+    expire.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    status = command("status", "show a request's outcome (poll it with --wait)")
+    status.add_argument("request_id", type=_request_id, metavar="REQUEST_ID")
+    status.add_argument(
+        "--wait",
+        type=_seconds(0),
+        default=0.0,
+        metavar="SECONDS",
+        help="poll until the request is completed, for at most this long",
+    )
+    command("health", "show each domain's relays; exit 1 unless all are ok")
+    return parser

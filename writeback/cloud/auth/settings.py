@@ -1,0 +1,135 @@
+"""How callers authenticate, as configured: `AuthSettings.from_env` reads and validates the
+WRITEBACK_AUTH_* (Entra ID tenant, audiences, JWKS URL) and WRITEBACK_API_KEY* settings once.
+
+A message about a bad setting names the setting and never its value: the API keys are secrets.
+Nothing here connects anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from writeback.cloud.auth.callers import ALL_ROLES, Role
+from writeback.errors import ConfigurationError
+
+TENANT_SETTING = "WRITEBACK_AUTH_TENANT_ID"
+AUDIENCES_SETTING = "WRITEBACK_AUTH_AUDIENCES"
+JWKS_URL_SETTING = "WRITEBACK_AUTH_JWKS_URL"
+API_KEYS_SETTING = "WRITEBACK_API_KEYS"
+API_KEY_ROLES_SETTING = "WRITEBACK_API_KEY_ROLES"
+
+MIN_API_KEY_LENGTH = 32
+_UNRESOLVED_REFERENCE = "@microsoft.keyvault("
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How callers authenticate: Entra ID tokens (tenant + audiences), API keys, or both."""
+
+    tenant_id: str | None = None
+    audiences: tuple[str, ...] = ()
+    jwks_url: str | None = None
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_roles: frozenset[Role] = ALL_ROLES
+    leeway_seconds: int = 60  # clock skew allowed on exp, nbf and iat
+
+    @property
+    def entra_enabled(self) -> bool:
+        return self.tenant_id is not None
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> AuthSettings:
+        """Read and validate the WRITEBACK_AUTH_* and WRITEBACK_API_KEY* settings."""
+        tenant = _read(environ, TENANT_SETTING)
+        audiences = tuple(_split(_read(environ, AUDIENCES_SETTING)))
+        jwks_url = _read(environ, JWKS_URL_SETTING)
+        keys = tuple(dict.fromkeys(_split(_read(environ, API_KEYS_SETTING))))
+        key_roles = _split(_read(environ, API_KEY_ROLES_SETTING))
+        if tenant and not audiences:
+            raise ConfigurationError(AUDIENCES_SETTING, f"is required when {TENANT_SETTING} is")
+        if audiences and not tenant:
+            raise ConfigurationError(TENANT_SETTING, f"is required when {AUDIENCES_SETTING} is")
+        if not tenant and not keys:
+            raise ConfigurationError(
+                TENANT_SETTING,
+                f"no way to authenticate callers: set {TENANT_SETTING} and {AUDIENCES_SETTING} "
+                f"(Entra ID tokens), {API_KEYS_SETTING} (API keys), or both",
+            )
+        if jwks_url and not tenant:
+            raise ConfigurationError(JWKS_URL_SETTING, f"has no effect without {TENANT_SETTING}")
+        if key_roles and not keys:
+            raise ConfigurationError(
+                API_KEY_ROLES_SETTING, f"has no effect without {API_KEYS_SETTING}"
+            )
+        if tenant:
+            if not _GUID.fullmatch(tenant):
+                # Tokens name their tenant by ID (tid, iss), never by domain: a domain here
+                # would silently refuse every token.
+                raise ConfigurationError(
+                    TENANT_SETTING, "must be the directory (tenant) ID, a GUID"
+                )
+            tenant = tenant.lower()
+            jwks_url = _check_url(jwks_url) or tenant_jwks_url(tenant)
+        for audience in audiences:
+            if any(char.isspace() for char in audience):
+                raise ConfigurationError(AUDIENCES_SETTING, "audiences are separated by commas")
+        for number, key in enumerate(keys, start=1):
+            if len(key) < MIN_API_KEY_LENGTH or not key.isprintable() or " " in key:
+                raise ConfigurationError(  # says which key, never what it is
+                    API_KEYS_SETTING,
+                    f"key {number} of {len(keys)} must be at least {MIN_API_KEY_LENGTH} "
+                    "printable characters without spaces",
+                )
+        unknown = sorted(set(key_roles) - set(ALL_ROLES))
+        if unknown:
+            raise ConfigurationError(
+                API_KEY_ROLES_SETTING,
+                f"unknown roles {', '.join(unknown)}; known: {', '.join(sorted(ALL_ROLES))}",
+            )
+        return cls(
+            tenant_id=tenant or None,
+            audiences=audiences,
+            jwks_url=jwks_url or None,
+            api_keys=keys,
+            api_key_roles=frozenset(Role(role) for role in key_roles) or ALL_ROLES,
+        )
+
+
+def tenant_jwks_url(tenant: str) -> str:
+    """Where Entra ID publishes `tenant`'s token-signing keys."""
+    return f"https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys"
+
+
+def _read(environ: Mapping[str, str], name: str) -> str:
+    value = environ.get(name, "").strip()
+    if value.lower().startswith(_UNRESOLVED_REFERENCE):
+        raise ConfigurationError(  # App Service leaves the reference in place when it fails
+            name,
+            "is an unresolved Key Vault reference: the Function App could not read the secret "
+            "(check its managed identity, its Key Vault Secrets User role and the reference)",
+        )
+    return value
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _check_url(url: str) -> str:
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in _LOOPBACK:
+        return url  # a local test server
+    raise ConfigurationError(JWKS_URL_SETTING, "must be an https:// URL (http:// only on loopback)")
