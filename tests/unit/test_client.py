@@ -816,6 +816,45 @@ class TestHealth:
         assert "evil" in out
 
 
+class TestHistory:
+    PATH = "/api/v1/users/alice%40corp.example.com/requests?hours={hours}"
+
+    def test_lists_a_users_requests_newest_first(
+        self, fake_api: FakeApi, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """One line per request: time (UTC), operation, source, status, reason, request id."""
+        entries = [
+            {"requestId": "req-2", "receivedAt": 1767225660.5, "operation": "change",
+             "source": "api", "status": "rejected", "reason": "old_password.mismatch"},
+            {"requestId": "req-1", "receivedAt": 1767225600.0, "operation": "drift",
+             "source": "entra-audit", "status": "failed", "reason": "password.drift"},
+        ]  # fmt: skip
+        fake_api.answer("GET", self.PATH.format(hours=48), 200, {"requests": entries})
+        assert main(["history", USER, "--hours", "48"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("2026-01-01 00:01:00Z  change")
+        assert "old_password.mismatch" in lines[0]
+        assert lines[0].endswith("req-2")
+        assert "entra-audit" in lines[1]
+        assert "password.drift" in lines[1]
+
+    def test_no_requests_says_so_and_json_prints_the_list(
+        self, fake_api: FakeApi, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fake_api.answer("GET", self.PATH.format(hours=24), 200, {"requests": []})
+        assert main(["history", USER]) == 0
+        assert "no requests for alice@corp.example.com in the last 24 h" in capsys.readouterr().out
+        assert main(["--json", "history", USER]) == 0
+        assert json.loads(capsys.readouterr().out) == []
+
+    @pytest.mark.parametrize("hours", ["0", "169", "1.5", "-3"])
+    def test_hours_out_of_range_is_a_usage_error(
+        self, hours: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["history", USER, "--hours", hours]) == 2
+        assert "from 1 to 168" in capsys.readouterr().err
+
+
 class TestInstallation:
     def test_the_client_needs_only_the_standard_library(self) -> None:
         """The CLI imports and runs with site-packages disabled: no extra package is needed."""

@@ -265,6 +265,14 @@ class Client:
             raise UnexpectedAnswer(self._url("v1/health"), status, "not a health report")
         return Health(str(body.get("status")), list(body["domains"]), body)
 
+    def history(self, user: str, hours: int = 24) -> list[dict[str, Any]]:
+        """`user`'s requests of the last `hours`, newest first, as the API lists them."""
+        path = f"v1/users/{urllib.parse.quote(user)}/requests?hours={int(hours)}"
+        status, body = self._call("GET", path)
+        if status != 200 or not isinstance(body.get("requests"), list):
+            raise UnexpectedAnswer(self._url("v1/users"), status, "not a request history")
+        return [entry for entry in body["requests"] if isinstance(entry, dict)]
+
     def _write(self, path: str, body: dict[str, Any], request_id: str | None) -> Answer:
         body["requestId"] = request_id or new_request_id()
         try:

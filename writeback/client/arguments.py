@@ -67,6 +67,12 @@ def _request_id(value: str) -> str:
     return value
 
 
+def _hours(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 168:
+        raise argparse.ArgumentTypeError("must be a whole number of hours from 1 to 168")
+    return int(value)
+
+
 def _seconds(low: float) -> Callable[[str], float]:
     def parse(value: str) -> float:
         try:
@@ -181,4 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="poll until the request is completed, for at most this long",
     )
     command("health", "show each domain's relays; exit 1 unless all are ok")
+    history = command("history", "list a user's recent requests, newest first (helpdesk)")
+    history.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    history.add_argument(
+        "--hours", type=_hours, default=24, help="how far back, 1 to 168 (default 24)"
+    )
     return parser

@@ -181,6 +181,28 @@ def _health(args: argparse.Namespace, client: api.Client) -> int:
     return EXIT_OK if health.status == "ok" else EXIT_PROBLEM
 
 
+def _history(args: argparse.Namespace, client: api.Client) -> int:
+    entries = client.history(args.user, args.hours)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return EXIT_OK
+    if not entries:
+        print(f"no requests for {_clean(args.user)} in the last {args.hours} h")
+    for entry in entries:
+        at = entry.get("receivedAt")
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+            if isinstance(at, int | float)
+            else "-"
+        )
+        print(
+            f"{when}Z  {_clean(entry.get('operation')):8} {_clean(entry.get('source')):12} "
+            f"{_clean(entry.get('status')):9} {_clean(entry.get('reason') or '-'):28} "
+            f"{_clean(entry.get('requestId'))}"
+        )
+    return EXIT_OK
+
+
 def _refusal(args: argparse.Namespace, exc: api.Refused) -> tuple[str, int]:
     """One line, and the exit code, for an error the API answered."""
     said = f"{_clean(exc.message)} ({_clean(exc.code)})"
@@ -243,6 +265,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, api.Client], int]] = {
     "expire": _expire,
     "status": _status,
     "health": _health,
+    "history": _history,
 }
 
 
