@@ -54,7 +54,7 @@ async def local(settings: dict[str, str]) -> AsyncIterator[Cloud]:
     try:
         deadline = time.monotonic() + 60
         while True:
-            (health,) = await instance.service.health()
+            (health,) = await instance.service.relays.health()
             if health.state == "ok":
                 break
             assert time.monotonic() < deadline, "no heartbeat from the relay"

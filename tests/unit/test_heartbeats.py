@@ -53,7 +53,7 @@ class TestHeartbeats:
             {SIGNING_KEY_SECRET: json.dumps(CLOUD_KEY.as_dict(private=True)),
              relay_keys_secret(DOMAIN): jwks}
         )  # fmt: skip
-        recorded = await svc.record_heartbeat(beat())
+        recorded = await svc.relays.record_heartbeat(beat())
         assert recorded is not None
         assert [a.relay_id for a in await agents.list(DOMAIN)] == [RELAY]
 
@@ -62,7 +62,7 @@ class TestHeartbeats:
         domain's keys could not be read, instead of being dropped as forged."""
         svc, agents = service({SIGNING_KEY_SECRET: json.dumps(CLOUD_KEY.as_dict(private=True))})
         with pytest.raises(SecretsUnavailable):
-            await svc.record_heartbeat(beat())
+            await svc.relays.record_heartbeat(beat())
         assert await agents.list(None) == []
 
 
@@ -92,10 +92,10 @@ class TestAliveness:
             settings=ServiceSettings(heartbeat_interval=60),
             clock=lambda: now[0],
         )
-        assert await svc._alive(DOMAIN)
+        assert await svc.relays.alive(DOMAIN)
         now[0] += 100
-        assert await svc._alive(DOMAIN)
+        assert await svc.relays.alive(DOMAIN)
         assert agents.reads == 1
         now[0] += 81  # 181 s: more than three intervals since the heartbeat
-        assert not await svc._alive(DOMAIN)
+        assert not await svc.relays.alive(DOMAIN)
         assert agents.reads == 2

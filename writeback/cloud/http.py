@@ -170,7 +170,7 @@ async def health(request: Any) -> Any:
     async def act(instance: Cloud, caller: auth.Caller) -> Any:
         instance.authenticator.authorize(caller, auth.Role.READ)
         domains = []
-        for report in await instance.service.health():
+        for report in await instance.service.relays.health():
             domains.append(
                 {
                     "domain": report.domain,
@@ -258,7 +258,7 @@ async def domain_policy(request: Any) -> Any:
 async def heartbeat(message: Any) -> None:
     """Service Bus trigger on writeback-heartbeats: record the relay that sent it."""
     instance = await cloud()
-    await instance.service.record_heartbeat(message.get_body().decode("utf-8", "replace"))
+    await instance.service.relays.record_heartbeat(message.get_body().decode("utf-8", "replace"))
 
 
 async def writeback_event(event: Any, completed: Any) -> None:

@@ -29,8 +29,9 @@ from joserfc.jwk import ECKey, KeySet
 from writeback import sealing
 from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.cloud.audit import AuditRecord, AuditTrail
+from writeback.cloud.relays import Relays
 from writeback.cloud.submissions import InvalidInput, Submission
-from writeback.errors import ProtocolError, SecretsUnavailable, TransportError, WritebackError
+from writeback.errors import ProtocolError, TransportError
 from writeback.protocol import Reason
 from writeback.protocol.commands import WITHOUT_SECRETS
 from writeback.protocol.messages import OutcomeMessage, RequestMessage, upn_problem
@@ -112,14 +113,6 @@ def resendable(previous: AuditRecord, retry: AuditRecord) -> bool:
     ) == (retry.caller_kind, retry.caller, retry.user.casefold(), retry.operation)
 
 
-@dataclass(frozen=True)
-class DomainHealth:
-    domain: str
-    state: str  # ok (every known relay fresh), degraded (some), offline (none)
-    relays: list[AgentRecord]
-    fresh: list[str]
-
-
 class WritebackService:
     """The cloud side's use cases; adapters come in through the constructor (see bootstrap)."""
 
@@ -141,8 +134,11 @@ class WritebackService:
         self.agents = agents
         self.settings = settings or ServiceSettings()
         self.clock = clock
-        # domain -> until when its freshest known heartbeat keeps it alive (no table read before)
-        self._alive_until: dict[str, float] = {}
+        self.relays = Relays(
+            routes=routes, keys=keys, agents=agents,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            clock=lambda: self.clock(),  # noqa: PLW0108 - follows a clock replaced later
+        )  # fmt: skip
 
     # -- writes ---------------------------------------------------------------------------------
     async def submit(
@@ -194,7 +190,7 @@ class WritebackService:
                 # request again. It keeps its first arrival, so a retry policy cannot renew it.
                 record = dataclasses.replace(record, received_at=previous.received_at)
 
-        if not await self._alive(domain):
+        if not await self.relays.alive(domain):
             return await self._finish(record, Reason.AGENT_UNAVAILABLE, "no relay heartbeat")
         relay_keys = await self.keys.relay_keys(domain)
         message = RequestMessage(
@@ -384,34 +380,6 @@ class WritebackService:
         records.sort(key=lambda record: record.received_at, reverse=True)
         return records[:HISTORY_LIMIT]
 
-    async def _alive(self, domain: str) -> bool:
-        """Whether a relay of `domain` sent a heartbeat within three intervals. A heartbeat seen
-        keeps the domain alive until it is three intervals old, so the agents table is read
-        once per domain per such period, not on every request; the answer is the same."""
-        if self._alive_until.get(domain, 0.0) > self.clock():
-            return True
-        relays = await self.agents.list(domain)
-        if not self._fresh(relays):
-            return False
-        newest = max(relay.last_seen for relay in relays)
-        self._alive_until[domain] = newest + 3 * self.settings.heartbeat_interval
-        return True
-
-    def _fresh(self, relays: list[AgentRecord]) -> list[str]:
-        horizon = self.clock() - 3 * self.settings.heartbeat_interval
-        return [relay.relay_id for relay in relays if relay.last_seen >= horizon]
-
-    async def health(self) -> list[DomainHealth]:
-        """Every configured domain with its relays and whether they are alive."""
-        known = await self.agents.list(None)
-        report = []
-        for domain in sorted(self.routes.domains):
-            relays = [agent for agent in known if agent.domain == domain]
-            fresh = self._fresh(relays)
-            state = "offline" if not fresh else "ok" if len(fresh) == len(relays) else "degraded"
-            report.append(DomainHealth(domain, state, relays, fresh))
-        return report
-
     def domain(self, name: str) -> str:
         """A configured domain by name (InvalidInput, reason domain.unknown, otherwise)."""
         domain = name.lower()
@@ -432,47 +400,3 @@ class WritebackService:
             return None, None
         newest = max(reported, key=lambda relay: relay.last_seen)
         return dict(newest.policy or {}), newest
-
-    # -- heartbeats -----------------------------------------------------------------------------
-    async def record_heartbeat(self, body: str) -> AgentRecord | None:
-        """Verify a relay's heartbeat against its domain's keys and record the relay.
-
-        A heartbeat no domain's keys verify is logged and dropped (None): a forged one must not
-        make a domain look alive, and retrying it cannot help.
-        """
-        unreadable: list[str] = []
-        for domain in sorted(self.routes.domains):
-            try:
-                keys = await self.keys.relay_keys(domain)
-            except WritebackError as exc:
-                # One domain's missing or broken key secret must not silence the others.
-                unreadable.append(domain)
-                log.error("relay keys unreadable", extra={"domain": domain, "error": str(exc)})
-                continue
-            try:
-                heartbeat = sealing.verify_heartbeat(body, keys)
-            except ProtocolError:
-                continue
-            if heartbeat.domain != domain:
-                continue
-            now = self.clock()
-            agent = AgentRecord(
-                domain=domain,
-                relay_id=heartbeat.relay,
-                version=heartbeat.version,
-                last_seen=min(float(heartbeat.sent_at), now),  # a fast clock cannot look fresh
-                received_at=now,
-                capabilities=dict(heartbeat.capabilities),
-                policy=dict(heartbeat.policy) if heartbeat.policy is not None else None,
-                last_error=heartbeat.last_error,
-            )
-            await self.agents.record(agent)
-            log.info("heartbeat", extra={"domain": domain, "relay": heartbeat.relay})
-            return agent
-        if unreadable:
-            # It may be from a domain whose keys could not be read: let it come back later.
-            raise SecretsUnavailable(
-                "relay keys of " + ", ".join(unreadable), "unreadable; the heartbeat comes back"
-            )
-        log.warning("heartbeat refused: signed by no registered relay key")
-        return None

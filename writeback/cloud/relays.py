@@ -1,0 +1,129 @@
+"""What the cloud knows of the relays: their heartbeats, which domains are alive, their health.
+
+Each relay sends a signed heartbeat every `heartbeat_interval` through Service Bus; a heartbeat is
+recorded only if a registered key of its domain verifies it, so a forged one cannot make a domain
+look alive. A domain is alive while a relay's last heartbeat is under three intervals old: the
+service fails a request fast (`agent.unavailable`) otherwise, and reads the agents table once per
+domain per such period, not on every request. `health` reports every configured domain as ok
+(every known relay fresh), degraded (some) or offline (none).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from joserfc.jwk import KeySet
+
+from writeback import sealing
+from writeback.cloud.agents import AgentRecord, AgentRegistry
+from writeback.errors import ProtocolError, SecretsUnavailable, WritebackError
+from writeback.routing import Routes
+
+log = logging.getLogger(__name__)
+
+
+class RelayKeys(Protocol):
+    async def relay_keys(self, domain: str) -> KeySet: ...
+
+
+@dataclass(frozen=True)
+class DomainHealth:
+    domain: str
+    state: str  # ok (every known relay fresh), degraded (some), offline (none)
+    relays: list[AgentRecord]
+    fresh: list[str]
+
+
+class Relays:
+    """Heartbeats in, liveness and health out (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        routes: Routes,
+        keys: RelayKeys,
+        agents: AgentRegistry,
+        heartbeat_interval: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.routes = routes
+        self.keys = keys
+        self.agents = agents
+        self.heartbeat_interval = heartbeat_interval
+        self.clock = clock
+        # domain -> until when its freshest known heartbeat keeps it alive (no table read before)
+        self._alive_until: dict[str, float] = {}
+
+    async def alive(self, domain: str) -> bool:
+        """Whether a relay of `domain` sent a heartbeat within three intervals. A heartbeat seen
+        keeps the domain alive until it is three intervals old, so the agents table is read
+        once per domain per such period, not on every request; the answer is the same."""
+        if self._alive_until.get(domain, 0.0) > self.clock():
+            return True
+        relays = await self.agents.list(domain)
+        if not self._fresh(relays):
+            return False
+        newest = max(relay.last_seen for relay in relays)
+        self._alive_until[domain] = newest + 3 * self.heartbeat_interval
+        return True
+
+    def _fresh(self, relays: list[AgentRecord]) -> list[str]:
+        horizon = self.clock() - 3 * self.heartbeat_interval
+        return [relay.relay_id for relay in relays if relay.last_seen >= horizon]
+
+    async def health(self) -> list[DomainHealth]:
+        """Every configured domain with its relays and whether they are alive."""
+        known = await self.agents.list(None)
+        report = []
+        for domain in sorted(self.routes.domains):
+            relays = [agent for agent in known if agent.domain == domain]
+            fresh = self._fresh(relays)
+            state = "offline" if not fresh else "ok" if len(fresh) == len(relays) else "degraded"
+            report.append(DomainHealth(domain, state, relays, fresh))
+        return report
+
+    async def record_heartbeat(self, body: str) -> AgentRecord | None:
+        """Verify a relay's heartbeat against its domain's keys and record the relay.
+
+        A heartbeat no domain's keys verify is logged and dropped (None): a forged one must not
+        make a domain look alive, and retrying it cannot help.
+        """
+        unreadable: list[str] = []
+        for domain in sorted(self.routes.domains):
+            try:
+                keys = await self.keys.relay_keys(domain)
+            except WritebackError as exc:
+                # One domain's missing or broken key secret must not silence the others.
+                unreadable.append(domain)
+                log.error("relay keys unreadable", extra={"domain": domain, "error": str(exc)})
+                continue
+            try:
+                heartbeat = sealing.verify_heartbeat(body, keys)
+            except ProtocolError:
+                continue
+            if heartbeat.domain != domain:
+                continue
+            now = self.clock()
+            agent = AgentRecord(
+                domain=domain,
+                relay_id=heartbeat.relay,
+                version=heartbeat.version,
+                last_seen=min(float(heartbeat.sent_at), now),  # a fast clock cannot look fresh
+                received_at=now,
+                capabilities=dict(heartbeat.capabilities),
+                policy=dict(heartbeat.policy) if heartbeat.policy is not None else None,
+                last_error=heartbeat.last_error,
+            )
+            await self.agents.record(agent)
+            log.info("heartbeat", extra={"domain": domain, "relay": heartbeat.relay})
+            return agent
+        if unreadable:
+            # It may be from a domain whose keys could not be read: let it come back later.
+            raise SecretsUnavailable(
+                "relay keys of " + ", ".join(unreadable), "unreadable; the heartbeat comes back"
+            )
+        log.warning("heartbeat refused: signed by no registered relay key")
+        return None
