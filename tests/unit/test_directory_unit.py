@@ -32,6 +32,7 @@ from writeback.relay.accounts import DOMAIN_POLICY_ATTRIBUTES
 from writeback.relay.directory import LdapDirectory
 from writeback.relay.ldap import POLICY_HINTS_DEPRECATED_OID, POLICY_HINTS_OID
 from writeback.relay.policy import encode_unicode_pwd
+from writeback.relay.policy_cache import POLICY_TTL_SECONDS, PolicyCache
 from writeback.relay.settings import DirectorySettings
 from writeback.testing import FakeLink, RawEntry, domain_controller, filetime, sid_bytes
 
@@ -119,7 +120,9 @@ def make_link(
     return FakeLink(domain_controller(NC, supported_controls=controls), entries)
 
 
-def directory(link: FakeLink, **overrides: Any) -> LdapDirectory:
+def directory(
+    link: FakeLink, policies: PolicyCache | None = None, **overrides: Any
+) -> LdapDirectory:
     settings = DirectorySettings(
         servers=(link.address,),
         ca_file=Path("/nonexistent/ca.pem"),
@@ -127,7 +130,11 @@ def directory(link: FakeLink, **overrides: Any) -> LdapDirectory:
         scopes=(STAFF,),
     )
     return LdapDirectory(
-        replace(settings, **overrides), "bind-password", clock=lambda: NOW, connect=link.connect
+        replace(settings, **overrides),
+        "bind-password",
+        clock=lambda: NOW,
+        connect=link.connect,
+        policies=policies,
     )
 
 
@@ -137,6 +144,21 @@ def apply(link: FakeLink, command: Command, **overrides: Any) -> Outcome:
 
 def user_searches(link: FakeLink) -> list[str]:
     return [s.query for s in link.searches if s.scope == ldap3.SUBTREE]
+
+
+def reads_of(link: FakeLink, dn: str) -> int:
+    """How many base-scope reads of `dn` the relay sent."""
+    return sum(1 for s in link.searches if s.base == dn and s.scope == ldap3.BASE)
+
+
+class Ticks:
+    """A monotonic clock for the policy cache that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class TestPolicyHints:
@@ -576,6 +598,171 @@ class TestExpire:
         outcome = apply(link, ExpirePassword(ALICE_UPN))
         assert outcome.reason is Reason.DIRECTORY_ACCESS_DENIED
         assert "Write pwdLastSet on the user object" in outcome.detail
+
+
+STRICT_PSO_ENTRY: RawEntry = {
+    "objectClass": [b"msDS-PasswordSettings"],
+    "msDS-MinimumPasswordLength": [b"14"],
+    "msDS-PasswordHistoryLength": [b"24"],
+    "msDS-PasswordComplexityEnabled": [b"TRUE"],
+    "msDS-MinimumPasswordAge": [b"0"],
+    "msDS-MaximumPasswordAge": [str(90 * DAY).encode()],
+    "msDS-LockoutThreshold": [b"5"],
+}
+BOB = f"CN=Bob Example,{STAFF}"
+BOB_UPN = "bob@example.test"
+
+
+class TestPolicyCache:
+    def test_the_domain_policy_is_read_once_within_the_ttl(self) -> None:
+        """Two resets within the TTL read the domain head's policy once, each user every time."""
+        link = make_link(users={ALICE: user(), BOB: user(sam="bob", upn=BOB_UPN, display="Bob")})
+        relay = directory(link, PolicyCache(clock=Ticks()))
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.APPLIED
+        assert relay.apply(ResetPassword(BOB_UPN, NEW)).reason is Reason.APPLIED
+        assert reads_of(link, NC) == 1
+        assert len(user_searches(link)) == 2
+        assert reads_of(link, ALICE) == reads_of(link, BOB) == 1  # tokenGroups, every time
+
+    def test_the_domain_policy_is_read_again_once_the_ttl_has_passed(self) -> None:
+        """At the TTL the cached policy expires: the next reset reads it from the DC again."""
+        ticks = Ticks()
+        link = make_link()
+        relay = directory(link, PolicyCache(clock=ticks))
+        relay.apply(ResetPassword(ALICE_UPN, NEW))
+        ticks.now += POLICY_TTL_SECONDS - 1
+        relay.apply(ResetPassword(ALICE_UPN, NEW))
+        assert reads_of(link, NC) == 1
+        ticks.now += 1
+        relay.apply(ResetPassword(ALICE_UPN, NEW))
+        assert reads_of(link, NC) == 2
+
+    def test_a_changed_domain_policy_counts_once_the_ttl_has_passed(self) -> None:
+        """A policy edited on the DC is what the pre-check uses after the TTL, not before."""
+        ticks = Ticks()
+        link = make_link()
+        relay = directory(link, PolicyCache(clock=ticks))
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.APPLIED
+        link.entries[NC] = domain_head(minPwdLength=20)
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.APPLIED
+        ticks.now += POLICY_TTL_SECONDS
+        outcome = relay.apply(ResetPassword(ALICE_UPN, NEW))
+        assert outcome.reason is Reason.POLICY_LENGTH
+        assert "at least 20 characters" in outcome.message
+        assert len(link.modifies) == 2
+
+    def test_a_pso_is_read_once_within_the_ttl_and_again_after(self) -> None:
+        """The PSO a user's msDS-ResultantPSO names is cached by DN for the TTL."""
+        ticks = Ticks()
+        link = make_link(
+            users={ALICE: user(extra={"msDS-ResultantPSO": [STRICT_PSO.encode()]})},
+            **{STRICT_PSO: STRICT_PSO_ENTRY},
+        )
+        relay = directory(link, PolicyCache(clock=ticks))
+        for _ in range(2):
+            assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.POLICY_LENGTH
+        assert reads_of(link, STRICT_PSO) == 1
+        ticks.now += POLICY_TTL_SECONDS
+        relay.apply(ResetPassword(ALICE_UPN, NEW))
+        assert reads_of(link, STRICT_PSO) == 2
+        assert link.modifies == []
+
+    def test_which_pso_applies_is_read_fresh_for_every_request(self) -> None:
+        """A PSO applied to the user after a first reset counts at once: only the PSO object is
+        cached, never the user's msDS-ResultantPSO."""
+        link = make_link(**{STRICT_PSO: STRICT_PSO_ENTRY})
+        relay = directory(link, PolicyCache(clock=Ticks()))
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.APPLIED
+        link.entries[ALICE] = user(extra={"msDS-ResultantPSO": [STRICT_PSO.encode()]})
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.POLICY_LENGTH
+
+    def test_the_account_is_read_fresh_for_every_request(self) -> None:
+        """A user made protected between two resets is refused at once, whatever is cached."""
+        link = make_link()
+        relay = directory(link, PolicyCache(clock=Ticks()))
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.APPLIED
+        link.entries[ALICE] = user(token_groups=[f"{DOMAIN_SID}-512"])
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.USER_PROTECTED
+        link.entries[ALICE] = user(adminCount=[b"1"])
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.USER_PROTECTED
+        assert len(link.modifies) == 1
+
+    def test_an_unreadable_pso_is_remembered_and_warned_about_once(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A PSO the relay may not read is not read again within the TTL; the DC decides."""
+        link = make_link(users={ALICE: user(extra={"msDS-ResultantPSO": [STRICT_PSO.encode()]})})
+        relay = directory(link, PolicyCache(clock=Ticks()))
+        for _ in range(2):
+            assert relay.apply(ResetPassword(ALICE_UPN, "Ab1!")).reason is Reason.APPLIED
+        assert reads_of(link, STRICT_PSO) == 1
+        assert [r.message for r in caplog.records].count("pso_unreadable") == 1
+
+    def test_capabilities_reads_the_policy_now_and_refreshes_the_cache(self) -> None:
+        """The heartbeat's capabilities read the domain policy from the DC every time, and a
+        reset right after uses what they read."""
+        link = make_link()
+        relay = directory(link, PolicyCache(clock=Ticks()))
+        relay.capabilities()
+        relay.apply(ResetPassword(ALICE_UPN, NEW))
+        assert reads_of(link, NC) == 1
+        relay.capabilities()
+        assert reads_of(link, NC) == 2
+
+    def test_a_cached_pso_takes_the_refuse_change_flag_of_the_current_domain_policy(
+        self,
+    ) -> None:
+        """A PSO has no refuse-change flag: a cached PSO follows the domain policy once that
+        is read again, not the flag of when the PSO was read."""
+        ticks = Ticks()
+        pso = {**STRICT_PSO_ENTRY, "msDS-MinimumPasswordLength": [b"8"]}
+        link = make_link(
+            users={ALICE: user(extra={"msDS-ResultantPSO": [STRICT_PSO.encode()]})},
+            **{STRICT_PSO: pso},
+        )
+        relay = directory(link, PolicyCache(clock=ticks))
+        relay.capabilities()  # the domain policy, read at 0 s
+        ticks.now += POLICY_TTL_SECONDS / 2
+        assert relay.apply(ChangePassword(ALICE_UPN, OLD, NEW)).reason is Reason.APPLIED
+        link.entries[NC] = domain_head(pwdProperties=0x21)
+        ticks.now += POLICY_TTL_SECONDS / 2  # the domain policy expires, the PSO does not
+        outcome = relay.apply(ChangePassword(ALICE_UPN, OLD, NEW))
+        assert outcome.reason is Reason.ACCOUNT_CANNOT_CHANGE_PASSWORD
+        assert reads_of(link, STRICT_PSO) == 1
+        assert len(link.modifies) == 1
+
+
+class TestWhatIsRead:
+    def test_a_reset_reads_the_resultant_pso_and_not_the_lockout_flag(self) -> None:
+        """The user search of a reset asks for msDS-ResultantPSO, not the computed lockout."""
+        link = make_link()
+        apply(link, ResetPassword(ALICE_UPN, NEW))
+        [search] = [s for s in link.searches if s.scope == ldap3.SUBTREE]
+        assert "msDS-ResultantPSO" in search.attributes
+        assert "msDS-User-Account-Control-Computed" not in search.attributes
+
+    def test_an_unlock_reads_the_lockout_flag_and_no_policy(self) -> None:
+        """An unlock asks for the computed lockout flag, and reads no PSO or domain policy."""
+        link = make_link()
+        apply(link, UnlockAccount(ALICE_UPN))
+        [search] = [s for s in link.searches if s.scope == ldap3.SUBTREE]
+        assert "msDS-User-Account-Control-Computed" in search.attributes
+        assert "msDS-ResultantPSO" not in search.attributes
+        assert reads_of(link, NC) == 0
+
+    def test_a_reset_sends_three_requests(self) -> None:
+        """With the policy cached a reset is the user search, its tokenGroups and the modify."""
+        link = make_link()
+        relay = directory(link, PolicyCache(clock=Ticks()))
+        relay.apply(ResetPassword(ALICE_UPN, NEW))
+        link.searches.clear()
+        link.modifies.clear()
+        relay.apply(ResetPassword(ALICE_UPN, NEW))
+        assert [(s.base, s.scope) for s in link.searches] == [
+            (NC, ldap3.SUBTREE),
+            (ALICE, ldap3.BASE),
+        ]
+        assert len(link.modifies) == 1
 
 
 class TestFakeLink:

@@ -387,9 +387,32 @@ class TestFile:
             raw.close()
 
     def test_synchronous_is_full(self, journal: Journal) -> None:
-        """The journal's connection fsyncs every commit (synchronous=FULL is 2)."""
+        """A new journal's connection fsyncs every commit (synchronous=FULL is 2)."""
         # Per-connection setting, so it can only be read through the journal's own connection.
         assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+    def test_only_the_received_insert_skips_the_fsync(self, journal: Journal) -> None:
+        """begin commits with synchronous=NORMAL (1); applying and finish commit with FULL (2),
+        so the APPLYING mark and every outcome are on disk before the relay acts on them."""
+        levels: list[tuple[str, int]] = []
+
+        def trace(statement: str) -> None:
+            if statement == "COMMIT":
+                # A trace callback may not use its own connection: PRAGMA synchronous was set
+                # right before BEGIN, so the last one traced is the level of this commit.
+                levels.append(("commit", levels[-1][1] if levels else -1))
+            elif statement.startswith("PRAGMA synchronous="):
+                level = {"NORMAL": 1, "FULL": 2}[statement.split("=", 1)[1]]
+                levels.append(("set", level))
+
+        journal._db.set_trace_callback(trace)
+        begin(journal, "req-1")
+        journal.applying("req-1")
+        journal.finish("req-1", {"status": "applied", "reason": "applied"})
+        begin(journal, "req-2")
+        journal.finish("req-2", {"status": "rejected", "reason": "policy.length"})
+        journal._db.set_trace_callback(None)
+        assert [level for kind, level in levels if kind == "commit"] == [1, 2, 2, 1, 2]
 
     def test_reopen_keeps_everything(self, path: Path, clock: FakeClock) -> None:
         """Closing and reopening the journal keeps every entry, state and outcome."""

@@ -7,6 +7,14 @@ modify and classify the DC's answer. A change is a delete of the old value and a
 in one modify, and it never falls back to a reset: a reset would skip the check of the old
 password, history and minimum age. Nothing here retries a modify: a wrong old password retried
 counts twice towards lockout, and a reset retried after a lost answer could look like history.
+
+What is read, and how often: everything about the user (pwdLastSet, userAccountControl,
+adminCount, which PSO applies, tokenGroups) is read for every command, in one subtree search by
+UPN with only the constructed attributes that operation uses, plus a base-scope read of
+tokenGroups when protection must be checked (AD and Samba construct tokenGroups only in a
+base-scope read, so the two cannot be one search). The domain policy and PSO objects are cached
+for a minute (`policy_cache`, which says why that is safe). A reset is then three requests to the
+DC: the search, tokenGroups and the modify.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from writeback.relay.policy import (
     filetime,
     precheck,
 )
+from writeback.relay.policy_cache import PolicyCache
 from writeback.relay.results import DirectoryAnswer, classify
 from writeback.relay.settings import DirectorySettings
 
@@ -80,6 +89,7 @@ class LdapDirectory:
         password: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         connect: Callable[[DirectorySettings, str], ldap.Link] = ldap.connect,
+        policies: PolicyCache | None = None,
     ) -> None:
         self.settings = settings
         self._password = password
@@ -88,6 +98,7 @@ class LdapDirectory:
         self._link: ldap.Link | None = None
         self._lock = threading.Lock()
         self._denied_sids: frozenset[str] | None = None
+        self._policies = policies if policies is not None else PolicyCache()
 
     # -- connection --------------------------------------------------------------------
     def _connected(self) -> ldap.Link:
@@ -127,7 +138,8 @@ class LdapDirectory:
                 dc_host=controller.dns_host_name,
                 is_pdc=controller.is_pdc,
                 policy_hints=controller.policy_hints_oid,
-                domain_policy=accounts.read_domain_policy(link),
+                # Read now: the heartbeat reports what the DC holds, and refreshes the cache.
+                domain_policy=self._policies.domain(link, fresh=True),
             )
 
     def password_last_set(self, upn: str) -> datetime | None:
@@ -157,7 +169,9 @@ class LdapDirectory:
         malformed = accounts.check_upn(command.user)
         if malformed:
             return malformed
-        found = self._reading(lambda link: accounts.find_user(link, command.user))
+        found = self._reading(
+            lambda link: accounts.find_user(link, command.user, command.operation)
+        )
         if isinstance(found, Outcome):
             return found
         user: User = found
@@ -239,7 +253,7 @@ class LdapDirectory:
         check_min_age: bool,
         old_password: str | None = None,
     ) -> Outcome | None:
-        policy = accounts.read_resultant_policy(link, user)
+        policy = self._policies.resultant(link, user)
         if policy is None:
             return None  # the DC still enforces it; its answer is classified below
         if old_password is not None and policy.refuse_change:

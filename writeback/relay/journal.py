@@ -145,8 +145,7 @@ class Journal:
             # WAL needs shared memory, which network filesystems often lack; rollback journaling
             # would also work but is not what was tested for crash safety, so refuse loudly.
             raise ConfigurationError(SETTING, f"{self.path}: WAL journaling unavailable ({mode})")
-        # FULL: fsync the WAL at every commit. NORMAL would survive a process crash but could lose
-        # the APPLYING mark on power loss, and then a password could be applied twice.
+        # Durability is chosen per transaction (see _immediate): FULL unless told otherwise.
         self._db.execute("PRAGMA synchronous=FULL")
         # Pruned rows name users; overwrite them instead of leaving them in free pages.
         self._db.execute("PRAGMA secure_delete=ON")
@@ -174,10 +173,17 @@ class Journal:
                 raise JournalError(f"journal {self.path}: {type(exc).__name__}: {exc}") from exc
 
     @contextlib.contextmanager
-    def _immediate(self) -> Iterator[sqlite3.Connection]:
+    def _immediate(self, *, synced: bool = True) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, so a read that decides a write cannot be
         # overtaken by another process between the two (a deferred BEGIN could be).
+        #
+        # synced (synchronous=FULL): the commit fsyncs the WAL, so it survives a power loss; the
+        # APPLYING mark and every outcome need that, or a password could be applied twice or a
+        # duplicate answered differently. Unsynced (NORMAL) survives a crash of the relay but not
+        # of the machine: only the RECEIVED insert uses it (see begin). Set before every
+        # transaction, so a failed switch back can never leave a later commit unsynced.
         with self._reading():
+            self._db.execute(f"PRAGMA synchronous={'FULL' if synced else 'NORMAL'}")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -200,7 +206,12 @@ class Journal:
         field expiresAt), since such an id could be replayed after its entry is pruned.
         """
         _check_request_id(request_id)
-        with self._immediate() as db:
+        # Unsynced: a RECEIVED entry lost to a power cut is harmless. Nothing reaches the
+        # directory before `applying` commits synced, and that fsync of the WAL makes this insert
+        # durable too; an outcome recorded without APPLYING is committed synced by `finish`.
+        # Without the entry a redelivery is simply new again (and checks pwdLastSet, being a
+        # redelivery). This saves one of the three fsyncs of a request.
+        with self._immediate(synced=False) as db:
             seen = _select_one(db, request_id)
             if seen is not None:
                 return seen
@@ -300,7 +311,8 @@ class Journal:
         return totals
 
     def close(self) -> None:
-        """Close the database; committed entries are already durable. Safe to call twice."""
+        """Close the database; what `finish` and `applying` committed is already on disk. Safe to
+        call twice."""
         with self._lock:
             self._db.close()
 

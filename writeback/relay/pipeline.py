@@ -13,6 +13,12 @@ in it can be trusted, not even the id to answer on. Anything signed and well-for
 answer, even a refusal, so the caller learns the exact reason within its deadline. Transient
 failures (journal, Service Bus) leave the message to be delivered again; nothing is applied
 twice because the journal is written before and after the directory.
+
+The journal's RECEIVED and APPLYING marks stay two commits. APPLYING is written inside the
+per-user lock, after the expiry and earlier-write checks; written on arrival instead, a request
+queued behind another write for the same user would, after a crash, find that write's pwdLastSet
+and be reported applied without ever being written. Only APPLYING and the outcome are fsynced
+(see Journal.begin): that is what must survive a power cut.
 """
 
 from __future__ import annotations
