@@ -146,6 +146,7 @@ var requestedEventTypes = [
   'Writeback.PasswordReset.Requested'
   'Writeback.PasswordChange.Requested'
   'Writeback.AccountUnlock.Requested'
+  'Writeback.PasswordExpire.Requested'
 ]
 var deadLetterContainerName = 'eventgrid-deadletter'
 var auditHubName = 'entra-audit'

@@ -44,7 +44,7 @@ resource "azurerm_eventgrid_topic" "completed" {
 # App has no functions until the code is published: apply once, publish the code, then apply
 # again with event_subscription_enabled = true.
 #
-# Delivery: CloudEvents 1.0, one event per call, only the three Writeback.*.Requested types. A
+# Delivery: CloudEvents 1.0, one event per call, only the Writeback.*.Requested types. A
 # request carries a password sealed to the relays' keys and the user is waiting, so it is retried
 # for ten minutes at most; then it goes to the dead-letter container (with the topic's identity:
 # the account has no shared keys) and is never applied late.
@@ -57,6 +57,7 @@ resource "azurerm_eventgrid_event_subscription" "writeback_event" {
     "Writeback.PasswordReset.Requested",
     "Writeback.PasswordChange.Requested",
     "Writeback.AccountUnlock.Requested",
+    "Writeback.PasswordExpire.Requested",
   ]
 
   azure_function_endpoint {

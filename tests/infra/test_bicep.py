@@ -38,6 +38,7 @@ from tests.infra.bicep_model import (
     Model,
     least_privilege_violations,
 )
+from writeback.cloud import events
 from writeback.cloud.secrets import SIGNING_KEY_SECRET, relay_keys_secret
 from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
 
@@ -111,11 +112,9 @@ OUTCOMES = {
 HEARTBEATS = {"defaultMessageTimeToLive": "PT5M", "maxDeliveryCount": 5, "lockDuration": "PT30S"}
 
 # Event-driven writeback and the Entra ID audit stream: names function_app.py's triggers use.
-REQUESTED_EVENT_TYPES = [
-    "Writeback.PasswordReset.Requested",
-    "Writeback.PasswordChange.Requested",
-    "Writeback.AccountUnlock.Requested",
-]
+# The code's contract (writeback.cloud.events.REQUESTED): a type the code takes and the
+# subscription filters out would never reach the function in Azure.
+REQUESTED_EVENT_TYPES = list(events.REQUESTED)
 EVENT_FUNCTION = "writeback_event"
 DEAD_LETTER_CONTAINER = "eventgrid-deadletter"
 AUDIT_HUB = "entra-audit"

@@ -174,6 +174,8 @@ class TestHistory:
             ({"user": "a@corp.example.test"}, {"hours": "0"}, "hours"),
             ({"user": "a@corp.example.test"}, {"hours": "169"}, "hours"),
             ({"user": "a@corp.example.test"}, {"hours": "-1"}, "hours"),
+            ({"user": "a@corp.example.test"}, {"hours": "\u00b2"}, "hours"),
+            ({"user": "a@corp.example.test"}, {"hours": "\u0661\u0660"}, "hours"),
         ],
     )
     async def test_bad_input_is_400_naming_the_field(
@@ -256,6 +258,22 @@ class TestAvailability:
             assert stack.audit.records[body["requestId"]].received_at == first_arrival
             status, answer = await call(function_app.reset_password, request("POST", "x", body))
             assert (status, answer["error"]) == (409, "request.duplicate")
+
+    async def test_a_request_never_sent_is_not_sent_again_after_its_expiry(
+        self, tmp_path: Path
+    ) -> None:
+        """Past the first request's expiry its id is used for good: a late retry is 409 and
+        nothing is applied."""
+        async with cloud_stack(tmp_path) as stack:
+            body = reset_body(requestId=str(uuid.uuid4()))
+            status, _ = await call(function_app.reset_password, request("POST", "x", body))
+            assert status == 503
+            await stack.start_relay()
+            later = stack.service.clock
+            stack.service.clock = lambda: later() + 3600
+            status, answer = await call(function_app.reset_password, request("POST", "x", body))
+            assert (status, answer["error"]) == (409, "request.duplicate")
+            assert stack.directory.applied == []
 
     async def test_slow_relay_gives_504_then_the_poll_shows_the_outcome(
         self, tmp_path: Path

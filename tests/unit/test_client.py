@@ -847,7 +847,7 @@ class TestHistory:
         assert main(["--json", "history", USER]) == 0
         assert json.loads(capsys.readouterr().out) == []
 
-    @pytest.mark.parametrize("hours", ["0", "169", "1.5", "-3"])
+    @pytest.mark.parametrize("hours", ["0", "169", "1.5", "-3", "\u00b2"])
     def test_hours_out_of_range_is_a_usage_error(
         self, hours: str, capsys: pytest.CaptureFixture[str]
     ) -> None:

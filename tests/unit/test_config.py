@@ -87,6 +87,8 @@ class TestLoad:
             ({"WRITEBACK_RELAY_CHANGE_ATTEMPTS": "-1"}, "relay.change_attempts"),
             ({"WRITEBACK_RELAY_CHANGE_ATTEMPTS": "true"}, "relay.change_attempts"),
             ({"WRITEBACK_RELAY_CHANGE_WINDOW": "0"}, "relay.change_window"),
+            ({"WRITEBACK_RELAY_CHANGE_WINDOW": "nan"}, "relay.change_window"),
+            ({"WRITEBACK_RELAY_CHANGE_WINDOW": "inf"}, "relay.change_window"),
             ({"WRITEBACK_DIRECTORY_SERVERS": '["ldap://dc1"]'}, "directory.servers"),
         ],
     )

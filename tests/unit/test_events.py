@@ -228,12 +228,14 @@ class TestRequestedEvents:
     async def test_no_relay_alive_is_answered_once_the_request_expired(
         self, tmp_path: Path
     ) -> None:
-        """A delivery after the request's expiry, still with no relay alive: the failure is
-        final, answered as a Completed event, never raised."""
+        """A delivery after the request's expiry: the failure is final and answered as a
+        Completed event, never raised, and nothing is sent, even with a relay back by then (a
+        request never applies late)."""
         async with cloud_stack(tmp_path) as stack:
             body = sealed_reset(user(), source="/portals/self-service", event_id="down-2")
             with pytest.raises(events.NotSentYet):
                 await deliver(cloud_event(body))
+            await stack.start_relay()
             late = events.EventHandler(
                 stack.service, stack.audit, Telemetry(), clock=lambda: time.time() + 120
             )
@@ -242,6 +244,32 @@ class TestRequestedEvents:
             assert (answer.data["status"], answer.data["reason"]) == (
                 "failed", "agent.unavailable",
             )  # fmt: skip
+            assert stack.directory.applied == []
+            rid = events.request_id("/portals/self-service", "down-2")
+            assert stack.audit.records[rid].reason == "agent.unavailable"
+
+    async def test_an_unlock_not_sent_is_not_retried_past_its_lifetime(
+        self, tmp_path: Path
+    ) -> None:
+        """An unlock event has no expiresAt: it is retried only within the request lifetime of
+        its first delivery; a later delivery answers the failure and unlocks nothing."""
+        async with cloud_stack(tmp_path) as stack:
+            target = user()
+            event = func.EventGridEvent(
+                id="unlock-late", data={"user": target}, topic="/portals/helpdesk",
+                subject=f"users/{target}", event_type="Writeback.AccountUnlock.Requested",
+                event_time=None, data_version="1.0",
+            )  # fmt: skip
+            with pytest.raises(events.NotSentYet):
+                await deliver(event)
+            await stack.start_relay()
+            late = events.EventHandler(
+                stack.service, stack.audit, Telemetry(), clock=lambda: time.time() + 3600
+            )
+            answer = await late.handle(http._requested(event))
+            assert answer is not None
+            assert answer.data["reason"] == "agent.unavailable"
+            assert stack.directory.applied == []
 
 
 class TestRefusals:

@@ -347,6 +347,23 @@ class TestExactlyOnce:
         assert entry is not None
         assert entry.state is State.REJECTED
 
+    async def test_a_change_ad_took_before_a_crash_is_not_throttled(self, world: World) -> None:
+        """Journal APPLYING and AD's pwdLastSet after it: the change is reported applied even
+        when wrong guesses meanwhile reached the limit (recovery comes before the throttle)."""
+        world.directory.outcomes.extend([Outcome(Reason.OLD_PASSWORD_MISMATCH)] * 5)
+        for n in range(5):
+            request_id = f"req-guess-{n}"
+            await world.send(world.token(Operation.CHANGE, request_id=request_id), request_id)
+            await world.handle_next()
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="change", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1")
+        world.directory.last_set[USER] = datetime.now(UTC)
+        await world.send(world.token(Operation.CHANGE))
+        assert await world.handle_next() is Settled.COMPLETED
+        assert (await world.outcome()).reason is Reason.APPLIED
+
     async def test_an_expire_redelivered_after_the_users_new_password_is_not_repeated(
         self, world: World
     ) -> None:

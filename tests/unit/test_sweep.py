@@ -25,6 +25,7 @@ from writeback.cloud.bootstrap import Cloud
 from writeback.cloud.service import OUTCOME_RETENTION_SECONDS
 from writeback.cloud.sweep import HORIZON_SECONDS, SweepSummary, sweep
 from writeback.cloud.telemetry import Telemetry
+from writeback.errors import TransportUnavailable
 from writeback.protocol.messages import MAX_LIFETIME_SECONDS
 from writeback.transport import OUTCOMES_QUEUE
 
@@ -177,6 +178,25 @@ class TestWindow:
             )
             done = stack.audit.records[record.request_id]
             assert (done.status, done.reason) == ("failed", "agent.timeout")
+
+    async def test_a_status_read_that_could_not_look_never_times_a_request_out(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past its retention, but the outcomes session could not be read (Service Bus down, or
+        another reader holding it): the request stays pending rather than becoming
+        agent.timeout over an outcome that other reader may be recording."""
+        async with cloud_stack(tmp_path, wait=WAIT) as stack:
+            record = pending(stack, time.time() - 60 - OUTCOME_RETENTION_SECONDS - 30)
+            await stack.audit.record(record)
+
+            async def unreadable(*_: object, **__: object) -> str | None:
+                raise TransportUnavailable("session held by another receiver")
+
+            monkeypatch.setattr(stack.service.transport, "wait_for_outcome", unreadable)
+            answer = await stack.service.status(record.request_id)
+            assert answer is not None
+            assert answer.state == "pending"
+            assert stack.audit.records[record.request_id].status == "pending"
 
     async def test_a_request_still_in_time_stays_pending(self, tmp_path: Path) -> None:
         """No outcome yet but one may still come: the request stays pending for the next

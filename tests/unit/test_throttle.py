@@ -6,7 +6,7 @@ import pytest
 
 from writeback.protocol import Operation, Outcome, Reason
 from writeback.relay import throttle
-from writeback.relay.throttle import ChangeThrottle
+from writeback.relay.throttle import ChangeThrottle, user_key
 
 USER = "Alice@Corp.Example.Test"
 WRONG = Outcome(Reason.OLD_PASSWORD_MISMATCH)
@@ -43,6 +43,15 @@ class TestChangeThrottle:
         fail(limit, 1, user=USER.lower())
         assert limit.refusal(Operation.CHANGE, USER, 1001) is not None
         assert limit.refusal(Operation.CHANGE, "bob@corp.example.test", 1001) is None
+
+    def test_full_width_spellings_of_a_user_share_the_count(self) -> None:
+        """AD ignores character width in a UPN: a full-width spelling is the same account."""
+        limit = ChangeThrottle(attempts=2, window=60)
+        full_width = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in USER)
+        fail(limit, 1, user=full_width)
+        fail(limit, 1, user=USER)
+        assert limit.refusal(Operation.CHANGE, USER.lower(), 1002) is not None
+        assert user_key(full_width) == user_key(USER) == USER.lower()
 
     def test_a_successful_change_clears_the_count(self) -> None:
         """The user got it right: earlier mistakes no longer count."""

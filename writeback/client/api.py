@@ -267,7 +267,7 @@ class Client:
 
     def history(self, user: str, hours: int = 24) -> list[dict[str, Any]]:
         """`user`'s requests of the last `hours`, newest first, as the API lists them."""
-        path = f"v1/users/{urllib.parse.quote(user)}/requests?hours={int(hours)}"
+        path = f"v1/users/{urllib.parse.quote(user, safe='')}/requests?hours={int(hours)}"
         status, body = self._call("GET", path)
         if status != 200 or not isinstance(body.get("requests"), list):
             raise UnexpectedAnswer(self._url("v1/users"), status, "not a request history")

@@ -68,7 +68,7 @@ def _request_id(value: str) -> str:
 
 
 def _hours(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 168:
+    if not re.fullmatch(r"[0-9]{1,3}", value) or not 1 <= int(value) <= 168:
         raise argparse.ArgumentTypeError("must be a whole number of hours from 1 to 168")
     return int(value)
 

@@ -62,6 +62,10 @@ SOURCE = "event"  # the audit record's `source`
 CLEARTEXT = ("newPassword", "oldPassword")
 CLEARTEXT_PROBLEM = "cleartext password in an event (events are stored: send sealedPassword)"
 DUPLICATE = "request.duplicate"
+# Event Grid's first retries come within about two minutes of the first delivery (10 s, 30 s,
+# 1 min, ...); later ones may be the subscription's last, so a request that could not be sent by
+# then is answered as failed rather than left to a retry that may never come.
+NOT_SENT_RETRY_SECONDS = 120.0
 _ATTRIBUTE = re.compile(r"[^\x00-\x1f\x7f]{1,1024}")  # an id or a source: printable, bounded
 
 
@@ -163,7 +167,10 @@ class EventHandler:
         traceparent = event.traceparent if _traceparent_ok(event.traceparent) else None
 
         existing = await self.audit.get(rid)
-        if existing is not None and existing.reason not in NOT_SENT:
+        if existing is not None and not (
+            existing.reason in NOT_SENT
+            and self._may_retry(existing.received_at, existing.expires_at)
+        ):
             log.info("event already handled", extra=context)
             return await self._answer_again(existing, caller, event, operation)
         first_arrival = existing.received_at if existing is not None else self.clock()
@@ -190,10 +197,8 @@ class EventHandler:
         if answer.state == "pending":
             log.info("event outcome pending: Event Grid will deliver it again", extra=context)
             raise OutcomePending(rid)
-        valid_until = submission.expires_at or (
-            first_arrival + self.service.settings.lifetime_seconds
-        )
-        if answer.reason in NOT_SENT and self.clock() < valid_until:
+        expires = submission.expires_at or first_arrival + self.service.settings.lifetime_seconds
+        if answer.reason in NOT_SENT and self._may_retry(first_arrival, expires):
             log.warning(
                 "event not sent: Event Grid will deliver it again",
                 extra={**context, "reason": answer.reason},
@@ -203,6 +208,15 @@ class EventHandler:
             "event completed", extra={**context, "status": answer.status, "reason": answer.reason}
         )
         return self._completed(operation, submission.user, answer, event, traceparent)
+
+    def _may_retry(self, first_arrival: float, expires_at: float | None) -> bool:
+        """Whether a request not sent yet is left to Event Grid's next delivery: while it is
+        valid, and only within the first retries, so that the event's last delivery (the
+        subscription tries 5 times in 10 minutes) is answered, never dead-lettered unanswered."""
+        until = first_arrival + NOT_SENT_RETRY_SECONDS
+        if expires_at is not None:
+            until = min(until, expires_at)
+        return self.clock() < until
 
     async def _refuse(
         self, exc: InvalidInput, event: RequestedEvent, operation: Operation, caller: EventCaller

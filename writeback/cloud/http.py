@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,6 +40,7 @@ _cloud: Cloud | None = None
 _stream: tuple[Cloud, drift.AuditStream] | None = None
 
 JSON = "application/json"
+HOURS = re.compile(r"[0-9]{1,4}")  # ASCII digits only: str.isdigit also takes "²", int() does not
 _STATUS_OF_REASON = {
     Reason.AGENT_UNAVAILABLE.value: 503,
     Reason.TRANSPORT_UNAVAILABLE.value: 503,
@@ -202,7 +204,7 @@ async def user_history(request: Any) -> Any:
         instance.authenticator.authorize(caller, auth.Role.READ)
         user = request.route_params.get("user", "")
         raw = request.params.get("hours", "24")
-        if not raw.isdigit() or len(raw) > 4:
+        if not HOURS.fullmatch(raw):
             raise InvalidInput("hours", "must be a whole number of hours")
         records = await instance.service.history(user, int(raw))
         entries = [

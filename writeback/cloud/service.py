@@ -103,14 +103,22 @@ NOT_SENT = frozenset({Reason.AGENT_UNAVAILABLE.value, Reason.TRANSPORT_UNAVAILAB
 
 def resendable(previous: AuditRecord, retry: AuditRecord) -> bool:
     """Whether `retry` may reuse the request id of `previous`: only the same caller, for the same
-    user and operation, after an outcome that says the request was never sent. Anything else
-    with a used id is a duplicate."""
-    return previous.reason in NOT_SENT and (
-        previous.caller_kind,
-        previous.caller,
-        previous.user.casefold(),
-        previous.operation,
-    ) == (retry.caller_kind, retry.caller, retry.user.casefold(), retry.operation)
+    user and operation, after an outcome that says the request was never sent, and only while
+    the first request is still valid (its expiry stays: a retry never renews it, and a resend
+    always falls within Service Bus duplicate detection's window, 10 min, should a send that
+    failed have reached it after all). Anything else with a used id is a duplicate."""
+    still_valid = retry.received_at < (previous.expires_at or previous.received_at)
+    return (
+        still_valid
+        and previous.reason in NOT_SENT
+        and (
+            previous.caller_kind,
+            previous.caller,
+            previous.user.casefold(),
+            previous.operation,
+        )
+        == (retry.caller_kind, retry.caller, retry.user.casefold(), retry.operation)
+    )
 
 
 class WritebackService:
@@ -185,10 +193,13 @@ class WritebackService:
             previous = await self.audit.get(request_id)
             if previous is not None and not resendable(previous, record):
                 raise InvalidInput("requestId", "was used before", "request.duplicate")
-            if previous is not None:
+            if previous is not None and previous.expires_at is not None:
                 # Never sent (no relay alive, Service Bus down): the same caller may try the same
-                # request again. It keeps its first arrival, so a retry policy cannot renew it.
-                record = dataclasses.replace(record, received_at=previous.received_at)
+                # request again. It keeps its first arrival and expiry: a retry cannot renew it.
+                expires = int(previous.expires_at)
+                record = dataclasses.replace(
+                    record, received_at=previous.received_at, expires_at=previous.expires_at
+                )
 
         if not await self.relays.alive(domain):
             return await self._finish(record, Reason.AGENT_UNAVAILABLE, "no relay heartbeat")
@@ -261,15 +272,19 @@ class WritebackService:
                 verified[body] = outcome
             return outcome is not None
 
+        looked = True
         try:
             body = await self.transport.wait_for_outcome(record.request_id, deadline, accept)
         except TransportError as exc:
             log.warning(
                 "outcome not received", extra={"request_id": record.request_id, "error": str(exc)}
             )
-            body = None
+            # Not a look at the session (Service Bus down, or another reader holds it): never a
+            # reason to end the request as agent.timeout, which could replace the outcome that
+            # other reader is recording.
+            body, looked = None, False
         if body is None:
-            if timeout_is_final:
+            if timeout_is_final and looked:
                 return await self._finish(record, Reason.AGENT_TIMEOUT, "no outcome arrived")
             answer = Answer.of(record)
             return dataclasses.replace(

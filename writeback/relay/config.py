@@ -8,6 +8,7 @@ over the file. A bad or missing setting stops start-up with its name.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -142,6 +143,11 @@ def _env_value(raw: str) -> object:
 
 def _seconds(table: Mapping[str, Any], key: str, default: float) -> float:
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigurationError(f"relay.{key}", "must be a positive number of seconds")
     return float(value)

@@ -41,7 +41,7 @@ from writeback.protocol import Command, Operation, Outcome, Reason
 from writeback.protocol.messages import OutcomeMessage, RequestMessage
 from writeback.relay.directory import Directory
 from writeback.relay.journal import Journal, State
-from writeback.relay.throttle import ChangeThrottle
+from writeback.relay.throttle import ChangeThrottle, user_key
 from writeback.transport import Delivery, RelayTransport
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,8 @@ class Pipeline:
     def _from_the_future(self, message: RequestMessage) -> Outcome | None:
         ahead = message.issued_at - self._clock()
         if ahead > sealing.CLOCK_SKEW_SECONDS:
-            # Signed by the cloud, so not forged: one of the two clocks is wrong. Refused before
-            # the journal, so the same request is applied once the clocks agree again (within
-            # its lifetime); the caller learns why at once.
+            # Signed by the cloud, so not forged: one of the two clocks is wrong. Answered at
+            # once, so the caller learns why, and not journaled: nothing was tried.
             log.warning(
                 "request_from_the_future",
                 extra={"request": message.id, "ahead_seconds": round(ahead)},
@@ -167,11 +166,6 @@ class Pipeline:
         except ProtocolError as exc:
             return self._record(message, Outcome(Reason(exc.reason), str(exc)))
         async with self._one_write_per_user(message.user):
-            # Under the user's lock, so that parallel changes cannot all pass the count.
-            throttled = self._throttle.refusal(message.operation, message.user, self._clock())
-            if throttled is not None:
-                log.warning("change_throttled", extra={"request": message.id})
-                return self._record(message, throttled)
             if seen is not None and seen.state is State.APPLYING:
                 # This relay crashed while applying it.
                 resolved = await self._written_since(command, seen.updated_at)
@@ -186,6 +180,12 @@ class Pipeline:
             if self._clock() >= message.expires_at:
                 # Delivered again after its expiry and not written before: never apply it now.
                 return self._record(message, self._expired(message, "before it was applied"))
+            # Under the user's lock, so that parallel changes cannot all pass the count; after
+            # the crash recovery above, so a change AD already took is reported as applied.
+            throttled = self._throttle.refusal(message.operation, message.user, self._clock())
+            if throttled is not None:
+                log.warning("change_throttled", extra={"request": message.id})
+                return self._record(message, throttled)
             if seen is None or seen.state is State.RECEIVED:
                 self._journal.applying(message.id)
             outcome = await asyncio.to_thread(self._directory.apply, command)
@@ -268,7 +268,7 @@ class Pipeline:
 
     @contextlib.asynccontextmanager
     async def _one_write_per_user(self, upn: str) -> AsyncIterator[None]:
-        key = upn.casefold()
+        key = user_key(upn)
         lock = self._user_locks.setdefault(key, asyncio.Lock())
         async with lock:
             yield

@@ -1,13 +1,13 @@
 """How many wrong current passwords a relay lets through for one user before it stops asking AD.
 
 Every change with a wrong current password counts towards the user's lockout threshold in AD
-(badPwdCount), and a caller of the writeback API can send changes for any user. Without a limit,
-a compromised portal, or a script behind it, could guess current passwords online or lock out
-every account of the domain through the relay. So a relay counts the `old_password.mismatch`
-answers per user (UPN, case-insensitive) and, once `attempts` of them fall within `window`
-seconds, refuses further changes for that user with `account.throttled` until the oldest one
-leaves the window, without touching AD. A change that succeeds clears the user's count. Resets
-and unlocks are not counted: they carry no current password.
+(badPwdCount), and a caller of the writeback API can send changes for any user. Without a limit, a
+compromised portal, or a script behind it, could guess current passwords online or lock out every
+account of the domain through the relay. So a relay counts the `old_password.mismatch` answers per
+user (UPN, compared as `user_key` does) and, once `attempts` of them fall within `window` seconds,
+refuses further changes for that user with `account.throttled` until the oldest one leaves the
+window, without touching AD. A change that succeeds clears the user's count. Resets and unlocks are
+not counted: they carry no current password.
 
 The count lives in the relay's memory: a restart forgets it, and each relay of a domain counts
 on its own, so a domain with two relays lets through at most twice `attempts`. Keep `attempts`
@@ -18,12 +18,22 @@ turns the limit off.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
 
 from writeback.protocol import Operation, Outcome, Reason
 
 MAX_USERS = 100_000  # users with failures kept at once; beyond it the stalest are forgotten
+
+
+def user_key(upn: str) -> str:
+    """One user's key before AD has been asked. AD matches userPrincipalName ignoring case and
+    character width, so `alice@corp`, `ALICE@corp` and the same in full-width letters are one
+    account and must share a count (and a lock). NFKC folds the widths, casefold the case; AD's
+    kana-insensitivity is not folded, so such spellings of one account could still count
+    apart."""
+    return unicodedata.normalize("NFKC", upn).casefold()
 
 
 @dataclass
@@ -38,7 +48,7 @@ class ChangeThrottle:
         """The outcome that refuses this request now, or None if it may go to AD."""
         if operation is not Operation.CHANGE or self.attempts <= 0:
             return None
-        failures = self._recent(user.casefold(), now)
+        failures = self._recent(user_key(user), now)
         if len(failures) < self.attempts:
             return None
         wait = failures[0] + self.window - now
@@ -55,7 +65,7 @@ class ChangeThrottle:
         """Count what AD answered a change: a mismatch adds one, an applied change clears."""
         if operation is not Operation.CHANGE or self.attempts <= 0:
             return
-        key = user.casefold()
+        key = user_key(user)
         if outcome.reason is Reason.APPLIED:
             self._failures.pop(key, None)
         elif outcome.reason is Reason.OLD_PASSWORD_MISMATCH:
