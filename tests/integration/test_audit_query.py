@@ -1,6 +1,7 @@
 """The audit trail's two queries against a real Azure Table service (Azurite), each test in a
 table of its own: "which requests for this UPN between t1 and t2" (drift detection) and "which
-requests received between t1 and t2 are still pending" (the sweeper)."""
+requests received between t1 and t2 are still pending" (the sweeper, which reads the marks of
+pending entries, not the whole table)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from devstack.azurite import Azurite
-from writeback.cloud.audit import AuditRecord, TableAuditTrail
+from writeback.cloud.audit import PENDING_PARTITION, AuditRecord, TableAuditTrail, to_entity
 from writeback.errors import StorageError
 
 T0 = 1_767_225_600.0
@@ -115,3 +116,30 @@ class TestPending:
         """A table with only completed entries answers with no entries."""
         await audit.record(record("alice@corp.example.test", T0))
         assert await audit.pending(T0 - 60, T0 + 60) == []
+
+    async def test_an_entry_completed_leaves_the_pending_list(self, audit: TableAuditTrail) -> None:
+        """Pending, then its outcome recorded: the mark goes with it, and the user's query never
+        sees the marks."""
+        user = "alice@corp.example.test"
+        waiting = record(user, T0, status="pending", reason=None)
+        await audit.record(waiting)
+        assert await audit.pending(T0 - 1, T0 + 1) == [waiting]
+        done = dataclasses.replace(waiting, status="applied", reason="applied")
+        await audit.record(done)
+        assert await audit.pending(T0 - 1, T0 + 1) == []
+        assert await audit.for_user(user, T0 - 1, T0 + 1) == [done]
+
+    async def test_a_stale_mark_is_dropped(self, audit: TableAuditTrail) -> None:
+        """A mark left behind (its removal failed after the outcome was recorded) does not
+        list a completed entry, and is removed by the read that finds it."""
+        done = record("alice@corp.example.test", T0)
+        await audit.record(dataclasses.replace(done, status="pending", reason=None))
+        client = await audit._table.client()
+        await client.upsert_entity(to_entity(done))  # the outcome, without the mark's removal
+        assert await audit.pending(T0 - 1, T0 + 1) == []
+        marks = client.query_entities("PartitionKey eq @p", parameters={"p": PENDING_PARTITION})
+        assert [mark async for mark in marks] == []
+
+    def test_no_request_id_can_fall_into_the_marks(self) -> None:
+        with pytest.raises(ValueError, match="must not start with ~"):
+            to_entity(record("alice@corp.example.test", T0, request_id="~pending"))

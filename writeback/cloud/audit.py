@@ -114,6 +114,8 @@ _FIELDS = [f.name for f in dataclasses.fields(AuditRecord) if f.name != "request
 def to_entity(record: AuditRecord) -> dict[str, Any]:
     """The Table entity for a record (None fields are left out: tables store no nulls).
     ValueError if the request id cannot be a key."""
+    if record.request_id.startswith("~"):
+        raise ValueError("request id must not start with ~ (the partitions of marks)")
     entity: dict[str, Any] = {
         "PartitionKey": check_key(record.request_id, "request id"),
         "RowKey": _ROW,
@@ -152,6 +154,11 @@ def from_entity(entity: Mapping[str, Any]) -> AuditRecord:
     return AuditRecord(request_id=str(entity.get("PartitionKey")), **values)
 
 
+# The partition of the marks of pending entries. No request id starts with "~" (REQUEST_ID), so no
+# entry can be in it; every entry has RowKey "", every mark its request id.
+PENDING_PARTITION = "~pending"
+
+
 class TableAuditTrail:
     """The audit trail in Azure Table Storage (table `WritebackAudit` unless told otherwise)."""
 
@@ -177,10 +184,16 @@ class TableAuditTrail:
 
     async def record(self, record: AuditRecord) -> None:
         entity = to_entity(record)
+        mark = {"PartitionKey": PENDING_PARTITION, "RowKey": record.request_id,
+                "received_at": float(record.received_at)}  # fmt: skip
         client = await self._table.client()
         try:
             # Replace, not merge: a completed entry must not keep what the pending one had.
             await client.upsert_entity(entity, mode=UpdateMode.REPLACE)
+            if record.status == "pending":
+                await client.upsert_entity(mark, mode=UpdateMode.REPLACE)
+            else:
+                await client.delete_entity(PENDING_PARTITION, record.request_id)  # 404 is fine
         except SDK_ERRORS as exc:
             raise self._table.error(exc, "record a request") from exc
 
@@ -206,19 +219,37 @@ class TableAuditTrail:
         # Entries are keyed by request id, so this scans the table with the time range as the
         # server-side filter; the UPN is compared here, case-insensitively, as AD compares it.
         records = await self._query(
-            "received_at ge @since and received_at le @until",
+            "RowKey eq '' and received_at ge @since and received_at le @until",
             {"since": float(since), "until": float(until)},
         )
         wanted = user.casefold()
         return [record for record in records if record.user.casefold() == wanted]
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
-        # The same scan, with the status in the filter as well: only pending entries (a few per
-        # minute of traffic at most) cross the network, however large the table is.
-        return await self._query(
-            "status eq @status and received_at ge @since and received_at le @until",
-            {"status": "pending", "since": float(since), "until": float(until)},
-        )
+        # One partition holds a mark per pending entry, so this reads a few rows whatever the
+        # size of the table. A mark whose entry is no longer pending (its removal failed after
+        # the outcome was recorded) is removed here.
+        client = await self._table.client()
+        try:
+            marks = client.query_entities(
+                "PartitionKey eq @pending and received_at ge @since and received_at le @until",
+                parameters={"pending": PENDING_PARTITION, "since": float(since),
+                            "until": float(until)},
+            )  # fmt: skip
+            ids = [str(mark["RowKey"]) async for mark in marks]
+        except SDK_ERRORS as exc:
+            raise self._table.error(exc, "list pending requests") from exc
+        found = []
+        for request_id in ids:
+            record = await self.get(request_id)
+            if record is not None and record.status == "pending":
+                found.append(record)
+                continue
+            try:
+                await client.delete_entity(PENDING_PARTITION, request_id)
+            except SDK_ERRORS as exc:
+                raise self._table.error(exc, "list pending requests") from exc
+        return sorted(found, key=lambda record: record.received_at)
 
     async def _query(self, query: str, parameters: dict[str, Any]) -> list[AuditRecord]:
         """The entries a parameterised filter selects, oldest first (values are never pasted
