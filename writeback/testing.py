@@ -31,6 +31,7 @@ from writeback.cloud.audit import AuditRecord
 from writeback.cloud.tables import check_key
 from writeback.errors import DirectoryError
 from writeback.protocol import Command, Operation, Outcome, Reason
+from writeback.protocol.messages import upn_key
 from writeback.relay.directory import Capabilities
 from writeback.relay.ldap import DomainController, Link
 from writeback.relay.policy import PasswordPolicy
@@ -245,12 +246,12 @@ class MemoryAuditTrail:
         return self.records.get(check_key(request_id, "request id"))
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
-        wanted = user.casefold()
+        wanted = upn_key(user)
         return sorted(
             (
                 record
                 for record in self.records.values()
-                if record.user.casefold() == wanted and since <= record.received_at <= until
+                if upn_key(record.user) == wanted and since <= record.received_at <= until
             ),
             key=lambda record: record.received_at,
         )

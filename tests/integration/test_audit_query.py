@@ -66,6 +66,21 @@ class TestForUser:
         found = await audit.for_user(alice, T0, T0 + 300)
         assert found == sorted(inside, key=lambda entry: entry.received_at)
 
+    async def test_it_reads_the_users_partition_not_the_table(self, audit: TableAuditTrail) -> None:
+        """An entry written without its copy in the user's partition is not found: the query
+        reads that partition only. A full-width spelling of the UPN finds the same copies, and
+        an entry recorded again (its outcome) leaves one copy, complete."""
+        user = "alice@corp.example.test"
+        stray = record(user, T0 + 5)
+        client = await audit._table.client()
+        await client.upsert_entity(to_entity(stray))
+        pending = record(user, T0, status="pending", reason=None)
+        await audit.record(pending)
+        done = dataclasses.replace(pending, status="applied", reason="applied")
+        await audit.record(done)
+        full_width = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in user)
+        assert await audit.for_user(full_width, T0 - 1, T0 + 10) == [done]
+
     async def test_nothing_found_is_an_empty_list(self, audit: TableAuditTrail) -> None:
         """A fresh table (created on first use) answers with no entries."""
         assert await audit.for_user("nobody@corp.example.test", T0, T0 + 600) == []

@@ -4,16 +4,19 @@ The service records a request as `pending` when it is accepted and records it ag
 when its outcome arrives (insert-or-replace, so the second write also clears what the first had
 and the outcome has not). PartitionKey is the request id and RowKey is empty: every read is a
 point read by id (what polling `GET /requests/{id}` needs), and random UUIDs spread the writes
-evenly over partitions; reports over time belong to a log query, not to this table. The one
-question by user, "was there a request for this UPN around this time" (drift detection), is a
-scan filtered by time; so is the sweeper's, "which requests are still pending from this
-window" (`pending`), with the status in the server-side filter too. No field can hold a password
-or a key, and the adapter stores exactly the record's fields.
+evenly over partitions; reports over time belong to a log query, not to this table. Two
+questions need more than a point read, and each has rows of its own in the same table, in
+partitions no request id can name (they start with `~`): "this UPN's requests around this time"
+(drift detection, the user history) reads a copy of each entry in the user's partition, ordered
+by time; "which requests are still pending" (the sweeper) reads one partition of marks, removed
+as outcomes arrive. Neither scans the table. No field can hold a password or a key, and the
+adapter stores exactly the record's fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -23,6 +26,7 @@ from azure.data.tables.aio import TableClient
 
 from writeback.cloud.tables import SDK_ERRORS, Credential, Table, check_key, error_code
 from writeback.errors import StorageError
+from writeback.protocol.messages import upn_key
 
 AUDIT_TABLE = "WritebackAudit"
 _ROW = ""  # one entity per partition (request id)
@@ -151,12 +155,25 @@ def from_entity(entity: Mapping[str, Any]) -> AuditRecord:
             raise ValueError(f"{name} is missing")
     values["source"] = values["source"] or "api"
     values["status"] = values["status"] or "pending"
-    return AuditRecord(request_id=str(entity.get("PartitionKey")), **values)
+    # A copy in a user's partition names its request; an entry is keyed by it.
+    request_id = entity.get("request_id") or entity.get("PartitionKey")
+    return AuditRecord(request_id=str(request_id), **values)
 
 
 # The partition of the marks of pending entries. No request id starts with "~" (REQUEST_ID), so no
 # entry can be in it; every entry has RowKey "", every mark its request id.
 PENDING_PARTITION = "~pending"
+
+
+def user_partition(user: str) -> str:
+    """The partition of a user's copies: a digest of the UPN as AD compares it (`upn_key`), so
+    every UPN makes a valid key and spellings of one account meet."""
+    return "~user-" + hashlib.sha256(upn_key(user).encode("utf-8")).hexdigest()[:40]
+
+
+def user_row(received_at: float, request_id: str) -> str:
+    """A copy's RowKey: the time received, zero-padded so that text order is time order."""
+    return f"{received_at:020.6f}:{request_id}"
 
 
 class TableAuditTrail:
@@ -186,10 +203,14 @@ class TableAuditTrail:
         entity = to_entity(record)
         mark = {"PartitionKey": PENDING_PARTITION, "RowKey": record.request_id,
                 "received_at": float(record.received_at)}  # fmt: skip
+        copy = {**entity, "PartitionKey": user_partition(record.user),
+                "RowKey": user_row(record.received_at, record.request_id),
+                "request_id": record.request_id}  # fmt: skip
         client = await self._table.client()
         try:
             # Replace, not merge: a completed entry must not keep what the pending one had.
             await client.upsert_entity(entity, mode=UpdateMode.REPLACE)
+            await client.upsert_entity(copy, mode=UpdateMode.REPLACE)
             if record.status == "pending":
                 await client.upsert_entity(mark, mode=UpdateMode.REPLACE)
             else:
@@ -216,14 +237,14 @@ class TableAuditTrail:
             ) from exc
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
-        # Entries are keyed by request id, so this scans the table with the time range as the
-        # server-side filter; the UPN is compared here, case-insensitively, as AD compares it.
+        # A range of the user's partition (";" sorts after ":", so `until` itself is in).
         records = await self._query(
-            "RowKey eq '' and received_at ge @since and received_at le @until",
-            {"since": float(since), "until": float(until)},
-        )
-        wanted = user.casefold()
-        return [record for record in records if record.user.casefold() == wanted]
+            "PartitionKey eq @user and RowKey ge @since and RowKey lt @until",
+            {"user": user_partition(user), "since": f"{max(0.0, since):020.6f}",
+             "until": f"{max(0.0, until):020.6f};"},
+        )  # fmt: skip
+        wanted = upn_key(user)
+        return [record for record in records if upn_key(record.user) == wanted]
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
         # One partition holds a mark per pending entry, so this reads a few rows whatever the

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,13 @@ TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-
 def utf16_length(text: str) -> int:
     """Length as AD counts it: UTF-16 code units (a character outside the BMP counts two)."""
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def upn_key(upn: str) -> str:
+    """A UPN as AD compares it: AD matches userPrincipalName ignoring case and character width,
+    so `alice@corp`, `ALICE@corp` and the same in full-width letters are one account. NFKC folds
+    the widths and casefold the case; AD's kana-insensitivity is not folded."""
+    return unicodedata.normalize("NFKC", upn).casefold()
 
 
 def upn_problem(upn: str) -> str | None:

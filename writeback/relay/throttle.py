@@ -18,22 +18,19 @@ turns the limit off.
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
 
 from writeback.protocol import Operation, Outcome, Reason
+from writeback.protocol.messages import upn_key
 
 MAX_USERS = 100_000  # users with failures kept at once; beyond it the stalest are forgotten
 
 
 def user_key(upn: str) -> str:
-    """One user's key before AD has been asked. AD matches userPrincipalName ignoring case and
-    character width, so `alice@corp`, `ALICE@corp` and the same in full-width letters are one
-    account and must share a count (and a lock). NFKC folds the widths, casefold the case; AD's
-    kana-insensitivity is not folded, so such spellings of one account could still count
-    apart."""
-    return unicodedata.normalize("NFKC", upn).casefold()
+    """One user's key before AD has been asked: spellings AD takes for one account share a count
+    (and a lock); see `upn_key`."""
+    return upn_key(upn)
 
 
 @dataclass
