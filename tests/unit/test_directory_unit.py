@@ -82,6 +82,17 @@ def domain_head(**attributes: int) -> RawEntry:
     }
 
 
+STRICT_PSO_ENTRY: RawEntry = {
+    "objectClass": [b"msDS-PasswordSettings"],
+    "msDS-MinimumPasswordLength": [b"14"],
+    "msDS-PasswordHistoryLength": [b"24"],
+    "msDS-PasswordComplexityEnabled": [b"TRUE"],
+    "msDS-MinimumPasswordAge": [b"0"],
+    "msDS-MaximumPasswordAge": [str(90 * DAY).encode()],
+    "msDS-LockoutThreshold": [b"5"],
+}
+
+
 def user(
     *,
     sam: str = "alice",
@@ -326,15 +337,7 @@ class TestReset:
 
     def test_a_pso_replaces_the_domain_policy(self) -> None:
         """A user's resultant PSO is read and its rules (and name) are what the pre-check uses."""
-        pso: RawEntry = {
-            "objectClass": [b"msDS-PasswordSettings"],
-            "msDS-MinimumPasswordLength": [b"14"],
-            "msDS-PasswordHistoryLength": [b"24"],
-            "msDS-PasswordComplexityEnabled": [b"TRUE"],
-            "msDS-MinimumPasswordAge": [b"0"],
-            "msDS-MaximumPasswordAge": [str(90 * DAY).encode()],
-            "msDS-LockoutThreshold": [b"5"],
-        }
+        pso = STRICT_PSO_ENTRY
         link = make_link(
             users={ALICE: user(extra={"msDS-ResultantPSO": [STRICT_PSO.encode()]})},
             **{STRICT_PSO: pso},
@@ -600,15 +603,6 @@ class TestExpire:
         assert "Write pwdLastSet on the user object" in outcome.detail
 
 
-STRICT_PSO_ENTRY: RawEntry = {
-    "objectClass": [b"msDS-PasswordSettings"],
-    "msDS-MinimumPasswordLength": [b"14"],
-    "msDS-PasswordHistoryLength": [b"24"],
-    "msDS-PasswordComplexityEnabled": [b"TRUE"],
-    "msDS-MinimumPasswordAge": [b"0"],
-    "msDS-MaximumPasswordAge": [str(90 * DAY).encode()],
-    "msDS-LockoutThreshold": [b"5"],
-}
 BOB = f"CN=Bob Example,{STAFF}"
 BOB_UPN = "bob@example.test"
 

@@ -67,6 +67,10 @@ def _request_id(value: str) -> str:
     return value
 
 
+def _user(command: argparse.ArgumentParser) -> None:
+    command.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+
+
 def _hours(value: str) -> int:
     if not re.fullmatch(r"[0-9]{1,3}", value) or not 1 <= int(value) <= 168:
         raise argparse.ArgumentTypeError("must be a whole number of hours from 1 to 168")
@@ -142,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     reset = command("reset", "reset a user's password (asks for the new one twice)")
-    reset.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    _user(reset)
     who = reset.add_mutually_exclusive_group()
     who.add_argument(
         "--admin",
@@ -166,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the user change the password at next logon",
     )
     change = command("change", "change a password (asks for the current and the new)")
-    change.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    _user(change)
     for sub in (reset, change):
         sub.add_argument(
             "--password-stdin",
@@ -174,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="read the password(s) from stdin, one per line, not a prompt",
         )
     unlock = command("unlock", "unlock a locked-out account")
-    unlock.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    _user(unlock)
     expire = command("expire", "make a user choose a new password at next logon")
-    expire.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    _user(expire)
     status = command("status", "show a request's outcome (poll it with --wait)")
     status.add_argument("request_id", type=_request_id, metavar="REQUEST_ID")
     status.add_argument(
@@ -188,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("health", "show each domain's relays; exit 1 unless all are ok")
     history = command("history", "list a user's recent requests, newest first (helpdesk)")
-    history.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    _user(history)
     history.add_argument(
         "--hours", type=_hours, default=24, help="how far back, 1 to 168 (default 24)"
     )
