@@ -12,10 +12,18 @@ PYTEST_OPTS ?=
 
 .PHONY: deps lint typecheck test test-unit test-integration test-infra test-e2e demo up down demo-directory functions dc-up dc-down bench doctor clean
 
-$(STAMP): pyproject.toml
+# The Python worker's own indexing and binding code (devstack/worker.py): the worker Azure runs
+# for Python 3.13+, whose wheel says so; its code runs on 3.11 and is the 3.11 worker's.
+WORKER := azure-functions-runtime==1.3.0
+# The oldest azure-functions a supported worker bundles, for the converter tests (tests/unit).
+OLDEST_LIBRARY := azure-functions==1.24.0
+
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python '$(WORKER)'
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(VENV)/oldest-library '$(OLDEST_LIBRARY)'
 	touch $(STAMP)
 
 # Azurite (the Azure Storage emulator) comes from npm, pinned by devstack/package-lock.json.

@@ -1,27 +1,27 @@
 """The Azure Functions entry point (Python v2 programming model): routes and triggers only.
 
 Every handler lives in `writeback.cloud.http`, which authenticates, validates and calls the
-writeback service; nothing here connects to anything at import time. An app setting that is
-still an unresolved Key Vault reference stops the import, so the app does not start. The routes
-are anonymous at the host because the application authenticates every call itself (Entra ID
-bearer tokens with app roles, or an API key in `x-functions-key`), identically in Azure and on
-the local host.
+writeback service; nothing here connects to anything, or reads a setting, at import time: a
+missing or unresolved setting must never stop the worker from indexing the app (the host would
+then serve nothing at all); the handlers answer 503 and name the setting to operators instead.
+The routes are anonymous at the host because the application authenticates every call itself
+(Entra ID bearer tokens with app roles, or an API key in `x-functions-key`), identically in
+Azure and on the local host.
+
+The Python worker checks every annotation when it indexes the app (`devstack/worker.py` runs its
+code in the tests): only classes and `typing` generics pass, so a batch is `typing.List[...]`,
+never the built-in `list[...]`, which makes the worker refuse the whole app.
 """
 
 from __future__ import annotations
 
-import os
+import typing
 
 import azure.functions as func
 
 from writeback.cloud import http
-from writeback.cloud.secrets import check_resolved
 from writeback.protocol import Operation
 from writeback.transport import HEARTBEATS_QUEUE
-
-# A setting Azure could not resolve still reads "@Microsoft.KeyVault(...)": refuse to start, and
-# name it (no network is touched; every other setting is checked when the service is built).
-check_resolved(os.environ)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
@@ -78,11 +78,12 @@ async def record_heartbeat(message: func.ServiceBusMessage) -> None:
     await http.heartbeat(message)
 
 
-# Writeback requests as CloudEvents (docs/events.md). Annotated with EventGridEvent, which every
-# library version accepts: with the CloudEvents schema the library hands a func.CloudEvent.
+# Writeback requests as CloudEvents (docs/events.md), or in the Event Grid schema. The event comes
+# as its JSON text: azure-functions before 1.25 (which a worker may bundle) decodes a CloudEvent
+# into an EventGridEvent without its type and source, while the text is the same in every version.
 @app.event_grid_output(arg_name="completed", connection="WritebackEvents")
 @app.event_grid_trigger(arg_name="event")
-async def writeback_event(event: func.EventGridEvent, completed: func.Out[str]) -> None:
+async def writeback_event(event: str, completed: func.Out[str]) -> None:
     await http.writeback_event(event, completed)
 
 
@@ -93,7 +94,7 @@ async def writeback_event(event: func.EventGridEvent, completed: func.Out[str]) 
     consumer_group="%WRITEBACK_AUDIT_CONSUMER_GROUP%",
     cardinality="many",
 )
-async def entra_audit(events: list[func.EventHubEvent]) -> None:
+async def entra_audit(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006 - see above
     await http.entra_audit(events)
 
 

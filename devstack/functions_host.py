@@ -1,19 +1,30 @@
-"""A local host for function_app.py: its own registered functions, served without Core Tools.
+"""A local Functions host for function_app.py: the app indexed and invoked by the Python worker's
+own code (`devstack.worker`), its triggers served the way the Azure Functions host serves them.
 
-The Azure Functions host cannot be installed here, so this serves what `app.get_functions()`
-declares, the way the host would: each `httpTrigger` binding on `/api/<route>` (with its
-methods and route parameters, as `azure.functions.HttpRequest`), and each `serviceBusTrigger`
-binding as a receiver on its queue (connection string from the setting the binding names; the
-message completed when the function returns, abandoned when it raises, as with
-autoCompleteMessages), and each `eventGridTrigger` on the host's webhook,
-`POST /runtime/webhooks/eventgrid?functionName=<name>`, as Event Grid delivers: CloudEvents 1.0
-(one event, or a batch) or the Event Grid schema (an array), with the subscription validation
-handshake of both; 200 when the function returns, 500 when it raises (Event Grid retries). What an
-`eventGrid` output binding sets is "published" as one JSON line to the file given as `published`
-(else logged). The handlers are function_app.py's own: nothing here knows what they do.
-Not emulated: the host's key checks (the app authenticates itself; the webhook's system key is
-not checked), host.json's concurrency and retry options, other binding types (Event Hubs: there is
-no local broker for it), scaling. `func start` remains the way with Core Tools.
+- HTTP: every `httpTrigger` on `/<routePrefix>/<route>` (prefix from host.json), matched as the
+  host matches (`devstack.routes`): literal segments ignore case, and a method the function does
+  not list is 404. The function's `$return` is encoded by the library and written back; an
+  exception is a 500 with no body, as the host answers.
+- Service Bus: each `serviceBusTrigger` reads its queue through the setting its `connection`
+  names (a connection string here); the message is completed when the function returns and
+  abandoned when it raises (`autoCompleteMessages`).
+- Event Grid: the host's webhook, `POST /runtime/webhooks/eventgrid?functionName=<name>`, by the
+  `aeg-event-type` header as the host's Event Grid extension reads it: `SubscriptionValidation`
+  answers the handshake (200), `Notification` invokes the function once per event of the
+  delivery (either schema) and answers 202, or 500 if one invocation failed (Event Grid
+  retries), `Unsubscribe` is 202, anything else 400; an unknown function is 404. What an
+  `eventGrid` output binding sets is appended to the file given as `published`, one line each.
+- Timer: each `timerTrigger` runs on its NCRONTAB schedule (six fields, `%SETTING%` resolved),
+  `runOnStartup` honoured, marked past due when it starts later than scheduled.
+- The host's admin API for non-HTTP functions, `POST /admin/functions/<name>` with
+  `{"input": ...}`, answers 202 and invokes: a timer now; an Event Hubs trigger with the input as
+  its batch (a string is one event body, a list of strings is a batch): the local way to feed
+  Entra's audit records to the real trigger (docs/development.md).
+Not emulated: function keys (the app authenticates callers itself; the webhook's system key and
+the admin API's master key are not checked), the Event Hubs and Service Bus scale controllers and
+partitions, host.json concurrency and retry options, Key Vault references and identity-based
+connections, schedule monitoring across restarts (a missed run is not caught up), the host's own
+logging and telemetry. `func start` stays the way for those who have the Core Tools.
 Run `python -m devstack.functions_host` (settings from the environment) or use `serve()`.
 """
 
@@ -22,233 +33,240 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
-import inspect
 import json
 import logging
 import os
 import signal
-import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
 from aiohttp import web
-from azure.functions.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
+from cronsim import CronSim
+
+from devstack import routes, triggers, worker
 
 log = logging.getLogger("devstack.functions_host")
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7071
+LATE = 1.0  # seconds after its schedule a timer run counts as past due
 
 
-def load_app(module: str = "function_app") -> func.FunctionApp:
-    root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    app = importlib.import_module(module).app
-    if not isinstance(app, func.FunctionApp):
-        raise TypeError(f"{module}.app is not a FunctionApp")
-    return app
+def resolve_setting(value: str, environ: Mapping[str, str]) -> str:
+    """A binding property's `%NAME%` replaced by the app setting NAME, as the host does."""
+    if value.startswith("%") and value.endswith("%") and len(value) > 2:
+        name = value[1:-1]
+        if name not in environ:
+            raise RuntimeError(f"binding refers to app setting {name}, which is not set")
+        return environ[name]
+    return value
 
 
-def bindings(function: Any) -> list[dict[str, Any]]:
-    return list(json.loads(function.get_function_json())["bindings"])
+class Host:
+    """function_app.py's functions, indexed by the worker, and what serves each trigger."""
 
+    def __init__(
+        self,
+        functions: list[worker.Indexed],
+        environ: Mapping[str, str],
+        *,
+        prefix: str = routes.DEFAULT_PREFIX,
+        published: Path | None = None,
+    ) -> None:
+        self.functions = {function.name: function for function in functions}
+        self.environ = environ
+        self.published = published
+        http = [
+            routes.compile_route(prefix, str(t.get("route") or f.name), t.get("methods") or (), f)
+            for f in functions
+            if (t := f.trigger())["type"] == "httpTrigger"
+        ]
+        # Literal segments take precedence over parameters, as in ASP.NET Core routing.
+        self.routes = sorted(http, key=lambda route: route.template.count("{"))
 
-async def call(function: Any, argument: object) -> Any:
-    result = function.get_user_function()(argument)
-    return await result if inspect.isawaitable(result) else result
+    def of_type(self, trigger: str) -> list[worker.Indexed]:
+        return [f for f in self.functions.values() if f.trigger()["type"] == trigger]
 
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=100 * 1024 * 1024)  # the host's default limit
+        app.router.add_route("POST", "/runtime/webhooks/{name:(?i:eventgrid)}", self.event_grid)
+        app.router.add_route("POST", "/admin/functions/{function}", self.admin_invoke)
+        app.router.add_route("*", "/{path:.*}", self.http)
+        return app
 
-def http_routes(functions: list[Any], published: Path | None = None) -> web.Application:
-    """An aiohttp application answering every HTTP-triggered function of `functions`, and the
-    Event Grid webhook for every Event Grid-triggered one."""
-    web_app = web.Application(client_max_size=1024 * 1024)
-    grid = {
-        function.get_function_name().lower(): function
-        for function in functions
-        if any(b["type"] == "eventGridTrigger" for b in bindings(function))
-    }
-    if grid:
-        handler = _event_grid_handler(grid, published)
-        for path in ("/runtime/webhooks/eventgrid", "/runtime/webhooks/EventGrid"):
-            web_app.router.add_route("POST", path, handler)
-            web_app.router.add_route("OPTIONS", path, _cloudevents_validation)
-    for function in functions:
-        for binding in bindings(function):
-            if binding["type"] != "httpTrigger":
-                continue
-            route = "/api/" + binding.get("route", function.get_function_name()).lstrip("/")
-            for method in binding.get("methods") or ["GET", "POST"]:
-                web_app.router.add_route(method.upper(), route, _http_handler(function))
-    return web_app
-
-
-def _http_handler(function: Any) -> Any:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        http_request = func.HttpRequest(
-            method=request.method,
-            url=str(request.url),
-            headers=dict(request.headers),
-            params=dict(request.query),
-            route_params=dict(request.match_info),
-            body=await request.read(),
-        )
+    async def http(self, request: web.Request) -> web.StreamResponse:
+        found = routes.resolve(self.routes, request.method, request.path)
+        if found is None:
+            return web.Response(status=404)
+        route, parameters = found
+        function: worker.Indexed = route.target
+        data, metadata = triggers.http(
+            request.method, str(request.url), request.headers, await request.read(),
+            parameters, request.query,
+        )  # fmt: skip
         try:
-            response = await call(function, http_request)
+            invocation = await worker.invoke(function, {function.trigger()["name"]: data}, metadata)
         except Exception:
-            log.exception("function %s raised", function.get_function_name())
+            log.exception("function %s raised", function.name)
             return web.Response(status=500)
-        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-type"}
-        return web.Response(
-            status=response.status_code,
-            body=response.get_body(),
-            headers=headers,
-            content_type=response.mimetype or "text/plain",
-            charset=response.charset or None,
-        )
+        return _http_response(invocation.returned)
 
-    return handle
-
-
-VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
-
-
-async def _cloudevents_validation(request: web.Request) -> web.StreamResponse:
-    """The CloudEvents webhook validation (abuse protection): allow the asking origin."""
-    origin = request.headers.get("WebHook-Request-Origin", "")
-    return web.Response(status=200, headers={"WebHook-Allowed-Origin": origin or "*"})
-
-
-def _event_grid_handler(grid: Mapping[str, Any], published: Path | None) -> Any:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        function = grid.get(request.query.get("functionName", "").lower())
-        if function is None:
-            return web.json_response({"error": "no Event Grid function of that name"}, status=404)
+    async def event_grid(self, request: web.Request) -> web.StreamResponse:
+        name = request.query.get("functionName", "")
+        function = self.functions.get(name)
+        if function is None or function.trigger()["type"] != "eventGridTrigger":
+            return web.Response(status=404, text=f"cannot find function: '{name}'")
+        kind = request.headers.get("aeg-event-type", "").lower()
+        if kind == "unsubscribe":
+            return web.Response(status=202)
+        if kind not in ("subscriptionvalidation", "notification"):
+            return web.Response(status=400, text="Bad request")
         try:
             body = json.loads(await request.read())
         except ValueError:
-            return web.json_response({"error": "the body is not JSON"}, status=400)
-        items = body if isinstance(body, list) else [body]
-        if not items or not all(isinstance(item, dict) for item in items):
-            return web.json_response({"error": "not an event or a list of events"}, status=400)
-        for item in items:
-            if item.get("eventType") == VALIDATION:
-                code = (item.get("data") or {}).get("validationCode")
-                return web.json_response({"validationResponse": code})
-        for item in items:  # one invocation per event, as the host makes them
-            try:
-                await _invoke_event_grid(function, trigger_event(item), published)
-            except Exception:
-                log.exception("function %s raised", function.get_function_name())
-                return web.Response(status=500)
-        return web.Response(status=200)
+            return web.Response(status=400, text="the body is not JSON")
+        if not isinstance(body, list | dict) or not body:
+            return web.Response(status=400, text="not an event or a list of events")
+        if kind == "subscriptionvalidation":
+            first = body[0] if isinstance(body, list) else body
+            data = first.get("data") if isinstance(first, dict) else None
+            if isinstance(data, str):  # CloudEvents: the data is JSON inside a string
+                data = json.loads(data)
+            code = data.get("validationCode") if isinstance(data, dict) else None
+            if code is None:
+                return web.Response(status=400, text="no validation code")
+            return web.json_response({"validationResponse": code})
+        events = body if isinstance(body, list) else [body]
+        outcomes = await asyncio.gather(
+            *(self._deliver(function, event) for event in events), return_exceptions=True
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            return web.Response(status=500, text=type(failed[0]).__name__)
+        return web.Response(status=202)
 
-    return handle
+    async def _deliver(self, function: worker.Indexed, event: Any) -> None:
+        if not isinstance(event, dict):
+            raise TypeError("an event is not a JSON object")
+        data, metadata = triggers.event_grid(event)
+        try:
+            invocation = await worker.invoke(function, {function.trigger()["name"]: data}, metadata)
+        except Exception:
+            log.exception("function %s raised", function.name)
+            raise
+        self.publish(invocation)
 
+    def publish(self, invocation: worker.Invocation) -> None:
+        """What `eventGrid` output bindings set, one JSON line per event (or logged)."""
+        for datum in invocation.outputs.values():
+            value = datum.value
+            items = json.loads(value) if datum.type == "json" else value
+            for item in items if isinstance(items, list) else [items]:
+                line = item if isinstance(item, str) else json.dumps(item)
+                if self.published is None:
+                    log.info("event published: %s", line)
+                else:
+                    with self.published.open("a", encoding="utf-8") as sink:
+                        sink.write(line.replace("\n", " ") + "\n")
 
-def trigger_event(item: dict[str, Any]) -> Any:
-    """The `func.CloudEvent` (CloudEvents 1.0) or `func.EventGridEvent` the host makes of one
-    delivered event."""
-    if "specversion" in item:
-        known = {"id", "source", "type", "specversion", "data", "time", "subject",
-                 "datacontenttype", "dataschema"}  # fmt: skip
-        return func.CloudEvent(
-            id=str(item.get("id")), source=str(item.get("source")), type=str(item.get("type")),
-            specversion=str(item["specversion"]), data=item.get("data"),
-            subject=item.get("subject"), datacontenttype=item.get("datacontenttype"),
-            **{key: value for key, value in item.items() if key not in known},
-        )  # fmt: skip
-    return func.EventGridEvent(
-        id=str(item.get("id")), data=item.get("data") or {}, topic=str(item.get("topic", "")),
-        subject=str(item.get("subject", "")), event_type=str(item.get("eventType")),
-        event_time=None, data_version=str(item.get("dataVersion", "")),
-    )  # fmt: skip
-
-
-class OutputBinding(func.Out[str]):
-    """An `eventGrid` output binding: what the function sets is published after it returns."""
-
-    def __init__(self) -> None:
-        self.values: list[str] = []
-
-    def set(self, val: str) -> None:
-        self.values.append(val)
-
-    def get(self) -> str:
-        return self.values[-1]
-
-
-async def _invoke_event_grid(function: Any, event: Any, published: Path | None) -> None:
-    arguments: dict[str, Any] = {}
-    outputs: list[OutputBinding] = []
-    for binding in bindings(function):
-        if binding["type"] == "eventGridTrigger":
-            arguments[binding["name"]] = event
-        elif binding["type"] == "eventGrid" and binding["direction"] == "OUT":
-            outputs.append(OutputBinding())
-            arguments[binding["name"]] = outputs[-1]
-    result = function.get_user_function()(**arguments)
-    if inspect.isawaitable(result):
-        await result
-    for value in (v for output in outputs for v in output.values):
-        if published is None:
-            log.info("event published: %s", value)
+    async def admin_invoke(self, request: web.Request) -> web.StreamResponse:
+        function = self.functions.get(request.match_info["function"])
+        if function is None:
+            return web.Response(status=404)
+        try:
+            given = json.loads(await request.read() or b"{}").get("input")
+        except (ValueError, AttributeError):
+            return web.Response(status=400, text='the body is not {"input": ...}')
+        trigger = function.trigger()
+        if trigger["type"] == "timerTrigger":
+            payload = triggers.timer(False, None, datetime.now(UTC))
+        elif trigger["type"] == "eventHubTrigger":
+            bodies = [given] if isinstance(given, str) else given
+            if not isinstance(bodies, list) or not all(isinstance(b, str) for b in bodies):
+                return web.Response(status=400, text="input: an event body or a list of them")
+            payload = triggers.event_hubs_batch(bodies)
         else:
-            with published.open("a", encoding="utf-8") as sink:
-                sink.write(value.replace("\n", " ") + "\n")
+            return web.Response(status=400, text=f"{trigger['type']} is not invoked this way")
+        try:
+            await worker.invoke(function, {trigger["name"]: payload[0]}, payload[1])
+        except Exception:
+            log.exception("function %s raised", function.name)
+            return web.Response(status=500)
+        return web.Response(status=202)
 
+    async def pump_queue(self, function: worker.Indexed, stop: asyncio.Event) -> None:
+        """Deliver the trigger's queue to `function` until `stop` is set."""
+        trigger = function.trigger()
+        connection = self.environ.get(str(trigger["connection"]))
+        if not connection:
+            raise RuntimeError(f"setting {trigger['connection']} (a connection string) is not set")
+        queue = resolve_setting(str(trigger["queueName"]), self.environ)
+        async with ServiceBusClient.from_connection_string(connection) as client:
+            while not stop.is_set():
+                try:
+                    async with client.get_queue_receiver(queue, max_wait_time=1) as receiver:
+                        while not stop.is_set():
+                            for received in await receiver.receive_messages(10, max_wait_time=1):
+                                data, metadata = triggers.received(received)
+                                try:
+                                    await worker.invoke(function, {trigger["name"]: data}, metadata)
+                                except Exception:
+                                    log.exception("function %s raised", function.name)
+                                    await receiver.abandon_message(received)
+                                else:
+                                    await receiver.complete_message(received)
+                except Exception as exc:  # the broker went away: reconnect, as the host does
+                    log.warning("queue %s: %s; reconnecting", queue, type(exc).__name__)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
 
-async def pump_queue(
-    function: Any, binding: Mapping[str, Any], environ: Mapping[str, str], stop: asyncio.Event
-) -> None:
-    """Deliver the binding's queue to the function until `stop` is set."""
-    connection = environ.get(str(binding["connection"]))
-    if not connection:
-        raise RuntimeError(f"setting {binding['connection']} (a connection string) is not set")
-    queue = str(binding["queueName"])
-    async with ServiceBusClient.from_connection_string(connection) as client:
+    async def run_timer(self, function: worker.Indexed, stop: asyncio.Event) -> None:
+        """Invoke `function` on its schedule until `stop` is set."""
+        trigger = function.trigger()
+        schedule = resolve_setting(str(trigger["schedule"]), self.environ)
+        last: datetime | None = None
+        if trigger.get("runOnStartup"):
+            await self._tick(function, False, None, datetime.now(UTC))
         while not stop.is_set():
-            try:
-                async with client.get_queue_receiver(queue, max_wait_time=1) as receiver:
-                    while not stop.is_set():
-                        for received in await receiver.receive_messages(10, max_wait_time=1):
-                            try:
-                                await call(function, _message(received))
-                            except Exception:
-                                log.exception("function %s raised", function.get_function_name())
-                                await receiver.abandon_message(received)
-                            else:
-                                await receiver.complete_message(received)
-            except Exception as exc:  # the broker went away: reconnect, as the host does
-                log.warning("queue %s: %s; reconnecting", queue, type(exc).__name__)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+            due = next(CronSim(schedule, (last or datetime.now(UTC)).replace(microsecond=0)))
+            wait = (due - datetime.now(UTC)).total_seconds()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(wait, 0))
+            if stop.is_set():
+                return
+            late = (datetime.now(UTC) - due).total_seconds() > LATE
+            await self._tick(function, late, last, due)
+            last = due
+
+    async def _tick(
+        self, function: worker.Indexed, past_due: bool, last: datetime | None, due: datetime
+    ) -> None:
+        data, metadata = triggers.timer(past_due, last, due)
+        try:
+            await worker.invoke(function, {function.trigger()["name"]: data}, metadata)
+        except Exception:
+            log.exception("function %s raised", function.name)
 
 
-def _message(received: Any) -> ServiceBusMessage:
-    return ServiceBusMessage(
-        body=b"".join(received.body),
-        message_id=str(received.message_id),
-        session_id=received.session_id,
-        reply_to=received.reply_to,
-        reply_to_session_id=received.reply_to_session_id,
-        content_type=received.content_type,
-        correlation_id=received.correlation_id,
-        delivery_count=received.delivery_count,
-        enqueued_time_utc=received.enqueued_time_utc,
-        sequence_number=received.sequence_number,
-        application_properties={
-            str(k): v for k, v in (received.application_properties or {}).items()
-        },
-        user_properties={},
-    )
+def _http_response(datum: Any) -> web.Response:
+    if datum is None or datum.type != "http":
+        body = b"" if datum is None else str(datum.value).encode()
+        return web.Response(status=200, body=body)
+    value = datum.value
+    headers = {name: header.value for name, header in value["headers"].items()}
+    return web.Response(status=int(value["status_code"].value), body=value["body"].value,
+                        headers=headers)  # fmt: skip
+
+
+def load(script: Path = ROOT / "function_app.py") -> tuple[list[worker.Indexed], str]:
+    """The app's functions as the worker indexes them, and host.json's route prefix."""
+    return worker.index(script), routes.route_prefix(script.parent / "host.json")
 
 
 async def serve(
-    app: func.FunctionApp,
     environ: Mapping[str, str],
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -256,26 +274,29 @@ async def serve(
     stop: asyncio.Event | None = None,
     started: asyncio.Event | None = None,
     published: Path | None = None,
+    script: Path = ROOT / "function_app.py",
 ) -> None:
-    """Serve `app` until `stop` is set (forever without one)."""
+    """Serve the app in `script` until `stop` is set (forever without one)."""
     stop = stop or asyncio.Event()
-    functions = app.get_functions()  # indexes the app; a second call would index it twice
-    runner = web.AppRunner(http_routes(functions, published), access_log=None)
+    functions, prefix = load(script)
+    local = Host(functions, environ, prefix=prefix, published=published)
+    runner = web.AppRunner(local.application(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
-    pumps = [
-        asyncio.create_task(pump_queue(function, binding, environ, stop))
-        for function in functions
-        for binding in bindings(function)
-        if binding["type"] == "serviceBusTrigger"
+    tasks = [
+        *(
+            asyncio.create_task(local.pump_queue(f, stop))
+            for f in local.of_type("serviceBusTrigger")
+        ),
+        *(asyncio.create_task(local.run_timer(f, stop)) for f in local.of_type("timerTrigger")),
     ]
-    log.info("serving", extra={"url": f"http://{host}:{port}/api", "queues": len(pumps)})
+    log.info("serving", extra={"url": f"http://{host}:{port}/{prefix}", "tasks": len(tasks)})
     if started is not None:
         started.set()
     try:
         await stop.wait()
     finally:
-        await asyncio.gather(*pumps, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
 
 
@@ -288,10 +309,8 @@ def main() -> None:
         "--published", type=Path, help="append the events output bindings publish to this file"
     )
     args = parser.parse_args()
-    environ = dict(os.environ)
     if args.settings:
         values = json.loads(args.settings.read_text())["Values"]
-        environ = {**values, **environ}
         os.environ.update({k: str(v) for k, v in values.items() if k not in os.environ})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     stop = asyncio.Event()
@@ -300,7 +319,7 @@ def main() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(load_app(), environ, args.host, args.port, stop=stop, published=args.published)
+        await serve(dict(os.environ), args.host, args.port, stop=stop, published=args.published)
 
     asyncio.run(run())
 

@@ -1,6 +1,6 @@
 """Entra audit-stream messages for tests: the published-shaped fixtures in tests/fixtures/entra,
 retargeted at a user of our own, and a batch delivered through function_app's registered
-Event Hubs trigger the documented way (`func.EventHubEvent` bodies)."""
+Event Hubs trigger as Azure delivers it (tests.functions: the worker and the library decode it)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import azure.functions as func
-
 import function_app
+from tests import functions
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "entra"
 
@@ -40,5 +39,4 @@ def audit_message(name: str, *, target: str, at: float | None = None) -> bytes:
 
 async def stream(*bodies: bytes | str) -> None:
     """One batch through the registered trigger (cardinality many), as the host delivers it."""
-    events = [func.EventHubEvent(body=body) for body in bodies]  # type: ignore[arg-type]
-    await function_app.entra_audit.build().get_user_function()(events)
+    await functions.event_hubs(function_app.entra_audit, *bodies)

@@ -8,6 +8,7 @@ e2e session's (tests/e2e/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import urllib.error
@@ -19,7 +20,7 @@ import pytest
 
 import function_app
 from devstack import event_demo, seed
-from devstack.functions_host import OutputBinding, trigger_event
+from tests import functions
 from tests.e2e.conftest import LocalCloud
 from tests.entra import audit_message, stream
 from writeback.cloud import http
@@ -31,8 +32,11 @@ PASSWORD = "Sealed-Grid-Pa55w0rd!"
 SOURCE = "/portals/e2e"
 
 
-class Captured(OutputBinding):
-    """The Event Grid output binding: what the function sets is what would be published."""
+@dataclasses.dataclass(frozen=True)
+class Captured:
+    """What the function set on its Event Grid output binding: what would be published."""
+
+    values: list[str]
 
     def data(self) -> dict[str, Any]:
         (value,) = self.values
@@ -68,15 +72,12 @@ async def local(settings: dict[str, str]) -> AsyncIterator[Cloud]:
 def sealed_reset(instance_keys: dict[str, object], domain: str, upn: str) -> Any:
     """A requested CloudEvent whose password is sealed to the domain's published relay keys and
     bound to the request id derived from the event, as a portal would publish it."""
-    return trigger_event(
-        event_demo.sealed_event(instance_keys, domain, upn, PASSWORD, source=SOURCE)
-    )
+    return event_demo.sealed_event(instance_keys, domain, upn, PASSWORD, source=SOURCE)
 
 
-async def deliver(event: Any) -> Captured:
-    completed = Captured()
-    await function_app.writeback_event.build().get_user_function()(event, completed)
-    return completed
+async def deliver(event: dict[str, Any]) -> Captured:
+    """One delivered event through the registered trigger, as Azure delivers it."""
+    return Captured(await functions.event_grid(function_app.writeback_event, event))
 
 
 class TestEventsEndToEnd:
@@ -134,10 +135,10 @@ class TestEventGridWebhook:
         published = ready.logs / "published-events.jsonl"
         request_id = event["data"]["requestId"]
 
-        assert event_demo.deliver(host, event) == 200
+        assert event_demo.deliver(host, event) == 202
         assert can_bind(account, PASSWORD)
         stamp = read(account.dn, ["pwdLastSet"])
-        assert event_demo.deliver(host, event) == 200
+        assert event_demo.deliver(host, event) == 202
         assert read(account.dn, ["pwdLastSet"]) == stamp
         first, second = event_demo.completed(published, request_id)
         assert first["type"] == "Writeback.PasswordReset.Completed"
@@ -146,20 +147,30 @@ class TestEventGridWebhook:
         assert PASSWORD not in published.read_text()
 
     def test_the_webhook_validates_and_refuses_like_the_host(self, ready: LocalCloud) -> None:
-        """The subscription validation handshake is answered; an unknown function is 404 and
-        a body that is not events is 400, without calling anything."""
+        """By its aeg-event-type header, as the host's Event Grid extension: the validation
+        handshake of both schemas is answered (200), Unsubscribe is 202, no header or an unknown
+        one is 400, an unknown function 404, a body that is not events 400; nothing is called."""
         host = ready.url.removesuffix("/api")
         validation = [{
             "id": "v1", "topic": "/t", "subject": "", "eventTime": "2026-01-01T00:00:00Z",
             "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "dataVersion": "1",
             "data": {"validationCode": "code-123"},
         }]  # fmt: skip
+        cloud_validation = {
+            "specversion": "1.0", "id": "v2", "source": "/t",
+            "type": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "data": json.dumps({"validationCode": "code-456"}),
+        }  # fmt: skip
 
-        def post(body: object, function: str = "writeback_event") -> tuple[int, bytes]:
+        def post(
+            body: object, kind: str | None, function: str = "writeback_event"
+        ) -> tuple[int, bytes]:
+            headers = {"Content-Type": "application/json"}
+            if kind is not None:
+                headers["aeg-event-type"] = kind
             request = urllib.request.Request(  # noqa: S310 - the local host
                 f"{host}/runtime/webhooks/eventgrid?functionName={function}",
-                data=json.dumps(body).encode(), method="POST",
-                headers={"Content-Type": "application/json"},
+                data=json.dumps(body).encode(), method="POST", headers=headers,
             )  # fmt: skip
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
@@ -167,10 +178,16 @@ class TestEventGridWebhook:
             except urllib.error.HTTPError as error:
                 return error.code, error.read()
 
-        status, body = post(validation)
+        status, body = post(validation, "SubscriptionValidation")
         assert (status, json.loads(body)) == (200, {"validationResponse": "code-123"})
-        assert post(validation, "no_such_function")[0] == 404
-        assert post("text")[0] == 400
+        status, body = post(cloud_validation, "SubscriptionValidation")
+        assert (status, json.loads(body)) == (200, {"validationResponse": "code-456"})
+        assert post(validation, "Unsubscribe")[0] == 202
+        assert post(validation, None)[0] == 400
+        assert post(validation, "Something")[0] == 400
+        assert post(validation, "SubscriptionValidation", "no_such_function")[0] == 404
+        assert post(validation, "SubscriptionValidation", "WRITEBACK_EVENT")[0] == 404
+        assert post("text", "Notification")[0] == 400
 
 
 class TestDriftEndToEnd:

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
-from azure.functions.servicebus import ServiceBusMessage
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 import function_app
+from tests import functions
 from writeback.cloud import http
 from writeback.cloud.auth import Authenticator, AuthSettings
 from writeback.cloud.bootstrap import Cloud
@@ -111,17 +110,11 @@ class Stack:
 
     async def deliver_heartbeats(self, expect: int = 0, deadline: float = 10.0) -> int:
         """Hand the heartbeats queue to function_app's Service Bus trigger, as the host would."""
-        trigger = function_app.record_heartbeat.build().get_user_function()
         delivered, until = 0, time.monotonic() + deadline
         while True:
             for stored in self.broker.receive(HEARTBEATS_QUEUE, 10):
-                await trigger(
-                    ServiceBusMessage(
-                        body=stored.body,
-                        message_id=str(stored.message_id),
-                        application_properties={},
-                        user_properties={},
-                    )
+                await functions.service_bus(
+                    function_app.record_heartbeat, stored.body, message_id=str(stored.message_id)
                 )
                 self.broker.complete(HEARTBEATS_QUEUE, str(stored.lock_token))
                 delivered += 1
@@ -224,17 +217,17 @@ def request(
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
-) -> func.HttpRequest:
+) -> functions.HttpCall:
     sent = dict(headers or {})
     if key is not None:
         sent["x-functions-key"] = key
     payload = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
-    return func.HttpRequest(
-        method, f"http://127.0.0.1:7071/api/{path}", headers=sent,
-        route_params=route_params or {}, params=params or {}, body=payload,
-    )  # fmt: skip
+    return functions.HttpCall(
+        method, path, payload, sent, route_params=route_params or {}, query=params or {}
+    )
 
 
-async def call(function: Any, req: func.HttpRequest) -> tuple[int, dict[str, Any]]:
-    response = await function.build().get_user_function()(req)
-    return response.status_code, json.loads(response.get_body() or b"{}")
+async def call(function: Any, req: functions.HttpCall) -> tuple[int, dict[str, Any]]:
+    """`req` through function_app's `function` as Azure calls it: status and JSON body."""
+    status, body, _ = await functions.http(function, req)
+    return status, functions.json_body(body)

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import function_app
+from tests import functions
 from tests.unit.cloud_stack import API_KEY, DOMAIN, ENC_KEY, RELAY, call, cloud_stack, request
 from writeback import sealing
 from writeback.cloud.agents import AgentRecord
@@ -39,11 +40,9 @@ def reset_body(**changes: Any) -> dict[str, Any]:
 class TestBindings:
     def test_every_function_is_declared_as_documented(self) -> None:
         """Routes, methods, anonymous host auth, the heartbeat trigger and the sweeper's timer
-        are what infra and the docs say, and no function is declared beyond them."""
-        declared = {
-            f.get_function_name(): json.loads(f.get_function_json())["bindings"][0]
-            for f in function_app.app.get_functions()
-        }
+        are what infra and the docs say (as the worker reports them to the host), and no
+        function is declared beyond them."""
+        declared = {name: f.trigger() for name, f in functions.indexed().items()}
         routes = {
             name: (b["route"], tuple(b["methods"]), b["authLevel"])
             for name, b in declared.items()

@@ -1,6 +1,7 @@
-"""Writeback requests as CloudEvents through function_app's Event Grid trigger, called the
-documented way (`build().get_user_function()`), over the real service and a real relay on
-in-memory ports; the Completed event is read from the output binding's `func.Out`."""
+"""Writeback requests as CloudEvents through function_app's Event Grid trigger, delivered as Azure
+delivers them (the worker's indexing and the library's converters, tests.functions), over the
+real service and a real relay on in-memory ports; the Completed event is what the function set
+on its output binding, encoded by the library."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
 import pytest
 
 import function_app
-from devstack.functions_host import OutputBinding
+from tests import functions
 from tests.unit.cloud_stack import DOMAIN, ENC_KEY, Stack, cloud_stack
 from writeback import sealing
-from writeback.cloud import events, http
+from writeback.cloud import events
 from writeback.cloud.audit import AuditRecord
 from writeback.cloud.telemetry import Telemetry
 from writeback.protocol import Operation
@@ -33,8 +34,11 @@ PASSWORD = "Event-Sealed-Pa55word!"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-class Captured(OutputBinding):
-    """The output binding as the host gives it: what the function sets is what is published."""
+@dataclass(frozen=True)
+class Captured:
+    """What the function set on its output binding: what the host would publish."""
+
+    values: list[str]
 
     def event(self) -> dict[str, Any]:
         (value,) = self.values
@@ -47,22 +51,6 @@ def user() -> str:
 
 def fixture(name: str) -> dict[str, Any]:
     return dict(json.loads((FIXTURES / name).read_text()))
-
-
-def cloud_event(body: dict[str, Any]) -> func.CloudEvent:
-    """The func.CloudEvent the library decodes from a CloudEvents 1.0 delivery."""
-    known = {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data"}
-    return func.CloudEvent(
-        id=body["id"],
-        source=body["source"],
-        type=body["type"],
-        specversion=body["specversion"],
-        data=body.get("data"),
-        time=None,
-        subject=body.get("subject"),
-        datacontenttype=body.get("datacontenttype"),
-        **{k: v for k, v in body.items() if k not in known},
-    )
 
 
 def sealed_reset(target: str, *, source: str, event_id: str) -> dict[str, Any]:
@@ -84,11 +72,15 @@ def sealed_reset(target: str, *, source: str, event_id: str) -> dict[str, Any]:
     return body
 
 
-async def deliver(event: Any) -> Captured:
-    """One delivery through the registered trigger, as the host makes it."""
-    completed = Captured()
-    await function_app.writeback_event.build().get_user_function()(event, completed)
-    return completed
+async def deliver(event: dict[str, Any]) -> Captured:
+    """One delivered event (either schema) through the registered trigger, as Azure makes it."""
+    return Captured(await functions.event_grid(function_app.writeback_event, event))
+
+
+def requested(event: dict[str, Any]) -> events.RequestedEvent:
+    parsed = events.RequestedEvent.from_json(json.dumps(event))
+    assert parsed is not None
+    return parsed
 
 
 def everything_stored(stack: Stack) -> str:
@@ -131,7 +123,7 @@ class TestRequestedEvents:
             target, event_id = user(), str(uuid.uuid4())
             body = sealed_reset(target, source="/portals/self-service", event_id=event_id)
             body["traceparent"] = TRACEPARENT
-            completed = await deliver(cloud_event(body))
+            completed = await deliver(body)
             request_id = events.request_id("/portals/self-service", event_id)
             applied = stack.directory.applied[-1]
             assert (applied.user, applied.new_password) == (target, PASSWORD)  # type: ignore[union-attr]
@@ -165,9 +157,9 @@ class TestRequestedEvents:
         async with cloud_stack(tmp_path) as stack:
             await stack.start_relay()
             body = sealed_reset(user(), source="/portals/self-service", event_id="evt-0001")
-            first = await deliver(cloud_event(body))
+            first = await deliver(body)
             audited = dict(stack.audit.records)
-            second = await deliver(cloud_event(body))
+            second = await deliver(body)
             assert len(stack.directory.applied) == 1
             assert stack.audit.records == audited
             assert first.event()["data"] == second.event()["data"]
@@ -179,11 +171,12 @@ class TestRequestedEvents:
         async with cloud_stack(tmp_path) as stack:
             await stack.start_relay()
             target = user()
-            event = func.EventGridEvent(
-                id="unlock-1", data={"user": target}, topic="/subscriptions/s/topics/portal",
-                subject=f"users/{target}", event_type="Writeback.AccountUnlock.Requested",
-                event_time=datetime.datetime.now(datetime.UTC), data_version="1.0",
-            )  # fmt: skip
+            event = {
+                "id": "unlock-1", "data": {"user": target},
+                "topic": "/subscriptions/s/topics/portal", "subject": f"users/{target}",
+                "eventType": "Writeback.AccountUnlock.Requested", "dataVersion": "1.0",
+                "eventTime": datetime.datetime.now(datetime.UTC).isoformat(),
+            }  # fmt: skip
             answer = (await deliver(event)).event()
             assert answer["type"] == "Writeback.AccountUnlock.Completed"
             assert answer["data"]["status"] == "applied"
@@ -198,12 +191,12 @@ class TestRequestedEvents:
             await stack.stop_relay()  # its heartbeat is fresh, but nobody takes the request
             body = sealed_reset(user(), source="/portals/self-service", event_id="slow-1")
             with pytest.raises(events.OutcomePending):
-                await deliver(cloud_event(body))
+                await deliver(body)
             await stack.start_relay()
             deadline = time.monotonic() + 10
             while not stack.directory.applied and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            answer = (await deliver(cloud_event(body))).event()
+            answer = (await deliver(body)).event()
             assert answer["data"]["status"] == "applied"
             assert len(stack.directory.applied) == 1
 
@@ -216,12 +209,12 @@ class TestRequestedEvents:
         async with cloud_stack(tmp_path) as stack:
             body = sealed_reset(user(), source="/portals/self-service", event_id="down-1")
             with pytest.raises(events.NotSentYet):
-                await deliver(cloud_event(body))
+                await deliver(body)
             rid = events.request_id("/portals/self-service", "down-1")
             assert stack.audit.records[rid].reason == "agent.unavailable"
             assert stack.directory.applied == []
             await stack.start_relay()
-            answer = (await deliver(cloud_event(body))).event()
+            answer = (await deliver(body)).event()
             assert (answer["id"], answer["data"]["status"]) == (rid, "applied")
             assert len(stack.directory.applied) == 1
 
@@ -234,12 +227,12 @@ class TestRequestedEvents:
         async with cloud_stack(tmp_path) as stack:
             body = sealed_reset(user(), source="/portals/self-service", event_id="down-2")
             with pytest.raises(events.NotSentYet):
-                await deliver(cloud_event(body))
+                await deliver(body)
             await stack.start_relay()
             late = events.EventHandler(
                 stack.service, stack.audit, Telemetry(), clock=lambda: time.time() + 120
             )
-            answer = await late.handle(http._requested(cloud_event(body)))
+            answer = await late.handle(requested(body))
             assert answer is not None
             assert (answer.data["status"], answer.data["reason"]) == (
                 "failed", "agent.unavailable",
@@ -255,18 +248,18 @@ class TestRequestedEvents:
         its first delivery; a later delivery answers the failure and unlocks nothing."""
         async with cloud_stack(tmp_path) as stack:
             target = user()
-            event = func.EventGridEvent(
-                id="unlock-late", data={"user": target}, topic="/portals/helpdesk",
-                subject=f"users/{target}", event_type="Writeback.AccountUnlock.Requested",
-                event_time=None, data_version="1.0",
-            )  # fmt: skip
+            event = {
+                "id": "unlock-late", "data": {"user": target}, "topic": "/portals/helpdesk",
+                "subject": f"users/{target}", "eventType": "Writeback.AccountUnlock.Requested",
+                "eventTime": None, "dataVersion": "1.0",
+            }  # fmt: skip
             with pytest.raises(events.NotSentYet):
                 await deliver(event)
             await stack.start_relay()
             late = events.EventHandler(
                 stack.service, stack.audit, Telemetry(), clock=lambda: time.time() + 3600
             )
-            answer = await late.handle(http._requested(event))
+            answer = await late.handle(requested(event))
             assert answer is not None
             assert answer.data["reason"] == "agent.unavailable"
             assert stack.directory.applied == []
@@ -283,8 +276,8 @@ class TestRefusals:
         secret = body["data"]["newPassword"]
         async with cloud_stack(tmp_path) as stack:
             await stack.start_relay()
-            completed = await deliver(cloud_event(body))
-            again = await deliver(cloud_event(body))
+            completed = await deliver(body)
+            again = await deliver(body)
             request_id = events.request_id(body["source"], body["id"])
             record = stack.audit.records[request_id]
             assert (record.status, record.reason) == ("rejected", "request.invalid")
@@ -319,7 +312,7 @@ class TestRefusals:
         async with cloud_stack(tmp_path) as stack:
             body = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/portals/p",
                     "type": "Writeback.PasswordReset.Requested", "data": data}  # fmt: skip
-            answer = (await deliver(cloud_event(body))).event()
+            answer = (await deliver(body)).event()
             assert (answer["data"]["status"], answer["data"]["field"]) == ("rejected", field)
             (record,) = stack.audit.records.values()
             assert record.status == "rejected"
@@ -332,7 +325,7 @@ class TestRefusals:
             body = {"specversion": "1.0", "id": "u1", "source": "/portals/p",
                     "type": "Writeback.AccountUnlock.Requested",
                     "data": {"user": "someone@elsewhere.test"}}  # fmt: skip
-            answer = (await deliver(cloud_event(body))).event()
+            answer = (await deliver(body)).event()
             assert (answer["data"]["reason"], answer["data"]["field"]) == (
                 "user.unknown_domain", "user",
             )  # fmt: skip
@@ -345,7 +338,7 @@ class TestRefusals:
             await stack.start_relay()
             body = sealed_reset(user(), source="/portals/p", event_id="mine")
             body["id"] = "someone-elses"
-            answer = (await deliver(cloud_event(body))).event()
+            answer = (await deliver(body)).event()
             assert (answer["data"]["reason"], answer["data"]["field"]) == (
                 "request.invalid", "requestId",
             )  # fmt: skip
@@ -361,7 +354,7 @@ class TestRefusals:
                                   ("Writeback.PasswordReset.Requested", "0.3")):  # fmt: skip
                 body = {"specversion": version, "id": "e1", "source": "/s", "type": kind,
                         "data": {}}  # fmt: skip
-                assert (await deliver(cloud_event(body))).values == []
+                assert (await deliver(body)).values == []
             assert stack.audit.records == {}
         assert "event dropped" in caplog.text
 
@@ -379,6 +372,6 @@ class TestRefusals:
                 user=f"other@{DOMAIN}", operation="reset", initiator="admin",
                 caller="api-key:abc", caller_kind="api-key", status="applied", reason="applied",
             )  # fmt: skip
-            answer = (await deliver(cloud_event(body))).event()
+            answer = (await deliver(body)).event()
             assert (answer["data"]["status"], answer["data"]["user"]) == ("rejected", None)
             assert stack.directory.applied == []

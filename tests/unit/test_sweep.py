@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from azure.functions.timer import TimerRequest
 
 import function_app
+from tests import functions
 from tests.unit.cloud_stack import DOMAIN, RELAY, Stack, call, cloud_stack, request
 from writeback.cloud import http
 from writeback.cloud.audit import AuditRecord
@@ -115,8 +115,7 @@ class TestGoneInstance:
             assert authenticator is not None
             http.use(Cloud(heir, authenticator, Telemetry()))
             try:
-                timer = function_app.sweep_replies.build().get_user_function()
-                await timer(TimerRequest(past_due=True))
+                await functions.timer(function_app.sweep_replies, past_due=True)
             finally:
                 await heir.transport.close()
             assert stack.audit.records[request_id].status == "applied"

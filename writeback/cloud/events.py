@@ -86,6 +86,30 @@ class RequestedEvent:
     specversion: str | None = "1.0"  # None: delivered in the Event Grid schema
     traceparent: str | None = None
 
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RequestedEvent | None:
+        """The event in one delivered event's JSON, in either schema: CloudEvents 1.0 (has
+        `specversion`) or Event Grid's (`topic` stands for the source, `eventType` for the
+        type). None when it is not a JSON object; fields of the wrong type are kept as they are
+        for `EventHandler.handle` to refuse."""
+        try:
+            event = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(event, dict):
+            return None
+        if "specversion" in event:
+            return cls(
+                id=_member(event, "id"), source=_member(event, "source"),
+                type=_member(event, "type"), data=_member(event, "data"),
+                specversion=_member(event, "specversion"),
+                traceparent=_member(event, "traceparent"),
+            )  # fmt: skip
+        return cls(
+            id=_member(event, "id"), source=_member(event, "topic"),
+            type=_member(event, "eventType"), data=_member(event, "data"), specversion=None,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class EventCaller:
@@ -311,6 +335,11 @@ class EventHandler:
                 "durationMs": answer.duration_ms,
             },
         )
+
+
+def _member(event: dict[str, Any], name: str) -> Any:
+    """A member of a delivered event as it is (any JSON type; None when absent)."""
+    return event.get(name)
 
 
 def _envelope_ok(event: RequestedEvent) -> bool:

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import azure.functions as func
@@ -41,6 +41,13 @@ _stream: tuple[Cloud, drift.AuditStream] | None = None
 
 JSON = "application/json"
 HOURS = re.compile(r"[0-9]{1,4}")  # ASCII digits only: str.isdigit also takes "²", int() does not
+MISCONFIGURED = "service.misconfigured"
+# Callers learn only that the service is not configured; the setting and what is wrong with it
+# go to the log and to an operator who asks /api/v1/health.
+NOT_CONFIGURED = (
+    "The writeback service is not configured correctly. An administrator can see why in the "
+    "service's health report or its log."
+)
 _STATUS_OF_REASON = {
     Reason.AGENT_UNAVAILABLE.value: 503,
     Reason.TRANSPORT_UNAVAILABLE.value: 503,
@@ -104,7 +111,7 @@ async def guarded(request: Any, act: Handler) -> Any:
         instance = await cloud()
     except ConfigurationError as exc:
         log.error("not configured", extra={"setting": exc.setting, "error": exc.problem})
-        return error(503, "service.misconfigured", f"setting {exc.setting}: {exc.problem}")
+        return error(503, MISCONFIGURED, NOT_CONFIGURED)
     try:
         caller = await instance.authenticator.authenticate(dict(request.headers))
         return await act(instance, caller)
@@ -167,7 +174,12 @@ async def request_status(request: Any) -> Any:
 
 
 async def health(request: Any) -> Any:
-    """GET /api/v1/health: each domain, its relays and whether they are alive."""
+    """GET /api/v1/health: each domain, its relays and whether they are alive. While a setting
+    is missing or invalid, an operator (READ role) is told which one and why (503)."""
+    try:
+        await cloud()
+    except ConfigurationError as exc:
+        return await _misconfigured(request, exc)
 
     async def act(instance: Cloud, caller: auth.Caller) -> Any:
         instance.authenticator.authorize(caller, auth.Role.READ)
@@ -195,6 +207,40 @@ async def health(request: Any) -> Any:
         return respond(200, {"status": overall, "domains": domains})
 
     return await guarded(request, act)
+
+
+async def _misconfigured(request: Any, problem: ConfigurationError) -> Any:
+    """The health answer while the service cannot be built: the setting named to a caller the
+    authentication settings (as far as they are usable) accept with the READ role."""
+    log.error("not configured", extra={"setting": problem.setting, "error": problem.problem})
+    settings = operator_auth_settings(os.environ)
+    if settings is None:
+        return error(503, MISCONFIGURED, NOT_CONFIGURED)
+    authenticator = auth.Authenticator(settings)
+    try:
+        caller = await authenticator.authenticate(dict(request.headers))
+        authenticator.authorize(caller, auth.Role.READ)
+    except auth.AuthError as exc:
+        return error(exc.status, exc.reason, exc.problem)
+    finally:
+        await authenticator.close()
+    body = {"status": "misconfigured", "setting": problem.setting, "problem": problem.problem}
+    return respond(503, body)
+
+
+def operator_auth_settings(environ: Mapping[str, str]) -> auth.AuthSettings | None:
+    """The authentication settings without the ones that are themselves unusable (an
+    unresolved Key Vault reference, say), so that an operator can still be recognised; None
+    when no way of authenticating is left."""
+    usable = dict(environ)
+    while True:
+        try:
+            settings = auth.AuthSettings.from_env(usable)
+        except ConfigurationError as exc:
+            if usable.pop(exc.setting, None) is None:
+                return None
+            continue
+        return settings if settings.tenant_id or settings.api_keys else None
 
 
 async def user_history(request: Any) -> Any:
@@ -263,31 +309,19 @@ async def heartbeat(message: Any) -> None:
     await instance.service.relays.record_heartbeat(message.get_body().decode("utf-8", "replace"))
 
 
-async def writeback_event(event: Any, completed: Any) -> None:
-    """Event Grid trigger: one requested CloudEvent (`func.CloudEvent`; a delivery in the Event
-    Grid schema arrives as `func.EventGridEvent`, its topic standing for the source). The
-    Completed CloudEvent goes to the output binding `completed` (`func.Out[str]`)."""
+async def writeback_event(event: str, completed: Any) -> None:
+    """Event Grid trigger: one delivered event's JSON text, a requested CloudEvent or an event
+    in the Event Grid schema. The Completed CloudEvent goes to the output binding `completed`
+    (`func.Out[str]`)."""
+    requested = events.RequestedEvent.from_json(event)
+    if requested is None:
+        log.warning("event dropped: not a JSON object")
+        return
     instance = await _cloud_for_trigger()
     handler = events.EventHandler(instance.service, instance.service.audit, instance.telemetry)
-    answer = await handler.handle(_requested(event))
+    answer = await handler.handle(requested)
     if answer is not None:
         completed.set(answer.to_json())
-
-
-def _requested(event: Any) -> events.RequestedEvent:
-    if isinstance(event, func.CloudEvent):
-        return events.RequestedEvent(
-            id=event.id,
-            source=event.source,
-            type=event.type,
-            data=event.get_json(),
-            specversion=event.specversion,
-            traceparent=event.extension_attrs.get("traceparent"),
-        )
-    return events.RequestedEvent(
-        id=event.id, source=event.topic, type=event.event_type, data=event.get_json(),
-        specversion=None,
-    )  # fmt: skip
 
 
 async def entra_audit(messages: Any) -> None:
