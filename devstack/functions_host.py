@@ -87,8 +87,17 @@ class Host:
         # Literal segments take precedence over parameters, as in ASP.NET Core routing.
         self.routes = sorted(http, key=lambda route: route.template.count("{"))
 
-    def of_type(self, trigger: str) -> list[worker.Indexed]:
-        return [f for f in self.functions.values() if f.trigger()["type"] == trigger]
+    def loadable(self, function: worker.Indexed) -> bool:
+        """Whether every `%SETTING%` of the function's trigger resolves; the host does not load
+        a function whose binding names a missing setting (the others still run)."""
+        for value in function.trigger().values():
+            if isinstance(value, str):
+                try:
+                    resolve_setting(value, self.environ)
+                except RuntimeError as exc:
+                    log.error("function %s not loaded: %s", function.name, exc)
+                    return False
+        return True
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=100 * 1024 * 1024)  # the host's default limit
@@ -251,6 +260,10 @@ class Host:
             log.exception("function %s raised", function.name)
 
 
+def _is(function: worker.Indexed, kind: str) -> bool:
+    return bool(function.trigger()["type"] == f"{kind}Trigger")
+
+
 def _http_response(datum: Any) -> web.Response:
     if datum is None or datum.type != "http":
         body = b"" if datum is None else str(datum.value).encode()
@@ -283,12 +296,10 @@ async def serve(
     runner = web.AppRunner(local.application(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
+    loaded = [f for f in local.functions.values() if local.loadable(f)]
     tasks = [
-        *(
-            asyncio.create_task(local.pump_queue(f, stop))
-            for f in local.of_type("serviceBusTrigger")
-        ),
-        *(asyncio.create_task(local.run_timer(f, stop)) for f in local.of_type("timerTrigger")),
+        *(asyncio.create_task(local.pump_queue(f, stop)) for f in loaded if _is(f, "serviceBus")),
+        *(asyncio.create_task(local.run_timer(f, stop)) for f in loaded if _is(f, "timer")),
     ]
     log.info("serving", extra={"url": f"http://{host}:{port}/{prefix}", "tasks": len(tasks)})
     if started is not None:

@@ -190,6 +190,28 @@ class TestEventGridWebhook:
         assert post("text", "Notification")[0] == 400
 
 
+class TestAuditStreamOnTheHost:
+    async def test_a_batch_fed_to_the_hosts_trigger_records_drift(
+        self, ready: LocalCloud, local: Cloud, new_user: Callable[..., seed.Account]
+    ) -> None:
+        """An Entra audit batch given to the local host's admin API reaches the Event Hubs
+        trigger in the host's own process (the worker decodes it): a drift record for the user
+        appears in Azurite."""
+        account = new_user("hostdrift")
+        started = time.time()
+        message = audit_message("audit-m365-admin-reset.json", target=account.upn, at=started)
+        host = ready.url.removesuffix("/api")
+        request = urllib.request.Request(  # noqa: S310 - the local host
+            f"{host}/admin/functions/entra_audit", method="POST",
+            data=json.dumps({"input": [message.decode()]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - see above
+            assert response.status == 202
+        records = await local.service.audit.for_user(account.upn, started - 5, time.time() + 5)
+        assert [(r.operation, r.reason) for r in records] == [("drift", "password.drift")]
+
+
 class TestDriftEndToEnd:
     @pytest.fixture
     def settings(self, ready: LocalCloud) -> dict[str, str]:

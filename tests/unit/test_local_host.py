@@ -199,7 +199,7 @@ class TestTimerAndAdmin:
         """A six-field NCRONTAB schedule from an app setting (every second here) invokes the
         function on time, not past due."""
         host = served.host
-        (function,) = host.of_type("timerTrigger")
+        function = host.functions["tick"]
         stop = asyncio.Event()
         task = asyncio.create_task(host.run_timer(function, stop))
         deadline = time.monotonic() + 10
@@ -232,3 +232,13 @@ class TestTimerAndAdmin:
             await served.client.post("/admin/functions/grid", json={"input": "x"})
         ).status == 400
         assert (await served.client.post("/admin/functions/none", json={})).status == 404
+
+    def test_a_trigger_whose_setting_is_missing_is_not_loaded(
+        self, served: Served, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A `%SETTING%` that does not resolve keeps that function from loading, named in the
+        log, and leaves the others loadable."""
+        lacking = functions_host.Host(list(served.host.functions.values()), {"HUB": "audit"})
+        assert not lacking.loadable(lacking.functions["tick"])
+        assert lacking.loadable(lacking.functions["hub"])
+        assert "SCHEDULE" in caplog.text
