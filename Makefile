@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := devstack/node_modules/.installed
 # checkov has its own environment: it pins packages that conflict with ours.
 CHECKOV_STAMP := .venv-checkov/.installed
+# The azurerm provider's schema (npm @cdktf/provider-azurerm), which tests/infra checks Terraform
+# against; pinned, integrity included, by its package-lock.json. Its install scripts never run.
+AZURERM_SCHEMA := tests/infra/schemas/azurerm
+AZURERM_STAMP := $(AZURERM_SCHEMA)/node_modules/.installed
 PYTEST_OPTS ?=
 
 .PHONY: deps lint typecheck test test-unit test-integration test-infra test-e2e demo up down demo-directory functions dc-up dc-down bench doctor clean
@@ -31,6 +35,10 @@ $(NODE_STAMP): devstack/package.json devstack/package-lock.json
 	npm ci --prefix devstack --no-audit --no-fund
 	touch $(NODE_STAMP)
 
+$(AZURERM_STAMP): $(AZURERM_SCHEMA)/package.json $(AZURERM_SCHEMA)/package-lock.json
+	npm ci --prefix $(AZURERM_SCHEMA) --ignore-scripts --omit=peer --no-audit --no-fund
+	touch $(AZURERM_STAMP)
+
 $(CHECKOV_STAMP):
 	$(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/pip install --quiet checkov==3.3.30
@@ -46,7 +54,7 @@ typecheck: deps
 	$(BIN)/mypy
 
 # The README's test command: lint, types, unit, integration (a real Samba AD DC) and e2e tests.
-test: lint typecheck $(CHECKOV_STAMP)
+test: lint typecheck $(CHECKOV_STAMP) $(AZURERM_STAMP)
 	WRITEBACK_REQUIRE_CHECKOV=1 $(BIN)/pytest $(PYTEST_OPTS)
 
 test-unit: deps
@@ -55,8 +63,9 @@ test-unit: deps
 test-integration: deps
 	$(BIN)/pytest -m integration $(PYTEST_OPTS)
 
-# Bicep and Terraform, offline: parsing, structure, parity, the settings contract, checkov, fmt.
-test-infra: deps $(CHECKOV_STAMP)
+# Bicep and Terraform, offline: parsing, structure, parity, the settings contract, checkov, fmt,
+# and every property and argument against the compiler's and the provider's own type data.
+test-infra: deps $(CHECKOV_STAMP) $(AZURERM_STAMP)
 	WRITEBACK_REQUIRE_CHECKOV=1 $(BIN)/pytest -m infra $(PYTEST_OPTS)
 
 # The HTTP API through the whole local stack (DC, Azurite, broker, relay, local Functions host).

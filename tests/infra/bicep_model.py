@@ -146,6 +146,10 @@ class Resource:
     scope: Resource | None
     body: dict[str, Any] = field(default_factory=dict)
     values: dict[str, _V] = field(default_factory=dict, repr=False)
+    api_version: str = ""
+    # Every property path the template reads from this resource (`properties.defaultHostName`,
+    # `identity.principalId`, `id`), wherever it is read: outputs, other resources, names.
+    reads: set[tuple[str, ...]] = field(default_factory=set, repr=False)
 
     def __repr__(self) -> str:
         return f"<Resource {self.type} {self.full_name} ({self.file})>"
@@ -198,6 +202,9 @@ class Model:
     variables: dict[str, Any]  # main.bicep's variables
     outputs: dict[str, Any]  # main.bicep's outputs
     relay_principals: dict[str, str]  # relay object id -> its domain
+    # Every resource instance evaluated, `existing` ones and those whose condition does not hold
+    # included: what the compiler type-checks.
+    declared: list[Resource] = field(default_factory=list)
 
     def of_type(self, resource_type: str) -> list[Resource]:
         return [r for r in self.resources if r.type == resource_type]
@@ -248,6 +255,9 @@ def load(root: Path = BICEP_ROOT, parameters: Mapping[str, Any] | None = None) -
     }
     settings: dict[str, _V] = {}
     for site in (r for r in resources if r.type == "Microsoft.Web/sites"):
+        site_config = site.body.get("properties", {}).get("siteConfig", {})
+        if "appSettings" not in site_config:
+            continue
         for entry in _get(site.values, "properties", "siteConfig", "appSettings").data:
             settings[_plain(entry.data["name"])] = entry.data["value"]
     return Model(
@@ -263,6 +273,7 @@ def load(root: Path = BICEP_ROOT, parameters: Mapping[str, Any] | None = None) -
         variables={name: _plain(main.lookup(name, {})) for name in main.ast.get("variables", {})},
         outputs={name: _plain(main.output(name)) for name in main.ast.get("outputs", {})},
         relay_principals=relays,
+        declared=list(main.loader.resources),
     )
 
 
@@ -453,6 +464,7 @@ class _Instance:
             deployed=self.deployed and holds,
             parent=parent,
             scope=self._reference(body.get("scope"), frame),
+            api_version=declaration["api_version"],
         )
         skipped = {"parent", "scope", "dependsOn"}
         resource.values = {k: self.ev(v, frame) for k, v in body.items() if k not in skipped}
@@ -601,10 +613,13 @@ def _property(base: _V, name: str) -> _V:
             raise UnsupportedExpression(f"no property {name} in {sorted(data)}")
         return _V(data[name].data, data[name].deps | base.deps)
     if isinstance(data, Resource):
+        data.reads.add((name,))
         if name == "name":
             return _V(data.name, base.deps)
         return _V(Unknown(f"{data.symbol}('{data.full_name}').{name}", data, (name,)), base.deps)
     if isinstance(data, Unknown):
+        if data.origin is not None:
+            data.origin.reads.add((*data.path, name))
         return _V(Unknown(f"{data.text}.{name}", data.origin, (*data.path, name)), base.deps)
     if isinstance(data, _Instance) and name == "outputs":
         return _V(_Outputs(data), base.deps)
