@@ -132,6 +132,7 @@ class Indexed:
     name: str
     info: FunctionInfo
     bindings: tuple[dict[str, Any], ...]
+    function_json: dict[str, Any]  # what the library declares: scriptFile and bindings
 
     def trigger(self) -> dict[str, Any]:
         return next(b for b in self.bindings if str(b.get("type", "")).endswith("Trigger"))
@@ -153,16 +154,16 @@ def index(script: Path) -> list[Indexed]:
         sys.path.insert(0, directory)
     meta.load_binding_registry()  # the worker's start-up: the library's converters
     registry = Registry()
-    metadata, _ = loader.process_indexed_function(
-        PROTOS, registry, loader.index_function_app(str(script)), directory
-    )
+    declared = loader.index_function_app(str(script))
+    metadata, _ = loader.process_indexed_function(PROTOS, registry, declared, directory)
     return [
         Indexed(
             name=item.name,
             info=registry.get_function(item.function_id),
             bindings=tuple(json.loads(raw) for raw in item.raw_bindings),
+            function_json=json.loads(function.get_function_json()),
         )
-        for item in metadata
+        for item, function in zip(metadata, declared, strict=True)
     ]
 
 

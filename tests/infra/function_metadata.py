@@ -14,9 +14,7 @@ extension reads for an identity-based connection. Nothing here starts the host o
 from __future__ import annotations
 
 import copy
-import importlib
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -25,8 +23,9 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
+from tests import functions
+
 SCHEMAS = Path(__file__).resolve().parent / "schemas" / "schemastore"
-KEYVAULT_REFERENCE = "@Microsoft.KeyVault("
 # The setting under a connection's prefix that each extension reads for an identity-based
 # connection (the Functions docs, "Connections": Service Bus and Event Hubs need the namespace,
 # Event Grid the topic endpoint, host storage the account name or its service URIs).
@@ -48,13 +47,9 @@ def schema(name: str) -> dict[str, Any]:
 
 
 def function_metadata() -> dict[str, dict[str, Any]]:
-    """Each function of function_app.py by name, as the worker reports it to the host.
-    function_app.py refuses to import while a setting is an unresolved Key Vault reference, so
-    such settings must be absent from the environment (tests run with a clean one)."""
-    unresolved = [k for k, v in os.environ.items() if v.startswith(KEYVAULT_REFERENCE)]
-    assert not unresolved, f"unset {unresolved} to index function_app.py"
-    app = importlib.import_module("function_app").app
-    return {f.get_function_name(): json.loads(f.get_function_json()) for f in app.get_functions()}
+    """Each function of function_app.py by name, as the worker indexes it and reports it to the
+    host (the app is indexed once per process: tests.functions)."""
+    return {name: f.function_json for name, f in functions.indexed().items()}
 
 
 def host_json_problems(document: Any, host_schema: Mapping[str, Any]) -> list[str]:

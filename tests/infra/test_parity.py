@@ -13,14 +13,13 @@ app settings point at are checked against function_app.py's own binding metadata
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.functions.decorators.function_app import FunctionBuilder
 
+from tests.functions import indexed
 from tests.infra import bicep_model, terraform_model
 from tests.unit.test_cloud_settings import NAME
 
@@ -400,15 +399,8 @@ class TestSettingsContract:
 
 @pytest.fixture(scope="module")
 def app_bindings() -> dict[str, list[dict[str, Any]]]:
-    """function_app.py's functions and their bindings, as the Functions host would index them."""
-    import function_app  # noqa: PLC0415 (imported only by the tests that need the app)
-
-    # Each registered function from its own builder: app.get_functions() may index the app
-    # only once per process, and the unit tests already do.
-    functions = [
-        value.build() for value in vars(function_app).values() if isinstance(value, FunctionBuilder)
-    ]
-    return {f.get_function_name(): json.loads(f.get_function_json())["bindings"] for f in functions}
+    """function_app.py's functions and their bindings, as the worker indexes them for the host."""
+    return {name: list(f.bindings) for name, f in indexed().items()}
 
 
 def functions_with(bindings: dict[str, list[dict[str, Any]]], kind: str) -> dict[str, Any]:
