@@ -16,8 +16,6 @@ import pytest
 
 from tests.infra import bicep_model, terraform_model
 
-pytestmark = pytest.mark.infra
-
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = bicep_model.example_parameters()["namePrefix"]
 

@@ -28,8 +28,6 @@ from tests.infra.bicep_model import (
 from writeback.cloud.secrets import SIGNING_KEY_SECRET, relay_keys_secret
 from writeback.transport import HEARTBEATS_QUEUE
 
-pytestmark = pytest.mark.infra
-
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
 DOMAINS = [d["name"] for d in bicep_model.example_parameters()["domains"]]
