@@ -240,9 +240,15 @@ def example_parameters(root: Path = BICEP_ROOT) -> dict[str, Any]:
     return {name: entry["value"] for name, entry in document["parameters"].items()}
 
 
-def load(root: Path = BICEP_ROOT, parameters: Mapping[str, Any] | None = None) -> Model:
-    """Evaluate root/main.bicep and its modules: the example parameters, updated by `parameters`."""
-    values = {**example_parameters(root), **(parameters or {})}
+def load(
+    root: Path = BICEP_ROOT,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    example: bool = True,
+) -> Model:
+    """Evaluate root/main.bicep and its modules: the example parameters (unless `example` is
+    False), updated by `parameters`."""
+    values = {**(example_parameters(root) if example else {}), **(parameters or {})}
     main = _Instance(_Loader(root), root / "main.bicep", {}, deployed=True, given=values)
     main.evaluate_all()
     resources = [r for r in main.loader.resources if r.deployed and not r.existing]
