@@ -132,6 +132,14 @@ def bound_to(sealed: Mapping[str, object], binding: bytes) -> bool:
     return hmac.compare_digest(str(sealed.get("aad", "")), _b64(binding))
 
 
+def recipient_kid(recipient: object) -> str | None:
+    """The `kid` a JWE recipient names in its header, if it is a string (a caller's JWE may put
+    anything there)."""
+    header = recipient.get("header") if isinstance(recipient, dict) else None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
+
+
 def open_sealed(
     sealed: Mapping[str, object], binding: bytes, keys: KeySet, operation: Operation
 ) -> Secrets:
@@ -140,13 +148,7 @@ def open_sealed(
     recipients = sealed.get("recipients")
     if not isinstance(recipients, list):
         raise ProtocolError(UNDECRYPTABLE, "not a JWE in general JSON serialization", "sealed")
-    mine = [
-        r
-        for r in recipients
-        if isinstance(r, dict)
-        and isinstance(r.get("header"), dict)
-        and r["header"].get("kid") in ours
-    ]
+    mine = [r for r in recipients if recipient_kid(r) in ours]
     if not mine:
         raise ProtocolError(UNDECRYPTABLE, "sealed to none of this relay's keys", "sealed")
     # The JWE authenticates its aad, but only we know which aad it must be.

@@ -73,6 +73,11 @@ param pythonVersion string = '3.11'
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+@description('Flex Consumption: how many HTTP calls one instance serves at once. Each API call may wait up to waitSeconds for its relay, almost all of it idle on the event loop; Python\'s default of 1 would hold a whole instance per waiting call (docs/deploy.md#http-concurrency).')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 16
+
 @description('Flex Consumption: memory per instance.')
 @allowed([
   512
@@ -103,7 +108,18 @@ param cloudSigningKey string = ''
 @secure()
 param relayJwks object = {}
 
+@description('Recover the soft-deleted vault of an earlier deployment with the same name (after its resource group was deleted), keys included, instead of creating one: a purge-protected vault name stays taken for 90 days (docs/deploy.md#redeploying-after-deleting-the-resource-group).')
+param keyVaultRecover bool = false
+
 @description('The app roles an API key caller has (Writeback.Reset.SelfService, Writeback.Reset.Admin, Writeback.Change, Writeback.Unlock, Writeback.Expire, Writeback.Read). Empty: every role. Grant a portal\'s key only what it calls.')
+@allowed([
+  'Writeback.Reset.SelfService'
+  'Writeback.Reset.Admin'
+  'Writeback.Change'
+  'Writeback.Unlock'
+  'Writeback.Expire'
+  'Writeback.Read'
+])
 param apiKeyRoles array = []
 
 @description('The API keys (secret writeback-api-keys) when apiKeysEnabled. Empty leaves the secret as it is.')
@@ -126,16 +142,40 @@ var localOnlySettings = [
 ]
 
 var resourceToken = toLower(uniqueString(resourceGroup().id, namePrefix))
+// Every globally unique name is <kind>-<namePrefix>-<suffix> (storage: st<namePrefix><suffix>),
+// the same pattern as infra/terraform (tests/infra checks both).
+var suffix = take(resourceToken, 8)
 var domainNames = [for domain in domains: domain.name]
+var domainKeys = [for domain in domains: toLower(domain.name)]
+
+// Cross-parameter checks, the ones infra/terraform's variable validations make. fail() stops the
+// deployment before any resource is touched; each checked value is used below, so that ARM
+// evaluates the check (Bicep flow-control functions: learn.microsoft.com/azure/
+// azure-resource-manager/bicep/bicep-functions-flow-control).
+var checkedWaitSeconds = (waitSeconds <= requestLifetimeSeconds) ? waitSeconds : fail('waitSeconds must not exceed requestLifetimeSeconds.')
+var checkedAuthAudiences = (empty(authTenantId) == empty(trim(authAudiences))) ? authAudiences : fail('authAudiences and authTenantId go together: set both or neither.')
+var checkedAuthTenantId = (apiKeysEnabled || !empty(authTenantId)) ? authTenantId : fail('No way to authenticate callers: set authTenantId and authAudiences, or apiKeysEnabled, or both.')
+var checkedDomainNames = (length(union(domainKeys, [])) == length(domainKeys)) ? domainNames : fail('Domain names must be unique, ignoring case (they name queues and secrets).')
+var relayJwksDomainsKnown = [for entry in items(relayJwks): contains(domainKeys, toLower(entry.key))]
+var checkedRelayJwks = contains(relayJwksDomainsKnown, false) ? fail('Every relayJwks key must be one of the domains.') : relayJwks
+var relayPrincipalIdLists = [for domain in domains: domain.relayPrincipalIds]
+var relayPrincipalIds = flatten(relayPrincipalIdLists)
+var relayIdsAreGuids = [for id in relayPrincipalIds: length(id) == 36]
+var checkedDomains = contains(relayIdsAreGuids, false) ? fail('Each relayPrincipalIds entry must be an object ID (a GUID).') : domains
 
 // Entity names are a contract with the code (writeback/transport, writeback/cloud/secrets.py).
 var outcomesQueueName = 'writeback-outcomes'
 var heartbeatsQueueName = 'writeback-heartbeats'
-var requestQueueNames = [for domain in domains: 'writeback-requests-${toLower(domain.name)}']
+var requestQueueNames = [for domain in checkedDomains: 'writeback-requests-${toLower(domain.name)}']
 var signingKeySecretName = 'writeback-cloud-signing-key'
 // '-' doubled first, then '.' as '-': corp.example.com and corp-example.com never share a secret.
 var relayKeysSecretNames = [for domain in domains: 'writeback-relays-${replace(replace(toLower(domain.name), '-', '--'), '.', '-')}']
 var apiKeysSecretName = 'writeback-api-keys'
+// The secrets this deployment writes, and so the ones the function is granted (a role on a secret
+// needs the secret to exist; infra/terraform grants exactly the same ones). A secret left out is
+// managed in Key Vault, with its grant given there (docs/deploy.md#secrets-you-manage-yourself).
+var writtenRelayKeysSecretNames = [for (domain, i) in domains: empty(contains(checkedRelayJwks, domain.name) ? checkedRelayJwks[domain.name] : '') ? '' : relayKeysSecretNames[i]]
+var writtenSecretNames = concat(empty(cloudSigningKey) ? [] : [signingKeySecretName], intersection(relayKeysSecretNames, writtenRelayKeysSecretNames), (apiKeysEnabled && !empty(apiKeys)) ? [apiKeysSecretName] : [])
 var auditTableName = 'WritebackAudit'
 var agentsTableName = 'WritebackAgents'
 var deploymentContainerName = 'app-package'
@@ -157,8 +197,8 @@ module monitoring 'modules/monitoring.bicep' = {
   name: 'writeback-monitoring'
   params: {
     location: location
-    workspaceName: 'log-${namePrefix}-${resourceToken}'
-    applicationInsightsName: 'appi-${namePrefix}-${resourceToken}'
+    workspaceName: 'log-${namePrefix}-${suffix}'
+    applicationInsightsName: 'appi-${namePrefix}-${suffix}'
   }
 }
 
@@ -166,7 +206,7 @@ module storage 'modules/storage.bicep' = {
   name: 'writeback-storage'
   params: {
     location: location
-    accountName: 'st${namePrefix}${take(resourceToken, 11)}'
+    accountName: 'st${namePrefix}${suffix}'
     deploymentContainerName: deploymentContainerName
     deadLetterContainerName: deadLetterContainerName
     tableNames: [
@@ -180,7 +220,7 @@ module serviceBus 'modules/servicebus.bicep' = {
   name: 'writeback-servicebus'
   params: {
     location: location
-    namespaceName: 'sbns-${namePrefix}-${resourceToken}'
+    namespaceName: 'sbns-${namePrefix}-${suffix}'
     sku: serviceBusSku
     requestQueueNames: requestQueueNames
     outcomesQueueName: outcomesQueueName
@@ -192,8 +232,8 @@ module eventGrid 'modules/eventgrid.bicep' = {
   name: 'writeback-eventgrid'
   params: {
     location: location
-    requestsTopicName: 'evgt-${namePrefix}-${resourceToken}-requests'
-    completedTopicName: 'evgt-${namePrefix}-${resourceToken}-completed'
+    requestsTopicName: 'evgt-${namePrefix}-${suffix}-requests'
+    completedTopicName: 'evgt-${namePrefix}-${suffix}-completed'
     storageAccountName: storage.outputs.accountName
     deadLetterContainerName: deadLetterContainerName
   }
@@ -203,7 +243,7 @@ module eventHubs 'modules/eventhubs.bicep' = {
   name: 'writeback-eventhubs'
   params: {
     location: location
-    namespaceName: 'evhns-${namePrefix}-${resourceToken}'
+    namespaceName: 'evhns-${namePrefix}-${suffix}'
     hubName: auditHubName
     consumerGroupName: auditConsumerGroupName
     diagnosticsRuleName: entraDiagnosticsRuleName
@@ -214,13 +254,14 @@ module keyVault 'modules/keyvault.bicep' = {
   name: 'writeback-keyvault'
   params: {
     location: location
-    vaultName: 'kv-${namePrefix}-${take(resourceToken, 8)}'
-    domainNames: domainNames
+    vaultName: 'kv-${namePrefix}-${suffix}'
+    domainNames: checkedDomainNames
+    recover: keyVaultRecover
     signingKeySecretName: signingKeySecretName
     relayKeysSecretNames: relayKeysSecretNames
     apiKeysSecretName: apiKeysSecretName
     cloudSigningKey: cloudSigningKey
-    relayJwks: relayJwks
+    relayJwks: checkedRelayJwks
     apiKeys: apiKeysEnabled ? apiKeys : ''
   }
 }
@@ -229,12 +270,13 @@ module functionApp 'modules/functionapp.bicep' = {
   name: 'writeback-functionapp'
   params: {
     location: location
-    planName: 'plan-${namePrefix}-${resourceToken}'
-    appName: 'func-${namePrefix}-${resourceToken}'
+    planName: 'plan-${namePrefix}-${suffix}'
+    appName: 'func-${namePrefix}-${suffix}'
     deploymentContainerUrl: '${storage.outputs.blobEndpoint}${deploymentContainerName}'
     pythonVersion: pythonVersion
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     // Exactly the settings writeback/cloud reads in Azure (see localOnlySettings for the rest).
     appSettings: {
       // Host storage through the app's identity: no account key anywhere.
@@ -245,15 +287,15 @@ module functionApp 'modules/functionapp.bicep' = {
       ServiceBusConnection__fullyQualifiedNamespace: serviceBus.outputs.fullyQualifiedNamespace
       WRITEBACK_DOMAINS: join(domainNames, ',')
       WRITEBACK_UPN_SUFFIXES: upnSuffixes
-      WRITEBACK_WAIT_SECONDS: string(waitSeconds)
+      WRITEBACK_WAIT_SECONDS: string(checkedWaitSeconds)
       WRITEBACK_REQUEST_LIFETIME_SECONDS: string(requestLifetimeSeconds)
       WRITEBACK_HEARTBEAT_INTERVAL_SECONDS: string(heartbeatIntervalSeconds)
       WRITEBACK_AUDIT_TABLE: auditTableName
       WRITEBACK_AGENTS_TABLE: agentsTableName
       WRITEBACK_KEYVAULT_URL: keyVault.outputs.vaultUri
       WRITEBACK_KEYS_REFRESH_SECONDS: '300'
-      WRITEBACK_AUTH_TENANT_ID: authTenantId
-      WRITEBACK_AUTH_AUDIENCES: authAudiences
+      WRITEBACK_AUTH_TENANT_ID: checkedAuthTenantId
+      WRITEBACK_AUTH_AUDIENCES: checkedAuthAudiences
       // A Key Vault reference, resolved by the platform with the app's identity: the keys
       // themselves never appear in the template, the deployment or the site's configuration.
       WRITEBACK_API_KEYS: apiKeysEnabled ? '@Microsoft.KeyVault(VaultName=${keyVault.outputs.vaultName};SecretName=${apiKeysSecretName})' : ''
@@ -262,6 +304,17 @@ module functionApp 'modules/functionapp.bicep' = {
       APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
       // Local authentication is off on Application Insights: telemetry is sent with the identity.
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
+      // One telemetry pipeline (host.json telemetryMode OpenTelemetry): the Python worker sets up
+      // the Azure Monitor distro and runs each invocation in the host's trace, so the app's spans
+      // and logs join the host's requests (docs/operations.md#telemetry).
+      PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+      PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'writeback'
+      // The app's pinned azure-functions (requirements.txt) wins over the worker's bundled copy
+      // on Python 3.11/3.12 (func.CloudEvent needs 1.25 or later; docs/deploy.md#python-packages).
+      PYTHON_ISOLATE_WORKER_DEPENDENCIES: '1'
+      // The host's diagnostic events go to per-month tables (AzureFunctionsDiagnosticEvents*)
+      // the identity has no role on; tables are granted one by one (docs/deploy.md#host-storage).
+      AzureWebJobsFeatureFlags: 'DisableDiagnosticEventLogging'
       // The Event Grid output binding (connection WritebackEvents) publishes Completed events to
       // the completed topic with the app's identity.
       WritebackEvents__topicEndpointUri: eventGrid.outputs.completedTopicEndpoint
@@ -287,7 +340,7 @@ module functionAccess 'modules/function-access.bicep' = {
     outcomesQueueName: outcomesQueueName
     heartbeatsQueueName: heartbeatsQueueName
     vaultName: keyVault.outputs.vaultName
-    secretNames: concat([signingKeySecretName], relayKeysSecretNames, apiKeysEnabled ? [apiKeysSecretName] : [])
+    secretNames: writtenSecretNames
     storageAccountName: storage.outputs.accountName
     deploymentContainerName: deploymentContainerName
     tableNames: [
@@ -313,7 +366,7 @@ module eventSubscription 'modules/eventgrid-subscription.bicep' = if (eventSubsc
   }
 }
 
-module relayAccess 'modules/relay-access.bicep' = [for (domain, i) in domains: {
+module relayAccess 'modules/relay-access.bicep' = [for (domain, i) in checkedDomains: {
   name: 'writeback-relay-access-${i}'
   params: {
     principalIds: domain.relayPrincipalIds

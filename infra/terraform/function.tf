@@ -6,7 +6,7 @@
 resource "azurerm_service_plan" "main" {
   #checkov:skip=CKV_AZURE_225:Flex Consumption zone redundancy exists only in some regions; it is left to the operator (zone_balancing_enabled)
   #checkov:skip=CKV_AZURE_212:Flex Consumption scales out on demand from zero (up to maximum_instance_count); a fixed instance minimum does not apply
-  name                = "plan-${var.name_prefix}"
+  name                = "plan-${var.name_prefix}-${local.suffix}"
   location            = local.location
   resource_group_name = data.azurerm_resource_group.main.name
   sku_name            = "FC1"
@@ -18,6 +18,10 @@ resource "azurerm_function_app_flex_consumption" "main" {
   location            = local.location
   resource_group_name = data.azurerm_resource_group.main.name
   service_plan_id     = azurerm_service_plan.main.id
+  # `azd deploy` finds the app of service `api` (azure.yaml) by this tag, as with infra/bicep.
+  tags = {
+    "azd-service-name" = "api"
+  }
 
   storage_container_type      = "blobContainer"
   storage_container_endpoint  = "${azurerm_storage_account.main.primary_blob_endpoint}${azurerm_storage_container.app_package.name}"
@@ -45,9 +49,12 @@ resource "azurerm_function_app_flex_consumption" "main" {
   }
 
   app_settings = {
-    # The provider adds AzureWebJobsStorage as a key-based connection string (with an empty
-    # key) unless the setting is given; an empty value keeps it out, so the host uses the
-    # identity-based AzureWebJobsStorage__* settings below. It is a local-only setting.
+    # azurerm 4.x writes AzureWebJobsStorage as a key-based connection string with an empty key
+    # on every create and update unless app_settings gives the key; an exact setting beats the
+    # identity-based AzureWebJobsStorage__* below, so "" must stay. The provider never reads the
+    # key back into app_settings, so every plan shows this one setting being added: expected and
+    # harmless (hashicorp/terraform-provider-azurerm#29149). Never put it in ignore_changes: the
+    # next update would then send the provider's keyed string (docs/deploy.md#terraform).
     "AzureWebJobsStorage"                           = ""
     "AzureWebJobsStorage__accountName"              = azurerm_storage_account.main.name
     "AzureWebJobsStorage__blobServiceUri"           = azurerm_storage_account.main.primary_blob_endpoint
@@ -70,6 +77,14 @@ resource "azurerm_function_app_flex_consumption" "main" {
     "WRITEBACK_API_KEYS"                        = var.api_keys_enabled ? "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.main.name};SecretName=writeback-api-keys)" : ""
     "WRITEBACK_API_KEY_ROLES"                   = join(",", var.api_key_roles)
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" = "Authorization=AAD"
+    # One telemetry pipeline (host.json telemetryMode OpenTelemetry): the Python worker sets up
+    # the Azure Monitor distro and runs each invocation in the host's trace.
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" = "true"
+    "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"      = "writeback"
+    # The app's pinned azure-functions wins over the worker's bundled copy on Python 3.11/3.12.
+    "PYTHON_ISOLATE_WORKER_DEPENDENCIES" = "1"
+    # The host's diagnostic-events tables (AzureFunctionsDiagnosticEvents*) hold no role here.
+    "AzureWebJobsFeatureFlags" = "DisableDiagnosticEventLogging"
     # The Event Grid output binding (connection WritebackEvents) publishes Completed events to
     # the completed topic, and the Event Hubs trigger (connection EntraAuditHub) reads the audit
     # stream, both with the app's identity.
@@ -82,5 +97,28 @@ resource "azurerm_function_app_flex_consumption" "main" {
     "WRITEBACK_DRIFT_FORCE_CHANGE"           = tostring(var.drift_force_change)
     # The sweeper's timer (NCRONTAB): adopts the reply sessions of instances that are gone.
     "WRITEBACK_SWEEP_SCHEDULE" = "0 */1 * * * *"
+  }
+}
+
+# HTTP calls one instance takes at once (Python's default is 1, while each API call may wait up
+# to wait_seconds for its relay). azurerm 4.x has no argument for it (`http_concurrency` is
+# behind its 5.0 switch), so azapi sets functionAppConfig.scaleAndConcurrency.triggers.http on
+# the same site, as infra/bicep does; azurerm's own updates read and keep the value.
+resource "azapi_update_resource" "http_concurrency" {
+  type        = "Microsoft.Web/sites@2024-04-01"
+  resource_id = azurerm_function_app_flex_consumption.main.id
+
+  body = {
+    properties = {
+      functionAppConfig = {
+        scaleAndConcurrency = {
+          triggers = {
+            http = {
+              perInstanceConcurrency = var.http_per_instance_concurrency
+            }
+          }
+        }
+      }
+    }
   }
 }

@@ -24,7 +24,7 @@ resource "azurerm_key_vault_secret" "signing_key" {
   key_vault_id = azurerm_key_vault.main.id
   value        = var.cloud_signing_key
   content_type = "application/jwk+json"
-  depends_on   = [azurerm_role_assignment.deployer_write_secrets]
+  depends_on   = [time_sleep.deployer_roles_propagate]
 }
 
 # writeback-relays-<domain, lower case, each '-' doubled, each '.' as '-'>, the rule of
@@ -36,7 +36,7 @@ resource "azurerm_key_vault_secret" "relay_keys" {
   key_vault_id = azurerm_key_vault.main.id
   value        = local.relay_jwks[each.key]
   content_type = "application/jwk-set+json"
-  depends_on   = [azurerm_role_assignment.deployer_write_secrets]
+  depends_on   = [time_sleep.deployer_roles_propagate]
 }
 
 resource "azurerm_key_vault_secret" "api_keys" {
@@ -46,5 +46,5 @@ resource "azurerm_key_vault_secret" "api_keys" {
   key_vault_id = azurerm_key_vault.main.id
   value        = var.api_keys
   content_type = "text/plain"
-  depends_on   = [azurerm_role_assignment.deployer_write_secrets]
+  depends_on   = [time_sleep.deployer_roles_propagate]
 }

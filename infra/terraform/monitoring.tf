@@ -2,7 +2,7 @@
 # Function App's identity holds Monitoring Metrics Publisher on it (roles.tf).
 
 resource "azurerm_log_analytics_workspace" "main" {
-  name                = "log-${var.name_prefix}"
+  name                = "log-${var.name_prefix}-${local.suffix}"
   location            = local.location
   resource_group_name = data.azurerm_resource_group.main.name
   sku                 = "PerGB2018"
@@ -10,7 +10,7 @@ resource "azurerm_log_analytics_workspace" "main" {
 }
 
 resource "azurerm_application_insights" "main" {
-  name                          = "appi-${var.name_prefix}"
+  name                          = "appi-${var.name_prefix}-${local.suffix}"
   location                      = local.location
   resource_group_name           = data.azurerm_resource_group.main.name
   workspace_id                  = azurerm_log_analytics_workspace.main.id

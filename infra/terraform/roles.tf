@@ -32,9 +32,13 @@ resource "azurerm_role_assignment" "function_resend_outcomes" {
   principal_type       = "ServicePrincipal"
 }
 
+# Heartbeats reach it through a Service Bus trigger, whose scale monitoring reads the queue's
+# message count: that needs the Manage claim, which Data Receiver lacks. Data Owner, on this one
+# queue only, is the narrowest built-in role with it (Functions Service Bus connections, scaling
+# permissions).
 resource "azurerm_role_assignment" "function_receive_heartbeats" {
   scope                = azurerm_servicebus_queue.heartbeats.id
-  role_definition_name = "Azure Service Bus Data Receiver"
+  role_definition_name = "Azure Service Bus Data Owner"
   principal_id         = azurerm_function_app_flex_consumption.main.identity[0].principal_id
   principal_type       = "ServicePrincipal"
 }
@@ -173,9 +177,9 @@ resource "azurerm_role_assignment" "relay_send_heartbeats" {
 # -- Whoever runs Terraform ------------------------------------------------------------------
 
 # azurerm writes secrets and creates tables through the data plane (Bicep does both through
-# Resource Manager and needs neither role). The secrets and tables do not exist before this
-# deployment creates them, so the roles are scoped to the vault and the account. A new role can
-# take a few minutes to apply: if the first apply is refused with 403, run it again.
+# Resource Manager and needs neither role; azurerm 4.x has no Resource Manager table resource,
+# `storage_account_id` arrives in 5.0). The secrets and tables do not exist before this
+# deployment creates them, so the roles are scoped to the vault and the account.
 resource "azurerm_role_assignment" "deployer_write_secrets" {
   scope                = azurerm_key_vault.main.id
   role_definition_name = "Key Vault Secrets Officer"
@@ -186,4 +190,16 @@ resource "azurerm_role_assignment" "deployer_create_tables" {
   scope                = azurerm_storage_account.main.id
   role_definition_name = "Storage Table Data Contributor"
   principal_id         = data.azurerm_client_config.current.object_id
+}
+
+# A new role assignment takes minutes to reach the data planes (Azure RBAC troubleshooting:
+# "role assignment changes are not being detected", up to 10 minutes). The secrets and tables
+# wait for it, so the first apply is not refused with 403; a re-created assignment waits again.
+resource "time_sleep" "deployer_roles_propagate" {
+  create_duration = "300s"
+
+  triggers = {
+    write_secrets = azurerm_role_assignment.deployer_write_secrets.id
+    create_tables = azurerm_role_assignment.deployer_create_tables.id
+  }
 }

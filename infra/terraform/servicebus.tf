@@ -8,7 +8,7 @@ resource "azurerm_servicebus_namespace" "main" {
   #checkov:skip=CKV_AZURE_201:Customer-managed keys need Premium; the messages are already sealed end to end (see CKV_AZURE_199)
   #checkov:skip=CKV_AZURE_202:A namespace identity is only used to read a customer-managed key, and there is none (see CKV_AZURE_201)
   #checkov:skip=CKV_AZURE_204:The on-premises relays connect out over the internet on port 443 by design; SAS is off, so only identities with a role on one queue get in
-  name                = "sb-${var.name_prefix}-${local.suffix}"
+  name                = "sbns-${var.name_prefix}-${local.suffix}"
   location            = local.location
   resource_group_name = data.azurerm_resource_group.main.name
   sku                 = var.servicebus_sku

@@ -47,17 +47,17 @@ resource "azurerm_storage_container" "eventgrid_deadletter" {
 }
 
 # azurerm 4.x creates tables through the data plane (storage_account_id arrives in 5.0), hence
-# the deployer's table role (roles.tf), which must exist first.
+# the deployer's table role (roles.tf), and the wait for it to reach the data plane.
 resource "azurerm_storage_table" "audit" {
   #checkov:skip=CKV2_AZURE_20:The check wants azurerm_log_analytics_storage_insights, which reads the account key, and shared keys are disabled; an Azure Monitor diagnostic setting is the keyless way to log table requests
   name                 = "WritebackAudit"
   storage_account_name = azurerm_storage_account.main.name
-  depends_on           = [azurerm_role_assignment.deployer_create_tables]
+  depends_on           = [time_sleep.deployer_roles_propagate]
 }
 
 resource "azurerm_storage_table" "agents" {
   #checkov:skip=CKV2_AZURE_20:The check wants azurerm_log_analytics_storage_insights, which reads the account key, and shared keys are disabled; an Azure Monitor diagnostic setting is the keyless way to log table requests
   name                 = "WritebackAgents"
   storage_account_name = azurerm_storage_account.main.name
-  depends_on           = [azurerm_role_assignment.deployer_create_tables]
+  depends_on           = [time_sleep.deployer_roles_propagate]
 }

@@ -173,6 +173,17 @@ variable "maximum_instance_count" {
   }
 }
 
+variable "http_per_instance_concurrency" {
+  description = "How many HTTP calls one Flex Consumption instance serves at once. Each API call may wait up to wait_seconds for its relay, almost all of it idle; Python's default of 1 would hold a whole instance per waiting call."
+  type        = number
+  default     = 16
+
+  validation {
+    condition     = var.http_per_instance_concurrency >= 1 && var.http_per_instance_concurrency <= 1000 && floor(var.http_per_instance_concurrency) == var.http_per_instance_concurrency
+    error_message = "http_per_instance_concurrency must be a whole number between 1 and 1000."
+  }
+}
+
 variable "instance_memory_mb" {
   description = "Memory of each Flex Consumption instance, in MB."
   type        = number

@@ -82,6 +82,7 @@ ENTITY_KINDS = {
 ALLOWED_SCOPES = {
     SERVICEBUS_DATA_SENDER: {"queue"},
     SERVICEBUS_DATA_RECEIVER: {"queue"},
+    SERVICEBUS_DATA_OWNER: {"queue"},  # a trigger's queue: scale monitoring needs Manage
     KEYVAULT_SECRETS_USER: {"secret"},
     STORAGE_TABLE_DATA_CONTRIBUTOR: {"table"},
     STORAGE_BLOB_DATA_OWNER: {"blob-container", "storage-account"},
@@ -107,6 +108,10 @@ UNKNOWN_PRINCIPAL = "unknown"
 
 class UnsupportedExpression(Exception):
     """The template uses an expression this model does not evaluate; extend the model."""
+
+
+class DeploymentRefused(Exception):
+    """The template reached fail(message): ARM stops the deployment with that message."""
 
 
 @dataclass(frozen=True)
@@ -242,9 +247,15 @@ def example_parameters(root: Path = BICEP_ROOT) -> dict[str, Any]:
     return {name: entry["value"] for name, entry in document["parameters"].items()}
 
 
-def load(root: Path = BICEP_ROOT, parameters: Mapping[str, Any] | None = None) -> Model:
-    """Evaluate root/main.bicep and its modules: the example parameters, updated by `parameters`."""
-    values = {**example_parameters(root), **(parameters or {})}
+def load(
+    root: Path = BICEP_ROOT,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    example: bool = True,
+) -> Model:
+    """Evaluate root/main.bicep and its modules: the example parameters (unless `example` is
+    False), updated by `parameters`."""
+    values = {**(example_parameters(root) if example else {}), **(parameters or {})}
     main = _Instance(_Loader(root), root / "main.bicep", {}, deployed=True, given=values)
     main.evaluate_all()
     resources = [r for r in main.loader.resources if r.deployed and not r.existing]
@@ -565,6 +576,10 @@ class _Instance:
             "or": lambda *a: any(a),
             "equals": lambda a, b: a == b,
             "not_equals": lambda a, b: a != b,
+            "less_than": lambda a, b: a < b,
+            "less_than_or_equals": lambda a, b: a <= b,
+            "greater_than": lambda a, b: a > b,
+            "greater_than_or_equals": lambda a, b: a >= b,
             "minus": lambda a: -a,
         }
         if kind not in operations:
@@ -676,6 +691,20 @@ def _contains(container: Any, item: Any) -> bool:
     return item in container
 
 
+def _fail(message: str) -> Any:
+    raise DeploymentRefused(message)
+
+
+def _union(*parts: Any) -> Any:
+    if all(isinstance(p, dict) for p in parts):
+        return {key: value for part in parts for key, value in part.items()}
+    return list(dict.fromkeys(item for part in parts for item in part))
+
+
+def _intersection(first: list[Any], *others: list[Any]) -> list[Any]:
+    return [item for item in dict.fromkeys(first) if all(item in other for other in others)]
+
+
 def _concat(*parts: Any) -> Any:
     if all(isinstance(p, list) for p in parts):
         return [item for part in parts for item in part]
@@ -695,6 +724,11 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "length": len,
     "concat": _concat,
     "first": lambda items: items[0],
+    "fail": _fail,
+    "union": _union,
+    "intersection": _intersection,
+    "flatten": lambda lists: [item for inner in lists for item in inner],
+    "trim": lambda s: s.strip(),
     "last": lambda items: items[-1],
     "subscription_resource_id": lambda kind, *names: "/".join(
         ["/subscriptions/{subscription}/providers", kind, *names]

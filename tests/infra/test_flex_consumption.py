@@ -12,27 +12,20 @@ from tests.infra import bicep_model, flex_consumption, terraform_model
 
 TERRAFORM = Path(__file__).resolve().parents[2] / "infra" / "terraform"
 EVERYTHING_ON = {"apiKeysEnabled": True, "eventSubscriptionEnabled": True, "apiKeys": "key"}
-# Findings fixed on another branch: excluded from the general check, each with its own strict
-# xfail that turns into a failure (remove it then) once the fix lands.
 FTPS_STATE = "modules/functionapp.bicep site: properties.siteConfig.ftpsState: FTPS not supported"
-KNOWN = {FTPS_STATE}
 
 
 class TestDeployments:
     @pytest.mark.parametrize("parameters", [{}, EVERYTHING_ON], ids=["example", "everything-on"])
     def test_bicep_sets_nothing_flex_refuses(self, parameters: dict[str, object]) -> None:
         """The Bicep site sets no denied property (under properties or siteConfig) and no
-        denied app setting, apart from the known finding below."""
+        denied app setting."""
         model = bicep_model.load(parameters=parameters)
-        assert set(flex_consumption.bicep_problems(model.declared)) - KNOWN == set()
+        assert flex_consumption.bicep_problems(model.declared) == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="issue 14 finding: Bicep sets siteConfig.ftpsState on the Flex site, which Azure "
-        "refuses (error 51021); the fix is on branch infra-fixes",
-    )
     def test_bicep_site_has_no_ftps_state(self) -> None:
-        """The Bicep site leaves out siteConfig.ftpsState, which a Flex site refuses."""
+        """The Bicep site leaves out siteConfig.ftpsState, which a Flex site refuses (error
+        51021), as the issue 14 finding said it did."""
         assert FTPS_STATE not in flex_consumption.bicep_problems(bicep_model.load().declared)
 
     def test_terraform_sets_nothing_flex_refuses(self) -> None:

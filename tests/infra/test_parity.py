@@ -65,6 +65,10 @@ def bicep() -> bicep_model.Model:
             "apiKeysEnabled": True,
             "apiKeys": "k" * 40,
             "cloudSigningKey": "{}",
+            "relayJwks": {
+                domain["name"]: '{"keys": []}'
+                for domain in bicep_model.example_parameters()["domains"]
+            },
             "eventSubscriptionEnabled": True,
         }
     )

@@ -59,6 +59,10 @@ COMPLETED_TOPIC = "evgt-${var.name_prefix}-${local.suffix}-completed"
 REQUESTED_EVENT_TYPES = list(events.REQUESTED)
 
 REQUIRED_APP_SETTINGS = {
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY",
+    "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME",
+    "PYTHON_ISOLATE_WORKER_DEPENDENCIES",
+    "AzureWebJobsFeatureFlags",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__blobServiceUri",
     "AzureWebJobsStorage__queueServiceUri",
@@ -322,6 +326,7 @@ class TestInputs:
             "python_version": "3.11",
             "maximum_instance_count": 40,
             "instance_memory_mb": 2048,
+            "http_per_instance_concurrency": 16,
             "upn_suffixes": "",
             "cloud_signing_key": "",
             "relay_jwks": {},
@@ -365,6 +370,8 @@ class TestResources:
             "azurerm_eventhub_consumer_group": 1,
             "azurerm_eventhub_namespace_authorization_rule": 1,
             "azurerm_role_assignment": 21,
+            "azapi_update_resource": 1,
+            "time_sleep": 1,
         }
 
     def test_queues_have_the_specified_properties(self, model: tm.TerraformModel) -> None:
@@ -630,7 +637,7 @@ class TestRoles:
             (SENDER, Entity("queue", REQUESTS)),
             (RECEIVER, Entity("queue", OUTCOMES_QUEUE)),
             (SENDER, Entity("queue", OUTCOMES_QUEUE)),  # re-sends late outcomes
-            (RECEIVER, Entity("queue", HEARTBEATS_QUEUE)),
+            ("Azure Service Bus Data Owner", Entity("queue", HEARTBEATS_QUEUE)),
             (SECRETS_USER, Entity("secret", "writeback-cloud-signing-key")),
             (SECRETS_USER, Entity("secret", RELAY_KEYS)),
             (SECRETS_USER, Entity("secret", "writeback-api-keys")),

@@ -38,6 +38,18 @@ class TestReset:
         assert can_bind(user, NEW)
         assert not can_bind(user, user.password)
 
+    def test_the_password_does_not_stay_on_the_connection(
+        self, directory: LdapDirectory, new_user: NewUser
+    ) -> None:
+        """After the modify, the pooled connection holds no request: ldap3 would otherwise keep
+        the UTF-16 unicodePwd on it until the next operation."""
+        outcome = directory.apply(ResetPassword(new_user().upn, NEW))
+        assert outcome.reason is Reason.APPLIED
+        link = directory._link
+        assert link is not None
+        assert link.connection.request is None
+        assert not link.connection.strategy._outstanding
+
     def test_admin_reset_unlocks_and_forces_change_in_one_modify(
         self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, read: Read
     ) -> None:

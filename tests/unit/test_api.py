@@ -366,6 +366,23 @@ class TestCallerSealed:
             assert (status, answer["field"]) == (400, "sealedPassword")
             assert stack.directory.applied == []
 
+    async def test_a_recipient_kid_of_another_type_is_a_400(self, tmp_path: Path) -> None:
+        """A caller-sealed JWE whose recipient kid is a list or an object: 400 naming
+        sealedPassword, no traceback, nothing sent."""
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            for kid in ([ENC_KEY.kid], {"k": 1}, 7):
+                recipient = {"header": {"alg": "RSA-OAEP-256", "kid": kid}, "encrypted_key": "AA"}
+                sealed = {"recipients": [recipient], "protected": "e30", "iv": "AA",
+                          "ciphertext": "AA", "tag": "AA"}  # fmt: skip
+                body = {
+                    "user": user(), "sealedPassword": sealed, "requestId": str(uuid.uuid4()),
+                    "expiresAt": int(time.time()) + 60, "initiator": "admin",
+                }  # fmt: skip
+                status, answer = await call(function_app.reset_password, request("POST", "x", body))
+                assert (status, answer.get("field")) == (400, "sealedPassword"), answer
+            assert stack.directory.applied == []
+
 
 class TestAuthentication:
     async def test_missing_and_wrong_keys_are_401(self, tmp_path: Path) -> None:
@@ -406,6 +423,23 @@ INVALID = [
     (json.dumps(reset_body(expiresAt=1)).encode(), "expiresAt"),
     (json.dumps(reset_body(sealedPassword={"recipients": []})).encode(), "newPassword"),
     (json.dumps(reset_body(requestId="../etc")).encode(), "requestId"),
+    # One account under other spellings (each would get its own throttle count and history).
+    *(
+        (json.dumps(reset_body(user=spelling)).encode(), "user")
+        for spelling in (
+            f" a@{DOMAIN}",
+            f"a@{DOMAIN} ",
+            f"\u3000a@{DOMAIN}",
+            f"\u00a0a@{DOMAIN}",
+            f"a\u2003b@{DOMAIN}",
+            f"\ta@{DOMAIN}",
+        )
+    ),
+    # A member named twice: a proxy reading the first would see another user than we do.
+    (
+        f'{{"user": "x@{DOMAIN}", "user": "y@{DOMAIN}", "newPassword": "{PASSWORD}"}}'.encode(),
+        "user",
+    ),
 ]
 
 

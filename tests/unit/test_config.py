@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,31 @@ class TestTrustedFiles:
             with pytest.raises(ConfigurationError) as caught:
                 check_trusted_file(path, "relay.cloud_keys")
             assert caught.value.setting == "relay.cloud_keys"
+
+    def test_links_foreign_owners_and_open_folders_are_refused(self, tmp_path: Path) -> None:
+        """As key files: a symbolic link (here in a world-writable folder), a file another uid
+        owns, and a file in a folder others may write are each refused; root's file is fine."""
+        real = tmp_path / "real.json"
+        real.write_text('{"keys": []}')
+        real.chmod(0o644)
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        link = shared / "cloud-jwks.json"
+        link.symlink_to(real)
+        problems = {}
+        for name, path in (("link", link), ("in an open folder", shared / "copy.json")):
+            if name != "link":
+                path.write_text('{"keys": []}')
+                path.chmod(0o644)
+            with pytest.raises(ConfigurationError) as caught:
+                check_trusted_file(path, "relay.cloud_keys")
+            problems[name] = caught.value.problem
+        assert "symbolic link" in problems["link"]
+        assert "writable by group or others (mode 1777)" in problems["in an open folder"]
+        if os.getuid() == 0:  # only root can give a file away
+            os.chown(real, 4321, 4321)
+            with pytest.raises(ConfigurationError, match="owned by uid 4321"):
+                check_trusted_file(real, "relay.cloud_keys")
+            os.chown(real, 0, 0)
+        check_trusted_file(real, "relay.cloud_keys")

@@ -276,6 +276,22 @@ class TestLimits:
             in refused(lambda v: decode(v, "payload"), b" " * (MAX_MESSAGE_BYTES + 1)).problem
         )
 
+    def test_a_member_named_twice_is_refused(self) -> None:
+        """`{"user": a, "user": b}` is malformed, at any depth: a reader that keeps the first
+        and one that keeps the last would see different requests."""
+        for raw in ('{"user": "a@x.y", "user": "b@x.y"}', '{"s": {"k": 1, "k": 2}}'):
+            assert "appears twice" in refused(lambda v: decode(v, "payload"), raw).problem
+        assert decode('{"user": "a@x.y", "users": ["a", "a"]}', "payload") == {
+            "user": "a@x.y", "users": ["a", "a"],
+        }  # fmt: skip
+
+    def test_white_space_around_a_upn_is_refused(self) -> None:
+        """Leading, trailing and non-ASCII white space make another spelling of one account;
+        an inner ASCII space (legal in AD) is kept."""
+        for upn in (" a@x.y", "a@x.y ", "\u3000a@x.y", "\u00a0a@x.y", "a\u2003b@x.y"):
+            assert upn_problem(upn) is not None, repr(upn)
+        assert upn_problem("ann lee@x.y") is None
+
     def test_deeply_nested_json(self) -> None:
         """Pathological nesting is a protocol error, not a RecursionError."""
         refused(lambda v: decode(v, "payload"), "[" * 50_000 + "]" * 50_000)

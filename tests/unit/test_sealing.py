@@ -401,6 +401,8 @@ class TestHostileInput:
             {"recipients": "x"},
             {"recipients": [{"header": "x"}]},
             {"recipients": [{"header": {"kid": "relay-a.enc.1"}}], "aad": "x"},
+            {"recipients": [{"header": {"kid": ["relay-a.enc.1"]}}]},
+            {"recipients": [{"header": {"kid": {"k": "relay-a.enc.1"}}}]},
         ],
     )
     def test_malformed_jwe(self, keys: Keys, sealed: dict[str, Any]) -> None:

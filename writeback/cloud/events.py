@@ -36,7 +36,7 @@ from writeback.cloud.service import NOT_SENT, Answer, WritebackService
 from writeback.cloud.submissions import InvalidInput, Submission, parse
 from writeback.cloud.telemetry import Telemetry, trace_id
 from writeback.protocol import Operation, Reason
-from writeback.protocol.messages import MAX_TEXT, TRACEPARENT, upn_problem
+from writeback.protocol.messages import MAX_TEXT, TRACEPARENT, strict_json, upn_problem
 from writeback.routing import UnknownDomain
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class RequestedEvent:
         type). None when it is not a JSON object; fields of the wrong type are kept as they are
         for `EventHandler.handle` to refuse."""
         try:
-            event = json.loads(text)
+            event = strict_json(text)
         except (ValueError, RecursionError):
             return None
         if not isinstance(event, dict):

@@ -244,10 +244,9 @@ class WritebackService:
         # or the relay would refuse it after a round trip; say so now, naming the field.
         kids = {key.kid for key in sealing.keys_for(relay_keys, "enc")}
         recipients = submission.sealed.get("recipients")
-        headers = [r.get("header") for r in recipients if isinstance(r, dict)] if isinstance(
+        named = {sealing.recipient_kid(r) for r in recipients} if isinstance(
             recipients, list
-        ) else []  # fmt: skip
-        named = {h.get("kid") for h in headers if isinstance(h, dict)}
+        ) else set()  # fmt: skip
         if not kids & named:
             raise InvalidInput(
                 "sealedPassword", "is sealed to no current relay key of the domain; fetch the keys"

@@ -10,7 +10,6 @@ docs/api.md). A password never appears in an error: problems name the field, not
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,8 +20,10 @@ from writeback.protocol.commands import WITHOUT_SECRETS
 from writeback.protocol.messages import (
     MAX_LIFETIME_SECONDS,
     MAX_MESSAGE_BYTES,
+    DuplicateKey,
     Secrets,
     password_problem,
+    strict_json,
     upn_problem,
 )
 
@@ -86,7 +87,9 @@ def read_body(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidInput(None, f"the body is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
-        body = json.loads(raw)
+        body = strict_json(raw)
+    except DuplicateKey as exc:
+        raise InvalidInput(exc.member, "appears twice in the body") from None
     except (ValueError, RecursionError):
         raise InvalidInput(None, "the body is not JSON") from None
     if not isinstance(body, dict):

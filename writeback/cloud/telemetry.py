@@ -1,8 +1,12 @@
 """Metrics and traces of the cloud side, on OpenTelemetry; Application Insights when configured.
 
-With `APPLICATIONINSIGHTS_CONNECTION_STRING` set, the Azure Monitor distro exports logs, metrics
-and traces; without it the same calls go to OpenTelemetry's no-op (or whatever provider a test
-installs). Metrics: `writeback.requests` (by operation, status, reason) and
+There is one telemetry pipeline. In Azure the host runs with host.json `telemetryMode`
+`OpenTelemetry` and the app setting `PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true`: the Python
+worker configures the Azure Monitor distro itself and runs each invocation inside the host's
+trace, so this module only adds its instruments and never configures a second exporter. Run
+elsewhere (the local host, tests) with `APPLICATIONINSIGHTS_CONNECTION_STRING` set, it configures
+the distro itself; with neither, the same calls go to OpenTelemetry's no-op (or whatever provider
+a test installs). Metrics: `writeback.requests` (by operation, status, reason) and
 `writeback.request.duration` (ms, by operation and status). Each request runs in a span whose
 W3C `traceparent` travels inside the signed request message, so the relay's logs carry the same
 trace id. Attributes are codes and ids, never a password, token or key.
@@ -11,8 +15,9 @@ trace id. Attributes are codes and ids, never a password, token or key.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,16 +26,33 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator()
+# The worker's own Azure Monitor set-up (learn.microsoft.com/azure/azure-functions/
+# opentelemetry-howto): when it is on, a second configure_azure_monitor() would export twice.
+WORKER_TELEMETRY_SETTING = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
 
 
-def configure(connection_string: str | None, authentication: str | None = None) -> None:
-    """Send telemetry to Application Insights when a connection string is set (once per worker).
+def worker_exports(environ: Mapping[str, str]) -> bool:
+    """Whether the Functions Python worker exports this process's telemetry itself."""
+    return environ.get(WORKER_TELEMETRY_SETTING, "").strip().lower() in ("true", "1")
+
+
+def configure(
+    connection_string: str | None,
+    authentication: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Send telemetry to Application Insights when a connection string is set (once per worker),
+    unless the Functions worker already does (`environ` is the process environment by default:
+    the worker reads the same setting there).
 
     `authentication` is APPLICATIONINSIGHTS_AUTHENTICATION_STRING: `Authorization=AAD` makes the
     exporter authenticate with the Function's managed identity (the resource has local
     authentication off, as infra/ deploys it).
     """
     if not connection_string:
+        return
+    if worker_exports(os.environ if environ is None else environ):
+        log.info("telemetry to Application Insights through the Functions worker")
         return
     # Imported only when used: they are heavy, and the cold start matters.
     from azure.identity import ManagedIdentityCredential  # noqa: PLC0415
@@ -58,9 +80,17 @@ class Telemetry:
 
     @contextmanager
     def request(self, operation: str, incoming: str | None) -> Iterator[str]:
-        """A span for one API request, child of the caller's `traceparent` when it sent one;
-        yields the traceparent to put in the request message."""
-        context = _PROPAGATOR.extract({"traceparent": incoming}) if incoming else None
+        """A span for one API request, yielding the traceparent to put in the request message.
+
+        Its parent is the invocation's span when one is current (the worker runs each
+        invocation in the host's trace, which continues the caller's), else the caller's
+        `traceparent` when it sent one, else none (a new trace)."""
+        in_invocation = trace.get_current_span().get_span_context().is_valid
+        context = (
+            _PROPAGATOR.extract({"traceparent": incoming})
+            if incoming and not in_invocation
+            else None
+        )
         with self._tracer.start_as_current_span(
             f"writeback {operation}", context=context, kind=trace.SpanKind.SERVER
         ) as span:

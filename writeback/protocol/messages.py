@@ -60,6 +60,11 @@ def upn_problem(upn: str) -> str | None:
         return f"must be 1 to {MAX_UPN_LENGTH} characters"
     if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in upn):
         return "contains a control character"
+    # AD ignores surrounding white space when it matches a UPN, so " alice@corp" and
+    # "\u3000alice@corp" would be alice under other spellings (other throttle counts, other
+    # history); no real UPN starts or ends with it, or holds any but an ASCII space.
+    if upn != upn.strip() or any(char.isspace() and char != " " for char in upn):
+        return "has white space around it or a white space character other than a space"
     local, at, suffix = upn.rpartition("@")
     if not at or not local or not suffix:
         return "is not of the form name@suffix"
@@ -157,12 +162,38 @@ class _Fields:
             raise self._fail("type", f"must be {kind!r}")
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names the same member twice; `member` is its name (cut to 64)."""
+
+    def __init__(self, member: str) -> None:
+        self.member = member[:64]
+        super().__init__(f"the member {self.member!r} appears twice")
+
+
+def _unique_members(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    members: dict[str, object] = {}
+    for name, value in pairs:
+        if name in members:
+            raise DuplicateKey(name)
+        members[name] = value
+    return members
+
+
+def strict_json(raw: bytes | str) -> object:
+    """`json.loads`, refusing an object that names a member twice: Python keeps the last one,
+    while a log, proxy or firewall in front may read the first, so the two would disagree on
+    which user a request is about. Raises ValueError (DuplicateKey) or RecursionError."""
+    return json.loads(raw, object_pairs_hook=_unique_members)
+
+
 def decode(raw: bytes | str, what: str) -> object:
     """Parse a JSON message of at most MAX_MESSAGE_BYTES."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError(MALFORMED, f"{what} is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
-        return json.loads(raw)
+        return strict_json(raw)
+    except DuplicateKey as exc:
+        raise ProtocolError(MALFORMED, f"{what}: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(MALFORMED, f"{what} is not valid JSON") from exc
 

@@ -280,6 +280,10 @@ class Link:
             self.connection.modify(dn, changes, controls=controls)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise translate_ldap_error(exc, self.address.url) from exc
+        finally:
+            # ldap3 keeps the last request, unicodePwd included, on the connection until the
+            # next operation: drop it, so no dump or debugger of a pooled link can show it.
+            self.connection.request = None
         result = self.connection.result
         return int(result.get("result", 80)), str(result.get("message") or "")
 

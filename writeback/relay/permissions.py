@@ -350,18 +350,40 @@ def make_private(path: Path, *, directory: bool = False) -> None:
 
 
 def check_trusted_file(path: Path, setting: str) -> None:
-    """Refuse a file that decides whom the relay trusts (the cloud's public keys) when others
-    than its owner may write it: whoever can, could make the relay accept their requests.
-    POSIX modes only; on Windows the install script closes the configuration folder."""
+    """Refuse a file that decides whom the relay trusts (the cloud's public keys) when anyone but
+    its owner could change what it says: whoever can, could make the relay accept their
+    requests. So, as for key files: not a symbolic link (its target could be swapped), owned by
+    the relay's uid or root, not writable by group or others, in a directory that group and
+    others cannot write either (they could replace the file). POSIX only; on Windows the install
+    script closes the configuration folder."""
     if sys.platform == "win32":
         return
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        status = path.lstat()
+        parent = path.parent.stat()
     except OSError as exc:
         raise ConfigurationError(setting, f"cannot read {path} ({type(exc).__name__})") from exc
+    if stat.S_ISLNK(status.st_mode):
+        raise ConfigurationError(setting, f"{path} is a symbolic link: give the file itself")
+    if not stat.S_ISREG(status.st_mode):
+        raise ConfigurationError(setting, f"{path} is not a regular file")
+    if status.st_uid not in (0, os.getuid()):
+        raise ConfigurationError(
+            setting,
+            f"{path} is owned by uid {status.st_uid}, neither root nor the relay's uid "
+            f"{os.getuid()}: chown it",
+        )
+    mode = stat.S_IMODE(status.st_mode)
     if mode & 0o022:
         raise ConfigurationError(
             setting,
             f"{path} is writable by group or others (mode {mode:o}); whoever can write it "
             "decides which requests the relay accepts: chmod 644 it",
+        )
+    folder = stat.S_IMODE(parent.st_mode)
+    if folder & 0o022:
+        raise ConfigurationError(
+            setting,
+            f"{path.parent} is writable by group or others (mode {folder:o}); whoever can write "
+            f"it can replace {path.name}: chmod 755 it, or move the file",
         )

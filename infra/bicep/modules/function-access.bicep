@@ -1,10 +1,15 @@
 // What the Function's identity may do, and nothing more: each role on the one entity it needs.
 //   Service Bus   Data Sender on each domain's request queue; Data Receiver on outcomes (it waits
-//                 on its own reply session) and on heartbeats (its trigger); Data Sender on
+//                 on its own reply session); Data Owner on heartbeats, its trigger's queue: the
+//                 scale controller reads the queue's message count, which needs the Manage claim
+//                 that Data Receiver lacks (Functions Service Bus connections, scaling
+//                 permissions; Azure Functions event-driven scaling); Data Sender on
 //                 outcomes (an outcome that arrived after its caller gave up is re-sent, still
 //                 signed by the relay, to the request's own session, where a status read finds it).
-//   Key Vault     Secrets User on each secret it reads: the signing key, each domain's relay JWKS,
-//                 the API keys. A secret must exist when this module runs (see keyvault.bicep).
+//   Key Vault     Secrets User on each secret this deployment writes (main.bicep's
+//                 writtenSecretNames): the signing key, each domain's relay JWKS, the API keys.
+//                 A role needs its secret to exist, so a secret managed outside the deployment
+//                 gets its role there (docs/deploy.md#secrets-you-manage-yourself).
 //   Storage       Table Data Contributor on each of its two tables; Blob Data Owner on the
 //                 deployment container (Flex Consumption reads the package with the identity).
 //                 The Functions host's own storage (AzureWebJobsStorage) is the exception: the
@@ -35,6 +40,7 @@ param completedTopicName string
 var roles = {
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
   serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
+  serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
@@ -145,9 +151,9 @@ resource resendOutcomes 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 
 resource receiveHeartbeats 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: heartbeatsQueue
-  name: guid(heartbeatsQueue.id, principalId, roles.serviceBusDataReceiver)
+  name: guid(heartbeatsQueue.id, principalId, roles.serviceBusDataOwner)
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataOwner)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }

@@ -9,6 +9,7 @@ param deploymentContainerUrl string
 param pythonVersion string
 param maximumInstanceCount int
 param instanceMemoryMB int
+param httpPerInstanceConcurrency int
 
 @description('App settings, name -> value (main.bicep lists them).')
 param appSettings object
@@ -34,9 +35,14 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   name: appName
   location: location
   kind: 'functionapp,linux'
+  // `azd deploy` finds the app of service `api` (azure.yaml) by this tag.
+  tags: {
+    'azd-service-name': 'api'
+  }
   identity: {
     type: 'SystemAssigned'
   }
+  //checkov:skip=CKV_AZURE_78:Flex Consumption has no FTP endpoint at all, and Azure refuses siteConfig.ftpsState on a Flex Consumption site in newer regions (error 51021), so the property is left out.
   //checkov:skip=CKV_AZURE_17:Callers authenticate with Entra ID tokens or API keys, not client certificates.
   //checkov:skip=CKV_AZURE_222:The API is called from outside Azure (the self-service reset portal and admin tools), so public network access stays on; every call is authenticated by the application.
   properties: {
@@ -46,9 +52,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     //checkov:skip=CKV_AZURE_213:App Service health check pings anonymously, and the app has no anonymous endpoint: /api/v1/health needs a caller with the read role and reports the relays, not the instance.
     siteConfig: {
       minTlsVersion: '1.2'
-      // Flex Consumption has no FTP(S) at all and lists ftpsState among its deprecated
-      // properties; 'Disabled' states that explicitly for policy checks (CKV_AZURE_78).
-      ftpsState: 'Disabled'
+      // No ftpsState: Flex Consumption has no FTP(S), lists the property among its deprecated
+      // ones, and newer regions refuse it (error 51021). tests/infra keeps it out.
       http20Enabled: true
       appSettings: [for setting in items(appSettings): {
         name: setting.key
@@ -68,6 +73,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // HTTP calls one instance takes at once (Python's default is 1); see main.bicep.
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'

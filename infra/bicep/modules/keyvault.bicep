@@ -16,6 +16,9 @@ param signingKeySecretName string
 param relayKeysSecretNames array
 param apiKeysSecretName string
 
+@description('Recover the soft-deleted vault of this name instead of creating one.')
+param recover bool
+
 @secure()
 param cloudSigningKey string
 
@@ -31,6 +34,10 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   //checkov:skip=CKV_AZURE_109:The Function App has no virtual network integration and is not a trusted service, so a default-deny firewall would lock it out; RBAC per secret guards access instead (see the comment at the top).
   //checkov:skip=CKV_AZURE_189:Same reason: public network access stays on until the app gets virtual network integration and the vault a private endpoint.
   properties: {
+    // A deleted vault keeps its name for the 90 days of soft delete, and purge protection forbids
+    // purging it: a redeployment after deleting the resource group recovers it, keys included
+    // (learn.microsoft.com/azure/key-vault/general/key-vault-recovery).
+    createMode: recover ? 'recover' : 'default'
     tenantId: subscription().tenantId
     sku: {
       family: 'A'

@@ -12,7 +12,8 @@ resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
     sku: {
       name: 'PerGB2018'
     }
-    retentionInDays: 30
+    // 90 days, as infra/terraform: the audit of who reset which password outlives a quarter.
+    retentionInDays: 90
   }
 }
 

@@ -1,0 +1,276 @@
+"""What makes a first deployment (and a redeployment) of infra/ succeed in Azure, checked offline.
+
+Each class is one finding of the review that walked both deployments as Azure would run them: a
+property Azure refuses, a role on a scope that does not exist yet, a vault name a deleted vault
+still holds, a data-plane write racing its role, a host feature that needs a role nobody has. The
+same facts are asserted of infra/bicep (through bicep_model) and infra/terraform (through
+terraform_model and python-hcl2), so that the two keep failing, and passing, together.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import hcl2
+import pytest
+
+from tests.infra import bicep_model, terraform_model
+from tests.infra.bicep_model import (
+    FUNCTION_PRINCIPAL,
+    KEYVAULT_SECRETS_USER,
+    SERVICEBUS_DATA_OWNER,
+    SERVICEBUS_DATA_RECEIVER,
+    DeploymentRefused,
+    Entity,
+)
+from writeback.cloud.secrets import SIGNING_KEY_SECRET, relay_keys_secret
+from writeback.transport import HEARTBEATS_QUEUE
+
+ROOT = Path(__file__).resolve().parents[2]
+TERRAFORM = ROOT / "infra" / "terraform"
+DOMAINS = [d["name"] for d in bicep_model.example_parameters()["domains"]]
+API_KEYS_SECRET = "writeback-api-keys"
+
+
+@pytest.fixture(scope="module")
+def terraform() -> terraform_model.TerraformModel:
+    return terraform_model.load(TERRAFORM)
+
+
+@pytest.fixture(scope="module")
+def hcl() -> dict[str, Any]:
+    """Every .tf file's python-hcl2 tree, merged by top-level block kind."""
+    merged: dict[str, list[Any]] = {}
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        for kind, blocks in hcl2.loads(path.read_text()).items():
+            merged.setdefault(kind, []).extend(terraform_model.normalise(blocks))
+    return merged
+
+
+def _tf_resource(terraform: terraform_model.TerraformModel, kind: str, name: str) -> Any:
+    return terraform.resources[kind][name]
+
+
+def _secret_grants(model: bicep_model.Model) -> set[str]:
+    return {
+        a.scope.name
+        for a in model.role_assignments
+        if a.role == KEYVAULT_SECRETS_USER and a.principal_kind == FUNCTION_PRINCIPAL
+    }
+
+
+class TestFlexSite:
+    def test_no_site_sets_ftps_state(self, terraform: terraform_model.TerraformModel) -> None:
+        """No Flex Consumption site sets ftpsState, which Azure refuses there (error 51021)."""
+        for site in bicep_model.load().of_type("Microsoft.Web/sites"):
+            assert "ftpsState" not in site.properties.get("siteConfig", {}), site
+        app = _tf_resource(terraform, terraform_model.FUNCTION_APP, "main")
+        assert "ftps_state" not in app["site_config"][0]
+
+    def test_http_concurrency_is_sized_for_waiting_calls(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """Both deployments raise HTTP per-instance concurrency above Python's default of 1, to
+        the same default, from a parameter."""
+        model = bicep_model.load()
+        site = model.one("Microsoft.Web/sites")
+        triggers = site.properties["functionAppConfig"]["scaleAndConcurrency"]["triggers"]
+        bicep_default = triggers["http"]["perInstanceConcurrency"]
+        assert bicep_default > 1
+        changed = bicep_model.load(parameters={"httpPerInstanceConcurrency": 7})
+        changed_site = changed.one("Microsoft.Web/sites").properties["functionAppConfig"]
+        assert changed_site["scaleAndConcurrency"]["triggers"]["http"] == {
+            "perInstanceConcurrency": 7
+        }
+        patch = _tf_resource(terraform, "azapi_update_resource", "http_concurrency")
+        assert patch["resource_id"] == f"${{{terraform_model.FUNCTION_APP}.main.id}}"
+        http = patch["body"]["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+        assert http["triggers"]["http"] == {
+            "perInstanceConcurrency": "${var.http_per_instance_concurrency}"
+        }
+        assert terraform.variables["http_per_instance_concurrency"]["default"] == bicep_default
+
+
+class TestSecretGrants:
+    CASES: ClassVar[dict[str, tuple[dict[str, Any], set[str]]]] = {
+        "none": ({}, set()),
+        "signing key": ({"cloudSigningKey": "{}"}, {SIGNING_KEY_SECRET}),
+        "one domain": (
+            {"relayJwks": {DOMAINS[0]: "{}", DOMAINS[1]: ""}},
+            {relay_keys_secret(DOMAINS[0])},
+        ),
+        "api keys off": ({"apiKeys": "k" * 40}, set()),
+        "api keys on": ({"apiKeysEnabled": True, "apiKeys": "k" * 40}, {API_KEYS_SECRET}),
+    }
+
+    @pytest.mark.parametrize("case", CASES, ids=str)
+    def test_bicep_grants_exactly_the_secrets_it_writes(self, case: str) -> None:
+        """A secret left out gets no role (a role needs its secret to exist), as in Terraform."""
+        parameters, expected = self.CASES[case]
+        model = bicep_model.load(parameters=parameters)
+        written = {r.name for r in model.of_type("Microsoft.KeyVault/vaults/secrets")}
+        assert written == expected
+        assert _secret_grants(model) == expected
+
+    def test_terraform_grants_on_the_same_condition(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """Terraform writes, and grants, a secret under the conditions the Bicep cases prove."""
+        assert dict(terraform.secrets) == {
+            SIGNING_KEY_SECRET: "${local.create_signing_key_secret ? 1 : 0}",
+            "writeback-relays-{domain}": "${local.relay_jwks_domains}",
+            API_KEYS_SECRET: "${local.create_api_keys_secret ? 1 : 0}",
+        }
+        names = (TERRAFORM / "names.tf").read_text()
+        assert 'create_signing_key_secret = nonsensitive(var.cloud_signing_key != "")' in names
+        assert 'var.api_keys_enabled && nonsensitive(var.api_keys != "")' in names
+        assert 'if nonsensitive(lookup(local.relay_jwks, name, "") != "")' in names
+
+
+class TestKeyVaultRedeploy:
+    def test_bicep_recovers_the_deleted_vault_on_request(self) -> None:
+        """keyVaultRecover turns the vault's createMode to recover; by default it is created."""
+        created = bicep_model.load().one("Microsoft.KeyVault/vaults")
+        assert created.properties["createMode"] == "default"
+        recovered = bicep_model.load(parameters={"keyVaultRecover": True})
+        assert recovered.one("Microsoft.KeyVault/vaults").properties["createMode"] == "recover"
+
+    def test_terraform_recovers_the_deleted_vault(self, hcl: dict[str, Any]) -> None:
+        """azurerm recovers a soft-deleted vault of the same name and its secrets, never purges."""
+        (provider,) = [p["azurerm"] for p in hcl["provider"] if "azurerm" in p]
+        (key_vault,) = provider["features"][0]["key_vault"]
+        assert key_vault["recover_soft_deleted_key_vaults"] is True
+        assert key_vault["recover_soft_deleted_secrets"] is True
+        assert key_vault["purge_soft_delete_on_destroy"] is False
+
+
+class TestParameterChecks:
+    """Bicep refuses, with fail(), the combinations Terraform's variable validations refuse."""
+
+    BAD: ClassVar[dict[str, tuple[dict[str, Any], str]]] = {
+        "wait beyond lifetime": ({"waitSeconds": 61, "requestLifetimeSeconds": 60}, "waitSeconds"),
+        "audiences alone": (
+            {"authTenantId": "", "authAudiences": "api://x", "apiKeysEnabled": True},
+            "go together",
+        ),
+        "tenant alone": ({"authAudiences": ""}, "go together"),
+        "no authentication": (
+            {"authTenantId": "", "authAudiences": "", "apiKeysEnabled": False},
+            "No way to authenticate",
+        ),
+        "duplicate domains": (
+            {"domains": [{"name": "a.test", "relayPrincipalIds": []}] * 2},
+            "unique",
+        ),
+        "relay id not a guid": (
+            {"domains": [{"name": "a.test", "relayPrincipalIds": ["relay-1"]}]},
+            "GUID",
+        ),
+        "jwks for an unknown domain": ({"relayJwks": {"other.test": "{}"}}, "relayJwks"),
+    }
+
+    @pytest.mark.parametrize("case", BAD, ids=str)
+    def test_bicep_refuses(self, case: str) -> None:
+        """The deployment stops with a message naming the rule."""
+        parameters, message = self.BAD[case]
+        with pytest.raises(DeploymentRefused, match=message):
+            bicep_model.load(parameters=parameters)
+
+    def test_terraform_has_each_rule(self, terraform: terraform_model.TerraformModel) -> None:
+        """Each rule Bicep checks is a validation of the Terraform variables."""
+        messages = " ".join(
+            rule["error_message"]
+            for variable in terraform.variables.values()
+            for rule in variable.get("validation", [])
+        )
+        for fragment in ("request_lifetime_seconds", "go together", "No way to authenticate"):
+            assert fragment in messages
+        for fragment in ("unique", "GUID", "relay_jwks key"):
+            assert fragment in messages
+
+
+class TestServiceBusScale:
+    def test_heartbeat_trigger_can_read_its_queue_count(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """The function holds Data Owner (the Manage claim scale monitoring needs) on the
+        heartbeats queue, its only trigger's queue, and on no other queue, in both."""
+        model = bicep_model.load()
+        owner = {s for r, s in model.granted(FUNCTION_PRINCIPAL) if r == SERVICEBUS_DATA_OWNER}
+        assert owner == {Entity("queue", HEARTBEATS_QUEUE)}
+        assert (SERVICEBUS_DATA_RECEIVER, Entity("queue", HEARTBEATS_QUEUE)) not in (
+            model.granted(FUNCTION_PRINCIPAL)
+        )
+        tf_owner = {
+            r.scope for r in terraform.role_assignments if r.role == "Azure Service Bus Data Owner"
+        }
+        assert tf_owner == {terraform_model.Entity("queue", HEARTBEATS_QUEUE)}
+
+
+class TestHostSettings:
+    def test_both_deployments_set_the_host_settings(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """Diagnostic events are off (their tables hold no role), the app's pinned packages win
+        over the worker's, and the worker exports the app's telemetry in the host's traces."""
+        expected = {
+            "AzureWebJobsFeatureFlags": "DisableDiagnosticEventLogging",
+            "PYTHON_ISOLATE_WORKER_DEPENDENCIES": "1",
+            "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
+        }
+        bicep = bicep_model.load().app_setting_values
+        for name, value in expected.items():
+            assert bicep.get(name) == value, name
+            assert terraform.app_setting_values.get(name) == value, name
+
+
+class TestTerraformFirstApply:
+    def test_data_plane_writes_wait_for_the_deployers_roles(self, hcl: dict[str, Any]) -> None:
+        """Secrets and tables depend on a time_sleep that follows both deployer roles, so the
+        first apply does not meet 403 while the roles propagate."""
+        resources = {
+            (kind, name): body
+            for block in hcl["resource"]
+            for kind, named in block.items()
+            for name, body in named.items()
+        }
+        (sleep,) = [b for (k, _), b in resources.items() if k == "time_sleep"]
+        seconds = int(re.fullmatch(r"(\d+)s", sleep["create_duration"])[1])  # type: ignore[index]
+        assert seconds >= 60
+        triggers = " ".join(sleep["triggers"].values())
+        for role in ("deployer_write_secrets", "deployer_create_tables"):
+            assert f"azurerm_role_assignment.{role}" in triggers
+        for (kind, name), body in resources.items():
+            if kind in ("azurerm_key_vault_secret", "azurerm_storage_table"):
+                assert "${time_sleep.deployer_roles_propagate}" in body["depends_on"], name
+
+    def test_azure_web_jobs_storage_stays_blank_and_watched(self, hcl: dict[str, Any]) -> None:
+        """AzureWebJobsStorage is given as "" (else azurerm writes a keyed string that beats the
+        identity settings) and never ignored (else the next update writes that string)."""
+        (app,) = [
+            named[terraform_model.FUNCTION_APP]["main"]
+            for named in hcl["resource"]
+            if terraform_model.FUNCTION_APP in named
+        ]
+        assert app["app_settings"]["AzureWebJobsStorage"] == ""
+        ignored = [rule.get("ignore_changes") for rule in app.get("lifecycle", [])]
+        assert not any(ignored), ignored
+
+    def test_providers_are_pinned_and_locked_or_lockable(self, hcl: dict[str, Any]) -> None:
+        """Every provider has a source and a version held to one major release; without a
+        committed lock file the README starts with `terraform providers lock`."""
+        (terraform_block,) = hcl["terraform"]
+        (providers,) = terraform_block["required_providers"]
+        assert {"azurerm", "azapi", "time"} <= set(providers)
+        for name, requirement in providers.items():
+            assert requirement["source"], name
+            assert re.fullmatch(r"~> \d+\.\d+(\.\d+)?", requirement["version"]), name
+        lock = TERRAFORM / ".terraform.lock.hcl"
+        if lock.exists():
+            text = lock.read_text()
+            for requirement in providers.values():
+                assert f'"registry.terraform.io/{requirement["source"].lower()}"' in text
+        else:
+            assert "terraform providers lock" in (TERRAFORM / "README.md").read_text()
