@@ -76,12 +76,13 @@ class Host:
         prefix: str = routes.DEFAULT_PREFIX,
         published: Path | None = None,
     ) -> None:
-        self.functions = {function.name: function for function in functions}
         self.environ = environ
         self.published = published
+        # A function whose binding names a setting that is not there is not loaded at all.
+        self.functions = {f.name: f for f in functions if self.loadable(f)}
         http = [
             routes.compile_route(prefix, str(t.get("route") or f.name), t.get("methods") or (), f)
-            for f in functions
+            for f in self.functions.values()
             if (t := f.trigger())["type"] == "httpTrigger"
         ]
         # Literal segments take precedence over parameters, as in ASP.NET Core routing.
@@ -107,7 +108,8 @@ class Host:
         return app
 
     async def http(self, request: web.Request) -> web.StreamResponse:
-        found = routes.resolve(self.routes, request.method, request.path)
+        # The path as sent: each route parameter is percent-decoded once, by the route.
+        found = routes.resolve(self.routes, request.method, request.raw_path.split("?")[0])
         if found is None:
             return web.Response(status=404)
         route, parameters = found
@@ -137,10 +139,10 @@ class Host:
             body = json.loads(await request.read())
         except ValueError:
             return web.Response(status=400, text="the body is not JSON")
-        if not isinstance(body, list | dict) or not body:
+        if not isinstance(body, list | dict):
             return web.Response(status=400, text="not an event or a list of events")
         if kind == "subscriptionvalidation":
-            first = body[0] if isinstance(body, list) else body
+            first = body[0] if isinstance(body, list) and body else body
             data = first.get("data") if isinstance(first, dict) else None
             if isinstance(data, str):  # CloudEvents: the data is JSON inside a string
                 data = json.loads(data)
@@ -296,7 +298,7 @@ async def serve(
     runner = web.AppRunner(local.application(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
-    loaded = [f for f in local.functions.values() if local.loadable(f)]
+    loaded = local.functions.values()
     tasks = [
         *(asyncio.create_task(local.pump_queue(f, stop)) for f in loaded if _is(f, "serviceBus")),
         *(asyncio.create_task(local.run_timer(f, stop)) for f in loaded if _is(f, "timer")),

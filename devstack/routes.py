@@ -48,14 +48,19 @@ class Route:
     target: Any
 
     def match(self, path: str) -> dict[str, str] | None:
+        """The route's parameters in `path` (as sent, percent-encoded), each decoded once; None
+        if it does not match."""
         found = self.pattern.fullmatch(path)
         if found is None:
             return None
         return {
-            name: urllib.parse.unquote(value)
-            for name, value in found.groupdict().items()
-            if value is not None
+            name: _decoded(value) for name, value in found.groupdict().items() if value is not None
         }
+
+
+def _decoded(value: str) -> str:
+    """A route value as ASP.NET Core gives it: percent-decoded once, except an encoded slash."""
+    return urllib.parse.unquote(re.sub("%2[Ff]", lambda found: "%25" + found[0][1:], value))
 
 
 def compile_route(prefix: str, template: str, methods: Iterable[str], target: Any) -> Route:
@@ -87,7 +92,8 @@ def compile_route(prefix: str, template: str, methods: Iterable[str], target: An
 
 
 def resolve(routes: Iterable[Route], method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-    """The route that takes `method` on `path`, with its parameters; None means 404."""
+    """The route that takes `method` on `path` (as sent, percent-encoded), with its
+    parameters; None means 404."""
     normalized = "/" + path.strip("/") if path.strip("/") else "/"
     for route in routes:
         parameters = route.match(normalized)

@@ -90,3 +90,23 @@ class TestMisconfigured:
         assert (status, answer["setting"]) == (503, "WRITEBACK_UPN_SUFFIXES")
         assert "Key Vault" in answer["problem"]
         assert UNRESOLVED not in body.decode()
+
+    async def test_a_broken_role_list_takes_its_keys_with_it(
+        self, environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A role list that cannot be read is not replaced by every role: the keys it governs
+        are dropped with it, so a reset-only key never reads the configuration in health."""
+        monkeypatch.setenv("WRITEBACK_API_KEY_ROLES", "Writeback.Reset.Admin,Writeback.Bogus")
+        assert http.operator_auth_settings(os.environ) is None
+        monkeypatch.setenv("WRITEBACK_API_KEY_ROLES", UNRESOLVED)
+        status, body, _ = await functions.http(function_app.health, health())
+        assert (status, functions.json_body(body)["error"]) == (503, "service.misconfigured")
+
+    async def test_a_reset_only_key_is_not_an_operator(
+        self, environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A key without the read role is refused by health (403) and learns nothing."""
+        monkeypatch.setenv("WRITEBACK_API_KEY_ROLES", "Writeback.Reset.Admin")
+        status, body, _ = await functions.http(function_app.health, health())
+        assert status == 403
+        assert "setting" not in functions.json_body(body)

@@ -213,34 +213,55 @@ async def _misconfigured(request: Any, problem: ConfigurationError) -> Any:
     """The health answer while the service cannot be built: the setting named to a caller the
     authentication settings (as far as they are usable) accept with the READ role."""
     log.error("not configured", extra={"setting": problem.setting, "error": problem.problem})
-    settings = operator_auth_settings(os.environ)
-    if settings is None:
+    authenticator = await _operator_authenticator(os.environ)
+    if authenticator is None:
         return error(503, MISCONFIGURED, NOT_CONFIGURED)
-    authenticator = auth.Authenticator(settings)
     try:
         caller = await authenticator.authenticate(dict(request.headers))
         authenticator.authorize(caller, auth.Role.READ)
     except auth.AuthError as exc:
         return error(exc.status, exc.reason, exc.problem)
-    finally:
-        await authenticator.close()
     body = {"status": "misconfigured", "setting": problem.setting, "problem": problem.problem}
     return respond(503, body)
 
 
+# The settings that only make sense together: when one of them is unusable, all go, so that a
+# broken role list never leaves its keys with every role, nor a tenant its audiences.
+_TOGETHER = (
+    (auth.API_KEYS_SETTING, auth.API_KEY_ROLES_SETTING),
+    (auth.TENANT_SETTING, auth.AUDIENCES_SETTING, auth.JWKS_URL_SETTING),
+)
+_operator: tuple[auth.AuthSettings, auth.Authenticator] | None = None
+
+
 def operator_auth_settings(environ: Mapping[str, str]) -> auth.AuthSettings | None:
-    """The authentication settings without the ones that are themselves unusable (an
-    unresolved Key Vault reference, say), so that an operator can still be recognised; None
-    when no way of authenticating is left."""
+    """The authentication settings without the ones that are unusable (an unresolved Key Vault
+    reference, say) and those that belong with them, so that an operator can still be
+    recognised; None when no way of authenticating is left."""
     usable = dict(environ)
     while True:
         try:
             settings = auth.AuthSettings.from_env(usable)
         except ConfigurationError as exc:
-            if usable.pop(exc.setting, None) is None:
+            group = next((g for g in _TOGETHER if exc.setting in g), (exc.setting,))
+            if not any(usable.pop(name, None) is not None for name in group):
                 return None
             continue
         return settings if settings.tenant_id or settings.api_keys else None
+
+
+async def _operator_authenticator(environ: Mapping[str, str]) -> auth.Authenticator | None:
+    """One authenticator for the usable settings, kept while they stay the same (its Entra ID
+    signing keys are fetched once, not per request)."""
+    global _operator  # noqa: PLW0603 - at most one per worker process, like the service
+    settings = operator_auth_settings(environ)
+    if settings is None:
+        return None
+    if _operator is None or _operator[0] != settings:
+        if _operator is not None:
+            await _operator[1].close()
+        _operator = (settings, auth.Authenticator(settings))
+    return _operator[1]
 
 
 async def user_history(request: Any) -> Any:

@@ -351,39 +351,72 @@ def make_private(path: Path, *, directory: bool = False) -> None:
 
 def check_trusted_file(path: Path, setting: str) -> None:
     """Refuse a file that decides whom the relay trusts (the cloud's public keys) when anyone but
-    its owner could change what it says: whoever can, could make the relay accept their
-    requests. So, as for key files: not a symbolic link (its target could be swapped), owned by
-    the relay's uid or root, not writable by group or others, in a directory that group and
-    others cannot write either (they could replace the file). POSIX only; on Windows the install
-    script closes the configuration folder."""
+    root or the relay could change what it says: whoever can, could make the relay accept their
+    requests. As sshd's StrictModes: the file a regular file, not a symbolic link, owned by root
+    or the relay's uid and writable by its owner only; every folder on the way to it owned by
+    root or the relay's uid and not writable by group or others unless sticky (/tmp: nobody can
+    replace what they do not own there); every symbolic link on the way owned by root or the
+    relay's uid. POSIX only; on Windows the install script closes the configuration folder."""
     if sys.platform == "win32":
         return
     try:
         status = path.lstat()
-        parent = path.parent.stat()
+        problem = _file_problem(path, status) or _way_problem(path)
     except OSError as exc:
         raise ConfigurationError(setting, f"cannot read {path} ({type(exc).__name__})") from exc
+    if problem is not None:
+        raise ConfigurationError(setting, problem)
+
+
+_TRUSTED_OWNERS = frozenset({0})
+
+
+def _owner_ok(status: os.stat_result) -> bool:
+    return status.st_uid in _TRUSTED_OWNERS or status.st_uid == os.getuid()
+
+
+def _file_problem(path: Path, status: os.stat_result) -> str | None:
     if stat.S_ISLNK(status.st_mode):
-        raise ConfigurationError(setting, f"{path} is a symbolic link: give the file itself")
+        return f"{path} is a symbolic link: give the file itself"
     if not stat.S_ISREG(status.st_mode):
-        raise ConfigurationError(setting, f"{path} is not a regular file")
-    if status.st_uid not in (0, os.getuid()):
-        raise ConfigurationError(
-            setting,
+        return f"{path} is not a regular file"
+    if not _owner_ok(status):
+        return (
             f"{path} is owned by uid {status.st_uid}, neither root nor the relay's uid "
-            f"{os.getuid()}: chown it",
+            f"{os.getuid()}: chown it"
         )
     mode = stat.S_IMODE(status.st_mode)
     if mode & 0o022:
-        raise ConfigurationError(
-            setting,
+        return (
             f"{path} is writable by group or others (mode {mode:o}); whoever can write it "
-            "decides which requests the relay accepts: chmod 644 it",
+            "decides which requests the relay accepts: chmod 644 it"
         )
-    folder = stat.S_IMODE(parent.st_mode)
-    if folder & 0o022:
-        raise ConfigurationError(
-            setting,
-            f"{path.parent} is writable by group or others (mode {folder:o}); whoever can write "
-            f"it can replace {path.name}: chmod 755 it, or move the file",
-        )
+    return None
+
+
+def _way_problem(path: Path) -> str | None:
+    """Why someone but root or the relay could swap a folder or link on the way to `path`."""
+    walked = Path(path.absolute().anchor)
+    for part in path.absolute().parent.parts[1:]:
+        walked = walked / part
+        link = walked.lstat()
+        if stat.S_ISLNK(link.st_mode) and not _owner_ok(link):
+            return (
+                f"{walked} is a symbolic link owned by uid {link.st_uid}: whoever owns it can "
+                "point it elsewhere"
+            )
+    real = path.parent.resolve()
+    for folder in (real, *real.parents):
+        status = folder.stat()
+        mode = stat.S_IMODE(status.st_mode)
+        if not _owner_ok(status):
+            return (
+                f"{folder} is owned by uid {status.st_uid}: whoever owns it can replace "
+                f"{path.name}; keep the file in a folder of root or the relay"
+            )
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            return (
+                f"{folder} is writable by group or others (mode {mode:o}); whoever can write "
+                f"it can replace {path.name}: chmod 755 it, or move the file"
+            )
+    return None
