@@ -336,7 +336,7 @@ async def writeback_event(event: str, completed: Any) -> None:
     (`func.Out[str]`)."""
     requested = events.RequestedEvent.from_json(event)
     if requested is None:
-        log.warning("event dropped: not a JSON object")
+        log.warning("event dropped: not one JSON object with unique members")
         return
     instance = await _cloud_for_trigger()
     handler = events.EventHandler(instance.service, instance.service.audit, instance.telemetry)
