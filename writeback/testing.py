@@ -30,7 +30,14 @@ from writeback.cloud.agents import AgentRecord
 from writeback.cloud.audit import AuditRecord
 from writeback.cloud.tables import check_key
 from writeback.errors import DirectoryError
-from writeback.protocol import Command, Operation, Outcome, Reason
+from writeback.protocol import (
+    ChangePassword,
+    Command,
+    Operation,
+    Outcome,
+    Reason,
+    ResetPassword,
+)
 from writeback.protocol.messages import upn_key
 from writeback.relay.directory import Capabilities
 from writeback.relay.ldap import DomainController, Link
@@ -192,6 +199,8 @@ class FakeDirectory:
         self.applied: list[Command] = []
         self.outcomes: deque[Outcome] = deque()
         self.last_set: dict[str, datetime] = {}
+        self.passwords: dict[str, str] = {}  # the password now in effect, by UPN
+        self.verifiable = True
         self.delay = delay
         self.overlaps = 0
         self._busy: set[str] = set()
@@ -213,6 +222,8 @@ class FakeDirectory:
                     self.last_set.pop(user, None)  # pwdLastSet = 0
                 elif outcome.reason is Reason.APPLIED and command.operation is not Operation.UNLOCK:
                     self.last_set[user] = datetime.fromtimestamp(self._clock(), UTC)
+                    if isinstance(command, ResetPassword | ChangePassword):
+                        self.passwords[user] = command.new_password
                 return outcome
         finally:
             with self._lock:
@@ -229,6 +240,13 @@ class FakeDirectory:
 
     def password_last_set(self, upn: str) -> datetime | None:
         return self.last_set.get(upn.casefold())
+
+    def password_in_effect(self, upn: str, password: str) -> bool | None:
+        """From the passwords this directory was given (a user never given one has another);
+        None when `verifiable` is off (a DC that cannot tell without risking a lockout)."""
+        if not self.verifiable:
+            return None
+        return self.passwords.get(upn.casefold()) == password
 
 
 class MemoryAuditTrail:

@@ -463,3 +463,34 @@ class TestAccessDenied:
         assert reset.reason is Reason.APPLIED
         assert reset_and_unlock.reason is Reason.DIRECTORY_ACCESS_DENIED
         assert "lockoutTime" in reset_and_unlock.detail
+
+
+class TestPasswordInEffect:
+    def test_the_dc_says_which_password_is_in_effect(
+        self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, read: Read
+    ) -> None:
+        """A bind as the user proves it: the current password is in effect, another is not
+        (one bad attempt), and a password that must be changed at next logon still is (data
+        773)."""
+        user = new_user("verify")
+        assert directory.password_in_effect(user.upn, user.password) is True
+        assert directory.password_in_effect(user.upn, NEW) is False
+        assert read(user.dn, ["badPwdCount"])["badPwdCount"] == "1"
+        outcome = directory.apply(
+            ResetPassword(user.upn, NEW, Initiator.ADMIN, force_change_at_next_logon=True)
+        )
+        assert outcome.reason is Reason.APPLIED
+        assert directory.password_in_effect(user.upn, NEW) is True
+
+    def test_no_bind_when_one_more_bad_attempt_could_lock_the_account(
+        self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, read: Read
+    ) -> None:
+        """With badPwdCount one below the lockout threshold the DC is not asked (None), so
+        verifying never locks a user out; the count is unchanged."""
+        user = new_user("nearlock")
+        seed.lock_out(testbed.dc, user, seed.DOMAIN_POLICY["lockout_threshold"] - 1)
+        before = read(user.dn, ["badPwdCount"])["badPwdCount"]
+        assert before == str(seed.DOMAIN_POLICY["lockout_threshold"] - 1)
+        assert directory.password_in_effect(user.upn, NEW) is None
+        assert read(user.dn, ["badPwdCount"])["badPwdCount"] == before
+

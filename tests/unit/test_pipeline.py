@@ -272,17 +272,49 @@ class TestExactlyOnce:
         assert len(world.directory.applied) == 1
 
     async def test_crash_after_the_write_reports_applied(self, world: World) -> None:
-        """Journal APPLYING and a pwdLastSet after it: the write happened; it is not repeated."""
+        """Journal APPLYING, pwdLastSet after it, and the DC confirms the requested password is
+        in effect: the write happened; it is reported applied and not repeated."""
         world.journal.begin(
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
         world.directory.last_set[USER] = datetime.now(UTC)  # AD took the write before the crash
+        world.directory.passwords[USER] = PASSWORD
         await world.send(world.token())
         assert await world.handle_next() is Settled.COMPLETED
         outcome = await world.outcome()
         assert outcome.reason is Reason.APPLIED
-        assert "earlier delivery" in outcome.detail
+        assert "in effect" in outcome.detail
+        assert world.directory.applied == []
+
+    async def test_crash_path_never_claims_a_write_that_another_made(self, world: World) -> None:
+        """Journal APPLYING, pwdLastSet after it, but another password is in effect (a newer
+        write, not this request's): superseded, not applied, and nothing written over it."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1")
+        world.directory.last_set[USER] = datetime.now(UTC)
+        world.directory.passwords[USER] = "Someone-Elses-Pa55!"
+        await world.send(world.token())
+        await world.handle_next()
+        outcome = await world.outcome()
+        assert outcome.reason is Reason.REQUEST_SUPERSEDED
+        assert world.directory.applied == []
+
+    async def test_unverifiable_is_said_honestly(self, world: World) -> None:
+        """When the DC cannot say which password is in effect without risking a lockout, the
+        answer is request.outcome_unknown: never applied by inference, nothing written."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1")
+        world.directory.last_set[USER] = datetime.now(UTC)
+        world.directory.passwords[USER] = PASSWORD
+        world.directory.verifiable = False
+        await world.send(world.token())
+        await world.handle_next()
+        assert (await world.outcome()).reason is Reason.REQUEST_OUTCOME_UNKNOWN
         assert world.directory.applied == []
 
     async def test_crash_before_the_write_applies_it(self, world: World) -> None:
@@ -297,14 +329,33 @@ class TestExactlyOnce:
         assert len(world.directory.applied) == 1
 
     async def test_another_relays_write_is_recognised(self, world: World) -> None:
-        """Redelivered, unknown to this journal, but AD changed since issue: reported applied."""
+        """Redelivered, unknown to this journal, AD changed since issue and the requested
+        password is the one in effect: reported applied, not written again."""
         world.directory.last_set[USER] = datetime.now(UTC)  # the relay that died wrote it
+        world.directory.passwords[USER] = PASSWORD
         await world.send(world.token())
         [delivery] = await world.relay.receive(1, 2.0)
         redelivered = dataclasses.replace(delivery, delivery_count=2)
         assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
         assert (await world.outcome()).reason is Reason.APPLIED
         assert world.directory.applied == []
+
+    async def test_a_change_abandoned_by_a_listen_holder_is_applied_not_claimed(
+        self, world: World
+    ) -> None:
+        """The issue's case: a helpdesk reset, then the user's change within two minutes, which
+        a holder of Listen received and abandoned. Redelivered, its password is not in effect
+        (the helpdesk's is): it is applied now, with the DC checking the old password, never
+        reported applied while AD keeps the helpdesk's password."""
+        world.directory.last_set[USER] = datetime.now(UTC)  # the helpdesk's reset, just before
+        world.directory.passwords[USER] = "Helpdesk-Pa55word!"
+        await world.send(world.token(Operation.CHANGE))
+        [delivery] = await world.relay.receive(1, 2.0)
+        redelivered = dataclasses.replace(delivery, delivery_count=2)  # the abandon counted
+        assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
+        assert (await world.outcome()).reason is Reason.APPLIED
+        assert [c.operation for c in world.directory.applied] == [Operation.CHANGE]
+        assert world.directory.passwords[USER] == PASSWORD
 
     async def test_a_first_delivery_is_always_applied(self, world: World) -> None:
         """On a first delivery a recent pwdLastSet (the user changed it) never skips the write."""
@@ -348,8 +399,9 @@ class TestExactlyOnce:
         assert entry.state is State.REJECTED
 
     async def test_a_change_ad_took_before_a_crash_is_not_throttled(self, world: World) -> None:
-        """Journal APPLYING and AD's pwdLastSet after it: the change is reported applied even
-        when wrong guesses meanwhile reached the limit (recovery comes before the throttle)."""
+        """Journal APPLYING and the changed password in effect: the change is reported applied
+        even when wrong guesses meanwhile reached the limit (recovery comes before the
+        throttle)."""
         world.directory.outcomes.extend([Outcome(Reason.OLD_PASSWORD_MISMATCH)] * 5)
         for n in range(5):
             request_id = f"req-guess-{n}"
@@ -360,21 +412,23 @@ class TestExactlyOnce:
         )
         world.journal.applying("req-1")
         world.directory.last_set[USER] = datetime.now(UTC)
+        world.directory.passwords[USER] = PASSWORD
         await world.send(world.token(Operation.CHANGE))
         assert await world.handle_next() is Settled.COMPLETED
         assert (await world.outcome()).reason is Reason.APPLIED
 
-    async def test_an_expire_redelivered_after_the_users_new_password_is_not_repeated(
+    async def test_an_expire_redelivered_after_a_new_password_is_superseded(
         self, world: World
     ) -> None:
-        """An expire another delivery applied, and the user has answered it with a new password
-        since: writing pwdLastSet = 0 again would make them change it twice."""
-        world.directory.last_set[USER] = datetime.now(UTC)  # the new password, after the expire
+        """An expire delivered again when a password was set after it was issued: writing
+        pwdLastSet = 0 again would make the user change twice (or expire a newer password), so
+        it is superseded, and nothing is written."""
+        world.directory.last_set[USER] = datetime.now(UTC)  # a password set after the expire
         await world.send(world.token(Operation.EXPIRE))
         [delivery] = await world.relay.receive(1, 2.0)
         redelivered = dataclasses.replace(delivery, delivery_count=2)
         assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
-        assert (await world.outcome()).reason is Reason.APPLIED
+        assert (await world.outcome()).reason is Reason.REQUEST_SUPERSEDED
         assert world.directory.applied == []
 
     async def test_an_expire_left_applying_is_written_again(self, world: World) -> None:

@@ -24,7 +24,7 @@ from writeback.protocol import (
 CODE = re.compile(r"^[a-z]+(?:_[a-z]+)*\.[a-z]+(?:_[a-z]+)*$")
 # DESIGN's partition, by code prefix or exact code.
 REJECTED_PREFIXES = ("policy.", "user.", "account.")
-REJECTED_CODES = {"old_password.mismatch", "request.invalid"}
+REJECTED_CODES = {"old_password.mismatch", "request.invalid", "request.superseded"}
 FAILED_PREFIXES = ("directory.", "agent.", "transport.", "outcome.", "password.")
 FAILED_CODES = {
     "request.malformed",
@@ -32,6 +32,7 @@ FAILED_CODES = {
     "request.replayed",
     "request.invalid_signature",
     "request.undecryptable",
+    "request.outcome_unknown",
 }
 
 

@@ -324,6 +324,8 @@ NOT_FROM_THE_DIRECTORY = {  # the request pipeline and the cloud side, never Lda
     Reason.REQUEST_MALFORMED,
     Reason.REQUEST_EXPIRED,
     Reason.REQUEST_REPLAYED,
+    Reason.REQUEST_SUPERSEDED,  # the pipeline's recovery of an earlier delivery
+    Reason.REQUEST_OUTCOME_UNKNOWN,  # the same, when the DC cannot say without risk
     Reason.REQUEST_INVALID_SIGNATURE,
     Reason.REQUEST_UNDECRYPTABLE,
     Reason.AGENT_UNAVAILABLE,

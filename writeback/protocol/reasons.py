@@ -40,6 +40,9 @@ class Reason(enum.StrEnum):
     ACCOUNT_PASSWORD_NEVER_EXPIRES = "account.password_never_expires"  # noqa: S105 - a reason code
     REQUEST_INVALID = "request.invalid"
     ACCOUNT_THROTTLED = "account.throttled"
+    # delivered again after an earlier delivery may have written it, and another password is in
+    # effect, set at about or after the time of the request: not written, so as not to undo it
+    REQUEST_SUPERSEDED = "request.superseded"
     # failed: something is broken; an administrator must act
     DIRECTORY_UNAVAILABLE = "directory.unavailable"
     DIRECTORY_ACCESS_DENIED = "directory.access_denied"
@@ -49,6 +52,9 @@ class Reason(enum.StrEnum):
     REQUEST_REPLAYED = "request.replayed"
     REQUEST_INVALID_SIGNATURE = "request.invalid_signature"
     REQUEST_UNDECRYPTABLE = "request.undecryptable"
+    # delivered again after an earlier delivery may have written it, and the DC cannot say
+    # whether its password is in effect without risking a lockout
+    REQUEST_OUTCOME_UNKNOWN = "request.outcome_unknown"
     AGENT_UNAVAILABLE = "agent.unavailable"
     AGENT_TIMEOUT = "agent.timeout"
     # failed in the cloud: the message bus cannot be used, or the relay's answer does not verify
@@ -150,6 +156,16 @@ _REASONS: dict[Reason, tuple[Status, str]] = {
         "The request took too long to reach your organisation. Try again.",
     ),
     Reason.REQUEST_REPLAYED: (Status.FAILED, "This request was already processed."),
+    Reason.REQUEST_SUPERSEDED: (
+        Status.REJECTED,
+        "Another password change for this account came in between, so this request was not "
+        "carried out. Submit it again if it is still needed.",
+    ),
+    Reason.REQUEST_OUTCOME_UNKNOWN: (
+        Status.FAILED,
+        "It is not known whether this change was applied. Try signing in with the new "
+        f"password before trying again. {_ADMIN}",
+    ),
     Reason.REQUEST_INVALID_SIGNATURE: (
         Status.FAILED,
         f"The request could not be authenticated. {_ADMIN}",

@@ -68,6 +68,11 @@ class Directory(Protocol):
         user must change it at next logon (pwdLastSet = 0)."""
         ...
 
+    def password_in_effect(self, upn: str, password: str) -> bool | None:
+        """Whether `password` is the user's password now, proved by the DC; None when that
+        cannot be known without risking the account (see LdapDirectory)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -149,6 +154,27 @@ class LdapDirectory:
             return None
         last_set = filetime(found.number("pwdLastSet"))
         return last_set.replace(tzinfo=UTC) if last_set else None
+
+    def password_in_effect(self, upn: str, password: str) -> bool | None:
+        """Bind as the user with `password` on the relay's DC: True when the DC accepts it
+        (data 773, "must be changed", also proves it right), False when it says wrong password
+        (52e), None for any other answer. A wrong password counts one bad attempt, so this is
+        asked only about a request that may already be applied, and not at all (None) when one
+        more bad attempt could lock the account out."""
+        with self._lock:
+            found = self._reading(lambda link: accounts.find_user(link, upn, Operation.RESET))
+            if not isinstance(found, User):
+                return None
+            link = self._connected()
+            policy = self._policies.resultant(link, found)
+            bad = int(ldap.first(link.read(found.dn, ["badPwdCount"]), "badPwdCount", "0") or 0)
+            if policy is None or 0 < policy.lockout_threshold <= bad + 1:
+                return None
+            answer = ldap.bind_answer(self.settings, link.address, upn, password)
+        log.info("password_verified", extra={"dn": found.dn, "answer": answer or "accepted"})
+        if answer in (None, "773"):
+            return True
+        return False if answer == "52e" else None
 
     # -- the operation -------------------------------------------------------------------
     def apply(self, command: Command) -> Outcome:

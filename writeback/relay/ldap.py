@@ -147,35 +147,67 @@ def parse_generalized_time(value: str) -> datetime | None:
         return None
 
 
+def _tls_connection(
+    settings: DirectorySettings, address: ServerAddress, user: str, password: str
+) -> ldap3.Connection:
+    """An open connection to `address` with TLS established and the certificate validated, not
+    yet bound (a bind never travels in the clear)."""
+    server = ldap3.Server(
+        address.host,
+        port=address.port,
+        use_ssl=address.ldaps,
+        tls=ValidatingTls(str(settings.ca_file)),
+        get_info=ldap3.NONE,
+        connect_timeout=settings.connect_timeout,
+    )
+    connection = ldap3.Connection(
+        server,
+        user=user,
+        password=password,
+        authentication=ldap3.SIMPLE,
+        raise_exceptions=False,
+        receive_timeout=max(1, round(settings.operation_timeout)),
+        read_only=False,
+    )
+    where = address.url
+    try:
+        connection.open()
+        if not address.ldaps and not connection.start_tls():
+            raise DirectoryUnavailable(f"{where}: StartTLS refused: {connection.result}")
+        if not (address.ldaps or connection.tls_started):
+            raise DirectoryUnavailable(f"{where}: TLS did not start; refusing to bind")
+    except Exception as exc:
+        discard(connection)
+        raise translate_ldap_error(exc, where) from exc
+    return connection
+
+
+def bind_answer(
+    settings: DirectorySettings, address: ServerAddress, user: str, password: str
+) -> str | None:
+    """Bind as `user` with `password` on `address` and unbind: None when the bind succeeds, else
+    the DC's data code (52e wrong password, 773 right password that must be changed, ...) or
+    "" when it gave none. A wrong password counts as a bad attempt on the account."""
+    connection = _tls_connection(settings, address, user, password)
+    try:
+        if connection.bind():
+            return None
+        match = _BIND_DATA.search(str(connection.result.get("message", "")))
+        return match.group(1).lower() if match else ""
+    except Exception as exc:
+        raise translate_ldap_error(exc, address.url) from exc
+    finally:
+        discard(connection)
+
+
 class Link:
     """One bound, validated connection to one DC."""
 
     def __init__(self, settings: DirectorySettings, address: ServerAddress, password: str) -> None:
         self.address = address
-        server = ldap3.Server(
-            address.host,
-            port=address.port,
-            use_ssl=address.ldaps,
-            tls=ValidatingTls(str(settings.ca_file)),
-            get_info=ldap3.NONE,
-            connect_timeout=settings.connect_timeout,
-        )
-        self.connection = ldap3.Connection(
-            server,
-            user=settings.bind_user,
-            password=password,
-            authentication=ldap3.SIMPLE,
-            raise_exceptions=False,
-            receive_timeout=max(1, round(settings.operation_timeout)),
-            read_only=False,
-        )
+        self.connection = _tls_connection(settings, address, settings.bind_user, password)
         where = address.url
         try:
-            self.connection.open()
-            if not address.ldaps and not self.connection.start_tls():
-                raise DirectoryUnavailable(f"{where}: StartTLS refused: {self.connection.result}")
-            if not (address.ldaps or self.connection.tls_started):
-                raise DirectoryUnavailable(f"{where}: TLS did not start; refusing to bind")
             if not self.connection.bind():
                 message = self.connection.result.get("message", "")
                 raise DirectoryAccessDenied(

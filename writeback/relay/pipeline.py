@@ -2,8 +2,8 @@
 
 verify the cloud's signature and the format → check id and domain → refuse a request issued ahead
 of this relay's clock (clock skew) → journal, then the expiry (a duplicate gets the recorded
-outcome again; an entry a crash left APPLYING is resolved from the user's pwdLastSet, so a write AD
-already accepted is neither repeated nor reported as a history failure) → open the sealed secrets →
+outcome again; an entry a crash left APPLYING, or a request delivered before but not journaled
+here, is resolved by what the DC can prove: see `_earlier_write`) → open the sealed secrets →
 apply through the directory, one write per user at a time, with the message lock renewed meanwhile
 → journal the outcome → send it signed, on the reply session the signed request names (else the
 request's own) → complete.
@@ -37,7 +37,15 @@ from joserfc.jwk import ECKey, KeySet
 
 from writeback import sealing
 from writeback.errors import JournalError, ProtocolError, TransportError
-from writeback.protocol import Command, Operation, Outcome, Reason
+from writeback.protocol import (
+    ChangePassword,
+    Command,
+    ExpirePassword,
+    Operation,
+    Outcome,
+    Reason,
+    ResetPassword,
+)
 from writeback.protocol.messages import OutcomeMessage, RequestMessage
 from writeback.relay.directory import Directory
 from writeback.relay.journal import Journal, State
@@ -168,11 +176,11 @@ class Pipeline:
         async with self._one_write_per_user(message.user):
             if seen is not None and seen.state is State.APPLYING:
                 # This relay crashed while applying it.
-                resolved = await self._written_since(command, seen.updated_at)
+                resolved = await self._earlier_write(command, seen.updated_at)
             elif seen is None and delivery_count > 1:
                 # Delivered before, but not journaled here: another relay of the domain may have
-                # written it and died before answering.
-                resolved = await self._written_since(command, float(message.issued_at))
+                # written it and died before answering (or a receiver that is no relay let go).
+                resolved = await self._earlier_write(command, float(message.issued_at))
             else:
                 resolved = None
             if resolved is not None:
@@ -205,22 +213,58 @@ class Pipeline:
             f"expired {self._clock() - message.expires_at:.0f}s {when}",
         )
 
-    async def _written_since(self, command: Command, since: float) -> Outcome | None:
-        """An earlier delivery's write, if AD shows one: the password changed after `since`."""
+    async def _earlier_write(self, command: Command, since: float) -> Outcome | None:
+        """What to do with a request an earlier delivery may have written (from `since` on):
+        None to write it now, or the outcome to report instead. pwdLastSet alone proves
+        nothing (another write may have set it), so the DC is asked what is true:
+
+        - an unlock is written again: lockoutTime = 0 twice is harmless;
+        - nothing written since `since` (pwdLastSet clearly before it): write it now;
+        - an expire: pwdLastSet = 0 already, write it again (harmless); a password set since
+          is newer than the expire: superseded, not expired again (the user would change twice);
+        - a reset or change: the DC checks whether the requested password is in effect (a bind
+          as the user): yes, applied; no, for a change write it now (the DC checks the old
+          password, so a change cannot undo a newer write), for a reset superseded (writing it
+          would undo the password set since) unless pwdLastSet is 0 (then written now); cannot
+          tell without risking a lockout: unknown.
+        """
         if command.operation is Operation.UNLOCK:
-            return None  # lockoutTime=0 can simply be written again
-        last_set = await asyncio.to_thread(self._directory.password_last_set, command.user)
-        # An expire writes pwdLastSet = 0, which reads as None: writing it again is harmless.
-        # A password set since then is the user's answer to it; another expire would make them
-        # change it twice.
-        if last_set is None or last_set.timestamp() < since - CLOCK_TOLERANCE_SECONDS:
             return None
-        # Writing again would fail as history (or change the password twice): report the write
-        # that already happened instead.
+        last_set = await asyncio.to_thread(self._directory.password_last_set, command.user)
+        if last_set is not None and last_set.timestamp() < since - CLOCK_TOLERANCE_SECONDS:
+            return None
+        when = f"pwdLastSet {last_set:%Y-%m-%dT%H:%M:%SZ}" if last_set else "pwdLastSet 0"
+        if isinstance(command, ExpirePassword):
+            if last_set is None:
+                return None
+            return Outcome(
+                Reason.REQUEST_SUPERSEDED,
+                f"a password was set after this expire was issued ({when}): not expired again",
+            )
+        if not isinstance(command, ResetPassword | ChangePassword):
+            return None
+        in_effect = await asyncio.to_thread(
+            self._directory.password_in_effect, command.user, command.new_password
+        )
+        if in_effect:
+            return Outcome(
+                Reason.APPLIED,
+                f"the requested password is in effect ({when}): applied by an earlier delivery",
+            )
+        if in_effect is False and (isinstance(command, ChangePassword) or last_set is None):
+            # A change: the DC checks the old password. pwdLastSet 0: no time to compare (an
+            # account due a change, a new hire's say), and the request was not written.
+            return None
+        if in_effect is False:
+            return Outcome(
+                Reason.REQUEST_SUPERSEDED,
+                f"another password is in effect, set at about or after this request ({when}); "
+                "not written, so as not to undo it",
+            )
         return Outcome(
-            Reason.APPLIED,
-            "applied by an earlier delivery of this request "
-            f"(pwdLastSet {last_set:%Y-%m-%dT%H:%M:%SZ})",
+            Reason.REQUEST_OUTCOME_UNKNOWN,
+            f"a password was set at about or after this request ({when}) and the DC could not "
+            "say whether it is this request's without risking a lockout; nothing written",
         )
 
     def _record(self, message: RequestMessage, outcome: Outcome) -> Outcome:
