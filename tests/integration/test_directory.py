@@ -493,4 +493,3 @@ class TestPasswordInEffect:
         assert before == str(seed.DOMAIN_POLICY["lockout_threshold"] - 1)
         assert directory.password_in_effect(user.upn, NEW) is None
         assert read(user.dn, ["badPwdCount"])["badPwdCount"] == before
-
