@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from devstack.servicebus import LocalServiceBus, writeback_queues
@@ -60,7 +60,7 @@ class Backend:
     relay: Callable[[], RelayTransport]
     drain: Callable[[str], Any]  # async: queue -> [(body, dead-letter reason, description)]
     # async: (queue, body, session id, correlation id): a message no transport of ours would send
-    send_raw: Callable[[str, str, str, str | None], Any]
+    send_raw: Callable[[str, str | bytes, str, str | None], Any]
     lock_seconds: float = LOCK_SECONDS
 
     async def dead_letters(self, queue: str) -> list[tuple[str, str | None, str | None]]:
@@ -71,6 +71,14 @@ class Backend:
 def local_bus() -> Iterator[LocalServiceBus]:
     with LocalServiceBus(queues()) as bus:
         yield bus
+
+
+def text(message: ServiceBusReceivedMessage) -> str:
+    """A received body as text (bytes that are not UTF-8 with replacement characters)."""
+    try:
+        return str(message)
+    except UnicodeDecodeError:
+        return b"".join(message.body).decode(errors="replace")
 
 
 def sdk_backend(name: str, connection_string: str) -> Backend:
@@ -88,9 +96,11 @@ def sdk_backend(name: str, connection_string: str) -> Backend:
                 found = await receiver.receive_messages(max_message_count=50, max_wait_time=2)
                 for message in found:
                     await receiver.complete_message(message)
-        return [(str(m), m.dead_letter_reason, m.dead_letter_error_description) for m in found]
+        return [(text(m), m.dead_letter_reason, m.dead_letter_error_description) for m in found]
 
-    async def send_raw(queue: str, body: str, session: str, correlation: str | None) -> None:
+    async def send_raw(
+        queue: str, body: str | bytes, session: str, correlation: str | None
+    ) -> None:
         client = ServiceBusClient.from_connection_string(connection_string)
         async with client, client.get_queue_sender(queue) as sender:
             await sender.send_messages(
@@ -114,12 +124,16 @@ def inprocess_backend(configs: list[QueueConfig] | None = None) -> Backend:
         found = broker.receive(queue, 50)
         for message in found:
             broker.complete(queue, str(message.lock_token))
-        return [(m.body.decode(), m.dead_letter_reason, m.dead_letter_description) for m in found]
+        return [
+            (m.body.decode(errors="replace"), m.dead_letter_reason, m.dead_letter_description)
+            for m in found
+        ]
 
-    async def send_raw(queue: str, body: str, session: str, correlation: str | None) -> None:
-        broker.send(
-            queue, StoredMessage(body.encode(), session_id=session, correlation_id=correlation)
-        )
+    async def send_raw(
+        queue: str, body: str | bytes, session: str, correlation: str | None
+    ) -> None:
+        raw = body.encode() if isinstance(body, str) else body
+        broker.send(queue, StoredMessage(raw, session_id=session, correlation_id=correlation))
 
     return Backend(
         "inprocess",
@@ -342,6 +356,23 @@ class TestRequestReply:
         assert await cloud.wait_for_outcome(rid, time.time() + 10) == "outcome"
         dead = await backend.dead_letters(OUTCOMES_QUEUE)
         assert [(body, reason) for body, reason, _ in dead] == [("stray", "outcome.uncorrelated")]
+
+    async def test_an_undecodable_outcome_is_dead_lettered_and_blocks_nothing(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """An outcome whose body is not UTF-8 text (any relay identity may send one) is
+        dead-lettered (`outcome.undecodable`) at once, and the outcome behind it reaches its
+        waiter: the listener does not depend on the broker counting its reopens."""
+        cloud, relay = sides
+        await backend.drain(f"{OUTCOMES_QUEUE}/$DeadLetterQueue")
+        await cloud.start()
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        await backend.send_raw(OUTCOMES_QUEUE, b"\xff\xfe not text", cloud.reply_session, rid)
+        await relay.send_outcome(rid, "outcome", cloud.reply_session)
+        assert await cloud.wait_for_outcome(rid, time.time() + 10) == "outcome"
+        dead = await backend.dead_letters(OUTCOMES_QUEUE)
+        assert [reason for _, reason, _ in dead] == ["outcome.undecodable"]
 
     async def test_a_refused_body_on_the_reply_session_is_skipped(
         self, sides: tuple[CloudTransport, RelayTransport]
