@@ -197,7 +197,7 @@ class DispatchTries:
     @staticmethod
     def pause(tries: int) -> float:
         """Seconds to wait before the next try of an outcome that failed `tries` times."""
-        return min(2.0, 0.1 * 2 ** (tries - 1))
+        return min(2.0, 0.1 * 2.0 ** (tries - 1))
 
 
 @dataclass
