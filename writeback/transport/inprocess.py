@@ -18,7 +18,13 @@ import time
 from collections.abc import Callable, Iterable
 
 from writeback.errors import TransportError, TransportLockLost, TransportUnavailable
-from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, Delivery, requests_queue
+from writeback.transport import (
+    HEARTBEATS_QUEUE,
+    MAX_DEAD_LETTER_TEXT,
+    OUTCOMES_QUEUE,
+    Delivery,
+    requests_queue,
+)
 from writeback.transport.memory import (
     MemoryBroker,
     MessageLockLost,
@@ -341,6 +347,7 @@ class InProcessRelay(_InProcess):
         self._settle(self.broker.abandon, delivery)
 
     async def dead_letter(self, delivery: Delivery, reason: str, description: str) -> None:
+        reason, description = reason[:MAX_DEAD_LETTER_TEXT], description[:MAX_DEAD_LETTER_TEXT]
         self._settle(
             lambda queue, token: self.broker.dead_letter(queue, token, reason, description),
             delivery,

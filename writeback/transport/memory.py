@@ -31,13 +31,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from writeback.transport import MAX_DEAD_LETTER_TEXT
+
 DEAD_LETTER_SUFFIX = "/$DeadLetterQueue"
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 TTL_EXPIRED = "TTLExpiredException"
-# The longest DeadLetterReason / DeadLetterErrorDescription Service Bus takes: the Azure SDKs
-# refuse longer ones before sending (Azure.Messaging.ServiceBus
-# `Constants.MaxDeadLetterReasonLength`, @azure/service-bus `maxDeadLetterReasonLength`: 4096).
-MAX_DEAD_LETTER_TEXT = 4096
 
 
 @dataclass(frozen=True)

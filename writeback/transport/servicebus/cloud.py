@@ -35,7 +35,7 @@ from typing import Any
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
-from azure.servicebus.exceptions import SessionCannotBeLockedError
+from azure.servicebus.exceptions import ServiceBusServerBusyError, SessionCannotBeLockedError
 
 from writeback.errors import TransportError, TransportUnavailable
 from writeback.transport import OUTCOMES_QUEUE, requests_queue
@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 LISTEN_SECONDS = 5.0  # the longest single receive on the reply session
 SWEEP_SECONDS = 1.0  # how often entries nobody waits for are looked at
 ADOPT_WAIT_SECONDS = 1.0  # an adopted session with nothing more for this long is drained
+ADOPT_BUSY_TRIES = 5  # attempts to open an adopted session while the namespace is throttling
 ADOPT_SECONDS = 10.0  # the longest an adopted session is held (its lock lasts 30 s in infra/)
 UNCORRELATED = "outcome.uncorrelated"
 REFUSED = "outcome.refused"
@@ -180,7 +181,7 @@ class ServiceBusCloud(Bus):
         )
         try:
             try:
-                await receiver.__aenter__()
+                await self._open_throttled(receiver)
             except SessionCannotBeLockedError:
                 return None  # its instance holds it: alive, and serving it itself
             return await self._drain(receiver, time.monotonic() + ADOPT_SECONDS)
@@ -188,6 +189,20 @@ class ServiceBusCloud(Bus):
             raise translate_servicebus_error(exc, f"adopt session {session}") from exc
         finally:
             self._background(receiver.close())
+
+    @staticmethod
+    async def _open_throttled(receiver: ServiceBusReceiver) -> None:
+        """Open the adopter's receiver, retrying only throttling (`server-busy`) with backoff:
+        its client retries nothing else (see the module docstring), and a Standard namespace
+        throttles beyond 1,000 operations a second."""
+        backoff = Backoff(first=0.2, most=2.0)
+        for _ in range(ADOPT_BUSY_TRIES - 1):
+            try:
+                await receiver.__aenter__()
+                return
+            except ServiceBusServerBusyError:
+                await asyncio.sleep(backoff.next())
+        await receiver.__aenter__()
 
     async def _drain(self, receiver: ServiceBusReceiver, until: float) -> int:
         moved = 0
