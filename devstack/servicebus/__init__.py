@@ -5,8 +5,11 @@ the emulator connection string (`UseDevelopmentEmulator=true`): CBS, peek-lock, 
 dead-lettering, TTL, duplicate detection and the `$management` operations the project uses.
 The queues are a `writeback.transport.memory.MemoryBroker`. It is a development tool only:
 production always uses Azure Service Bus, and the same connection string also works against
-Microsoft's official (Docker) emulator. It checks no credentials and must never listen on
-anything but loopback. See docs/local-servicebus.md for what it does and does not emulate.
+Microsoft's official (Docker) emulator. It checks shared access signatures and per-queue rights
+(`authz.Policy`; by default only the emulator's well-known root key, so it guards nothing and
+must never listen on anything but loopback), and injects what Azure does on demand (`faults`:
+throttling, forced and idle detaches, clock skew). See docs/local-servicebus.md for what it does
+and does not emulate.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from types import TracebackType
 
 from proton.reactor import ApplicationEvent, Container
 
+from devstack.servicebus import authz
 from devstack.servicebus.broker import LocalBrokerHandler
+from devstack.servicebus.faults import Faults
 from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
 from writeback.transport.memory import MemoryBroker, QueueConfig
 
-__all__ = ["LocalServiceBus", "QueueConfig", "writeback_queues"]
+__all__ = ["Faults", "LocalServiceBus", "QueueConfig", "writeback_queues"]
 
 
 def writeback_queues(
@@ -93,12 +98,20 @@ class LocalServiceBus:
     """The broker on a daemon thread: `start()`, use `connection_string`, `stop()`."""
 
     def __init__(
-        self, queues: Iterable[QueueConfig], host: str = "127.0.0.1", port: int = 0
+        self,
+        queues: Iterable[QueueConfig],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        policy: authz.Policy | None = None,
+        faults: Faults | None = None,
     ) -> None:
         if not is_loopback(host):
-            # No authorisation is emulated: anyone who can connect can read every queue.
+            # Its keys are well known or test-made: anyone who can connect may read the queues.
             raise ValueError(f"the local Service Bus listens on loopback only, not {host!r}")
-        self.broker = MemoryBroker(queues)
+        self.faults = faults or Faults()
+        self.policy = policy or authz.root_policy()
+        self.broker = MemoryBroker(queues, clock=self.faults.now)
         self.host = host
         self._port = port
         self._handler: LocalBrokerHandler | None = None
@@ -112,12 +125,24 @@ class LocalServiceBus:
 
     @property
     def connection_string(self) -> str:
-        """The emulator-style connection string: plain AMQP to this host and port."""
+        """The emulator-style connection string: plain AMQP to this host and port, with the
+        emulator's root key (every right)."""
+        return self.connection_string_for(authz.ROOT_KEY_NAME)
+
+    def connection_string_for(self, key_name: str) -> str:
+        """A connection string with one of the policy's keys (an identity and its rights)."""
         return (
-            f"Endpoint=sb://{self.host}:{self.port};"
-            "SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;"
-            "UseDevelopmentEmulator=true;"
+            f"Endpoint=sb://{self.host}:{self.port};SharedAccessKeyName={key_name};"
+            f"SharedAccessKey={self.policy.key(key_name)};UseDevelopmentEmulator=true;"
         )
+
+    def detach(self, queue: str | None = None) -> None:
+        """Force-detach every link on `queue` (on every queue when None) with
+        `amqp:link:detach-forced`, as Service Bus does when an entity is updated."""
+        with self._lock:
+            if self._handler is None:
+                raise RuntimeError("the local Service Bus is not running")
+            self._handler.injector.trigger(ApplicationEvent("detach", subject=queue))
 
     def start(self) -> None:
         """Run the broker's event loop on a daemon thread; return once it accepts connections."""
@@ -125,7 +150,9 @@ class LocalServiceBus:
             if self._thread is not None:
                 raise RuntimeError("the local Service Bus is already running")
             logging.getLogger("proton").addFilter(_HUNG_UP)  # adding it twice is a no-op
-            handler = LocalBrokerHandler(self.broker, self.host, self._port)
+            handler = LocalBrokerHandler(
+                self.broker, self.host, self._port, self.faults, self.policy
+            )
             container = Container(handler)
             thread = threading.Thread(
                 target=container.run, name=f"local-servicebus-{self.host}", daemon=True

@@ -122,6 +122,32 @@ def _sections_at(raw: bytes) -> Iterator[tuple[Described, int]]:
         yield section, offset
 
 
+# Service Bus Standard limits (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-quotas):
+# a message of at most 256 KB including its headers, of which the headers (system and
+# application properties) at most 64 KB. Bigger messages are refused with
+# `amqp:link:message-size-exceeded` (the SDK raises MessageSizeExceededError).
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
+_BODY_SECTIONS = (0x75, 0x76, 0x77)  # data, amqp-sequence, amqp-value
+
+
+def size_error(raw: bytes) -> str | None:
+    """Why Service Bus would refuse this encoded message as too big, or None."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return f"The message of {len(raw)} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes."
+    start, header = 0, 0
+    for section, end in _sections_at(raw):
+        if int(section.descriptor) not in _BODY_SECTIONS:
+            header += end - start
+        start = end
+    if header > MAX_HEADER_BYTES:
+        return (
+            f"The message headers of {header} bytes exceed the limit of {MAX_HEADER_BYTES} bytes."
+        )
+    return None
+
+
 def split_batch(raw: bytes) -> list[bytes]:
     """The encoded messages in one transfer: a Service Bus batch envelope carries each message
     as a data section holding a whole encoded message; anything else is one message.

@@ -4,9 +4,10 @@ It runs on the container's single thread and turns AMQP into calls on the queue 
 (`writeback.transport.memory.MemoryBroker`): client senders enqueue, client receivers get
 peek-locked deliveries within their link credit, and their dispositions settle the locks
 (`deliveries.py`). Session receivers lock their session at attach (named, or the next available
-one, waiting up to the receiver's `com.microsoft:timeout`). `$cbs` accepts every token and
-`$management` answers the operations in `management.py`. A timer applies lock and TTL expiry.
-It never logs message bodies or tokens.
+one, waiting up to the receiver's `com.microsoft:timeout`). `$cbs` judges tokens and each link is
+authorised against them (`authz.py`); `$management` answers the operations in `management.py`.
+A timer applies lock and TTL expiry and detaches idle links; the fault switches (`faults.py`)
+throttle, detach and skew the clock on demand. It never logs message bodies or tokens.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ from proton import (
 )
 from proton.reactor import ApplicationEvent, EventInjector
 
-from devstack.servicebus import amqp, deliveries
+from devstack.servicebus import amqp, authz, deliveries
+from devstack.servicebus.faults import (
+    BUSY_DESCRIPTION,
+    CONNECTION_FORCED,
+    DETACH_FORCED,
+    SERVER_BUSY,
+    Faults,
+)
 from devstack.servicebus.management import Management
 from writeback.transport.memory import MemoryBroker, SessionCannotBeLocked, UnknownQueue
 
@@ -67,14 +75,24 @@ class LinkState:
     session_id: str | None = None
     waiting_until: float | None = None  # a next-available receiver not yet given a session
     settle_on_send: bool = False  # receive-and-delete
+    last_used: float = 0.0  # monotonic: the last send, receive or settlement on it
 
 
 class LocalBrokerHandler(Handler):  # type: ignore[misc]
     """Serve AMQP 1.0 connections against `broker`; `listening` is set once accepting."""
 
-    def __init__(self, broker: MemoryBroker, host: str, port: int) -> None:
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        host: str,
+        port: int,
+        faults: Faults | None = None,
+        policy: authz.Policy | None = None,
+    ) -> None:
         super().__init__()
         self.broker = broker
+        self.faults = faults or Faults()
+        self.policy = policy or authz.root_policy()
         self.management = Management(broker, self._session_owner)
         self.host, self.port = host, port
         self.listening = threading.Event()
@@ -148,7 +166,7 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
         if self._stopping:
             return
         due = self.broker.tick()
-        candidates = [time.time() + HEARTBEAT]
+        candidates = [self.faults.now() + HEARTBEAT]
         if due is not None:
             candidates.append(due)
         candidates += [s.waiting_until for s in self._links.values() if s.waiting_until]
@@ -156,7 +174,8 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
         if next_due < self._timer_due - 0.001:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = self._container.schedule(max(0.0, next_due - time.time()), self)
+            delay = max(0.0, next_due - self.faults.now())
+            self._timer = self._container.schedule(delay, self)
             self._timer_due = next_due
 
     # -- connections and sessions ----------------------------------------------------------------
@@ -218,7 +237,12 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
         link.target.copy(link.remote_target)
         link.snd_settle_mode = link.remote_snd_settle_mode
         link.rcv_settle_mode = link.remote_rcv_settle_mode
-        state = LinkState(link, node)
+        state = LinkState(link, node, last_used=time.monotonic())
+        if node.kind != "cbs" and self.faults.throttled():
+            self._refuse(link, SERVER_BUSY, BUSY_DESCRIPTION)
+            return
+        if node.kind != "cbs" and not self._authorised(link, node):
+            return
         if node.kind != "cbs":
             try:
                 config = self.broker.queue(node.entity)
@@ -242,6 +266,20 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
                     return
         self._open(state)
         self._pump()
+
+    def _authorised(self, link: Link, node: amqp.Node) -> bool:
+        """Whether the connection's tokens allow this link (refused with Service Bus's
+        condition and wording otherwise): Send to send to a queue, Listen for the rest."""
+        right = authz.SEND if node.kind == "queue" and link.is_receiver else authz.LISTEN
+        grants = getattr(link.connection, "sb_grants", [])
+        if authz.authorised(grants, self.policy, node.entity, right, self.faults.now()):
+            return True
+        self._refuse(
+            link,
+            "amqp:unauthorized-access",
+            f"Unauthorized access. '{right}' claim(s) are required to perform this operation.",
+        )
+        return False
 
     def _attach_session(self, state: LinkState) -> bool:
         """Lock the session a receiver asked for; False when the attach was refused or held."""
@@ -268,7 +306,7 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
             properties = link.remote_properties or {}
             wait_ms = properties.get(amqp.OPERATION_TIMEOUT)
             wait = NEXT_SESSION_WAIT if wait_ms is None else float(wait_ms) / 1000
-            state.waiting_until = time.time() + min(wait, NEXT_SESSION_WAIT_MAX)
+            state.waiting_until = self.faults.now() + min(wait, NEXT_SESSION_WAIT_MAX)
             self._links[id(state)] = state
             self._reschedule()
             return False
@@ -288,6 +326,8 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
         state.waiting_until = None
         self._links[id(state)] = state
         state.link.sb_state = state
+        if state.node.kind == "queue":
+            state.link.max_message_size = amqp.MAX_MESSAGE_BYTES  # the SDK checks it first
         state.link.open()
         if state.link.is_receiver:
             state.link.flow(deliveries.INCOMING_CREDIT)
@@ -331,6 +371,9 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
 
     @_guarded
     def on_link_flow(self, event: Event) -> None:
+        state = getattr(event.link, "sb_state", None)
+        if state is not None:
+            state.last_used = time.monotonic()
         self._pump()
 
     # -- deliveries ----------------------------------------------------------------------------
@@ -339,7 +382,8 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
         """Grant waiting session receivers, drop lost sessions, deliver within credit."""
         if self._stopping:
             return
-        now = time.time()
+        now = self.faults.now()
+        self._detach_idle()
         for state in list(self._links.values()):
             if state.waiting_until is not None:
                 self._retry_next_session(state, now)
@@ -400,6 +444,9 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
     def on_delivery(self, event: Event) -> None:
         delivery: Delivery = event.delivery
         link = event.link
+        state = getattr(link, "sb_state", None)
+        if state is not None:
+            state.last_used = time.monotonic()
         if link.is_receiver:
             if delivery.readable and not delivery.partial:
                 self._incoming(link, delivery)
@@ -412,6 +459,8 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
         state: LinkState | None = getattr(link, "sb_state", None)
         if state is None:
             delivery.settle()
+        elif state.node.kind == "queue" and self.faults.throttled():
+            deliveries.reject(delivery, SERVER_BUSY, BUSY_DESCRIPTION)
         elif state.node.kind == "queue":
             deliveries.enqueue(self.broker, state.node.entity, delivery, raw)
         else:
@@ -420,10 +469,80 @@ class LocalBrokerHandler(Handler):  # type: ignore[misc]
             delivery.update(Delivery.ACCEPTED)
             delivery.settle()
             if state.node.kind == "cbs":
-                response = amqp.reply(request, 200, "OK")  # every token is accepted: see the docs
+                response = self._put_token(link, request)
+            elif self.faults.throttled():
+                response = amqp.reply(request, 503, BUSY_DESCRIPTION, condition=SERVER_BUSY)
             else:
+                state.last_used = time.monotonic()
                 response = self.management.answer(state.node.entity, request)
             self._respond(state, request, response)
+
+    def _put_token(self, link: Link, request: Message) -> Message:
+        """Judge a CBS put-token; remember what it grants on this connection."""
+        properties = {str(k): v for k, v in (request.properties or {}).items()}
+        try:
+            grant = self.policy.accept(
+                str(request.body),
+                str(properties.get("type", "")),
+                str(properties.get("name", "")),
+                self.faults.now(),
+            )
+        except (authz.TokenRefused, ValueError) as exc:
+            log.info("local Service Bus: token refused: %s", type(exc).__name__)
+            return amqp.reply(request, 401, str(exc))
+        grants = getattr(link.connection, "sb_grants", None)
+        if grants is None:
+            grants = link.connection.sb_grants = []
+        grants.append(grant)
+        return amqp.reply(request, 200, "OK")
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    @_guarded
+    def on_detach(self, event: Event) -> None:
+        """Force-detach the links of one entity (every queue link when None), as Service Bus
+        does when an entity is updated."""
+        entity = event.subject
+        for state in list(self._links.values()):
+            if state.node.kind == "queue" and (
+                entity is None or state.node.entity.lower() == str(entity).lower()
+            ):
+                self._force_detach(state, "The entity was updated.")
+
+    def _detach_idle(self) -> None:
+        """Force-detach queue links idle for `faults.link_idle`; close connections left
+        without links for `faults.connection_idle` (Service Bus: 10 and 5 minutes)."""
+        now = time.monotonic()
+        for state in list(self._links.values()):
+            if state.node.kind == "queue" and now - state.last_used >= self.faults.link_idle:
+                idle = self.faults.link_idle
+                self._force_detach(state, f"Idle timeout: {idle:.0f} seconds.")
+        for connection in list(self._connections):
+            if any(
+                s.link.connection == connection and s.node.kind == "queue"
+                for s in self._links.values()
+            ):
+                connection.sb_idle_since = None
+            elif getattr(connection, "sb_idle_since", None) is None:
+                connection.sb_idle_since = now
+            elif now - connection.sb_idle_since >= self.faults.connection_idle:
+                self._forget_connection(connection)
+                connection.condition = amqp.error(
+                    CONNECTION_FORCED,
+                    "The connection was closed because it did not have any active links in "
+                    f"the past {self.faults.connection_idle * 1000:.0f} milliseconds.",
+                )
+                connection.close()
+
+    def _force_detach(self, state: LinkState, why: str) -> None:
+        if id(state) in self._links:
+            self._forget_link(id(state))
+        link = state.link
+        if not link.state & Endpoint.LOCAL_CLOSED:
+            link.condition = amqp.error(
+                DETACH_FORCED, f"The link '{link.name}' is force detached. {why}"
+            )
+            link.close()
 
     def _respond(self, state: LinkState, request: Message, response: Message) -> None:
         """Send a reply on the same connection: the link whose target is the request's

@@ -61,13 +61,18 @@ def enqueue(broker: MemoryBroker, entity: str, delivery: Delivery, raw: bytes) -
     """Store the message (or every message of a batch) and settle the transfer: accepted, or
     rejected with the reason (all or nothing for a batch)."""
     try:
-        messages = [amqp.stored_message(encoded) for encoded in amqp.split_batch(raw)]
+        encoded_messages = amqp.split_batch(raw)
+        messages = [amqp.stored_message(encoded) for encoded in encoded_messages]
+        too_big = [e for e in map(amqp.size_error, [raw, *encoded_messages]) if e]
     except Exception:  # proton raises its own DataException on bytes that are not AMQP
-        _reject(delivery, "amqp:decode-error", "The message could not be decoded.")
+        reject(delivery, "amqp:decode-error", "The message could not be decoded.")
+        return
+    if too_big:
+        reject(delivery, amqp.MESSAGE_SIZE_EXCEEDED, too_big[0])
         return
     config = broker.queue(entity)
     if config.requires_session and any(not m.session_id for m in messages):
-        _reject(
+        reject(
             delivery,
             "amqp:not-allowed",
             f"The queue '{config.name}' requires a SessionId on every message.",
@@ -77,13 +82,13 @@ def enqueue(broker: MemoryBroker, entity: str, delivery: Delivery, raw: bytes) -
         for message in messages:
             broker.send(entity, message)
     except ValueError as exc:
-        _reject(delivery, "amqp:not-allowed", str(exc))
+        reject(delivery, "amqp:not-allowed", str(exc))
         return
     delivery.update(Delivery.ACCEPTED)
     delivery.settle()
 
 
-def _reject(delivery: Delivery, condition: str, description: str) -> None:
+def reject(delivery: Delivery, condition: str, description: str) -> None:
     delivery.local.condition = amqp.error(condition, description)
     delivery.update(Delivery.REJECTED)
     delivery.settle()
@@ -121,6 +126,9 @@ def settle(broker: MemoryBroker, delivery: Delivery) -> None:
         outcome = Delivery.REJECTED
     except NotImplementedError as exc:
         delivery.local.condition = amqp.error("amqp:not-implemented", str(exc))
+        outcome = Delivery.REJECTED
+    except ValueError as exc:  # a dead-letter reason or description Service Bus would refuse
+        delivery.local.condition = amqp.error("com.microsoft:argument-out-of-range", str(exc))
         outcome = Delivery.REJECTED
     delivery.sb_lock = None
     if not delivery.settled:

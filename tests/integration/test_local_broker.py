@@ -36,16 +36,21 @@ from azure.servicebus import (
     ServiceBusSender,
     ServiceBusSubQueue,
 )
+from azure.servicebus._pyamqp.utils import generate_sas_token
 from azure.servicebus.aio import ServiceBusClient as AsyncServiceBusClient
 from azure.servicebus.exceptions import (
     MessageLockLostError,
+    MessageSizeExceededError,
     MessagingEntityNotFoundError,
     OperationTimeoutError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
     ServiceBusError,
+    ServiceBusServerBusyError,
     SessionCannotBeLockedError,
 )
 
-from devstack.servicebus import LocalServiceBus
+from devstack.servicebus import LocalServiceBus, authz
 from devstack.servicebus.__main__ import config_queues, iso_duration, queue_option
 from writeback.transport.memory import QueueConfig
 
@@ -438,14 +443,15 @@ class TestSessions:
     def test_unsettled_session_messages_return_when_the_receiver_closes(
         self, send: Send, client: ServiceBusClient
     ) -> None:
-        """Closing a session receiver releases the session; its unsettled message comes back."""
+        """Closing a session receiver releases the session; its unsettled message comes back
+        with its delivery count unchanged (Service Bus raises it only on lock expiry)."""
         sid = unique("release")
         send("outcomes", ServiceBusMessage("x", session_id=sid, message_id=sid))
         with client.get_queue_receiver("outcomes", session_id=sid) as receiver:
             receive_own(receiver, sid)
         with client.get_queue_receiver("outcomes", session_id=sid) as receiver:
             again = receive_own(receiver, sid)
-            assert again.delivery_count == 1
+            assert again.delivery_count == 0
             receiver.complete_message(again)
 
 
@@ -623,3 +629,125 @@ class TestCommandLine:
                 process.wait()
             if process.stdout is not None:
                 process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[LocalServiceBus]:
+    """A broker with one more key: `sender`, with Send on `requests` only."""
+    policy = authz.root_policy().with_key("sender", "sender-key", {"requests": {"Send"}})
+    with LocalServiceBus(QUEUES, policy=policy) as running:
+        yield running
+
+
+class TestAuthorisation:
+    """Tokens are judged and rights are checked per queue, as Service Bus does."""
+
+    def test_a_right_on_one_queue_allows_only_that(self, guarded: LocalServiceBus) -> None:
+        """A key with Send on one queue may send there, but not receive there or send elsewhere."""
+        cs = guarded.connection_string_for("sender")
+        with ServiceBusClient.from_connection_string(cs, retry_total=0) as sb:
+            with sb.get_queue_sender("requests") as sender:
+                sender.send_messages(ServiceBusMessage("allowed"))
+            with pytest.raises(ServiceBusAuthorizationError), sb.get_queue_sender("heartbeats"):
+                pass
+            with pytest.raises(ServiceBusAuthorizationError), sb.get_queue_receiver("requests"):
+                pass
+
+    def test_a_wrong_key_is_refused(self, guarded: LocalServiceBus) -> None:
+        """A signature made with a key the broker does not know for that name is refused."""
+        cs = guarded.connection_string_for("sender").replace("sender-key", "guessed")
+        sb = ServiceBusClient.from_connection_string(cs, retry_total=0)
+        with sb, pytest.raises(ServiceBusAuthenticationError), sb.get_queue_sender("requests"):
+            pass
+
+    def test_an_expired_token_is_refused(self, guarded: LocalServiceBus) -> None:
+        """A shared access signature whose expiry has passed on the broker's clock is refused."""
+        expired = generate_sas_token(
+            f"sb://{guarded.host}:{guarded.port}/requests",
+            "sender",
+            "sender-key",
+            int(time.time()) - 10,
+        )
+        cs = f"Endpoint=sb://{guarded.host}:{guarded.port};SharedAccessSignature={expired};"
+        cs += "UseDevelopmentEmulator=true;"
+        sb = ServiceBusClient.from_connection_string(cs, retry_total=0)
+        with sb, pytest.raises(ServiceBusAuthenticationError), sb.get_queue_sender("requests"):
+            pass
+
+
+class TestAzureLimits:
+    def test_a_message_over_256_kb_is_refused(self, send: Send) -> None:
+        """A message bigger than Service Bus Standard's 256 KB is refused."""
+        with pytest.raises(MessageSizeExceededError):
+            send("heartbeats", ServiceBusMessage(b"x" * 300 * 1024))
+
+    def test_application_properties_over_64_kb_are_refused(self, send: Send) -> None:
+        """Headers (application properties) over 64 KB are refused, though the message fits."""
+        properties = {f"p{i}": "v" * 1000 for i in range(70)}
+        with pytest.raises(MessageSizeExceededError):
+            send("heartbeats", ServiceBusMessage("x", application_properties=properties))
+
+    def test_a_dead_letter_reason_over_4096_characters_is_refused(
+        self, send: Send, client: ServiceBusClient, bus: LocalServiceBus
+    ) -> None:
+        """Dead-lettering with a description over 4,096 characters fails; nothing is moved."""
+        mid = unique("long-reason")
+        send("requests", ServiceBusMessage("x", message_id=mid))
+        with client.get_queue_receiver("requests") as receiver:
+            got = receive_own(receiver, mid)
+            dead_before = bus.broker.stats("requests")["dead_lettered"]
+            with pytest.raises(ServiceBusError):
+                receiver.dead_letter_message(got, "r", "d" * 5000)
+        assert bus.broker.stats("requests")["dead_lettered"] == dead_before
+
+
+class TestFaults:
+    """The fault switches do what Service Bus does."""
+
+    def test_server_busy_is_raised_as_throttling(
+        self, bus: LocalServiceBus, client: ServiceBusClient
+    ) -> None:
+        """While busy, an operation fails with `com.microsoft:server-busy`; then it works."""
+        bus.faults.busy(1)
+        with pytest.raises(ServiceBusServerBusyError), client.get_queue_sender("heartbeats"):
+            pass
+        with client.get_queue_sender("heartbeats") as sender:
+            sender.send_messages(ServiceBusMessage("after"))
+
+    def test_a_forced_detach_loses_the_link_but_not_the_lock(self) -> None:
+        """A forced detach ends a receiver's link; its message's lock stays valid and can be
+        settled by lock token from a new receiver (the management link)."""
+        with (
+            LocalServiceBus(QUEUES) as own,
+            ServiceBusClient.from_connection_string(own.connection_string) as sb,
+        ):
+            with sb.get_queue_sender("requests") as sender:
+                sender.send_messages(ServiceBusMessage("x", message_id="detached"))
+            with sb.get_queue_receiver("requests") as first:
+                got = receive_own(first, "detached")
+                own.detach("requests")
+                with sb.get_queue_receiver("requests") as second:
+                    second._settle_message_via_mgmt_link("completed", [got.lock_token])
+            assert own.broker.stats("requests") == {
+                "active": 0,
+                "locked": 0,
+                "dead_lettered": 0,
+                "scheduled": 0,
+            }
+
+    def test_the_clock_offset_moves_locked_until(
+        self, bus: LocalServiceBus, client: ServiceBusClient, send: Send
+    ) -> None:
+        """With the broker's clock 60 s ahead, a message's locked-until is 60 s later."""
+        mid = unique("skew")
+        bus.faults.clock_offset = 60
+        try:
+            send("requests", ServiceBusMessage("x", message_id=mid))
+            with client.get_queue_receiver("requests") as receiver:
+                got = receive_own(receiver, mid)
+                assert got.locked_until_utc is not None
+                ahead = got.locked_until_utc.timestamp() - time.time()
+                assert 60 < ahead <= 62, ahead
+                receiver.complete_message(got)
+        finally:
+            bus.faults.clock_offset = 0

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from devstack.servicebus import LocalServiceBus, writeback_queues
+from devstack.servicebus.authz import CLOUD_KEY_NAME, RELAY_KEY_NAME, writeback_policy
 from writeback.errors import TransportError, TransportLockLost
 from writeback.transport import (
     HEARTBEATS_QUEUE,
@@ -60,7 +61,7 @@ class Backend:
     relay: Callable[[], RelayTransport]
     drain: Callable[[str], Any]  # async: queue -> [(body, dead-letter reason, description)]
     # async: (queue, body, session id, correlation id): a message no transport of ours would send
-    send_raw: Callable[[str, str, str, str | None], Any]
+    send_raw: Callable[[str, str | bytes, str, str | None], Any]
     lock_seconds: float = LOCK_SECONDS
 
     async def dead_letters(self, queue: str) -> list[tuple[str, str | None, str | None]]:
@@ -69,12 +70,37 @@ class Backend:
 
 @pytest.fixture(scope="module")
 def local_bus() -> Iterator[LocalServiceBus]:
-    with LocalServiceBus(queues()) as bus:
+    """The local broker with the rights infra/ grants: the cloud and the relay each connect
+    with their own key, so a missing role fails here as it would in Azure."""
+    with LocalServiceBus(queues(), policy=writeback_policy([DOMAIN])) as bus:
         yield bus
 
 
-def sdk_backend(name: str, connection_string: str) -> Backend:
-    settings = ServiceBusSettings(connection_string=connection_string)
+def local_backend(bus: LocalServiceBus) -> Backend:
+    """Both sides on the local broker, each with its own identity's key."""
+    return sdk_backend(
+        "servicebus-local",
+        bus.connection_string,
+        cloud=bus.connection_string_for(CLOUD_KEY_NAME),
+        relay=bus.connection_string_for(RELAY_KEY_NAME),
+    )
+
+
+def text(message: ServiceBusReceivedMessage) -> str:
+    """A received body as text (bytes that are not UTF-8 with replacement characters)."""
+    try:
+        return str(message)
+    except UnicodeDecodeError:
+        return b"".join(message.body).decode(errors="replace")
+
+
+def sdk_backend(
+    name: str, connection_string: str, cloud: str | None = None, relay: str | None = None
+) -> Backend:
+    """The SDK transport; `connection_string` (every right) drains and sends stray messages,
+    `cloud` and `relay` (default: the same) are the two sides' own."""
+    cloud_settings = ServiceBusSettings(connection_string=cloud or connection_string)
+    relay_settings = ServiceBusSettings(connection_string=relay or connection_string)
 
     async def drain(queue: str) -> list[tuple[str, str | None, str | None]]:
         name, _, sub_queue = queue.partition("/")
@@ -88,9 +114,11 @@ def sdk_backend(name: str, connection_string: str) -> Backend:
                 found = await receiver.receive_messages(max_message_count=50, max_wait_time=2)
                 for message in found:
                     await receiver.complete_message(message)
-        return [(str(m), m.dead_letter_reason, m.dead_letter_error_description) for m in found]
+        return [(text(m), m.dead_letter_reason, m.dead_letter_error_description) for m in found]
 
-    async def send_raw(queue: str, body: str, session: str, correlation: str | None) -> None:
+    async def send_raw(
+        queue: str, body: str | bytes, session: str, correlation: str | None
+    ) -> None:
         client = ServiceBusClient.from_connection_string(connection_string)
         async with client, client.get_queue_sender(queue) as sender:
             await sender.send_messages(
@@ -99,8 +127,8 @@ def sdk_backend(name: str, connection_string: str) -> Backend:
 
     return Backend(
         name,
-        lambda: ServiceBusCloud(settings, None),
-        lambda: ServiceBusRelay(settings, None, DOMAIN),
+        lambda: ServiceBusCloud(cloud_settings, None),
+        lambda: ServiceBusRelay(relay_settings, None, DOMAIN),
         drain,
         send_raw,
     )
@@ -114,12 +142,16 @@ def inprocess_backend(configs: list[QueueConfig] | None = None) -> Backend:
         found = broker.receive(queue, 50)
         for message in found:
             broker.complete(queue, str(message.lock_token))
-        return [(m.body.decode(), m.dead_letter_reason, m.dead_letter_description) for m in found]
+        return [
+            (m.body.decode(errors="replace"), m.dead_letter_reason, m.dead_letter_description)
+            for m in found
+        ]
 
-    async def send_raw(queue: str, body: str, session: str, correlation: str | None) -> None:
-        broker.send(
-            queue, StoredMessage(body.encode(), session_id=session, correlation_id=correlation)
-        )
+    async def send_raw(
+        queue: str, body: str | bytes, session: str, correlation: str | None
+    ) -> None:
+        raw = body.encode() if isinstance(body, str) else body
+        broker.send(queue, StoredMessage(raw, session_id=session, correlation_id=correlation))
 
     return Backend(
         "inprocess",
@@ -136,7 +168,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
         return inprocess_backend()
     if request.param == "servicebus-local":
         bus: LocalServiceBus = request.getfixturevalue("local_bus")
-        return sdk_backend("servicebus-local", bus.connection_string)
+        return local_backend(bus)
     if not LIVE:
         pytest.skip(
             "live Service Bus not configured: set WRITEBACK_LIVE_SERVICEBUS_CONNECTION_STRING"
@@ -342,6 +374,23 @@ class TestRequestReply:
         assert await cloud.wait_for_outcome(rid, time.time() + 10) == "outcome"
         dead = await backend.dead_letters(OUTCOMES_QUEUE)
         assert [(body, reason) for body, reason, _ in dead] == [("stray", "outcome.uncorrelated")]
+
+    async def test_an_undecodable_outcome_is_dead_lettered_and_blocks_nothing(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """An outcome whose body is not UTF-8 text (any relay identity may send one) is
+        dead-lettered (`outcome.undecodable`) at once, and the outcome behind it reaches its
+        waiter: the listener does not depend on the broker counting its reopens."""
+        cloud, relay = sides
+        await backend.drain(f"{OUTCOMES_QUEUE}/$DeadLetterQueue")
+        await cloud.start()
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        await backend.send_raw(OUTCOMES_QUEUE, b"\xff\xfe not text", cloud.reply_session, rid)
+        await relay.send_outcome(rid, "outcome", cloud.reply_session)
+        assert await cloud.wait_for_outcome(rid, time.time() + 10) == "outcome"
+        dead = await backend.dead_letters(OUTCOMES_QUEUE)
+        assert [reason for _, reason, _ in dead] == ["outcome.undecodable"]
 
     async def test_a_refused_body_on_the_reply_session_is_skipped(
         self, sides: tuple[CloudTransport, RelayTransport]
@@ -661,3 +710,88 @@ class TestDelivery:
         assert [body for body, _, _ in await backend.drain(HEARTBEATS_QUEUE)] == [
             "signed-heartbeat"
         ]
+
+
+class TestWhatAzureDoes:
+    """The SDK transport survives what Service Bus does now and then (the broker's faults)."""
+
+    @pytest.fixture
+    def bus(self) -> Iterator[LocalServiceBus]:
+        with LocalServiceBus(queues(), policy=writeback_policy([DOMAIN])) as running:
+            yield running
+
+    async def test_a_missing_role_dead_letters_an_orphan_after_bounded_tries(self) -> None:
+        """Without the Sender role on outcomes the cloud cannot forward a late outcome: it
+        is dead-lettered (`outcome.undispatchable`) after a bounded number of tries, however
+        the broker counts the session's reopens, and the reply session keeps serving."""
+        policy = writeback_policy([DOMAIN]).without(CLOUD_KEY_NAME, OUTCOMES_QUEUE, "Send")
+        with LocalServiceBus(queues(), policy=policy) as bus:
+            await self.forward_without_the_role(local_backend(bus))
+
+    @staticmethod
+    async def forward_without_the_role(backend: Backend) -> None:
+        cloud, relay = backend.cloud(), backend.relay()
+        try:
+            await cloud.start()
+            late, rid = request_id(), request_id()
+            await relay.send_outcome(late, "nobody-waits", cloud.reply_session)
+            await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+            await relay.send_outcome(rid, "outcome", cloud.reply_session)
+            assert await cloud.wait_for_outcome(rid, time.time() + 10) == "outcome"
+        finally:
+            await cloud.close()
+            await relay.close()
+        dead = await backend.dead_letters(OUTCOMES_QUEUE)
+        assert [(body, reason) for body, reason, _ in dead] == [
+            ("nobody-waits", "outcome.undispatchable")
+        ]
+
+    async def test_adoption_is_retried_while_throttled(self, bus: LocalServiceBus) -> None:
+        """A namespace answering `server-busy` delays an adoption but does not fail it."""
+        backend = local_backend(bus)
+        gone, heir, relay = backend.cloud(), backend.cloud(), backend.relay()
+        try:
+            rid = request_id()
+            await gone.send_request(DOMAIN, rid, "request", time.time() + 60)
+            await gone.close()
+            await relay.send_outcome(rid, "orphaned-outcome", gone.reply_session)
+            bus.faults.busy(2)
+            assert await heir.adopt(gone.reply_session) == 1
+        finally:
+            await heir.close()
+            await relay.close()
+
+    async def test_an_idle_sender_is_refreshed_before_it_is_detached(
+        self, bus: LocalServiceBus
+    ) -> None:
+        """A sender idle longer than its refresh time is reopened before the broker's idle
+        detach: the next send goes through at once instead of meeting a detached link."""
+        bus.faults.link_idle = 1.0
+        relay = local_backend(bus).relay()
+        assert isinstance(relay, ServiceBusRelay)
+        relay.sender_refresh_seconds = 0.5
+        try:
+            await relay.send_heartbeat("first")
+            await asyncio.sleep(2.0)  # the point of the test: the sender's link is idle
+            started = time.monotonic()
+            await relay.send_heartbeat("second")
+            assert time.monotonic() - started < 0.7
+        finally:
+            await relay.close()
+        assert bus.broker.stats(HEARTBEATS_QUEUE)["active"] == 2
+
+
+class TestLimits:
+    async def test_a_long_dead_letter_description_is_cut_to_what_azure_takes(
+        self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
+    ) -> None:
+        """A dead-letter description longer than Service Bus's 4,096 characters is cut to
+        that length instead of failing the dead-lettering."""
+        cloud, relay = sides
+        await backend.drain(f"{requests_queue(DOMAIN)}/$DeadLetterQueue")
+        rid = request_id()
+        await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+        delivery = await receive_one(relay)
+        await relay.dead_letter(delivery, "request.invalid", "x" * 5000)
+        dead = await backend.dead_letters(requests_queue(DOMAIN))
+        assert [(reason, len(d or "")) for _, reason, d in dead] == [("request.invalid", 4096)]

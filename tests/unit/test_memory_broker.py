@@ -349,7 +349,8 @@ class TestSessions:
         assert broker.lock_session("outcomes", None, object()) is None
 
     def test_release_returns_locked_messages(self, broker: MemoryBroker) -> None:
-        """Releasing a session makes its locked messages available again with delivery_count + 1."""
+        """Releasing a session (its receiver closed) makes its locked messages available again
+        with their delivery count unchanged, as Service Bus does."""
         broker.send("outcomes", message(b"x", session_id="s"))
         owner = object()
         broker.lock_session("outcomes", "s", owner)
@@ -358,7 +359,22 @@ class TestSessions:
         other = object()
         broker.lock_session("outcomes", "s", other)
         (again,) = broker.receive("outcomes", session_id="s", owner=other)
-        assert (again.body, again.delivery_count) == (b"x", 1)
+        assert (again.body, again.delivery_count) == (b"x", 0)
+
+    def test_session_lock_expiry_counts_a_failed_delivery(
+        self, broker: MemoryBroker, clock: FakeClock
+    ) -> None:
+        """A session lock that expires returns its locked messages with delivery_count + 1."""
+        broker.send("outcomes", message(b"x", session_id="s"))
+        counts = []
+        for _ in range(3):
+            owner = object()
+            broker.lock_session("outcomes", "s", owner)
+            got = broker.receive("outcomes", session_id="s", owner=owner)
+            counts += [m.delivery_count for m in got]
+            clock.advance(21)
+            broker.tick()
+        assert counts == [0, 1, 2]
 
     def test_session_lock_expires_and_renews(self, broker: MemoryBroker, clock: FakeClock) -> None:
         """A session lock lasts lock_duration unless renewed; its messages follow it."""

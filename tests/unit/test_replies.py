@@ -13,6 +13,7 @@ from writeback.transport.replies import (
     MAX_BODIES,
     Backoff,
     Delivered,
+    DispatchTries,
     Replies,
     new_reply_session,
     renewal_due,
@@ -190,3 +191,28 @@ class TestSessionsAndTiming:
         assert pauses[-1] >= 24
         backoff.reset()
         assert backoff.next() <= 0.6
+
+
+class TestDispatchTries:
+    """Failed tries per outcome are counted by the listener, not by the broker."""
+
+    def test_the_limit_is_reached_after_limit_failures(self) -> None:
+        """Each failure of one outcome counts; the count reaches the limit on the last try,
+        and a settled outcome starts again from nothing."""
+        tries = DispatchTries(limit=3)
+        assert [tries.failed(7) for _ in range(3)] == [1, 2, 3]
+        tries.forget(7)
+        assert tries.failed(7) == 1
+
+    def test_only_the_newest_outcomes_are_remembered(self) -> None:
+        """Past `keep` outcomes the oldest counts are dropped, so the table stays bounded."""
+        tries = DispatchTries(keep=2)
+        for sequence in (1, 2, 3):
+            tries.failed(sequence)
+        assert tries.failed(1) == 1
+        assert tries.failed(3) == 2
+
+    def test_pauses_grow_and_stay_short(self) -> None:
+        """The pause before another try doubles from 0.1 s and never exceeds 2 s."""
+        assert [DispatchTries.pause(n) for n in (1, 2, 3)] == [0.1, 0.2, 0.4]
+        assert DispatchTries.pause(30) == 2.0

@@ -27,6 +27,10 @@ from typing import Protocol
 OUTCOMES_QUEUE = "writeback-outcomes"
 HEARTBEATS_QUEUE = "writeback-heartbeats"
 REQUESTS_PREFIX = "writeback-requests-"
+# The longest DeadLetterReason / DeadLetterErrorDescription Service Bus takes: the Azure SDKs
+# refuse longer ones before sending (Azure.Messaging.ServiceBus
+# `Constants.MaxDeadLetterReasonLength`, @azure/service-bus `maxDeadLetterReasonLength`: 4096).
+MAX_DEAD_LETTER_TEXT = 4096
 
 
 def requests_queue(domain: str) -> str:

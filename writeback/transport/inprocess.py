@@ -17,8 +17,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from writeback.errors import TransportLockLost, TransportUnavailable
-from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, Delivery, requests_queue
+from writeback.errors import TransportError, TransportLockLost, TransportUnavailable
+from writeback.transport import (
+    HEARTBEATS_QUEUE,
+    MAX_DEAD_LETTER_TEXT,
+    OUTCOMES_QUEUE,
+    Delivery,
+    requests_queue,
+)
 from writeback.transport.memory import (
     MemoryBroker,
     MessageLockLost,
@@ -28,8 +34,11 @@ from writeback.transport.memory import (
     UnknownQueue,
 )
 from writeback.transport.replies import (
+    UNDECODABLE,
+    UNDISPATCHABLE,
     Backoff,
     Delivered,
+    DispatchTries,
     Replies,
     accept_any,
     new_reply_session,
@@ -95,6 +104,7 @@ class InProcessCloud(_InProcess):
         super().__init__(broker, clock)
         self.reply_session = reply_session or new_reply_session()
         self.replies = Replies(clock)
+        self._tries = DispatchTries()
         self._owner = object()  # the holder of the reply session's lock in the model
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -238,7 +248,8 @@ class InProcessCloud(_InProcess):
 
     def _dispatch(self, message: StoredMessage) -> bool:
         """Hand an outcome to its waiter or re-send it as an orphan, then complete it; False
-        if it named no request and was dead-lettered."""
+        if it was not handed on (dead-lettered, or abandoned to be tried again), as the
+        Service Bus transport does."""
         token = str(message.lock_token)
         request_id = message.correlation_id
         if not request_id or len(request_id) > 128:
@@ -246,11 +257,28 @@ class InProcessCloud(_InProcess):
                 OUTCOMES_QUEUE, token, UNCORRELATED, "no CorrelationId naming a request"
             )
             return False
-        body = message.body.decode()
-        if self.replies.deliver(request_id, body) is Delivered.ORPHAN:
-            left = (message.expires_at or self._clock() + OUTCOME_TTL) - self._clock()
-            self._forward(request_id, body, max(1.0, left))
+        try:
+            body = message.body.decode()
+        except UnicodeDecodeError:
+            self.broker.dead_letter(
+                OUTCOMES_QUEUE, token, UNDECODABLE, "the body is not UTF-8 text"
+            )
+            return False
+        try:
+            if self.replies.deliver(request_id, body) is Delivered.ORPHAN:
+                left = (message.expires_at or self._clock() + OUTCOME_TTL) - self._clock()
+                self._forward(request_id, body, max(1.0, left))
+        except TransportError as exc:
+            tries = self._tries.failed(message.sequence_number)
+            if tries >= self._tries.limit:
+                self._tries.forget(message.sequence_number)
+                description = f"{type(exc).__name__} on each of {tries} tries to hand it on"
+                self.broker.dead_letter(OUTCOMES_QUEUE, token, UNDISPATCHABLE, description)
+            else:
+                self.broker.abandon(OUTCOMES_QUEUE, token)
+            return False
         self.broker.complete(OUTCOMES_QUEUE, token)
+        self._tries.forget(message.sequence_number)
         return True
 
     def _forward(self, request_id: str, body: str, ttl: float) -> None:
@@ -319,6 +347,7 @@ class InProcessRelay(_InProcess):
         self._settle(self.broker.abandon, delivery)
 
     async def dead_letter(self, delivery: Delivery, reason: str, description: str) -> None:
+        reason, description = reason[:MAX_DEAD_LETTER_TEXT], description[:MAX_DEAD_LETTER_TEXT]
         self._settle(
             lambda queue, token: self.broker.dead_letter(queue, token, reason, description),
             delivery,

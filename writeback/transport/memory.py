@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from writeback.transport import MAX_DEAD_LETTER_TEXT
+
 DEAD_LETTER_SUFFIX = "/$DeadLetterQueue"
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 TTL_EXPIRED = "TTLExpiredException"
@@ -396,7 +398,14 @@ class MemoryBroker:
         self, queue: str, lock_token: str, reason: str | None, description: str | None
     ) -> None:
         """Move a locked message to `<queue>/$DeadLetterQueue`, keeping reason and description
-        (a message already in the sub-queue stays there, unlocked, with the new ones)."""
+        (a message already in the sub-queue stays there, unlocked, with the new ones).
+        ValueError when either is longer than Service Bus accepts (MAX_DEAD_LETTER_TEXT)."""
+        for text in (reason, description):
+            if text is not None and len(text) > MAX_DEAD_LETTER_TEXT:
+                raise ValueError(
+                    f"a dead-letter reason or description is limited to {MAX_DEAD_LETTER_TEXT}"
+                    " characters"
+                )
         with self._operation():
             entity, message = self._locked(queue, lock_token)
             del entity.locks[str(lock_token)]
@@ -488,13 +497,15 @@ class MemoryBroker:
             return held.locked_until
 
     def release_session(self, queue: str, session_id: str, owner: object) -> None:
-        """Give up a session lock held by `owner` (no-op otherwise). Its still-locked messages
-        become available again with delivery_count + 1, as after a lock expiry."""
+        """Give up a session lock held by `owner` (no-op otherwise): the receiver closed. Its
+        still-locked messages become available again with their delivery count unchanged, as
+        in Service Bus, where only a lock expiry or an abandon raises the count (see
+        docs/local-servicebus.md); so a receiver that keeps reopening never dead-letters."""
         with self._operation():
             entity = self._entity(queue)
             held = entity.sessions.get(session_id)
             if held is not None and held.owner is owner:
-                self._unlock_session(entity, session_id)
+                self._unlock_session(entity, session_id, failed=False)
                 self._dirty = True
 
     def session_locked_until(self, queue: str, session_id: str, owner: object) -> float | None:
@@ -529,11 +540,20 @@ class MemoryBroker:
                 return message.session_id
         return None
 
-    def _unlock_session(self, entity: _Entity, session_id: str) -> None:
+    def _unlock_session(self, entity: _Entity, session_id: str, *, failed: bool = True) -> None:
+        """Drop a session lock; its locked messages come back, counted as failed deliveries
+        when the lock expired (`failed`), unchanged when the receiver let it go."""
         del entity.sessions[session_id]
         for token, sequence in list(entity.locks.items()):
-            if entity.messages[sequence].session_id == session_id:
+            message = entity.messages[sequence]
+            if message.session_id != session_id:
+                continue
+            if failed:
                 self._fail_delivery(entity, token)
+            else:
+                del entity.locks[token]
+                message.lock_token = message.locked_until = None
+                self._note(message.expires_at)
 
     @staticmethod
     def _follow_session(entity: _Entity, session_id: str, locked_until: float) -> None:

@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from writeback.errors import TransportUnavailable
 
 MAX_BODIES = 8  # distinct bodies one entry keeps (a relay answers once; more means forgeries)
+MAX_DISPATCH_TRIES = 3  # tries to hand on one outcome before it is dead-lettered
+UNDISPATCHABLE = "outcome.undispatchable"
+UNDECODABLE = "outcome.undecodable"
 
 
 def new_reply_session() -> str:
@@ -163,6 +166,38 @@ class Replies:
             if not expected.changed.done():
                 expected.changed.set_result(None)
         self._expected.clear()
+
+
+@dataclass
+class DispatchTries:
+    """Failed tries to hand on each outcome of a reply session, counted here and not by the
+    broker: Service Bus raises a message's delivery count only when its lock expires or it is
+    abandoned, not when a session receiver closes, so a listener that reopens its session after
+    a failure would meet the same outcome forever (until its time-to-live), with every outcome
+    behind it waiting. After `limit` failed tries the caller dead-letters it. Keyed by the
+    message's sequence number; at most `keep` entries are remembered (the oldest go first)."""
+
+    limit: int = MAX_DISPATCH_TRIES
+    keep: int = 1024
+    _failed: dict[int, int] = field(default_factory=dict)
+
+    def failed(self, sequence_number: int) -> int:
+        """Count a failed try of one outcome; how many have failed so far (at `limit`,
+        dead-letter it)."""
+        tries = self._failed.pop(sequence_number, 0) + 1
+        self._failed[sequence_number] = tries
+        while len(self._failed) > self.keep:
+            del self._failed[next(iter(self._failed))]
+        return tries
+
+    def forget(self, sequence_number: int) -> None:
+        """The outcome was settled."""
+        self._failed.pop(sequence_number, None)
+
+    @staticmethod
+    def pause(tries: int) -> float:
+        """Seconds to wait before the next try of an outcome that failed `tries` times."""
+        return min(2.0, 0.1 * 2.0 ** (tries - 1))
 
 
 @dataclass

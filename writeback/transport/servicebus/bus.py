@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,11 @@ from writeback.errors import TransportError, TransportLockLost, TransportUnavail
 from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
 from writeback.transport.settings import ServiceBusSettings
 
+# Service Bus force-detaches a link nobody sent on for 10 minutes (amqp:link:detach-forced;
+# https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-troubleshoot), and the
+# next send through it pays for the detach plus the SDK's retry pause. A sender idle this long
+# is closed and opened afresh before it is used, so no send ever meets a detached link.
+SENDER_REFRESH_SECONDS = 540.0
 HEARTBEAT_TTL = timedelta(minutes=5)
 OUTCOME_TTL = timedelta(minutes=5)
 CONTENT_TYPE = "application/jose"
@@ -82,6 +88,8 @@ class Bus:
         self._extra = extra
         self._client: ServiceBusClient | None = None
         self._senders: dict[str, ServiceBusSender] = {}
+        self._sent_at: dict[str, float] = {}  # monotonic: when each sender was last used
+        self.sender_refresh_seconds = SENDER_REFRESH_SECONDS
         self._send_locks: dict[str, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -92,8 +100,14 @@ class Bus:
         return self._client
 
     async def _open_sender(self, queue: str) -> ServiceBusSender:
-        """The queue's sender, its link opened (call with the queue's send lock held)."""
+        """The queue's sender, its link opened (call with the queue's send lock held); one
+        idle for `sender_refresh_seconds` is replaced before Service Bus would detach it."""
         sender = self._senders.get(queue)
+        idle = time.monotonic() - self._sent_at.get(queue, time.monotonic())
+        if sender is not None and idle >= self.sender_refresh_seconds:
+            del self._senders[queue]
+            self._background(sender.close())
+            sender = None
         if sender is None:
             sender = self.client.get_queue_sender(queue)
             try:
@@ -102,6 +116,7 @@ class Bus:
                 await quietly(sender.close())
                 raise translate_servicebus_error(exc, f"open sender to {queue}") from exc
             self._senders[queue] = sender
+            self._sent_at[queue] = time.monotonic()
         return sender
 
     async def warm(self, queue: str) -> None:
@@ -116,6 +131,7 @@ class Bus:
             sender = await self._open_sender(queue)
             try:
                 await sender.send_messages(message)
+                self._sent_at[queue] = time.monotonic()
             except Exception as exc:
                 # A broken sender is rebuilt on the next send (the SDK retries within a send).
                 self._senders.pop(queue, None)

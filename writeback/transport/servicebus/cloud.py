@@ -35,13 +35,16 @@ from typing import Any
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
-from azure.servicebus.exceptions import SessionCannotBeLockedError
+from azure.servicebus.exceptions import ServiceBusServerBusyError, SessionCannotBeLockedError
 
-from writeback.errors import TransportUnavailable
+from writeback.errors import TransportError, TransportUnavailable
 from writeback.transport import OUTCOMES_QUEUE, requests_queue
 from writeback.transport.replies import (
+    UNDECODABLE,
+    UNDISPATCHABLE,
     Backoff,
     Delivered,
+    DispatchTries,
     Replies,
     accept_any,
     new_reply_session,
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 LISTEN_SECONDS = 5.0  # the longest single receive on the reply session
 SWEEP_SECONDS = 1.0  # how often entries nobody waits for are looked at
 ADOPT_WAIT_SECONDS = 1.0  # an adopted session with nothing more for this long is drained
+ADOPT_BUSY_TRIES = 5  # attempts to open an adopted session while the namespace is throttling
 ADOPT_SECONDS = 10.0  # the longest an adopted session is held (its lock lasts 30 s in infra/)
 UNCORRELATED = "outcome.uncorrelated"
 REFUSED = "outcome.refused"
@@ -84,6 +88,7 @@ class ServiceBusCloud(Bus):
         super().__init__(settings, credential, **extra)
         self.reply_session = reply_session or new_reply_session()
         self.replies = Replies()
+        self._tries = DispatchTries()
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._stopping = False
@@ -176,7 +181,7 @@ class ServiceBusCloud(Bus):
         )
         try:
             try:
-                await receiver.__aenter__()
+                await self._open_throttled(receiver)
             except SessionCannotBeLockedError:
                 return None  # its instance holds it: alive, and serving it itself
             return await self._drain(receiver, time.monotonic() + ADOPT_SECONDS)
@@ -184,6 +189,20 @@ class ServiceBusCloud(Bus):
             raise translate_servicebus_error(exc, f"adopt session {session}") from exc
         finally:
             self._background(receiver.close())
+
+    @staticmethod
+    async def _open_throttled(receiver: ServiceBusReceiver) -> None:
+        """Open the adopter's receiver, retrying only throttling (`server-busy`) with backoff:
+        its client retries nothing else (see the module docstring), and a Standard namespace
+        throttles beyond 1,000 operations a second."""
+        backoff = Backoff(first=0.2, most=2.0)
+        for _ in range(ADOPT_BUSY_TRIES - 1):
+            try:
+                await receiver.__aenter__()
+                return
+            except ServiceBusServerBusyError:
+                await asyncio.sleep(backoff.next())
+        await receiver.__aenter__()
 
     async def _drain(self, receiver: ServiceBusReceiver, until: float) -> int:
         moved = 0
@@ -254,20 +273,56 @@ class ServiceBusCloud(Bus):
         self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
     ) -> bool:
         """Hand an outcome to its waiter or re-send it as an orphan, then complete it; False
-        if it named no request and was dead-lettered."""
+        if it was not handed on: dead-lettered (no CorrelationId naming a request, a body that
+        is not text, or MAX_DISPATCH_TRIES failed tries) or abandoned to be tried again."""
         request_id = message.correlation_id
         if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
             await receiver.dead_letter_message(
                 message, reason=UNCORRELATED, error_description="no CorrelationId naming a request"
             )
             return False
-        body = str(message)
-        if self.replies.deliver(request_id, body) is Delivered.ORPHAN:
-            # Settled only once it is safe in the request's own session: if this fails, the
-            # session is reopened and the outcome comes back to be forwarded again.
-            await self._forward(request_id, body, _time_left(message))
+        try:
+            body = str(message)
+        except UnicodeDecodeError:
+            # Any relay identity may send to the outcomes queue; bytes that are not text can
+            # never become an outcome, so they are not tried again.
+            await receiver.dead_letter_message(
+                message, reason=UNDECODABLE, error_description="the body is not UTF-8 text"
+            )
+            return False
+        sequence = message.sequence_number or 0
+        try:
+            if self.replies.deliver(request_id, body) is Delivered.ORPHAN:
+                # Settled only once it is safe in the request's own session.
+                await self._forward(request_id, body, _time_left(message))
+        except TransportError as exc:
+            await self._failed(receiver, message, type(exc).__name__)
+            return False
         await receiver.complete_message(message)
+        self._tries.forget(sequence)
         return True
+
+    async def _failed(
+        self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage, error: str
+    ) -> None:
+        """One more failed try of an outcome: abandon it to try again after a pause, or, at
+        the limit, dead-letter it (`DispatchTries` says why the broker's count is not used)."""
+        sequence = message.sequence_number or 0
+        tries = self._tries.failed(sequence)
+        log.warning(
+            "outcome_not_dispatched",
+            extra={"session": receiver.session.session_id, "tries": tries, "error": error},
+        )
+        if tries >= self._tries.limit:
+            self._tries.forget(sequence)
+            await receiver.dead_letter_message(
+                message,
+                reason=UNDISPATCHABLE,
+                error_description=f"{error} on each of {tries} tries to hand it on",
+            )
+            return
+        await receiver.abandon_message(message)
+        await asyncio.sleep(self._tries.pause(tries))
 
     async def _sweep(self) -> None:
         for request_id, bodies in self.replies.stale():

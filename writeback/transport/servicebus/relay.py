@@ -26,7 +26,13 @@ from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, Servi
 from azure.servicebus.aio import ServiceBusReceiver
 
 from writeback.errors import TransportLockLost
-from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, Delivery, requests_queue
+from writeback.transport import (
+    HEARTBEATS_QUEUE,
+    MAX_DEAD_LETTER_TEXT,
+    OUTCOMES_QUEUE,
+    Delivery,
+    requests_queue,
+)
 from writeback.transport.servicebus.bus import (
     CONTENT_TYPE,
     HEARTBEAT_TTL,
@@ -136,6 +142,8 @@ class ServiceBusRelay(Bus):
         await self._on_receiver(delivery, "abandon", lambda r, m: r.abandon_message(m))
 
     async def dead_letter(self, delivery: Delivery, reason: str, description: str) -> None:
+        # Service Bus refuses a reason or description over MAX_DEAD_LETTER_TEXT characters.
+        reason, description = reason[:MAX_DEAD_LETTER_TEXT], description[:MAX_DEAD_LETTER_TEXT]
         await self._on_receiver(
             delivery,
             "dead-letter",
