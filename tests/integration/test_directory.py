@@ -493,3 +493,26 @@ class TestPasswordInEffect:
         assert before == str(seed.DOMAIN_POLICY["lockout_threshold"] - 1)
         assert directory.password_in_effect(user.upn, NEW) is None
         assert read(user.dn, ["badPwdCount"])["badPwdCount"] == before
+
+
+class TestLockoutGuard:
+    def test_a_change_that_could_lock_the_account_is_not_sent(
+        self,
+        testbed: TestBed,
+        directory: LdapDirectory,
+        new_user: NewUser,
+        read: Read,
+        can_bind: CanBind,
+    ) -> None:
+        """With badPwdCount one below the threshold on the DC (a count every relay and every
+        restart sees), a change is answered account.throttled without reaching the DC: the count
+        and the password are unchanged, and the account is not locked."""
+        user = new_user("guarded")
+        seed.lock_out(testbed.dc, user, seed.DOMAIN_POLICY["lockout_threshold"] - 1)
+        outcome = directory.apply(ChangePassword(user.upn, "Wrong-Guess-Pa55!", NEW))
+        assert outcome.reason is Reason.ACCOUNT_THROTTLED
+        assert "one more wrong current password would lock" in outcome.detail
+        state = read(user.dn, ["badPwdCount", "lockoutTime"])
+        assert state["badPwdCount"] == str(seed.DOMAIN_POLICY["lockout_threshold"] - 1)
+        assert state["lockoutTime"] in ("", "0")
+        assert can_bind(user, user.password)

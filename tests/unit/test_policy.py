@@ -22,6 +22,7 @@ from writeback.relay.policy import (
     encode_unicode_pwd,
     filetime,
     interval,
+    lockout_guard,
     precheck,
     utf16_length,
 )
@@ -470,3 +471,39 @@ class TestOldPasswordSyntax:
         outcome = check_syntax("x" * 257, "old password")
         assert outcome is not None
         assert outcome.reason is Reason.REQUEST_INVALID
+
+
+class TestLockoutGuard:
+    LOCKING = PasswordPolicy(
+        "the domain policy", 8, 24, True, None, None, lockout_threshold=5,
+        lockout_window=timedelta(minutes=30),
+    )  # fmt: skip
+
+    def test_the_attempt_that_could_lock_the_account_is_not_sent(self) -> None:
+        """badPwdCount 4 of 5 within the window: a change is refused, saying when to retry;
+        3 of 5 still goes to the DC."""
+        refused = lockout_guard(self.LOCKING, 4, NOW - timedelta(minutes=10), NOW)
+        assert refused is not None
+        assert refused.reason is Reason.ACCOUNT_THROTTLED
+        assert refused.message.endswith("Try again in 20 minutes.")
+        assert "badPwdCount 4 of the lockout threshold 5" in refused.detail
+        assert lockout_guard(self.LOCKING, 3, NOW - timedelta(minutes=10), NOW) is None
+
+    def test_old_bad_attempts_and_no_threshold_do_not_count(self) -> None:
+        """Attempts older than the observation window no longer count (AD resets the count at
+        the next attempt), and a domain without a threshold never locks anybody out."""
+        assert lockout_guard(self.LOCKING, 4, NOW - timedelta(minutes=31), NOW) is None
+        assert lockout_guard(self.LOCKING, 4, None, NOW) is None
+        assert lockout_guard(policy(), 100, NOW, NOW) is None
+
+    def test_the_window_is_read_from_the_domain_and_from_a_pso(self) -> None:
+        """lockOutObservationWindow and msDS-LockoutObservationWindow become the window."""
+        domain = PasswordPolicy.from_domain(
+            "d",
+            {**SAMBA_DEFAULTS, "lockoutThreshold": 5, "lockOutObservationWindow": 30 * DAY // 1440},
+        )
+        assert domain.lockout_window == timedelta(minutes=30)
+        pso = PasswordPolicy.from_pso(
+            "p", {"msDS-LockoutThreshold": 3, "msDS-LockoutObservationWindow": DAY}, domain
+        )
+        assert (pso.lockout_threshold, pso.lockout_window) == (3, timedelta(days=1))

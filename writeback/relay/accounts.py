@@ -39,6 +39,9 @@ USER_ATTRIBUTES = (
     "pwdLastSet",
     "lockoutTime",
     "objectGUID",
+    # Not replicated: the DC the relay reads (the PDC emulator when configured) counts them.
+    "badPwdCount",
+    "badPasswordTime",
 )
 # Constructed by the DC at every read (on Samba each adds about 0.3 ms to the search), so asked
 # for only by the operations that use them: the resultant PSO for the pre-check of a new
@@ -46,7 +49,8 @@ USER_ATTRIBUTES = (
 # only in a base-scope read (AD and Samba refuse it in a subtree search): see LdapDirectory.
 CONSTRUCTED_ATTRIBUTES = {
     Operation.RESET: ("msDS-ResultantPSO",),
-    Operation.CHANGE: ("msDS-ResultantPSO",),
+    # The lockout flag too: a locked account gets the DC's own answer (account.locked).
+    Operation.CHANGE: ("msDS-ResultantPSO", "msDS-User-Account-Control-Computed"),
     Operation.UNLOCK: ("msDS-User-Account-Control-Computed",),
     Operation.EXPIRE: (),
 }
@@ -57,6 +61,7 @@ DOMAIN_POLICY_ATTRIBUTES = (
     "minPwdAge",
     "maxPwdAge",
     "lockoutThreshold",
+    "lockOutObservationWindow",
 )
 PSO_ATTRIBUTES = (
     "msDS-MinimumPasswordLength",
@@ -65,6 +70,7 @@ PSO_ATTRIBUTES = (
     "msDS-MinimumPasswordAge",
     "msDS-MaximumPasswordAge",
     "msDS-LockoutThreshold",
+    "msDS-LockoutObservationWindow",
 )
 
 

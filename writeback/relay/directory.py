@@ -47,6 +47,7 @@ from writeback.relay.policy import (
     check_syntax,
     encode_unicode_pwd,
     filetime,
+    lockout_guard,
     precheck,
 )
 from writeback.relay.policy_cache import PolicyCache
@@ -340,6 +341,18 @@ class LdapDirectory:
         )
 
     def _change(self, link: ldap.Link, command: ChangePassword, user: User) -> Outcome:
+        # Whatever the relay's own throttle says: a wrong current password counts on the DC.
+        policy = self._policies.resultant(link, user)
+        locked = user.number("msDS-User-Account-Control-Computed") & accounts.UF_LOCKOUT
+        if policy is not None and not locked:
+            refused = lockout_guard(
+                policy,
+                user.number("badPwdCount"),
+                filetime(user.number("badPasswordTime")),
+                self._clock().replace(tzinfo=None),
+            )
+            if refused:
+                return refused
         failed = self._precheck(
             link, user, command.new_password, check_min_age=True, old_password=command.old_password
         )

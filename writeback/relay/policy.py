@@ -9,6 +9,7 @@ cannot be checked here (only the DC holds the hashes). Pure code: no I/O, no clo
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -58,6 +59,8 @@ class PasswordPolicy:
     max_age: timedelta | None
     lockout_threshold: int
     refuse_change: bool = False
+    # How long a bad attempt counts towards the threshold (lockoutObservationWindow).
+    lockout_window: timedelta | None = None
 
     @classmethod
     def from_domain(cls, source: str, attrs: Mapping[str, int]) -> PasswordPolicy:
@@ -72,6 +75,7 @@ class PasswordPolicy:
             max_age=interval(attrs.get("maxPwdAge", _NEVER)),
             lockout_threshold=attrs.get("lockoutThreshold", 0),
             refuse_change=bool(properties & PWD_PROPERTIES_REFUSE_PASSWORD_CHANGE),
+            lockout_window=interval(attrs.get("lockOutObservationWindow", 0)) or None,
         )
 
     @classmethod
@@ -88,6 +92,7 @@ class PasswordPolicy:
             max_age=interval(int(attrs.get("msDS-MaximumPasswordAge", _NEVER))),
             lockout_threshold=int(attrs.get("msDS-LockoutThreshold", 0)),
             refuse_change=domain.refuse_change,
+            lockout_window=interval(int(attrs.get("msDS-LockoutObservationWindow", 0))) or None,
         )
 
     def summary(self) -> dict[str, object]:
@@ -101,6 +106,36 @@ class PasswordPolicy:
             # AD stores "never expires" as 0 or the most negative value; both read as None.
             "maxAgeSeconds": int(self.max_age.total_seconds()) if self.max_age else None,
         }
+
+
+def lockout_guard(
+    policy: PasswordPolicy, bad_count: int, bad_time: datetime | None, now: datetime
+) -> Outcome | None:
+    """Refuse a change when its current password, if wrong, would be the attempt that locks the
+    account out: the DC's own count (badPwdCount, still counting while badPasswordTime is inside
+    the observation window) plus this one reaching the threshold. The count lives on the DC,
+    so this holds across relay restarts and across every relay of the domain. All times are
+    naive UTC."""
+    threshold = policy.lockout_threshold
+    if threshold <= 0:
+        return None
+    window = policy.lockout_window
+    counting = bad_time is not None and (window is None or now - bad_time < window)
+    if not counting or bad_count + 1 < threshold:
+        return None
+    wait = (bad_time + window - now) if bad_time is not None and window else None
+    minutes = max(1, math.ceil(wait.total_seconds() / 60)) if wait else None
+    later = (
+        f"Try again in {minutes} minute{'s' if minutes > 1 else ''}."
+        if minutes
+        else ("Try again later.")
+    )
+    return Outcome(
+        Reason.ACCOUNT_THROTTLED,
+        f"badPwdCount {bad_count} of the lockout threshold {threshold} ({policy.source}): one "
+        "more wrong current password would lock the account out; not sent to the DC",
+        f"Too many attempts with a wrong current password. {later}",
+    )
 
 
 def character_classes(password: str) -> int:
