@@ -90,9 +90,21 @@ class TestConfiguration:
         model = terraform_model.load(TERRAFORM)
         assert azurerm_schema.problems(model.resources, schema) == []
 
+    def test_other_providers_types_are_required(self) -> None:
+        """Every resource type the azurerm schema does not judge (time_sleep) belongs to a
+        provider versions.tf requires, and so pins."""
+        (terraform,) = _parsed()["terraform"]
+        (providers,) = terraform_model.normalise(terraform)["required_providers"]
+        model = terraform_model.load(TERRAFORM)
+        assert azurerm_schema.foreign_types(model.resources, providers) == []
+        assert azurerm_schema.foreign_types({"random_password": {}}, providers) == [
+            "random_password"
+        ]
+
     def test_the_provider_block_matches_the_schema(self, schema: Any) -> None:
         """The `provider "azurerm"` block's arguments and its features blocks exist."""
-        bodies = [terraform_model.normalise(b)["azurerm"] for b in _parsed()["provider"]]
+        blocks = [terraform_model.normalise(b) for b in _parsed()["provider"]]
+        bodies = [block["azurerm"] for block in blocks if "azurerm" in block]
         assert bodies
         assert azurerm_schema.provider_problems(bodies, schema) == []
 
