@@ -84,13 +84,19 @@ class TestFlexSite:
         assert changed_site["scaleAndConcurrency"]["triggers"]["http"] == {
             "perInstanceConcurrency": 7
         }
-        patch = _tf_resource(terraform, "azapi_update_resource", "http_concurrency")
-        assert patch["resource_id"] == f"${{{terraform_model.FUNCTION_APP}.main.id}}"
-        http = patch["body"]["properties"]["functionAppConfig"]["scaleAndConcurrency"]
-        assert http["triggers"]["http"] == {
-            "perInstanceConcurrency": "${var.http_per_instance_concurrency}"
-        }
+        app = _tf_resource(terraform, terraform_model.FUNCTION_APP, "main")
+        assert app["http_concurrency"] == "${var.http_per_instance_concurrency}"
         assert terraform.variables["http_per_instance_concurrency"]["default"] == bicep_default
+
+    def test_terraform_sets_http_concurrency_through_azurerm_alone(
+        self, terraform: terraform_model.TerraformModel, hcl: dict[str, Any]
+    ) -> None:
+        """No other provider writes the site: an azurerm that knows http_concurrency but is not
+        given it resets the value on the app's next update, fighting whoever set it."""
+        assert not [kind for kind in terraform.resources if kind.startswith("azapi_")]
+        (terraform_block,) = hcl["terraform"]
+        (providers,) = terraform_block["required_providers"]
+        assert "azapi" not in providers
 
 
 class TestSecretGrants:
@@ -263,7 +269,7 @@ class TestTerraformFirstApply:
         committed lock file the README starts with `terraform providers lock`."""
         (terraform_block,) = hcl["terraform"]
         (providers,) = terraform_block["required_providers"]
-        assert {"azurerm", "azapi", "time"} <= set(providers)
+        assert set(providers) == {"azurerm", "time"}
         for name, requirement in providers.items():
             assert requirement["source"], name
             assert re.fullmatch(r"~> \d+\.\d+(\.\d+)?", requirement["version"]), name
