@@ -151,6 +151,62 @@ class TestKeyVaultRedeploy:
         assert key_vault["recover_soft_deleted_secrets"] is True
         assert key_vault["purge_soft_delete_on_destroy"] is False
 
+    def test_terraform_imports_the_recovered_secrets(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """The recovered vault's secrets already exist, which azurerm refuses to create: the
+        README and docs/deploy.md import each one, at its address, by the name the code reads."""
+        docs = [(TERRAFORM / "README.md").read_text(), (ROOT / "docs" / "deploy.md").read_text()]
+        imports = {
+            "signing_key[0]": SIGNING_KEY_SECRET,
+            'relay_keys["corp.example.com"]': relay_keys_secret("corp.example.com"),
+            "api_keys[0]": API_KEYS_SECRET,
+        }
+        assert set(terraform.resources["azurerm_key_vault_secret"]) == {
+            "signing_key",
+            "relay_keys",
+            "api_keys",
+        }
+        for address, secret in imports.items():
+            pattern = (
+                rf"terraform import 'azurerm_key_vault_secret\.{re.escape(address)}'"
+                rf"[ \\\n]+\"\$\(secret_id {re.escape(secret)}\)\""
+            )
+            for text in docs:
+                assert re.search(pattern, text), address
+
+
+class TestSecretsKeepRotations:
+    """A later apply neither writes a secret's value back over a rotation nor destroys a secret
+    whose value was left out, the promises infra/bicep keeps by writing only what it is given."""
+
+    def test_each_secret_is_written_once_and_never_destroyed(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """Every Terraform secret ignores its value after creation (a rotation in Key Vault
+        stays) and refuses to be destroyed (an emptied value stops the plan)."""
+        secrets = terraform.resources["azurerm_key_vault_secret"]
+        assert set(secrets) == {"signing_key", "relay_keys", "api_keys"}
+        for name, body in secrets.items():
+            assert body["lifecycle"] == [{"ignore_changes": ["value"], "prevent_destroy": True}], (
+                name
+            )
+
+    def test_the_hand_over_names_each_secret_with_its_role(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """The README's `terraform state rm` takes out each secret together with the role that
+        reads it, by the addresses the configuration uses, so both stay in Azure."""
+        readme = (TERRAFORM / "README.md").read_text()
+        roles = terraform.resources["azurerm_role_assignment"]
+        for name, body in terraform.resources["azurerm_key_vault_secret"].items():
+            (role,) = [
+                r for r, b in roles.items() if f"azurerm_key_vault_secret.{name}[" in b["scope"]
+            ]
+            key = '["corp.example.com"]' if "for_each" in body else "[0]"
+            assert f"'azurerm_key_vault_secret.{name}{key}'" in readme, name
+            assert f"'azurerm_role_assignment.{role}{key}'" in readme, role
+
 
 class TestParameterChecks:
     """Bicep refuses, with fail(), the combinations Terraform's variable validations refuse."""
