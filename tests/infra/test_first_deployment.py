@@ -32,6 +32,20 @@ ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
 DOMAINS = [d["name"] for d in bicep_model.example_parameters()["domains"]]
 API_KEYS_SECRET = "writeback-api-keys"
+# Object IDs each deployment must accept or refuse alike: 36 characters, yet not all GUIDs.
+GUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+NOT_HEX_ID = "0f8fad5b-d9cb-469f-a165-70867728950g"
+RELAY_IDS = {
+    GUID: True,
+    GUID.upper(): True,
+    NOT_HEX_ID: False,
+    GUID.replace("-", "") + "----": False,  # the dashes at the end
+    "0f8fad5bd-9cb-469f-a165-70867728950e": False,  # a dash out of place
+    GUID.replace("-", "_"): False,
+    f"{{{GUID[:34]}}}": False,  # braces
+    GUID + " ": False,
+    "": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +244,10 @@ class TestParameterChecks:
             {"domains": [{"name": "a.test", "relayPrincipalIds": ["relay-1"]}]},
             "GUID",
         ),
+        "relay id of a guid's length, not hexadecimal": (
+            {"domains": [{"name": "a.test", "relayPrincipalIds": [NOT_HEX_ID]}]},
+            "GUID",
+        ),
         "jwks for an unknown domain": ({"relayJwks": {"other.test": "{}"}}, "relayJwks"),
     }
 
@@ -239,6 +257,26 @@ class TestParameterChecks:
         parameters, message = self.BAD[case]
         with pytest.raises(DeploymentRefused, match=message):
             bicep_model.load(parameters=parameters)
+
+    @pytest.mark.parametrize("relay_id", RELAY_IDS, ids=repr)
+    def test_relay_ids_are_guids_in_both(
+        self, terraform: terraform_model.TerraformModel, relay_id: str
+    ) -> None:
+        """Bicep accepts exactly the relay object IDs Terraform's GUID regex accepts."""
+        (rule,) = [
+            rule["condition"]
+            for rule in terraform.variables["domains"]["validation"]
+            if "relay_principal_ids" in rule["condition"]
+        ]
+        pattern = re.search(r'regex\("([^"]+)", id\)', rule)
+        assert pattern
+        assert bool(re.fullmatch(pattern[1], relay_id)) is RELAY_IDS[relay_id]
+        domains = [{"name": "a.test", "relayPrincipalIds": [relay_id]}]
+        if RELAY_IDS[relay_id]:
+            bicep_model.load(parameters={"domains": domains})
+        else:
+            with pytest.raises(DeploymentRefused, match="GUID"):
+                bicep_model.load(parameters={"domains": domains})
 
     def test_terraform_has_each_rule(self, terraform: terraform_model.TerraformModel) -> None:
         """Each rule Bicep checks is a validation of the Terraform variables."""
