@@ -85,7 +85,10 @@ resource "azurerm_function_app_flex_consumption" "main" {
     # the Azure Monitor distro and runs each invocation in the host's trace.
     "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" = "true"
     "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"      = "writeback"
-    # The app's pinned azure-functions wins over the worker's bundled copy on Python 3.11/3.12.
+    # On Python 3.11/3.12 the app's pinned packages (requirements.txt: azure-functions and the
+    # rest) load ahead of the worker's bundled copies (docs/deploy.md#python-packages). The
+    # Event Grid trigger no longer depends on it: it takes the event as its JSON text, which
+    # every azure-functions release decodes alike.
     "PYTHON_ISOLATE_WORKER_DEPENDENCIES" = "1"
     # The host's diagnostic-events tables (AzureFunctionsDiagnosticEvents*) hold no role here.
     "AzureWebJobsFeatureFlags" = "DisableDiagnosticEventLogging"
