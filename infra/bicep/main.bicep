@@ -160,7 +160,11 @@ var relayJwksDomainsKnown = [for entry in items(relayJwks): contains(domainKeys,
 var checkedRelayJwks = contains(relayJwksDomainsKnown, false) ? fail('Every relayJwks key must be one of the domains.') : relayJwks
 var relayPrincipalIdLists = [for domain in domains: domain.relayPrincipalIds]
 var relayPrincipalIds = flatten(relayPrincipalIdLists)
-var relayIdsAreGuids = [for id in relayPrincipalIds: length(id) == 36]
+// An object ID is a GUID, 8-4-4-4-12 hexadecimal digits in either case, as infra/terraform's
+// regex has it. Bicep has no regular expressions: each hexadecimal digit becomes '0', and only a
+// GUID then reads as the zero GUID (any other character, or a dash or digit out of place, stays).
+var relayIdShapes = [for id in relayPrincipalIds: replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(toLower(id), '1', '0'), '2', '0'), '3', '0'), '4', '0'), '5', '0'), '6', '0'), '7', '0'), '8', '0'), '9', '0'), 'a', '0'), 'b', '0'), 'c', '0'), 'd', '0'), 'e', '0'), 'f', '0')]
+var relayIdsAreGuids = [for shape in relayIdShapes: shape == '00000000-0000-0000-0000-000000000000']
 var checkedDomains = contains(relayIdsAreGuids, false) ? fail('Each relayPrincipalIds entry must be an object ID (a GUID).') : domains
 
 // Entity names are a contract with the code (writeback/transport, writeback/cloud/secrets.py).
@@ -309,8 +313,10 @@ module functionApp 'modules/functionapp.bicep' = {
       // and logs join the host's requests (docs/operations.md#telemetry).
       PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
       PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'writeback'
-      // The app's pinned azure-functions (requirements.txt) wins over the worker's bundled copy
-      // on Python 3.11/3.12 (func.CloudEvent needs 1.25 or later; docs/deploy.md#python-packages).
+      // On Python 3.11/3.12 the app's pinned packages (requirements.txt: azure-functions and the
+      // rest) load ahead of the worker's bundled copies (docs/deploy.md#python-packages). The
+      // Event Grid trigger no longer depends on it: it takes the event as its JSON text, which
+      // every azure-functions release decodes alike.
       PYTHON_ISOLATE_WORKER_DEPENDENCIES: '1'
       // The host's diagnostic events go to per-month tables (AzureFunctionsDiagnosticEvents*)
       // the identity has no role on; tables are granted one by one (docs/deploy.md#host-storage).

@@ -10,9 +10,10 @@
 # its own outcomes. Access keys are off: publishing needs an Entra ID identity with EventGrid Data
 # Sender on the one topic.
 #
-# Minimum TLS: infra/bicep sets minimumTlsVersionAllowed to 1.2 on both topics. azurerm 4.42 has
-# no argument for it (hashicorp/terraform-provider-azurerm#30383); set it after apply as
-# README.md shows, until a provider with minimum_tls_version can be required here.
+# Minimum TLS: infra/bicep sets minimumTlsVersionAllowed to 1.2 on both topics. No azurerm release
+# up to 4.55 has an argument for it (hashicorp/terraform-provider-azurerm#30383; pull request
+# #30708 is open); set it after apply as README.md shows, until a provider with it can be required
+# here (tests/infra/test_terraform_schema.py then asks for it).
 
 resource "azurerm_eventgrid_topic" "requests" {
   #checkov:skip=CKV_AZURE_193:The publishers are self-service portals and identity workflows outside Azure, and the function has no virtual network; access keys are off, so only an Entra ID identity with EventGrid Data Sender on this topic can publish

@@ -30,6 +30,10 @@ resource "azurerm_function_app_flex_consumption" "main" {
   runtime_version             = var.python_version
   maximum_instance_count      = var.maximum_instance_count
   instance_memory_in_mb       = var.instance_memory_mb
+  # HTTP calls one instance takes at once (functionAppConfig.scaleAndConcurrency.triggers.http,
+  # as infra/bicep sets it): Python's default is 1, while each API call may wait up to
+  # wait_seconds for its relay, almost all of it idle (docs/deploy.md#http-concurrency).
+  http_concurrency = var.http_per_instance_concurrency
 
   https_only = true
   # Deployments authenticate with Entra ID; no publishing user name and password exist.
@@ -81,7 +85,10 @@ resource "azurerm_function_app_flex_consumption" "main" {
     # the Azure Monitor distro and runs each invocation in the host's trace.
     "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" = "true"
     "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"      = "writeback"
-    # The app's pinned azure-functions wins over the worker's bundled copy on Python 3.11/3.12.
+    # On Python 3.11/3.12 the app's pinned packages (requirements.txt: azure-functions and the
+    # rest) load ahead of the worker's bundled copies (docs/deploy.md#python-packages). The
+    # Event Grid trigger no longer depends on it: it takes the event as its JSON text, which
+    # every azure-functions release decodes alike.
     "PYTHON_ISOLATE_WORKER_DEPENDENCIES" = "1"
     # The host's diagnostic-events tables (AzureFunctionsDiagnosticEvents*) hold no role here.
     "AzureWebJobsFeatureFlags" = "DisableDiagnosticEventLogging"
@@ -97,28 +104,5 @@ resource "azurerm_function_app_flex_consumption" "main" {
     "WRITEBACK_DRIFT_FORCE_CHANGE"           = tostring(var.drift_force_change)
     # The sweeper's timer (NCRONTAB): adopts the reply sessions of instances that are gone.
     "WRITEBACK_SWEEP_SCHEDULE" = "0 */1 * * * *"
-  }
-}
-
-# HTTP calls one instance takes at once (Python's default is 1, while each API call may wait up
-# to wait_seconds for its relay). azurerm 4.x has no argument for it (`http_concurrency` is
-# behind its 5.0 switch), so azapi sets functionAppConfig.scaleAndConcurrency.triggers.http on
-# the same site, as infra/bicep does; azurerm's own updates read and keep the value.
-resource "azapi_update_resource" "http_concurrency" {
-  type        = "Microsoft.Web/sites@2024-04-01"
-  resource_id = azurerm_function_app_flex_consumption.main.id
-
-  body = {
-    properties = {
-      functionAppConfig = {
-        scaleAndConcurrency = {
-          triggers = {
-            http = {
-              perInstanceConcurrency = var.http_per_instance_concurrency
-            }
-          }
-        }
-      }
-    }
   }
 }

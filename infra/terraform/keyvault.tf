@@ -1,6 +1,15 @@
 # Key Vault (Azure RBAC, purge-protected) with the cloud's signing key, each domain's relay
 # public keys and, when enabled, the API keys. Terraform writes a secret only when its value is
 # given; the Function App's identity can read exactly the secrets written here (roles.tf).
+#
+# Each secret's value is written once, when Terraform creates it. Keys rotate in Key Vault
+# (docs/keys.md), and a later apply must not write the old value back over a rotation, so every
+# secret ignores changes to its value: infra/bicep keeps the same promise (a redeployment never
+# undoes a rotation). Each secret also refuses to be destroyed. Its count follows its value, and
+# Terraform cannot keep an instance whose count drops: a value emptied on a later apply (or a
+# domain removed) would destroy the secret and the app's role on it, taking the app down. The
+# plan stops with "Instance cannot be destroyed" instead; README.md#secrets says how to hand a
+# secret over to Key Vault, which keeps it and its role as infra/bicep does.
 
 resource "azurerm_key_vault" "main" {
   #checkov:skip=CKV_AZURE_109:The Function App has no virtual network or fixed outbound address here, so a firewall cannot admit it; access is Azure RBAC per secret
@@ -25,6 +34,11 @@ resource "azurerm_key_vault_secret" "signing_key" {
   value        = var.cloud_signing_key
   content_type = "application/jwk+json"
   depends_on   = [time_sleep.deployer_roles_propagate]
+
+  lifecycle {
+    ignore_changes  = [value]
+    prevent_destroy = true
+  }
 }
 
 # writeback-relays-<domain, lower case, each '-' doubled, each '.' as '-'>, the rule of
@@ -37,6 +51,11 @@ resource "azurerm_key_vault_secret" "relay_keys" {
   value        = local.relay_jwks[each.key]
   content_type = "application/jwk-set+json"
   depends_on   = [time_sleep.deployer_roles_propagate]
+
+  lifecycle {
+    ignore_changes  = [value]
+    prevent_destroy = true
+  }
 }
 
 resource "azurerm_key_vault_secret" "api_keys" {
@@ -47,4 +66,9 @@ resource "azurerm_key_vault_secret" "api_keys" {
   value        = var.api_keys
   content_type = "text/plain"
   depends_on   = [time_sleep.deployer_roles_propagate]
+
+  lifecycle {
+    ignore_changes  = [value]
+    prevent_destroy = true
+  }
 }

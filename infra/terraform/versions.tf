@@ -10,14 +10,13 @@ terraform {
   required_providers {
     azurerm = {
       source = "hashicorp/azurerm"
-      # 4.42 is the first release with `rbac_authorization_enabled` on azurerm_key_vault
-      # (the old `enable_rbac_authorization` goes away in 5.0).
-      version = "~> 4.42"
-    }
-    # The one Flex Consumption setting azurerm 4.x lacks: HTTP per-instance concurrency.
-    azapi = {
-      source  = "Azure/azapi"
-      version = "~> 2.2"
+      # 4.46 is the first release with `http_concurrency` on azurerm_function_app_flex_consumption
+      # (hashicorp/terraform-provider-azurerm#29678; npm @cdktf/provider-azurerm 14.13.1, built
+      # from azurerm 4.45.1, lacks it, 14.14.0, from 4.46.0, has it). It must be set through
+      # azurerm: a release that knows the argument but is not given it resets the value on the
+      # app's next update, whoever else wrote it. 4.42 brought `rbac_authorization_enabled` on
+      # azurerm_key_vault (the old `enable_rbac_authorization` goes away in 5.0).
+      version = "~> 4.46"
     }
     # The wait for the deployer's new roles to reach the data planes (roles.tf).
     time = {
@@ -47,6 +46,3 @@ provider "azurerm" {
     }
   }
 }
-
-# azapi signs in the same way as azurerm (Azure CLI, OIDC in CI, ...).
-provider "azapi" {}

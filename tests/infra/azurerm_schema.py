@@ -26,6 +26,8 @@ PACKAGE = Path(__file__).resolve().parent / "schemas" / "azurerm"
 JSII = PACKAGE / "node_modules" / "@cdktf" / "provider-azurerm" / ".jsii"
 ASSEMBLY = "@cdktf/provider-azurerm"
 PROVIDER_CONFIG = f"{ASSEMBLY}.provider.AzurermProviderConfig"
+# Terraform names a type after its provider: azurerm's all start so, and only azurerm's.
+PREFIX = "azurerm_"
 # Terraform's own arguments, not the provider's (cdktf's TerraformMetaArguments).
 RESOURCE_META = frozenset(
     {"count", "for_each", "depends_on", "provider", "lifecycle", "provisioner", "connection"}
@@ -91,12 +93,15 @@ def load(path: Path = JSII) -> ProviderSchema:
 def problems(
     resources: Mapping[str, Mapping[str, Mapping[str, Any]]], schema: ProviderSchema
 ) -> list[str]:
-    """Every way the resources and data sources of a TerraformModel (`data.` types prefixed)
-    disagree with the schema, as sentences naming the address and argument path."""
+    """Every way the azurerm resources and data sources of a TerraformModel (`data.` types
+    prefixed) disagree with the schema, as sentences naming the address and argument path; other
+    providers' types are left to `foreign_types`."""
     found = []
     for kind, named in sorted(resources.items()):
         is_data = kind.startswith("data.")
         terraform_type = kind.removeprefix("data.")
+        if not terraform_type.startswith(PREFIX):
+            continue  # another provider's (time_sleep): not in this schema
         configs = schema.data_sources if is_data else schema.resources
         for name, body in sorted(named.items()):
             address = f"{kind}.{name}"
@@ -108,6 +113,17 @@ def problems(
             block = schema.block(configs[terraform_type])
             found.extend(f"{address}: {p}" for p in check_block(body, block, "", meta))
     return found
+
+
+def foreign_types(resources: Mapping[str, object], providers: Iterable[str]) -> list[str]:
+    """The resource and data source types (`data.` prefixed) that belong to no provider in
+    `providers` (the names in required_providers): azurerm's are checked by `problems`, and a
+    type of a provider nobody requires would make `terraform init` fetch it unpinned."""
+    return sorted(
+        kind
+        for kind in resources
+        if kind.removeprefix("data.").split("_", 1)[0] not in set(providers)
+    )
 
 
 def provider_problems(bodies: Iterable[Mapping[str, Any]], schema: ProviderSchema) -> list[str]:

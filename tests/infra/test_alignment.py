@@ -31,6 +31,20 @@ NAMED = {
     "Microsoft.Web/sites": (terraform_model.FUNCTION_APP, "main"),
 }
 
+# The names as released, the suffix 8 characters long. A name is part of a live deployment: a
+# changed one makes a redeployment create (Bicep) or replace (Terraform) that resource, so a
+# change here needs its note in docs/deploy.md#upgrading-an-existing-deployment.
+RELEASED_NAMES = {
+    "Microsoft.OperationalInsights/workspaces": "log-{prefix}-{suffix}",
+    "Microsoft.Insights/components": "appi-{prefix}-{suffix}",
+    "Microsoft.Storage/storageAccounts": "st{prefix}{suffix}",
+    "Microsoft.ServiceBus/namespaces": "sbns-{prefix}-{suffix}",
+    "Microsoft.EventHub/namespaces": "evhns-{prefix}-{suffix}",
+    "Microsoft.KeyVault/vaults": "kv-{prefix}-{suffix}",
+    "Microsoft.Web/serverfarms": "plan-{prefix}-{suffix}",
+    "Microsoft.Web/sites": "func-{prefix}-{suffix}",
+}
+
 
 @pytest.fixture(scope="module")
 def bicep() -> bicep_model.Model:
@@ -64,6 +78,18 @@ class TestNames:
         """Each globally unique resource has the same name pattern and suffix length in both."""
         kind, name = NAMED[resource_type]
         assert _bicep_pattern(bicep, resource_type) == _terraform_pattern(terraform, kind, name)
+
+    @pytest.mark.parametrize("resource_type", NAMED, ids=lambda t: t.split("/")[-1])
+    def test_the_released_name(self, bicep: bicep_model.Model, resource_type: str) -> None:
+        """Each name is the released one (with the same pattern in Terraform, checked above):
+        renaming a resource makes a redeployment create or replace it, and docs/deploy.md must
+        say so before a name changes."""
+        released = RELEASED_NAMES[resource_type].replace("{prefix}", PREFIX)
+        assert _bicep_pattern(bicep, resource_type) == released, (
+            "a renamed resource needs docs/deploy.md#upgrading-an-existing-deployment"
+        )
+        deploy = (ROOT / "docs" / "deploy.md").read_text()
+        assert '<a id="upgrading-an-existing-deployment"></a>' in deploy
 
     def test_the_terraform_suffix_has_eight_characters(
         self, terraform: terraform_model.TerraformModel

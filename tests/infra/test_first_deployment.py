@@ -32,6 +32,20 @@ ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
 DOMAINS = [d["name"] for d in bicep_model.example_parameters()["domains"]]
 API_KEYS_SECRET = "writeback-api-keys"
+# Object IDs each deployment must accept or refuse alike: 36 characters, yet not all GUIDs.
+GUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+NOT_HEX_ID = "0f8fad5b-d9cb-469f-a165-70867728950g"
+RELAY_IDS = {
+    GUID: True,
+    GUID.upper(): True,
+    NOT_HEX_ID: False,
+    GUID.replace("-", "") + "----": False,  # the dashes at the end
+    "0f8fad5bd-9cb-469f-a165-70867728950e": False,  # a dash out of place
+    GUID.replace("-", "_"): False,
+    f"{{{GUID[:34]}}}": False,  # braces
+    GUID + " ": False,
+    "": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +98,19 @@ class TestFlexSite:
         assert changed_site["scaleAndConcurrency"]["triggers"]["http"] == {
             "perInstanceConcurrency": 7
         }
-        patch = _tf_resource(terraform, "azapi_update_resource", "http_concurrency")
-        assert patch["resource_id"] == f"${{{terraform_model.FUNCTION_APP}.main.id}}"
-        http = patch["body"]["properties"]["functionAppConfig"]["scaleAndConcurrency"]
-        assert http["triggers"]["http"] == {
-            "perInstanceConcurrency": "${var.http_per_instance_concurrency}"
-        }
+        app = _tf_resource(terraform, terraform_model.FUNCTION_APP, "main")
+        assert app["http_concurrency"] == "${var.http_per_instance_concurrency}"
         assert terraform.variables["http_per_instance_concurrency"]["default"] == bicep_default
+
+    def test_terraform_sets_http_concurrency_through_azurerm_alone(
+        self, terraform: terraform_model.TerraformModel, hcl: dict[str, Any]
+    ) -> None:
+        """No other provider writes the site: an azurerm that knows http_concurrency but is not
+        given it resets the value on the app's next update, fighting whoever set it."""
+        assert not [kind for kind in terraform.resources if kind.startswith("azapi_")]
+        (terraform_block,) = hcl["terraform"]
+        (providers,) = terraform_block["required_providers"]
+        assert "azapi" not in providers
 
 
 class TestSecretGrants:
@@ -145,6 +165,62 @@ class TestKeyVaultRedeploy:
         assert key_vault["recover_soft_deleted_secrets"] is True
         assert key_vault["purge_soft_delete_on_destroy"] is False
 
+    def test_terraform_imports_the_recovered_secrets(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """The recovered vault's secrets already exist, which azurerm refuses to create: the
+        README and docs/deploy.md import each one, at its address, by the name the code reads."""
+        docs = [(TERRAFORM / "README.md").read_text(), (ROOT / "docs" / "deploy.md").read_text()]
+        imports = {
+            "signing_key[0]": SIGNING_KEY_SECRET,
+            'relay_keys["corp.example.com"]': relay_keys_secret("corp.example.com"),
+            "api_keys[0]": API_KEYS_SECRET,
+        }
+        assert set(terraform.resources["azurerm_key_vault_secret"]) == {
+            "signing_key",
+            "relay_keys",
+            "api_keys",
+        }
+        for address, secret in imports.items():
+            pattern = (
+                rf"terraform import 'azurerm_key_vault_secret\.{re.escape(address)}'"
+                rf"[ \\\n]+\"\$\(secret_id {re.escape(secret)}\)\""
+            )
+            for text in docs:
+                assert re.search(pattern, text), address
+
+
+class TestSecretsKeepRotations:
+    """A later apply neither writes a secret's value back over a rotation nor destroys a secret
+    whose value was left out, the promises infra/bicep keeps by writing only what it is given."""
+
+    def test_each_secret_is_written_once_and_never_destroyed(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """Every Terraform secret ignores its value after creation (a rotation in Key Vault
+        stays) and refuses to be destroyed (an emptied value stops the plan)."""
+        secrets = terraform.resources["azurerm_key_vault_secret"]
+        assert set(secrets) == {"signing_key", "relay_keys", "api_keys"}
+        for name, body in secrets.items():
+            assert body["lifecycle"] == [{"ignore_changes": ["value"], "prevent_destroy": True}], (
+                name
+            )
+
+    def test_the_hand_over_names_each_secret_with_its_role(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
+        """The README's `terraform state rm` takes out each secret together with the role that
+        reads it, by the addresses the configuration uses, so both stay in Azure."""
+        readme = (TERRAFORM / "README.md").read_text()
+        roles = terraform.resources["azurerm_role_assignment"]
+        for name, body in terraform.resources["azurerm_key_vault_secret"].items():
+            (role,) = [
+                r for r, b in roles.items() if f"azurerm_key_vault_secret.{name}[" in b["scope"]
+            ]
+            key = '["corp.example.com"]' if "for_each" in body else "[0]"
+            assert f"'azurerm_key_vault_secret.{name}{key}'" in readme, name
+            assert f"'azurerm_role_assignment.{role}{key}'" in readme, role
+
 
 class TestParameterChecks:
     """Bicep refuses, with fail(), the combinations Terraform's variable validations refuse."""
@@ -168,6 +244,10 @@ class TestParameterChecks:
             {"domains": [{"name": "a.test", "relayPrincipalIds": ["relay-1"]}]},
             "GUID",
         ),
+        "relay id of a guid's length, not hexadecimal": (
+            {"domains": [{"name": "a.test", "relayPrincipalIds": [NOT_HEX_ID]}]},
+            "GUID",
+        ),
         "jwks for an unknown domain": ({"relayJwks": {"other.test": "{}"}}, "relayJwks"),
     }
 
@@ -177,6 +257,26 @@ class TestParameterChecks:
         parameters, message = self.BAD[case]
         with pytest.raises(DeploymentRefused, match=message):
             bicep_model.load(parameters=parameters)
+
+    @pytest.mark.parametrize("relay_id", RELAY_IDS, ids=repr)
+    def test_relay_ids_are_guids_in_both(
+        self, terraform: terraform_model.TerraformModel, relay_id: str
+    ) -> None:
+        """Bicep accepts exactly the relay object IDs Terraform's GUID regex accepts."""
+        (rule,) = [
+            rule["condition"]
+            for rule in terraform.variables["domains"]["validation"]
+            if "relay_principal_ids" in rule["condition"]
+        ]
+        pattern = re.search(r'regex\("([^"]+)", id\)', rule)
+        assert pattern
+        assert bool(re.fullmatch(pattern[1], relay_id)) is RELAY_IDS[relay_id]
+        domains = [{"name": "a.test", "relayPrincipalIds": [relay_id]}]
+        if RELAY_IDS[relay_id]:
+            bicep_model.load(parameters={"domains": domains})
+        else:
+            with pytest.raises(DeploymentRefused, match="GUID"):
+                bicep_model.load(parameters={"domains": domains})
 
     def test_terraform_has_each_rule(self, terraform: terraform_model.TerraformModel) -> None:
         """Each rule Bicep checks is a validation of the Terraform variables."""
@@ -263,7 +363,7 @@ class TestTerraformFirstApply:
         committed lock file the README starts with `terraform providers lock`."""
         (terraform_block,) = hcl["terraform"]
         (providers,) = terraform_block["required_providers"]
-        assert {"azurerm", "azapi", "time"} <= set(providers)
+        assert set(providers) == {"azurerm", "time"}
         for name, requirement in providers.items():
             assert requirement["source"], name
             assert re.fullmatch(r"~> \d+\.\d+(\.\d+)?", requirement["version"]), name

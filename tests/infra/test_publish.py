@@ -196,6 +196,18 @@ class TestAzdParameters:
         assert site.name.startswith("func-wbtest-")
         assert site.body["location"] == "westeurope"
 
+    def test_the_docs_name_the_azd_release_that_fills_them_in(
+        self, mapped: dict[str, Any], declared: dict[str, Any], project: dict[str, Any]
+    ) -> None:
+        """JSON text into an array or object parameter needs azd 1.23.4 (Azure/azure-dev#6694)
+        and remoteBuild for Flex Consumption 1.23.5 (#6748): docs/deploy.md asks for both."""
+        assert {declared[n]["type"] for n in mapped} & {"array", "object"}
+        assert project["services"]["api"]["remoteBuild"] is True
+        deploy = (ROOT / "docs" / "deploy.md").read_text()
+        assert "**azd 1.23.5 or later**" in deploy
+        assert "Azure/azure-dev#6694" in deploy
+        assert "azd provision --preview" in deploy
+
     def test_the_documented_variables_are_the_mapped_ones(self, mapped: dict[str, Any]) -> None:
         """docs/deploy.md names every environment variable the parameters file reads."""
         names = {ENV_VAR.match(text)["name"] for text in mapped.values()}  # type: ignore[index]

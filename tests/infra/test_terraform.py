@@ -195,11 +195,12 @@ class TestSyntax:
         assert result.retcode == 0, result.value + result.error
 
     def test_azurerm_4_is_required(self) -> None:
-        """The configuration requires azurerm 4.x from 4.42 on, where the vault's RBAC switch
-        has its current name, and no file uses the deprecated one."""
+        """The configuration requires azurerm 4.x from 4.46 on, the first with the Flex app's
+        http_concurrency (4.42 renamed the vault's RBAC switch), and no file uses the deprecated
+        switch."""
         versions = tm.normalise(hcl2.loads((TERRAFORM / "versions.tf").read_text()))
         azurerm = versions["terraform"][0]["required_providers"][0]["azurerm"]
-        assert azurerm == {"source": "hashicorp/azurerm", "version": "~> 4.42"}
+        assert azurerm == {"source": "hashicorp/azurerm", "version": "~> 4.46"}
         vault = tm.load(TERRAFORM).resources["azurerm_key_vault"]["main"]
         assert "enable_rbac_authorization" not in vault
 
@@ -370,7 +371,6 @@ class TestResources:
             "azurerm_eventhub_consumer_group": 1,
             "azurerm_eventhub_namespace_authorization_rule": 1,
             "azurerm_role_assignment": 21,
-            "azapi_update_resource": 1,
             "time_sleep": 1,
         }
 
@@ -520,8 +520,8 @@ class TestEventGrid:
 
     def test_topics_take_cloudevents_from_identities_only(self, model: tm.TerraformModel) -> None:
         """Requests and completed topics, CloudEvents 1.0, access keys off; only the requests
-        topic has an identity (for dead-lettering). The minimum TLS version azurerm 4.42 cannot
-        set (docs/deploy.md sets it after apply); once a topic sets it, it must be 1.2."""
+        topic has an identity (for dead-lettering). The minimum TLS version no azurerm release
+        can set yet (docs/deploy.md sets it after apply); once a topic sets it, it must be 1.2."""
         topics = model.resources["azurerm_eventgrid_topic"]
         assert set(topics) == {"requests", "completed"}
         for name, topic in topics.items():

@@ -90,9 +90,21 @@ class TestConfiguration:
         model = terraform_model.load(TERRAFORM)
         assert azurerm_schema.problems(model.resources, schema) == []
 
+    def test_other_providers_types_are_required(self) -> None:
+        """Every resource type the azurerm schema does not judge (time_sleep) belongs to a
+        provider versions.tf requires, and so pins."""
+        (terraform,) = _parsed()["terraform"]
+        (providers,) = terraform_model.normalise(terraform)["required_providers"]
+        model = terraform_model.load(TERRAFORM)
+        assert azurerm_schema.foreign_types(model.resources, providers) == []
+        assert azurerm_schema.foreign_types({"random_password": {}}, providers) == [
+            "random_password"
+        ]
+
     def test_the_provider_block_matches_the_schema(self, schema: Any) -> None:
         """The `provider "azurerm"` block's arguments and its features blocks exist."""
-        bodies = [terraform_model.normalise(b)["azurerm"] for b in _parsed()["provider"]]
+        blocks = [terraform_model.normalise(b) for b in _parsed()["provider"]]
+        bodies = [block["azurerm"] for block in blocks if "azurerm" in block]
         assert bodies
         assert azurerm_schema.provider_problems(bodies, schema) == []
 
@@ -103,6 +115,30 @@ class TestConfiguration:
         assert {FLEX, "data.azurerm_client_config", "data.azurerm_resource_group"} <= set(
             model.resources
         )
+
+
+class TestWhatTheMinimumCanSet:
+    """Settings of infra/bicep that azurerm gained over time: once the minimum azurerm has the
+    argument, Terraform sets it there, as Bicep does, and by no other provider or step."""
+
+    def test_flex_app_sets_http_concurrency(self, schema: Any) -> None:
+        """The minimum's Flex app has http_concurrency, and the app sets it from the variable:
+        an azurerm that knows the argument but is not given it resets it on the next update."""
+        assert "http_concurrency" in schema.block(schema.resources[FLEX]).arguments
+        app = terraform_model.load(TERRAFORM).resources[FLEX]["main"]
+        assert app["http_concurrency"] == "${var.http_per_instance_concurrency}"
+
+    def test_topics_set_minimum_tls_once_the_provider_can(self, schema: Any) -> None:
+        """Bicep's TLS 1.2 on the Event Grid topics is set in Terraform as soon as the minimum
+        azurerm has an argument for it; until then README.md keeps the step after apply."""
+        topic = schema.block(schema.resources["azurerm_eventgrid_topic"])
+        tls = [name for name in topic.arguments if "tls" in name]
+        topics = terraform_model.load(TERRAFORM).resources["azurerm_eventgrid_topic"]
+        if tls:
+            assert all(body.get(tls[0]) == "1.2" for body in topics.values()), tls
+        else:
+            readme = (TERRAFORM / "README.md").read_text()
+            assert "properties.minimumTlsVersionAllowed=1.2" in readme
 
 
 class TestReportsBrokenConfigurations:
@@ -150,9 +186,9 @@ class TestReportsBrokenConfigurations:
         """A resource type or data source azurerm does not have is reported."""
         text = 'resource "azurerm_flex_function_app" "a" {}\ndata "azurerm_vault" "b" {}\n'
         assert _problems(text, schema) == [
-            "azurerm_flex_function_app.a: azurerm 4.42.0 has no resource type "
+            "azurerm_flex_function_app.a: azurerm 4.46.0 has no resource type "
             "azurerm_flex_function_app",
-            "data.azurerm_vault.b: azurerm 4.42.0 has no data source azurerm_vault",
+            "data.azurerm_vault.b: azurerm 4.46.0 has no data source azurerm_vault",
         ]
 
     def test_unknown_provider_argument(self, schema: Any) -> None:
