@@ -10,9 +10,10 @@ window, without touching AD. A change that succeeds clears the user's count. Res
 not counted: they carry no current password.
 
 The count lives in the relay's memory: a restart forgets it, and each relay of a domain counts
-on its own, so a domain with two relays lets through at most twice `attempts`. Keep `attempts`
-below the domain's lockout threshold, and writeback alone cannot lock anybody out. `attempts = 0`
-turns the limit off.
+on its own, so a domain with two relays lets through at most twice `attempts`. That only slows
+guessing: what keeps writeback from ever locking an account out is the directory's lockout guard
+(`policy.lockout_guard`), which reads the DC's own count before every change. `attempts = 0`
+turns this limit off.
 """
 
 from __future__ import annotations
