@@ -58,6 +58,11 @@ def cloud_settings(
         "WRITEBACK_DOMAINS": ",".join(domains),
         "WRITEBACK_SECRETS_DIR": str(secrets_dir),
         "WRITEBACK_API_KEYS": api_key,
+        # As in Azure, the host runs the sweeper on its timer and loads the audit-stream trigger
+        # (fed through the host's admin API locally: there is no Event Hubs).
+        "WRITEBACK_SWEEP_SCHEDULE": "0 */1 * * * *",
+        "WRITEBACK_AUDIT_HUB": "insights-logs-auditlogs",
+        "WRITEBACK_AUDIT_CONSUMER_GROUP": "$Default",
         "WRITEBACK_WAIT_SECONDS": str(wait_seconds),
         "WRITEBACK_REQUEST_LIFETIME_SECONDS": "120",
         "WRITEBACK_HEARTBEAT_INTERVAL_SECONDS": str(heartbeat_interval),
