@@ -160,6 +160,21 @@ class TestMicrosoftWroteBack:
         counted = [(s["microsoft"], s["matched"], s["repeated"]) for s in summaries(caplog)]
         assert counted == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 0)]
 
+    async def test_without_correlation_ids_any_entry_in_the_window_matches(
+        self, tmp_path: Path
+    ) -> None:
+        """Records that carry no correlation id (Entra's always do) cannot name their twin: a
+        Core Directory record then matches any entry of Microsoft's writeback in the window."""
+        target = user()
+        message = json.loads(audit_message("audit-entra-admin-reset.json", target=target))
+        for record in message["records"]:
+            del record["correlationId"], record["properties"]["correlationId"]
+        async with cloud_stack(tmp_path) as stack:
+            await stack.start_relay()
+            await stream(reversed_records(json.dumps(message).encode()))
+            assert drifts(stack) == []
+            assert len(entries(stack)) == 1
+
     async def test_the_helpdesk_history_shows_it(self, tmp_path: Path) -> None:
         """The user's requests list the entry as an applied reset from the audit stream, with a
         message naming Microsoft's writeback, and its id reads back through the API."""

@@ -19,9 +19,9 @@ Microsoft's SSPR library logged was written back by Microsoft: no unlock is sent
 password records become entries saying so, which their Core Directory twins then match
 (`microsoft_writeback`). A reset only Core Directory logged is drift there too.
 
-One bad record never fails the batch. Ids derive from Entra's record id, so a batch delivered
-again changes nothing. Logs carry request ids, domains and Entra record ids, never a UPN (the
-audit record has it).
+One bad record never fails the batch. Ids derive from Entra's ids (the record's, or for
+Microsoft's entries the correlation id), so a batch delivered again changes nothing. Logs carry
+request ids, domains and Entra record ids, never a UPN (the audit record has it).
 """
 
 from __future__ import annotations
