@@ -40,3 +40,16 @@ def audit_message(name: str, *, target: str, at: float | None = None) -> bytes:
 async def stream(*bodies: bytes | str) -> None:
     """One batch through the registered trigger (cardinality many), as the host delivers it."""
     await functions.event_hubs(function_app.entra_audit, *bodies)
+
+
+def by_service(message: bytes, logged_by: str) -> bytes:
+    """The message with only the records `logged_by` logged (one side of a pair of twins)."""
+    records = json.loads(message)["records"]
+    kept = [r for r in records if r["properties"].get("loggedByService") == logged_by]
+    return json.dumps({"records": kept}).encode()
+
+
+def reversed_records(message: bytes) -> bytes:
+    """The message with its records in the opposite order (Entra's order inside a batch varies)."""
+    records = json.loads(message)["records"]
+    return json.dumps({"records": records[::-1]}).encode()

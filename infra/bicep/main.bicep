@@ -97,6 +97,9 @@ param driftWindowSeconds int = 300
 @description('On drift, also set "must change password at next logon" in AD, so that the cloud and AD passwords cannot silently differ.')
 param driftForceChange bool = false
 
+@description('Which of the domains Microsoft\'s own writeback (Entra Connect or Cloud Sync) also serves. There, what Microsoft\'s SSPR library logged is recorded as written back by Microsoft, not as drift, and no self-service unlock is sent; a Microsoft 365 admin center reset is still drift (docs/events.md). Empty: writeback is the only writeback.')
+param microsoftWritebackDomains array = []
+
 @description('Create the Event Grid subscription that delivers writeback requests to the writeback_event function. Event Grid refuses it until the code is published: deploy once, publish, then deploy again with true.')
 param eventSubscriptionEnabled bool = false
 
@@ -158,6 +161,8 @@ var checkedAuthTenantId = (apiKeysEnabled || !empty(authTenantId)) ? authTenantI
 var checkedDomainNames = (length(union(domainKeys, [])) == length(domainKeys)) ? domainNames : fail('Domain names must be unique, ignoring case (they name queues and secrets).')
 var relayJwksDomainsKnown = [for entry in items(relayJwks): contains(domainKeys, toLower(entry.key))]
 var checkedRelayJwks = contains(relayJwksDomainsKnown, false) ? fail('Every relayJwks key must be one of the domains.') : relayJwks
+var microsoftWritebackDomainsKnown = [for name in microsoftWritebackDomains: contains(domainKeys, toLower(name))]
+var checkedMicrosoftWritebackDomains = contains(microsoftWritebackDomainsKnown, false) ? fail('Every microsoftWritebackDomains entry must be one of the domains.') : microsoftWritebackDomains
 var relayPrincipalIdLists = [for domain in domains: domain.relayPrincipalIds]
 var relayPrincipalIds = flatten(relayPrincipalIdLists)
 // An object ID is a GUID, 8-4-4-4-12 hexadecimal digits in either case, as infra/terraform's
@@ -331,6 +336,7 @@ module functionApp 'modules/functionapp.bicep' = {
       WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE: unlockOnEntraSelfService ? 'true' : 'false'
       WRITEBACK_DRIFT_WINDOW_SECONDS: string(driftWindowSeconds)
       WRITEBACK_DRIFT_FORCE_CHANGE: driftForceChange ? 'true' : 'false'
+      WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS: join(checkedMicrosoftWritebackDomains, ',')
       // The sweeper's timer (NCRONTAB): adopts the reply sessions of instances that are gone.
       WRITEBACK_SWEEP_SCHEDULE: '0 */1 * * * *'
     }

@@ -102,6 +102,7 @@ resource "azurerm_function_app_flex_consumption" "main" {
     "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE" = tostring(var.unlock_on_entra_self_service)
     "WRITEBACK_DRIFT_WINDOW_SECONDS"         = tostring(var.drift_window_seconds)
     "WRITEBACK_DRIFT_FORCE_CHANGE"           = tostring(var.drift_force_change)
+    "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS"  = join(",", var.microsoft_writeback_domains)
     # The sweeper's timer (NCRONTAB): adopts the reply sessions of instances that are gone.
     "WRITEBACK_SWEEP_SCHEDULE" = "0 */1 * * * *"
   }

@@ -280,6 +280,17 @@ variable "drift_force_change" {
   default     = false
 }
 
+variable "microsoft_writeback_domains" {
+  description = "Which of the domains Microsoft's own writeback (Entra Connect or Cloud Sync) also serves. There, what Microsoft's SSPR library logged is recorded as written back by Microsoft, not as drift, and no self-service unlock is sent; a Microsoft 365 admin center reset is still drift (docs/events.md). Empty: writeback is the only writeback."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for name in var.microsoft_writeback_domains : contains([for d in var.domains : lower(d.name)], lower(name))])
+    error_message = "Every microsoft_writeback_domains entry must be one of the domains."
+  }
+}
+
 variable "event_subscription_enabled" {
   description = "Create the Event Grid subscription to the writeback_event function. Event Grid refuses it until the code is published: apply once, publish, then apply again with true."
   type        = bool

@@ -85,6 +85,7 @@ APP_SETTINGS = {
     "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE": PARAMETER,
     "WRITEBACK_DRIFT_WINDOW_SECONDS": PARAMETER,
     "WRITEBACK_DRIFT_FORCE_CHANGE": PARAMETER,
+    "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS": PARAMETER,
     "WRITEBACK_SWEEP_SCHEDULE": LITERAL,
     "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": LITERAL,
     "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": LITERAL,
@@ -457,20 +458,24 @@ class TestFunctionApp:
         assert values["WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE"] == "false"
         assert values["WRITEBACK_DRIFT_WINDOW_SECONDS"] == "300"
         assert values["WRITEBACK_DRIFT_FORCE_CHANGE"] == "false"
+        assert values["WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS"] == ""
         assert values["WRITEBACK_SWEEP_SCHEDULE"] == "0 */1 * * * *"
 
     def test_behaviour_parameters_arrive_as_the_code_parses_them(self) -> None:
-        """The Entra ID audit behaviour parameters become lower-case booleans and a number."""
+        """The Entra ID audit behaviour parameters become lower-case booleans, a number and the
+        comma-separated list of the domains Microsoft's writeback also serves."""
         values = bicep_model.load(
             parameters={
                 "unlockOnEntraSelfService": True,
                 "driftWindowSeconds": 900,
                 "driftForceChange": True,
+                "microsoftWritebackDomains": [DOMAINS[0].upper(), *DOMAINS[1:]],
             }
         ).app_setting_values
         assert values["WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE"] == "true"
         assert values["WRITEBACK_DRIFT_WINDOW_SECONDS"] == "900"
         assert values["WRITEBACK_DRIFT_FORCE_CHANGE"] == "true"
+        assert values["WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS"].lower() == ",".join(DOMAINS).lower()
 
     def test_api_key_roles_arrive_as_the_code_parses_them(self) -> None:
         """The key callers' roles become the comma-separated list auth reads; none means all."""

@@ -249,6 +249,10 @@ class TestParameterChecks:
             "GUID",
         ),
         "jwks for an unknown domain": ({"relayJwks": {"other.test": "{}"}}, "relayJwks"),
+        "microsoft writeback for an unknown domain": (
+            {"microsoftWritebackDomains": ["other.test"]},
+            "microsoftWritebackDomains",
+        ),
     }
 
     @pytest.mark.parametrize("case", BAD, ids=str)
@@ -287,7 +291,7 @@ class TestParameterChecks:
         )
         for fragment in ("request_lifetime_seconds", "go together", "No way to authenticate"):
             assert fragment in messages
-        for fragment in ("unique", "GUID", "relay_jwks key"):
+        for fragment in ("unique", "GUID", "relay_jwks key", "microsoft_writeback_domains entry"):
             assert fragment in messages
 
 

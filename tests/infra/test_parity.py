@@ -36,6 +36,7 @@ SHARED_INPUTS = {
     "unlockOnEntraSelfService": "unlock_on_entra_self_service",
     "driftWindowSeconds": "drift_window_seconds",
     "driftForceChange": "drift_force_change",
+    "microsoftWritebackDomains": "microsoft_writeback_domains",
     "apiKeyRoles": "api_key_roles",
     "eventSubscriptionEnabled": "event_subscription_enabled",
 }

@@ -89,6 +89,7 @@ REQUIRED_APP_SETTINGS = {
     "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE",
     "WRITEBACK_DRIFT_WINDOW_SECONDS",
     "WRITEBACK_DRIFT_FORCE_CHANGE",
+    "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS",
     "WRITEBACK_API_KEY_ROLES",
     "WRITEBACK_SWEEP_SCHEDULE",
 }
@@ -303,6 +304,7 @@ class TestInputs:
             ({"relay_jwks": {"other.example": PUBLIC_JWKS}}, "must be one of the domains"),
             ({"drift_window_seconds": 0}, "between 1 and 86400"),
             ({"drift_window_seconds": 90.5}, "whole number"),
+            ({"microsoft_writeback_domains": ["other.example"]}, "must be one of the domains"),
         ],
         ids=lambda value: value if isinstance(value, str) else "",
     )
@@ -335,6 +337,7 @@ class TestInputs:
             "unlock_on_entra_self_service": False,
             "drift_window_seconds": 300,
             "drift_force_change": False,
+            "microsoft_writeback_domains": [],
             "api_key_roles": [],
             "event_subscription_enabled": False,
         }
@@ -830,6 +833,7 @@ class TestAppSettings:
             "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE",
             "WRITEBACK_DRIFT_WINDOW_SECONDS",
             "WRITEBACK_DRIFT_FORCE_CHANGE",
+            "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS",
             "WRITEBACK_API_KEY_ROLES",
         }
         assert {n for n, k in kinds.items() if k == "resource"} == {
@@ -859,6 +863,9 @@ class TestAppSettings:
         )
         assert values["WRITEBACK_DRIFT_WINDOW_SECONDS"] == "${tostring(var.drift_window_seconds)}"
         assert values["WRITEBACK_DRIFT_FORCE_CHANGE"] == "${tostring(var.drift_force_change)}"
+        assert values["WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS"] == (
+            '${join(",", var.microsoft_writeback_domains)}'
+        )
         assert values["WRITEBACK_API_KEY_ROLES"] == '${join(",", var.api_key_roles)}'
 
     def test_api_keys_come_from_their_secret(self, model: tm.TerraformModel) -> None:

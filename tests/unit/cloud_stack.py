@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,8 +166,14 @@ SIG_KEY = ECKey.generate_key("P-256", parameters={"kid": f"{RELAY}.sig.a", "use"
 
 @contextlib.asynccontextmanager
 async def cloud_stack(
-    tmp: Path, *, wait: float = 5.0, api_key_roles: str | None = None
+    tmp: Path,
+    *,
+    wait: float = 5.0,
+    api_key_roles: str | None = None,
+    more_domains: Sequence[str] = (),
 ) -> AsyncIterator[Stack]:
+    """The cloud over in-memory adapters for DOMAIN (relays start on demand), and for
+    `more_domains`, which route but have no queue; event settings come from os.environ."""
     broker = MemoryBroker(
         [
             QueueConfig(requests_queue(DOMAIN), lock_duration=10, duplicate_detection_window=600),
@@ -185,7 +191,7 @@ async def cloud_stack(
     )
     audit, agents = MemoryAuditTrail(), MemoryAgentRegistry()
     service = WritebackService(
-        routes=Routes.build([DOMAIN], {"example.test": DOMAIN}),
+        routes=Routes.build([DOMAIN, *more_domains], {"example.test": DOMAIN}),
         transport=InProcessCloud(broker),
         keys=CloudKeys(secrets),
         audit=audit,
@@ -198,7 +204,8 @@ async def cloud_stack(
     if api_key_roles is not None:
         environ["WRITEBACK_API_KEY_ROLES"] = api_key_roles
     authenticator = Authenticator(AuthSettings.from_env(environ))
-    http.use(Cloud(service, authenticator, Telemetry(), EventSettings.from_env(os.environ)))
+    events = EventSettings.from_env(os.environ, service.routes.domains)
+    http.use(Cloud(service, authenticator, Telemetry(), events))
     stack = Stack(broker, service, FakeDirectory(), audit, agents, ENC_KEY, SIG_KEY, tmp)
     try:
         yield stack

@@ -109,7 +109,7 @@ class TestBindings:
             "WRITEBACK_AUDIT_HUB", "WRITEBACK_AUDIT_CONSUMER_GROUP",
             "EntraAuditHub__fullyQualifiedNamespace", "WritebackEvents__topicEndpointUri",
             "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE", "WRITEBACK_DRIFT_WINDOW_SECONDS",
-            "WRITEBACK_DRIFT_FORCE_CHANGE",
+            "WRITEBACK_DRIFT_FORCE_CHANGE", "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS",
         ):  # fmt: skip
             assert name in sample, name
 

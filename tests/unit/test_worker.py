@@ -27,7 +27,8 @@ EXPECT_LIBRARY = "WRITEBACK_EXPECT_AZURE_FUNCTIONS"
 # The trigger tests, rerun under the oldest library: every trigger the app has goes through them.
 TRIGGER_TESTS = [
     "tests/unit/test_worker.py", "tests/unit/test_api.py", "tests/unit/test_events.py",
-    "tests/unit/test_drift.py", "tests/unit/test_sweep.py", "tests/unit/test_heartbeats.py",
+    "tests/unit/test_drift.py", "tests/unit/test_side_by_side.py", "tests/unit/test_sweep.py",
+    "tests/unit/test_heartbeats.py",
 ]  # fmt: skip
 
 APP = """

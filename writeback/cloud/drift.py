@@ -14,9 +14,14 @@
   password at the next on-premises logon and the two cannot silently stay apart; the drift
   record says what became of it.
 
-One bad record never fails the batch. Ids derive from Entra's record id, so a batch delivered
-again changes nothing. Logs carry request ids, domains and Entra record ids, never a UPN (the
-audit record has it).
+For a domain Microsoft's own writeback also serves (WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS), what
+Microsoft's SSPR library logged was written back by Microsoft: no unlock is sent, and its
+password records become entries saying so, which their Core Directory twins then match
+(`microsoft_writeback`). A reset only Core Directory logged is drift there too.
+
+One bad record never fails the batch. Ids derive from Entra's ids (the record's, or for
+Microsoft's entries the correlation id), so a batch delivered again changes nothing. Logs carry
+request ids, domains and Entra record ids, never a UPN (the audit record has it).
 """
 
 from __future__ import annotations
@@ -30,8 +35,16 @@ from datetime import UTC, datetime
 
 from opentelemetry import metrics
 
+from writeback.cloud import microsoft_writeback
 from writeback.cloud.audit import AuditRecord, AuditTrail
-from writeback.cloud.entra_audit import UNLOCK, EntraActivity, Summary, activities
+from writeback.cloud.entra_audit import (
+    SOURCE,
+    SSPR_LIBRARY,
+    UNLOCK,
+    EntraActivity,
+    Summary,
+    activities,
+)
 from writeback.cloud.service import Answer, WritebackService
 from writeback.cloud.settings import DRIFT_FORCE_CHANGE, EventSettings
 from writeback.cloud.submissions import InvalidInput, Submission
@@ -43,7 +56,6 @@ from writeback.routing import UnknownDomain
 
 log = logging.getLogger(__name__)
 
-SOURCE = "entra-audit"  # the audit record's `source` for what this stream writes
 DRIFT = "drift"  # a drift record's `operation`
 DRIFT_REASON = Reason.PASSWORD_DRIFT.value
 DRIFT_MESSAGE = "The password was changed in Entra ID but not in Active Directory."
@@ -96,23 +108,22 @@ class AuditStream:
         (the work is idempotent); anything else is logged per record."""
         summary = Summary()
         transient: WritebackError | None = None
-        for body in bodies:
-            for activity in activities(body, summary):
-                try:
-                    await self._handle(activity, summary)
-                except WritebackError as exc:
-                    summary.failed += 1
-                    transient = transient or exc
-                    log.error(
-                        "audit record not processed",
-                        extra={"entra_id": activity.record_id, "kind": type(exc).__name__,
-                               "error": str(exc)},
-                    )  # fmt: skip
-                except Exception:  # one record's bug must not lose the rest of the batch
-                    summary.failed += 1
-                    log.exception(
-                        "audit record not processed", extra={"entra_id": activity.record_id}
-                    )
+        batch = [activity for body in bodies for activity in activities(body, summary)]
+        # SSPR records first: Microsoft's writeback's entry exists before its twin looks for it.
+        for activity in microsoft_writeback.sspr_first(batch):
+            try:
+                await self._handle(activity, summary)
+            except WritebackError as exc:
+                summary.failed += 1
+                transient = transient or exc
+                log.error(
+                    "audit record not processed",
+                    extra={"entra_id": activity.record_id, "kind": type(exc).__name__,
+                           "error": str(exc)},
+                )  # fmt: skip
+            except Exception:  # one record's bug must not lose the rest of the batch
+                summary.failed += 1
+                log.exception("audit record not processed", extra={"entra_id": activity.record_id})
         log.info("audit batch", extra=asdict(summary))
         if transient is not None:
             raise transient
@@ -124,14 +135,19 @@ class AuditStream:
         except UnknownDomain:
             summary.not_ours += 1
             return
+        microsoft = domain in self._settings.microsoft_writeback_domains
         if activity.activity == UNLOCK:
-            await self._unlock(activity, domain, summary)
+            await self._unlock(activity, domain, summary, microsoft=microsoft)
+        elif microsoft and activity.logged_by == SSPR_LIBRARY:
+            await self._written_by_microsoft(activity, domain, summary)
         else:
             await self._check(activity, domain, summary)
 
-    async def _unlock(self, activity: EntraActivity, domain: str, summary: Summary) -> None:
-        if not self._settings.unlock_on_self_service:
-            summary.not_ours += 1
+    async def _unlock(
+        self, activity: EntraActivity, domain: str, summary: Summary, *, microsoft: bool
+    ) -> None:
+        if microsoft or not self._settings.unlock_on_self_service:
+            summary.not_ours += 1  # off, or Microsoft's writeback unlocked the account itself
             return
         caller = f"{SOURCE}:{activity.initiated_by}"
         answer = await self._submit(Operation.UNLOCK, activity, "entra", caller)
@@ -149,12 +165,39 @@ class AuditStream:
                    "status": answer.status or "pending", "reason": answer.reason},
         )  # fmt: skip
 
+    async def _nearby(self, activity: EntraActivity) -> list[AuditRecord]:
+        """The user's audit entries within the drift window around the activity."""
+        window = self._settings.drift_window_seconds
+        return await self._audit.for_user(activity.user, activity.at - window, activity.at + window)
+
+    async def _written_by_microsoft(
+        self, activity: EntraActivity, domain: str, summary: Summary
+    ) -> None:
+        """Record that Microsoft's writeback wrote this password, for the user's history and
+        for the Core Directory twin to find; once, however often the record comes."""
+        entry = microsoft_writeback.entry(activity, domain, self._clock())
+        if any(r.request_id == entry.request_id for r in await self._nearby(activity)):
+            summary.repeated += 1
+            return
+        await self._audit.record(entry)
+        summary.microsoft += 1
+        log.info(
+            "written back by Microsoft's writeback",
+            extra={"request_id": entry.request_id, "domain": domain,
+                   "activity": activity.activity, "entra_id": activity.record_id,
+                   "correlation_id": activity.correlation_id},
+        )  # fmt: skip
+
     async def _check(self, activity: EntraActivity, domain: str, summary: Summary) -> None:
         window = self._settings.drift_window_seconds
-        nearby = await self._audit.for_user(
-            activity.user, activity.at - window, activity.at + window
-        )
-        if any(r.operation in _WRITES and r.status in _MATCHING for r in nearby):
+        nearby = await self._nearby(activity)
+        # A writeback request that did (or may) write AD, or Microsoft's writeback's entry for
+        # this very operation; the stream's own entries for other operations match nothing.
+        if any(
+            (r.operation in _WRITES and r.status in _MATCHING and r.source != SOURCE)
+            or microsoft_writeback.wrote_back(r, activity)
+            for r in nearby
+        ):
             summary.matched += 1
             return
         if any(r.operation == DRIFT for r in nearby):

@@ -23,7 +23,10 @@ from writeback.protocol.messages import upn_problem
 
 log = logging.getLogger(__name__)
 
+SOURCE = "entra-audit"  # the audit record's `source` for what the stream writes
 AUDIT_LOGS = "AuditLogs"  # the diagnostic category of the audit log (sign-ins are others)
+# loggedByService of what Microsoft's SSPR library (and so Microsoft's writeback) handled
+SSPR_LIBRARY = "Self-service Password Management"
 UNLOCK = "Unlock user account (self-service)"
 # Entra's names (loggedByService "Self-service Password Management" for the first three, "Core
 # Directory" for the rest; Microsoft's audit activity reference lists "Reset password" where
@@ -69,6 +72,7 @@ class Summary:
     unlocks: int = 0
     drifts: int = 0
     matched: int = 0
+    microsoft: int = 0  # written back by Microsoft's writeback (a domain it also serves)
     repeated: int = 0  # already handled (a batch again, or another service's twin record)
     failed: int = 0
 

@@ -11,7 +11,7 @@ stops and names it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from writeback.cloud.auth import AuthSettings
@@ -44,6 +44,7 @@ EVENTS_TOPIC_ENDPOINT = "WritebackEvents__topicEndpointUri"
 UNLOCK_ON_SELF_SERVICE = "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE"
 DRIFT_WINDOW = "WRITEBACK_DRIFT_WINDOW_SECONDS"
 DRIFT_FORCE_CHANGE = "WRITEBACK_DRIFT_FORCE_CHANGE"
+MICROSOFT_WRITEBACK_DOMAINS = "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS"
 # The sweeper's timer (writeback.cloud.sweep): an NCRONTAB schedule the host resolves itself
 # (`%WRITEBACK_SWEEP_SCHEDULE%` in function_app.py); the host refuses to start without it.
 SWEEP_SCHEDULE = "WRITEBACK_SWEEP_SCHEDULE"
@@ -62,18 +63,29 @@ class Storage:
 class EventSettings:
     """What the Entra audit stream trigger does (docs/events.md): unlock in AD after an Entra
     self-service unlock, how far around an Entra password event a writeback request still
-    counts as its match, and whether drift should force a change at next logon."""
+    counts as its match, whether drift should force a change at next logon, and which domains
+    Microsoft's own writeback (Entra Connect, Cloud Sync) also serves (lower case): there, what
+    Microsoft's SSPR library logged was written back by Microsoft, so it is neither drift nor an
+    unlock for writeback to send."""
 
     unlock_on_self_service: bool = False
     drift_window_seconds: float = 300.0
     drift_force_change: bool = False
+    microsoft_writeback_domains: frozenset[str] = frozenset()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> EventSettings:
+    def from_env(
+        cls, environ: Mapping[str, str], domains: Collection[str] | None = None
+    ) -> EventSettings:
+        """The settings in `environ`; `domains` are the writeback domains (lower case), read
+        from WRITEBACK_DOMAINS when not given."""
+        if domains is None:
+            domains = {d.strip().lower() for d in environ.get(DOMAINS, "").split(",")} - {""}
         return cls(
             unlock_on_self_service=_flag(environ, UNLOCK_ON_SELF_SERVICE),
             drift_window_seconds=_seconds(environ, DRIFT_WINDOW, 300, 1, 86400),
             drift_force_change=_flag(environ, DRIFT_FORCE_CHANGE),
+            microsoft_writeback_domains=_microsoft_domains(environ, domains),
         )
 
 
@@ -111,7 +123,7 @@ class CloudSettings:
             keys=CloudKeysSettings.from_env(environ),
             appinsights=environ.get(APPINSIGHTS) or None,
             appinsights_authentication=environ.get(APPINSIGHTS_AUTH) or None,
-            events=EventSettings.from_env(environ),
+            events=EventSettings.from_env(environ, routes.domains),
         )
 
 
@@ -137,6 +149,19 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
     if raw in ("true", "1", "yes"):
         return True
     raise ConfigurationError(name, f"{raw[:40]!r} is not true or false")
+
+
+def _microsoft_domains(environ: Mapping[str, str], domains: Collection[str]) -> frozenset[str]:
+    """The domains Microsoft's writeback also serves: each one must be a writeback domain, or
+    the setting would silently do nothing (a typo would leave drift on for Microsoft's resets)."""
+    listed = environ.get(MICROSOFT_WRITEBACK_DOMAINS, "").split(",")
+    named = frozenset(filter(None, (d.strip().lower() for d in listed)))
+    for domain in sorted(named):
+        if domain not in domains:
+            raise ConfigurationError(
+                MICROSOFT_WRITEBACK_DOMAINS, f"{domain[:80]!r} is not one of {DOMAINS}"
+            )
+    return named
 
 
 def _servicebus(environ: Mapping[str, str]) -> ServiceBusSettings:
