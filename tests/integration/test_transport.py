@@ -11,6 +11,7 @@ pattern with one reply session per cloud instance (see `writeback.transport`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -760,6 +761,29 @@ class TestWhatAzureDoes:
         finally:
             await heir.close()
             await relay.close()
+
+    async def test_an_in_flight_request_is_settled_after_a_forced_detach(
+        self, bus: LocalServiceBus
+    ) -> None:
+        """The broker force-detaches the relay's receive link while a request is in flight (as
+        updating the entity does): the lock is still valid, so the relay renews and completes
+        it by lock token, and the request is never delivered again."""
+        backend = local_backend(bus)
+        cloud, relay = backend.cloud(), backend.relay()
+        try:
+            rid = request_id()
+            await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+            delivery = await receive_one(relay)
+            bus.detach(requests_queue(DOMAIN))
+            with contextlib.suppress(TransportError):  # the receive that meets the detach
+                assert await relay.receive(1, 0.5) == []
+            assert await relay.renew_lock(delivery) > delivery.locked_until
+            await relay.complete(delivery)
+            assert await receive_one(relay, wait=LOCK_SECONDS + 1) is None
+        finally:
+            await cloud.close()
+            await relay.close()
+        assert bus.broker.stats(requests_queue(DOMAIN))["dead_lettered"] == 0
 
     async def test_an_idle_sender_is_refreshed_before_it_is_detached(
         self, bus: LocalServiceBus
