@@ -6,6 +6,10 @@ to the local broker, and against a real Service Bus namespace when
 `WRITEBACK_LIVE_SERVICEBUS_CONNECTION_STRING` is set (its queues must exist as infra/ declares them,
 for the domain in `WRITEBACK_LIVE_SERVICEBUS_DOMAIN`). Request/reply is the request-response
 pattern with one reply session per cloud instance (see `writeback.transport`).
+
+Lock duration and maximum delivery count are the deployed queue's: the local broker's queue
+configuration, or on a live namespace the queue's properties (read with the management client
+when the connection string may, else infra/'s values), so the live leg runs unchanged.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from azure.core.exceptions import AzureError
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.management import ServiceBusAdministrationClient
 
 from devstack.servicebus import LocalServiceBus, writeback_queues
 from devstack.servicebus.authz import CLOUD_KEY_NAME, RELAY_KEY_NAME, writeback_policy
@@ -44,8 +50,11 @@ from writeback.transport.settings import ServiceBusSettings
 
 DOMAIN = os.environ.get("WRITEBACK_LIVE_SERVICEBUS_DOMAIN", "corp.example.test")
 LIVE = os.environ.get("WRITEBACK_LIVE_SERVICEBUS_CONNECTION_STRING")
-LOCK_SECONDS = 2.0
+LOCK_SECONDS = 2.0  # the local queues' (short, so lock expiry is quick to test)
 MAX_DELIVERIES = 3
+# What infra/bicep/modules/servicebus.bicep deploys: lockDuration PT30S, maxDeliveryCount 5.
+INFRA_LOCK_SECONDS = 30.0
+INFRA_MAX_DELIVERIES = 5
 
 
 def queues() -> list[QueueConfig]:
@@ -63,7 +72,8 @@ class Backend:
     drain: Callable[[str], Any]  # async: queue -> [(body, dead-letter reason, description)]
     # async: (queue, body, session id, correlation id): a message no transport of ours would send
     send_raw: Callable[[str, str | bytes, str, str | None], Any]
-    lock_seconds: float = LOCK_SECONDS
+    lock_seconds: float  # the request queue's lock duration, as deployed
+    max_deliveries: int  # its maximum delivery count, as deployed
 
     async def dead_letters(self, queue: str) -> list[tuple[str, str | None, str | None]]:
         return list(await self.drain(f"{queue}/$DeadLetterQueue"))
@@ -77,13 +87,30 @@ def local_bus() -> Iterator[LocalServiceBus]:
         yield bus
 
 
-def local_backend(bus: LocalServiceBus) -> Backend:
-    """Both sides on the local broker, each with its own identity's key."""
+def local_backend(bus: LocalServiceBus, *, identities: bool = True) -> Backend:
+    """Both sides on the local broker, each with its own identity's key (or the root key)."""
+    deployed = bus.broker.queue(requests_queue(DOMAIN))
     return sdk_backend(
         "servicebus-local",
         bus.connection_string,
-        cloud=bus.connection_string_for(CLOUD_KEY_NAME),
-        relay=bus.connection_string_for(RELAY_KEY_NAME),
+        (deployed.lock_duration, deployed.max_delivery_count),
+        cloud=bus.connection_string_for(CLOUD_KEY_NAME) if identities else None,
+        relay=bus.connection_string_for(RELAY_KEY_NAME) if identities else None,
+    )
+
+
+def live_queue_settings(connection_string: str) -> tuple[float, int]:
+    """The live request queue's lock duration and maximum delivery count: its properties
+    when the connection string may read them (Manage), else what infra/ deploys."""
+    try:
+        with ServiceBusAdministrationClient.from_connection_string(connection_string) as admin:
+            queue = admin.get_queue(requests_queue(DOMAIN))
+    except AzureError:
+        return INFRA_LOCK_SECONDS, INFRA_MAX_DELIVERIES
+    lock = queue.lock_duration
+    return (
+        lock.total_seconds() if lock else INFRA_LOCK_SECONDS,
+        queue.max_delivery_count or INFRA_MAX_DELIVERIES,
     )
 
 
@@ -96,12 +123,20 @@ def text(message: ServiceBusReceivedMessage) -> str:
 
 
 def sdk_backend(
-    name: str, connection_string: str, cloud: str | None = None, relay: str | None = None
+    name: str,
+    connection_string: str,
+    deployed: tuple[float, int],
+    cloud: str | None = None,
+    relay: str | None = None,
 ) -> Backend:
     """The SDK transport; `connection_string` (every right) drains and sends stray messages,
-    `cloud` and `relay` (default: the same) are the two sides' own."""
+    `cloud` and `relay` (default: the same) are the two sides' own; `deployed` is the request
+    queue's (lock duration, maximum delivery count)."""
+    lock_seconds, max_deliveries = deployed
     cloud_settings = ServiceBusSettings(connection_string=cloud or connection_string)
-    relay_settings = ServiceBusSettings(connection_string=relay or connection_string)
+    relay_settings = ServiceBusSettings(
+        connection_string=relay or connection_string, lock_duration=lock_seconds
+    )
 
     async def drain(queue: str) -> list[tuple[str, str | None, str | None]]:
         name, _, sub_queue = queue.partition("/")
@@ -132,6 +167,8 @@ def sdk_backend(
         lambda: ServiceBusRelay(relay_settings, None, DOMAIN),
         drain,
         send_raw,
+        lock_seconds,
+        max_deliveries,
     )
 
 
@@ -154,12 +191,15 @@ def inprocess_backend(configs: list[QueueConfig] | None = None) -> Backend:
         raw = body.encode() if isinstance(body, str) else body
         broker.send(queue, StoredMessage(raw, session_id=session, correlation_id=correlation))
 
+    deployed = broker.queue(requests_queue(DOMAIN))
     return Backend(
         "inprocess",
         lambda: InProcessCloud(broker),
         lambda: InProcessRelay(broker, DOMAIN),
         drain,
         send_raw,
+        deployed.lock_duration,
+        deployed.max_delivery_count,
     )
 
 
@@ -174,7 +214,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
         pytest.skip(
             "live Service Bus not configured: set WRITEBACK_LIVE_SERVICEBUS_CONNECTION_STRING"
         )
-    return sdk_backend("servicebus-live", LIVE)
+    return sdk_backend("servicebus-live", LIVE, live_queue_settings(LIVE))
 
 
 @pytest.fixture
@@ -514,7 +554,7 @@ class TestReplySessionLock:
             yield inprocess_backend(self.short_locks())
             return
         with LocalServiceBus(self.short_locks()) as bus:
-            yield sdk_backend("servicebus-local", bus.connection_string)
+            yield local_backend(bus, identities=False)
 
     async def test_the_lock_is_renewed_while_listening(
         self, short_lock_backend: Backend, caplog: pytest.LogCaptureFixture
@@ -552,7 +592,7 @@ async def test_the_reply_session_survives_a_broker_restart(
     caplog.set_level(logging.WARNING, "writeback.transport")
     bus = LocalServiceBus(queues(), port=free_port())
     await asyncio.to_thread(bus.start)
-    backend = sdk_backend("servicebus-local", bus.connection_string)
+    backend = local_backend(bus, identities=False)
     cloud, relay = backend.cloud(), backend.relay()
     try:
         await cloud.start()
@@ -653,16 +693,17 @@ class TestDelivery:
     async def test_max_delivery_count_dead_letters(
         self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
     ) -> None:
-        """Abandoned MAX_DELIVERIES times, the request ends in the dead-letter queue."""
+        """Abandoned as often as the queue's maximum delivery count, the request ends in the
+        dead-letter queue."""
         cloud, relay = sides
         rid = request_id()
         await cloud.send_request(DOMAIN, rid, "poison", time.time() + 60)
         counts = []
-        for _ in range(MAX_DELIVERIES):
+        for _ in range(backend.max_deliveries):
             delivery = await receive_one(relay)
             counts.append(delivery.delivery_count)
             await relay.abandon(delivery)
-        assert counts == list(range(1, MAX_DELIVERIES + 1))
+        assert counts == list(range(1, backend.max_deliveries + 1))
         assert await receive_one(relay, wait=1.0) is None
         dead = await backend.dead_letters(requests_queue(DOMAIN))
         assert ("poison", "MaxDeliveryCountExceeded") in [(b, r) for b, r, _ in dead]
@@ -779,11 +820,34 @@ class TestWhatAzureDoes:
                 assert await relay.receive(1, 0.5) == []
             assert await relay.renew_lock(delivery) > delivery.locked_until
             await relay.complete(delivery)
-            assert await receive_one(relay, wait=LOCK_SECONDS + 1) is None
+            assert await receive_one(relay, wait=backend.lock_seconds + 1) is None
         finally:
             await cloud.close()
             await relay.close()
         assert bus.broker.stats(requests_queue(DOMAIN))["dead_lettered"] == 0
+
+    async def test_a_lock_is_kept_and_settled_with_the_relays_clock_ahead(
+        self, bus: LocalServiceBus
+    ) -> None:
+        """With the relay's clock further ahead of the service's than a lock lasts (the SDK
+        judges every lock expired on it), a request renewed every half lock on the relay's own
+        clock is never redelivered, and completes."""
+        bus.faults.clock_offset = -3 * LOCK_SECONDS
+        backend = local_backend(bus)
+        cloud, relay = backend.cloud(), backend.relay()
+        try:
+            rid = request_id()
+            await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+            delivery = await receive_one(relay)
+            assert delivery.lock_seconds == backend.lock_seconds
+            for _ in range(3):
+                await asyncio.sleep(delivery.lock_seconds / 2)  # the point: time passes
+                await relay.renew_lock(delivery)
+            await relay.complete(delivery)
+        finally:
+            await cloud.close()
+            await relay.close()
+        assert bus.broker.stats(requests_queue(DOMAIN))["active"] == 0
 
     async def test_an_idle_sender_is_refreshed_before_it_is_detached(
         self, bus: LocalServiceBus

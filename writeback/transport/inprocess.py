@@ -318,8 +318,7 @@ class InProcessRelay(_InProcess):
                 return [self._delivery(message) for message in received]
             await self._changed(deadline - self._clock())
 
-    @staticmethod
-    def _delivery(message: StoredMessage) -> Delivery:
+    def _delivery(self, message: StoredMessage) -> Delivery:
         return Delivery(
             body=message.body.decode(),
             message_id=str(message.message_id),
@@ -329,6 +328,7 @@ class InProcessRelay(_InProcess):
             reply_to=message.reply_to,
             reply_to_session_id=message.reply_to_session_id,
             handle=message.lock_token,
+            lock_seconds=self.broker.queue(self.queue).lock_duration,
         )
 
     def _settle(self, action: Callable[[str, str], object], delivery: Delivery) -> object:

@@ -126,6 +126,7 @@ class ServiceBusRelay(Bus):
             reply_to=message.reply_to,
             reply_to_session_id=message.reply_to_session_id,
             handle=Received(message, link),
+            lock_seconds=self._settings.lock_duration,
         )
 
     async def _on_receiver(
