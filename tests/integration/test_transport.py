@@ -45,6 +45,7 @@ from writeback.transport import (
 )
 from writeback.transport.inprocess import InProcessCloud, InProcessRelay
 from writeback.transport.memory import MemoryBroker, QueueConfig, StoredMessage
+from writeback.transport.replies import Backoff
 from writeback.transport.servicebus import ServiceBusCloud, ServiceBusRelay
 from writeback.transport.settings import ServiceBusSettings
 
@@ -848,6 +849,30 @@ class TestWhatAzureDoes:
             await cloud.close()
             await relay.close()
         assert bus.broker.stats(requests_queue(DOMAIN))["active"] == 0
+
+    async def test_a_reopening_instances_session_is_not_adopted(self, bus: LocalServiceBus) -> None:
+        """The broker detaches a live instance's reply session; while the instance waits to
+        reopen it (3 s here), another's adopt answers None and moves nothing, and the outcome
+        answered meanwhile reaches the live instance's waiter once it is back."""
+        backend = local_backend(bus)
+        live, other, relay = backend.cloud(), backend.cloud(), backend.relay()
+        assert isinstance(live, ServiceBusCloud)
+        live.reopen = Backoff(first=3.0, most=3.0)
+        try:
+            await live.start()
+            rid = request_id()
+            await live.send_request(DOMAIN, rid, "request", time.time() + 60)
+            waiting = asyncio.create_task(live.wait_for_outcome(rid, time.time() + 20))
+            bus.detach(OUTCOMES_QUEUE)
+            deadline = time.monotonic() + 5
+            while live._listening.is_set():  # the detach reached the listener
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await relay.send_outcome(rid, "outcome", live.reply_session)
+            assert await other.adopt(live.reply_session) is None
+            assert await waiting == "outcome"
+        finally:
+            await asyncio.gather(live.close(), other.close(), relay.close())
 
     async def test_an_idle_sender_is_refreshed_before_it_is_detached(
         self, bus: LocalServiceBus

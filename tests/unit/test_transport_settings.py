@@ -96,7 +96,7 @@ class TestClientOptions:
         default = ServiceBusSettings.from_mapping({"connection_string": LOCAL}, environ={})
         assert default.lock_duration == 30.0
         for wrong in (0, 301, "30"):
-            with pytest.raises(ConfigurationError, match="servicebus.lock_duration"):
+            with pytest.raises(ConfigurationError, match=r"servicebus\.lock_duration"):
                 ServiceBusSettings.from_mapping(
                     {"connection_string": LOCAL, "lock_duration": wrong}, environ={}
                 )

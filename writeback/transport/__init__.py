@@ -108,8 +108,9 @@ class CloudTransport(Protocol):
         """Take over another instance's reply session if nobody holds it any more: re-send
         each outcome in it to its request's own session (as an orphan of this instance's own
         is), complete it, and return how many were re-sent. None, within about a second, when
-        the session is held (its instance is alive and serves it itself) or is this
-        instance's own. An outcome naming no request is dead-lettered, as on the own session.
+        the session is held (its instance is alive and serves it itself), its instance's lease
+        is fresh (it is reopening it: `writeback.transport.lease`), or it is this instance's
+        own. An outcome naming no request is dead-lettered, as on the own session.
         Raises TransportError if the session could not be read."""
 
     async def close(self) -> None:
