@@ -47,6 +47,7 @@ from writeback.transport.inprocess import InProcessCloud, InProcessRelay
 from writeback.transport.memory import MemoryBroker, QueueConfig, StoredMessage
 from writeback.transport.replies import Backoff
 from writeback.transport.servicebus import ServiceBusCloud, ServiceBusRelay
+from writeback.transport.servicebus.clock import read_service_clock
 from writeback.transport.settings import ServiceBusSettings
 
 DOMAIN = os.environ.get("WRITEBACK_LIVE_SERVICEBUS_DOMAIN", "corp.example.test")
@@ -873,6 +874,24 @@ class TestWhatAzureDoes:
             assert await waiting == "outcome"
         finally:
             await asyncio.gather(live.close(), other.close(), relay.close())
+
+    async def test_the_service_clock_is_bounded_from_a_peek(self, bus: LocalServiceBus) -> None:
+        """With the service's clock 2 minutes ahead of this host's, a peek at a queued request
+        shows this host at least about that far behind, and consumes nothing."""
+        bus.faults.clock_offset = 120
+        backend = local_backend(bus)
+        cloud = backend.cloud()
+        try:
+            await cloud.send_request(DOMAIN, request_id(), "request", time.time() + 600)
+        finally:
+            await cloud.close()
+        relay_settings = ServiceBusSettings(
+            connection_string=bus.connection_string_for(RELAY_KEY_NAME)
+        )
+        clock = await read_service_clock(relay_settings, None, DOMAIN)
+        assert (clock.seen, clock.behind is not None) == (1, True)
+        assert 115 < (clock.behind or 0) <= 120
+        assert bus.broker.stats(requests_queue(DOMAIN))["active"] == 1
 
     async def test_an_idle_sender_is_refreshed_before_it_is_detached(
         self, bus: LocalServiceBus
