@@ -6,11 +6,16 @@ to the local broker, and against a real Service Bus namespace when
 `WRITEBACK_LIVE_SERVICEBUS_CONNECTION_STRING` is set (its queues must exist as infra/ declares them,
 for the domain in `WRITEBACK_LIVE_SERVICEBUS_DOMAIN`). Request/reply is the request-response
 pattern with one reply session per cloud instance (see `writeback.transport`).
+
+Lock duration and maximum delivery count are the deployed queue's: the local broker's queue
+configuration, or on a live namespace the queue's properties (read with the management client
+when the connection string may, else infra/'s values), so the live leg runs unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -23,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from azure.core.exceptions import AzureError
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.management import ServiceBusAdministrationClient
 
 from devstack.servicebus import LocalServiceBus, writeback_queues
 from devstack.servicebus.authz import CLOUD_KEY_NAME, RELAY_KEY_NAME, writeback_policy
@@ -38,13 +45,18 @@ from writeback.transport import (
 )
 from writeback.transport.inprocess import InProcessCloud, InProcessRelay
 from writeback.transport.memory import MemoryBroker, QueueConfig, StoredMessage
+from writeback.transport.replies import Backoff
 from writeback.transport.servicebus import ServiceBusCloud, ServiceBusRelay
+from writeback.transport.servicebus.clock import read_service_clock
 from writeback.transport.settings import ServiceBusSettings
 
 DOMAIN = os.environ.get("WRITEBACK_LIVE_SERVICEBUS_DOMAIN", "corp.example.test")
 LIVE = os.environ.get("WRITEBACK_LIVE_SERVICEBUS_CONNECTION_STRING")
-LOCK_SECONDS = 2.0
+LOCK_SECONDS = 2.0  # the local queues' (short, so lock expiry is quick to test)
 MAX_DELIVERIES = 3
+# What infra/bicep/modules/servicebus.bicep deploys: lockDuration PT30S, maxDeliveryCount 5.
+INFRA_LOCK_SECONDS = 30.0
+INFRA_MAX_DELIVERIES = 5
 
 
 def queues() -> list[QueueConfig]:
@@ -62,7 +74,8 @@ class Backend:
     drain: Callable[[str], Any]  # async: queue -> [(body, dead-letter reason, description)]
     # async: (queue, body, session id, correlation id): a message no transport of ours would send
     send_raw: Callable[[str, str | bytes, str, str | None], Any]
-    lock_seconds: float = LOCK_SECONDS
+    lock_seconds: float  # the request queue's lock duration, as deployed
+    max_deliveries: int  # its maximum delivery count, as deployed
 
     async def dead_letters(self, queue: str) -> list[tuple[str, str | None, str | None]]:
         return list(await self.drain(f"{queue}/$DeadLetterQueue"))
@@ -76,13 +89,30 @@ def local_bus() -> Iterator[LocalServiceBus]:
         yield bus
 
 
-def local_backend(bus: LocalServiceBus) -> Backend:
-    """Both sides on the local broker, each with its own identity's key."""
+def local_backend(bus: LocalServiceBus, *, identities: bool = True) -> Backend:
+    """Both sides on the local broker, each with its own identity's key (or the root key)."""
+    deployed = bus.broker.queue(requests_queue(DOMAIN))
     return sdk_backend(
         "servicebus-local",
         bus.connection_string,
-        cloud=bus.connection_string_for(CLOUD_KEY_NAME),
-        relay=bus.connection_string_for(RELAY_KEY_NAME),
+        (deployed.lock_duration, deployed.max_delivery_count),
+        cloud=bus.connection_string_for(CLOUD_KEY_NAME) if identities else None,
+        relay=bus.connection_string_for(RELAY_KEY_NAME) if identities else None,
+    )
+
+
+def live_queue_settings(connection_string: str) -> tuple[float, int]:
+    """The live request queue's lock duration and maximum delivery count: its properties
+    when the connection string may read them (Manage), else what infra/ deploys."""
+    try:
+        with ServiceBusAdministrationClient.from_connection_string(connection_string) as admin:
+            queue = admin.get_queue(requests_queue(DOMAIN))
+    except AzureError:
+        return INFRA_LOCK_SECONDS, INFRA_MAX_DELIVERIES
+    lock = queue.lock_duration
+    return (
+        lock.total_seconds() if lock else INFRA_LOCK_SECONDS,
+        queue.max_delivery_count or INFRA_MAX_DELIVERIES,
     )
 
 
@@ -95,12 +125,20 @@ def text(message: ServiceBusReceivedMessage) -> str:
 
 
 def sdk_backend(
-    name: str, connection_string: str, cloud: str | None = None, relay: str | None = None
+    name: str,
+    connection_string: str,
+    deployed: tuple[float, int],
+    cloud: str | None = None,
+    relay: str | None = None,
 ) -> Backend:
     """The SDK transport; `connection_string` (every right) drains and sends stray messages,
-    `cloud` and `relay` (default: the same) are the two sides' own."""
+    `cloud` and `relay` (default: the same) are the two sides' own; `deployed` is the request
+    queue's (lock duration, maximum delivery count)."""
+    lock_seconds, max_deliveries = deployed
     cloud_settings = ServiceBusSettings(connection_string=cloud or connection_string)
-    relay_settings = ServiceBusSettings(connection_string=relay or connection_string)
+    relay_settings = ServiceBusSettings(
+        connection_string=relay or connection_string, lock_duration=lock_seconds
+    )
 
     async def drain(queue: str) -> list[tuple[str, str | None, str | None]]:
         name, _, sub_queue = queue.partition("/")
@@ -131,6 +169,8 @@ def sdk_backend(
         lambda: ServiceBusRelay(relay_settings, None, DOMAIN),
         drain,
         send_raw,
+        lock_seconds,
+        max_deliveries,
     )
 
 
@@ -153,12 +193,15 @@ def inprocess_backend(configs: list[QueueConfig] | None = None) -> Backend:
         raw = body.encode() if isinstance(body, str) else body
         broker.send(queue, StoredMessage(raw, session_id=session, correlation_id=correlation))
 
+    deployed = broker.queue(requests_queue(DOMAIN))
     return Backend(
         "inprocess",
         lambda: InProcessCloud(broker),
         lambda: InProcessRelay(broker, DOMAIN),
         drain,
         send_raw,
+        deployed.lock_duration,
+        deployed.max_delivery_count,
     )
 
 
@@ -173,7 +216,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
         pytest.skip(
             "live Service Bus not configured: set WRITEBACK_LIVE_SERVICEBUS_CONNECTION_STRING"
         )
-    return sdk_backend("servicebus-live", LIVE)
+    return sdk_backend("servicebus-live", LIVE, live_queue_settings(LIVE))
 
 
 @pytest.fixture
@@ -513,7 +556,7 @@ class TestReplySessionLock:
             yield inprocess_backend(self.short_locks())
             return
         with LocalServiceBus(self.short_locks()) as bus:
-            yield sdk_backend("servicebus-local", bus.connection_string)
+            yield local_backend(bus, identities=False)
 
     async def test_the_lock_is_renewed_while_listening(
         self, short_lock_backend: Backend, caplog: pytest.LogCaptureFixture
@@ -551,7 +594,7 @@ async def test_the_reply_session_survives_a_broker_restart(
     caplog.set_level(logging.WARNING, "writeback.transport")
     bus = LocalServiceBus(queues(), port=free_port())
     await asyncio.to_thread(bus.start)
-    backend = sdk_backend("servicebus-local", bus.connection_string)
+    backend = local_backend(bus, identities=False)
     cloud, relay = backend.cloud(), backend.relay()
     try:
         await cloud.start()
@@ -652,16 +695,17 @@ class TestDelivery:
     async def test_max_delivery_count_dead_letters(
         self, backend: Backend, sides: tuple[CloudTransport, RelayTransport]
     ) -> None:
-        """Abandoned MAX_DELIVERIES times, the request ends in the dead-letter queue."""
+        """Abandoned as often as the queue's maximum delivery count, the request ends in the
+        dead-letter queue."""
         cloud, relay = sides
         rid = request_id()
         await cloud.send_request(DOMAIN, rid, "poison", time.time() + 60)
         counts = []
-        for _ in range(MAX_DELIVERIES):
+        for _ in range(backend.max_deliveries):
             delivery = await receive_one(relay)
             counts.append(delivery.delivery_count)
             await relay.abandon(delivery)
-        assert counts == list(range(1, MAX_DELIVERIES + 1))
+        assert counts == list(range(1, backend.max_deliveries + 1))
         assert await receive_one(relay, wait=1.0) is None
         dead = await backend.dead_letters(requests_queue(DOMAIN))
         assert ("poison", "MaxDeliveryCountExceeded") in [(b, r) for b, r, _ in dead]
@@ -760,6 +804,94 @@ class TestWhatAzureDoes:
         finally:
             await heir.close()
             await relay.close()
+
+    async def test_an_in_flight_request_is_settled_after_a_forced_detach(
+        self, bus: LocalServiceBus
+    ) -> None:
+        """The broker force-detaches the relay's receive link while a request is in flight (as
+        updating the entity does): the lock is still valid, so the relay renews and completes
+        it by lock token, and the request is never delivered again."""
+        backend = local_backend(bus)
+        cloud, relay = backend.cloud(), backend.relay()
+        try:
+            rid = request_id()
+            await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+            delivery = await receive_one(relay)
+            bus.detach(requests_queue(DOMAIN))
+            with contextlib.suppress(TransportError):  # the receive that meets the detach
+                assert await relay.receive(1, 0.5) == []
+            assert await relay.renew_lock(delivery) > delivery.locked_until
+            await relay.complete(delivery)
+            assert await receive_one(relay, wait=backend.lock_seconds + 1) is None
+        finally:
+            await cloud.close()
+            await relay.close()
+        assert bus.broker.stats(requests_queue(DOMAIN))["dead_lettered"] == 0
+
+    async def test_a_lock_is_kept_and_settled_with_the_relays_clock_ahead(
+        self, bus: LocalServiceBus
+    ) -> None:
+        """With the relay's clock further ahead of the service's than a lock lasts (the SDK
+        judges every lock expired on it), a request renewed every half lock on the relay's own
+        clock is never redelivered, and completes."""
+        bus.faults.clock_offset = -3 * LOCK_SECONDS
+        backend = local_backend(bus)
+        cloud, relay = backend.cloud(), backend.relay()
+        try:
+            rid = request_id()
+            await cloud.send_request(DOMAIN, rid, "request", time.time() + 60)
+            delivery = await receive_one(relay)
+            assert delivery.lock_seconds == backend.lock_seconds
+            for _ in range(3):
+                await asyncio.sleep(delivery.lock_seconds / 2)  # the point: time passes
+                await relay.renew_lock(delivery)
+            await relay.complete(delivery)
+        finally:
+            await cloud.close()
+            await relay.close()
+        assert bus.broker.stats(requests_queue(DOMAIN))["active"] == 0
+
+    async def test_a_reopening_instances_session_is_not_adopted(self, bus: LocalServiceBus) -> None:
+        """The broker detaches a live instance's reply session; while the instance waits to
+        reopen it (3 s here), another's adopt answers None and moves nothing, and the outcome
+        answered meanwhile reaches the live instance's waiter once it is back."""
+        backend = local_backend(bus)
+        live, other, relay = backend.cloud(), backend.cloud(), backend.relay()
+        assert isinstance(live, ServiceBusCloud)
+        live.reopen = Backoff(first=3.0, most=3.0)
+        try:
+            await live.start()
+            rid = request_id()
+            await live.send_request(DOMAIN, rid, "request", time.time() + 60)
+            waiting = asyncio.create_task(live.wait_for_outcome(rid, time.time() + 20))
+            bus.detach(OUTCOMES_QUEUE)
+            deadline = time.monotonic() + 5
+            while live._listening.is_set():  # the detach reached the listener
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await relay.send_outcome(rid, "outcome", live.reply_session)
+            assert await other.adopt(live.reply_session) is None
+            assert await waiting == "outcome"
+        finally:
+            await asyncio.gather(live.close(), other.close(), relay.close())
+
+    async def test_the_service_clock_is_bounded_from_a_peek(self, bus: LocalServiceBus) -> None:
+        """With the service's clock 2 minutes ahead of this host's, a peek at a queued request
+        shows this host at least about that far behind, and consumes nothing."""
+        bus.faults.clock_offset = 120
+        backend = local_backend(bus)
+        cloud = backend.cloud()
+        try:
+            await cloud.send_request(DOMAIN, request_id(), "request", time.time() + 600)
+        finally:
+            await cloud.close()
+        relay_settings = ServiceBusSettings(
+            connection_string=bus.connection_string_for(RELAY_KEY_NAME)
+        )
+        clock = await read_service_clock(relay_settings, None, DOMAIN)
+        assert (clock.seen, clock.behind is not None) == (1, True)
+        assert 115 < (clock.behind or 0) <= 120
+        assert bus.broker.stats(requests_queue(DOMAIN))["active"] == 1
 
     async def test_an_idle_sender_is_refreshed_before_it_is_detached(
         self, bus: LocalServiceBus

@@ -20,7 +20,7 @@ from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
 from writeback.relay.journal import Journal, State
 from writeback.relay.pipeline import Pipeline, RelayKeys, Settled
 from writeback.testing import FakeDirectory
-from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
+from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, Delivery, requests_queue
 from writeback.transport.inprocess import InProcessCloud, InProcessRelay
 from writeback.transport.memory import MemoryBroker, QueueConfig
 
@@ -461,6 +461,24 @@ class TestExactlyOnce:
         await world.send(world.token())
         assert await world.handle_next() is Settled.COMPLETED
         assert world.broker.stats(requests_queue(DOMAIN))["active"] == 0
+
+    async def test_the_lock_is_renewed_on_the_monotonic_clock(self, world: World) -> None:
+        """A relay whose clock is 5 s ahead of the broker's (longer than the 1 s lock) renews
+        about twice a second during a 2.5 s write, not in a tight loop, and completes."""
+        world.directory.delay = 2.5
+        world.pipeline._clock = lambda: time.time() + 5
+        renewals = 0
+        renew = world.relay.renew_lock
+
+        async def counted(delivery: Delivery) -> float:
+            nonlocal renewals
+            renewals += 1
+            return await renew(delivery)
+
+        world.relay.renew_lock = counted  # type: ignore[method-assign]
+        await world.send(world.token())
+        assert await world.handle_next() is Settled.COMPLETED
+        assert 3 <= renewals <= 7
 
 
 class TestRefusals:

@@ -90,6 +90,17 @@ class TestClientOptions:
         assert config(client).use_tls is False  # UseDevelopmentEmulator=true
         await client.close()
 
+    def test_the_lock_duration_is_infras_unless_set(self) -> None:
+        """The request queue's lock duration is 30 s (as infra/ deploys it) unless configured;
+        one Service Bus would refuse is refused, naming the setting."""
+        default = ServiceBusSettings.from_mapping({"connection_string": LOCAL}, environ={})
+        assert default.lock_duration == 30.0
+        for wrong in (0, 301, "30"):
+            with pytest.raises(ConfigurationError, match=r"servicebus\.lock_duration"):
+                ServiceBusSettings.from_mapping(
+                    {"connection_string": LOCAL, "lock_duration": wrong}, environ={}
+                )
+
     def test_connection_string_from_the_environment_is_hidden(self) -> None:
         """The connection string may come from the environment and never shows in a repr."""
         settings = ServiceBusSettings.from_mapping(

@@ -28,6 +28,7 @@ from writeback.relay.keys import KeyStore
 from writeback.relay.permissions import check_trusted_file
 from writeback.relay.settings import DirectorySettings
 from writeback.transport.servicebus import probe
+from writeback.transport.servicebus.clock import ServiceClock, read_service_clock
 
 SKEW_WARN_SECONDS = 60
 SKEW_FAIL_SECONDS = 300  # Kerberos' default tolerance; min-age and expiry checks drift with it
@@ -276,6 +277,32 @@ def diagnose(
     return checks
 
 
+def service_clock_check(clock: ServiceClock, lock_seconds: float) -> Check:
+    """This host's clock against Service Bus's, as far as a peek can tell (see
+    `writeback.transport.servicebus.clock`), judged by the request lock's duration: behind by
+    half of it WARN, by all of it FAIL. Being ahead can only be bounded, never shown."""
+    name = "service bus clock"
+    if clock.behind is None or clock.ahead is None:
+        return Check(name, Level.OK, "not measured: no queued request to compare with")
+    if clock.behind >= lock_seconds / 2:
+        return Check(
+            name,
+            Level.FAIL if clock.behind >= lock_seconds else Level.WARN,
+            f"this host's clock is at least {clock.behind:.0f}s behind Service Bus's (the "
+            f"request lock lasts {lock_seconds:.0f}s): check its time synchronisation",
+        )
+    if clock.ahead < lock_seconds / 2:
+        return Check(
+            name, Level.OK, f"within {clock.ahead:.0f}s of Service Bus's (lock {lock_seconds:.0f}s)"
+        )
+    return Check(
+        name,
+        Level.OK,
+        f"not behind; ahead by at most {clock.ahead:.0f}s (the newest queued request is that "
+        f"old, so no closer bound; lock {lock_seconds:.0f}s)",
+    )
+
+
 def render(checks: list[Check]) -> str:
     width = max(len(level) for level in Level)
     lines = [f"[{check.level:<{width}}] {check.name}: {check.summary}" for check in checks]
@@ -330,6 +357,8 @@ async def diagnose_relay(config: Config) -> list[Check]:
     try:
         reached = await probe(config.servicebus, credential, config.relay.domain)
         checks.append(Check("service bus", Level.OK, "; ".join(reached)))
+        clock = await read_service_clock(config.servicebus, credential, config.relay.domain)
+        checks.append(service_clock_check(clock, config.servicebus.lock_duration))
     except TransportError as exc:
         checks.append(Check("service bus", Level.FAIL, str(exc)))
     finally:

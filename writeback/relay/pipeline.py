@@ -287,20 +287,29 @@ class Pipeline:
 
     @contextlib.asynccontextmanager
     async def _keep_locked(self, delivery: Delivery) -> AsyncIterator[None]:
-        """Renew the message lock at half its remaining time while the request is processed."""
+        """Renew the message lock every half lock duration while the request is processed.
+
+        Timed on this host's monotonic clock from when the message was received, never by
+        comparing the service's locked-until with the local wall clock: a clock ahead of the
+        service's by more than the time left would renew in a tight loop, one behind it too late
+        (https://github.com/Azure/azure-service-bus-dotnet/issues/688).
+        """
 
         async def renew() -> None:
-            locked_until = delivery.locked_until
+            half = delivery.lock_seconds / 2
+            renew_at = delivery.received_at + half
             while True:
-                await asyncio.sleep(max(0.05, (locked_until - self._clock()) / 2))
+                await asyncio.sleep(max(0.0, renew_at - time.monotonic()))
+                asked = time.monotonic()
                 try:
-                    locked_until = await self._transport.renew_lock(delivery)
+                    await self._transport.renew_lock(delivery)
                 except TransportError as exc:
                     log.warning(
                         "lock_renewal_failed",
                         extra={"message_id": delivery.message_id, "error": str(exc)},
                     )
                     return
+                renew_at = asked + half
 
         renewing = asyncio.create_task(renew())
         try:

@@ -20,6 +20,7 @@ on the `memory` queue model for unit tests.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +32,8 @@ REQUESTS_PREFIX = "writeback-requests-"
 # refuse longer ones before sending (Azure.Messaging.ServiceBus
 # `Constants.MaxDeadLetterReasonLength`, @azure/service-bus `maxDeadLetterReasonLength`: 4096).
 MAX_DEAD_LETTER_TEXT = 4096
+# The lock duration infra/ gives the request queues (PT30S), used where nothing says otherwise.
+LOCK_SECONDS = 30.0
 
 
 def requests_queue(domain: str) -> str:
@@ -48,6 +51,10 @@ class Delivery:
 
     `delivery_count` counts this delivery too: 1 the first time, 2 after a lock expired or the
     message was abandoned once. `handle` is the implementation's own reference for settlement.
+
+    `locked_until` and `enqueued_at` are the service's clock, which the local one may not match;
+    time the lock with `received_at` (this host's monotonic clock, when it was received) and
+    `lock_seconds` (the queue's lock duration), as Service Bus counts it from delivery.
     """
 
     body: str = field(repr=False)
@@ -58,6 +65,8 @@ class Delivery:
     reply_to: str | None
     reply_to_session_id: str | None
     handle: object = field(repr=False, compare=False, default=None)
+    lock_seconds: float = LOCK_SECONDS
+    received_at: float = field(default_factory=time.monotonic, compare=False)
 
 
 class CloudTransport(Protocol):
@@ -99,8 +108,9 @@ class CloudTransport(Protocol):
         """Take over another instance's reply session if nobody holds it any more: re-send
         each outcome in it to its request's own session (as an orphan of this instance's own
         is), complete it, and return how many were re-sent. None, within about a second, when
-        the session is held (its instance is alive and serves it itself) or is this
-        instance's own. An outcome naming no request is dead-lettered, as on the own session.
+        the session is held (its instance is alive and serves it itself), its instance's lease
+        is fresh (it is reopening it: `writeback.transport.lease`), or it is this instance's
+        own. An outcome naming no request is dead-lettered, as on the own session.
         Raises TransportError if the session could not be read."""
 
     async def close(self) -> None:

@@ -25,6 +25,7 @@ from writeback.transport import (
     Delivery,
     requests_queue,
 )
+from writeback.transport.lease import is_held, lease
 from writeback.transport.memory import (
     MemoryBroker,
     MessageLockLost,
@@ -146,13 +147,16 @@ class InProcessCloud(_InProcess):
             return None  # ours: the listener serves it
         owner = object()
         try:
-            self.broker.lock_session(OUTCOMES_QUEUE, session, owner)
+            locked = self.broker.lock_session(OUTCOMES_QUEUE, session, owner)
         except SessionCannotBeLocked:
             return None
         except UnknownQueue as exc:
             raise TransportUnavailable(f"adopt session {session}: no such queue") from exc
         moved = 0
         try:
+            state = self.broker.get_session_state(OUTCOMES_QUEUE, session)
+            if locked is not None and is_held(state, locked[1]):
+                return None  # its instance is alive and reopening it (see `lease`)
             self.broker.tick()
             while received := self.broker.receive(
                 OUTCOMES_QUEUE, 16, session_id=session, owner=owner
@@ -202,6 +206,8 @@ class InProcessCloud(_InProcess):
         while True:
             try:
                 locked = self.broker.lock_session(OUTCOMES_QUEUE, self.reply_session, self._owner)
+                if locked is not None:
+                    self._lease(locked[1])
                 self._listening.set()
                 backoff.reset()
                 # A named session is always locked or refused: None only means "none available".
@@ -221,6 +227,11 @@ class InProcessCloud(_InProcess):
                 self._listening.clear()
                 self._release()
             await asyncio.sleep(backoff.next())
+
+    def _lease(self, locked_until: float | None) -> None:
+        """Write (or, with None, clear) this instance's lease on its reply session."""
+        state = None if locked_until is None else lease(locked_until)
+        self.broker.set_session_state(OUTCOMES_QUEUE, self.reply_session, state)
 
     def _release(self) -> None:
         # Its messages still locked (one being handled when this failed) become available again.
@@ -243,6 +254,7 @@ class InProcessCloud(_InProcess):
                 locked_until = self.broker.renew_session(
                     OUTCOMES_QUEUE, self.reply_session, self._owner
                 )
+                self._lease(locked_until)
                 renew_at = renewal_due(locked_until, self._clock())
             await self._changed(renew_at - self._clock())
 
@@ -296,6 +308,8 @@ class InProcessCloud(_InProcess):
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+            with contextlib.suppress(UnknownQueue):
+                self._lease(None)  # closing cleanly: what is left may be adopted at once
         self._release()
         self.replies.close()
 
@@ -318,8 +332,7 @@ class InProcessRelay(_InProcess):
                 return [self._delivery(message) for message in received]
             await self._changed(deadline - self._clock())
 
-    @staticmethod
-    def _delivery(message: StoredMessage) -> Delivery:
+    def _delivery(self, message: StoredMessage) -> Delivery:
         return Delivery(
             body=message.body.decode(),
             message_id=str(message.message_id),
@@ -329,6 +342,7 @@ class InProcessRelay(_InProcess):
             reply_to=message.reply_to,
             reply_to_session_id=message.reply_to_session_id,
             handle=message.lock_token,
+            lock_seconds=self.broker.queue(self.queue).lock_duration,
         )
 
     def _settle(self, action: Callable[[str, str], object], delivery: Delivery) -> object:

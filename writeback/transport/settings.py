@@ -16,9 +16,12 @@ from typing import Any
 from azure.servicebus import TransportType
 
 from writeback.errors import ConfigurationError
+from writeback.transport import LOCK_SECONDS
 
 CONNECTION_STRING_ENV = "WRITEBACK_SERVICEBUS_CONNECTION_STRING"
 PROXY_PASSWORD_ENV = "WRITEBACK_SERVICEBUS_PROXY_PASSWORD"  # noqa: S105 - the variable's name
+MIN_LOCK_SECONDS = 1.0  # short locks are for tests against the local broker
+MAX_LOCK_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class ServiceBusSettings:
     retry_total: int = 3
     retry_backoff: float = 0.8
     retry_backoff_max: float = 60.0
+    # The domain's request queue's LockDuration (infra/: PT30S). The relay renews a lock every
+    # half of it, timed on its own clock: the service's locked-until is on the service's clock.
+    lock_duration: float = LOCK_SECONDS
 
     @classmethod
     def from_mapping(
@@ -57,6 +63,7 @@ class ServiceBusSettings:
             "retry_total",
             "retry_backoff",
             "retry_backoff_max",
+            "lock_duration",
         }
         for key in table:
             if key not in known:
@@ -91,6 +98,7 @@ class ServiceBusSettings:
             retry_total=int(_number(table, section, "retry_total", 3)),
             retry_backoff=_number(table, section, "retry_backoff", 0.8),
             retry_backoff_max=_number(table, section, "retry_backoff_max", 60.0),
+            lock_duration=_lock_duration(table, section),
         )
 
     def client_options(self) -> dict[str, Any]:
@@ -134,6 +142,19 @@ def _proxy(value: object, setting: str, environ: Mapping[str, str]) -> Proxy | N
             f"{setting}.username", f"set {PROXY_PASSWORD_ENV} to the proxy password"
         )
     return Proxy(host, port, username or None, password)
+
+
+def _lock_duration(table: Mapping[str, object], section: str) -> float:
+    # Service Bus takes a lock duration of at most 5 minutes (ServiceBusQueueData.LockDuration,
+    # https://learn.microsoft.com/dotnet/api/azure.resourcemanager.servicebus.servicebusqueuedata.lockduration).
+    seconds = _number(table, section, "lock_duration", LOCK_SECONDS)
+    if not MIN_LOCK_SECONDS <= seconds <= MAX_LOCK_SECONDS:
+        raise ConfigurationError(
+            f"{section}.lock_duration",
+            f"the request queue's lock duration in seconds, {MIN_LOCK_SECONDS:.0f} to "
+            f"{MAX_LOCK_SECONDS:.0f} (infra/ sets 30)",
+        )
+    return seconds
 
 
 def _number(table: Mapping[str, object], section: str, key: str, default: float) -> float:

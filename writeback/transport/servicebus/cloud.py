@@ -14,7 +14,8 @@ instance is not waiting for open a short-lived receiver on the request's own ses
 the SDK retries a session held by another receiver three times with growing pauses (some 15 s),
 and for adoption "held" is the everyday answer (that instance is alive), wanted at once. An
 adopted session is drained for at most ADOPT_SECONDS, well within its lock (nothing renews it);
-what is left is taken by the next sweep.
+what is left is taken by the next sweep. A session whose lease is fresh (its instance is alive
+and reopening it after a failure, see `writeback.transport.lease`) is left alone too.
 
 Failures: a request that cannot be sent raises TransportError and is not expected any more;
 while the reply session is down, waits run to their deadline (the outcome is kept in the
@@ -39,6 +40,7 @@ from azure.servicebus.exceptions import ServiceBusServerBusyError, SessionCannot
 
 from writeback.errors import TransportError, TransportUnavailable
 from writeback.transport import OUTCOMES_QUEUE, requests_queue
+from writeback.transport.lease import is_held, lease
 from writeback.transport.replies import (
     UNDECODABLE,
     UNDISPATCHABLE,
@@ -93,6 +95,7 @@ class ServiceBusCloud(Bus):
         self._listening = asyncio.Event()
         self._stopping = False
         self._adopter: ServiceBusClient | None = None
+        self.reopen = Backoff()  # pauses between reopening a lost reply session
 
     async def start(self, domains: Iterable[str] = (), timeout: float = 30.0) -> None:
         self._listen()
@@ -184,6 +187,9 @@ class ServiceBusCloud(Bus):
                 await self._open_throttled(receiver)
             except SessionCannotBeLockedError:
                 return None  # its instance holds it: alive, and serving it itself
+            session_lock = receiver.session
+            if is_held(await session_lock.get_state(), _seconds(session_lock.locked_until_utc)):
+                return None  # its instance is alive and reopening it (see `lease`)
             return await self._drain(receiver, time.monotonic() + ADOPT_SECONDS)
         except Exception as exc:
             raise translate_servicebus_error(exc, f"adopt session {session}") from exc
@@ -232,14 +238,17 @@ class ServiceBusCloud(Bus):
             self._listener = asyncio.create_task(self._hold_reply_session())
 
     async def _hold_reply_session(self) -> None:
-        """Open the reply session and serve it; reopen it after a pause whenever it fails."""
-        backoff = Backoff()
+        """Open the reply session and serve it; reopen it after a pause whenever it fails.
+        Its lease (see `lease`) is renewed with its lock and cleared when closing."""
+        backoff = self.reopen
         while not self._stopping:
             receiver = self.client.get_queue_receiver(
                 OUTCOMES_QUEUE, session_id=self.reply_session, prefetch_count=0, **_NO_KEEP_ALIVE
             )
             try:
                 await receiver.__aenter__()
+                session = receiver.session
+                await session.set_state(lease(_seconds(session.locked_until_utc)))
                 self._listening.set()
                 backoff.reset()
                 await self._serve(receiver)  # returns only when stopping
@@ -250,7 +259,7 @@ class ServiceBusCloud(Bus):
                 )
             finally:
                 self._listening.clear()
-                self._background(receiver.close())
+                self._background(self._let_go(receiver, clear=self._stopping))
             if not self._stopping:
                 await asyncio.sleep(backoff.next())
 
@@ -267,7 +276,17 @@ class ServiceBusCloud(Bus):
                 await self._sweep()
                 sweep_at = now + SWEEP_SECONDS
             if now >= renew_at:
-                renew_at = renewal_due(_seconds(await session.renew_lock()), time.time())
+                locked_until = _seconds(await session.renew_lock())
+                await session.set_state(lease(locked_until))
+                renew_at = renewal_due(locked_until, time.time())
+
+    @staticmethod
+    async def _let_go(receiver: ServiceBusReceiver, *, clear: bool) -> None:
+        """Close the reply session's receiver; closing cleanly, clear its lease first, so a
+        sweep may adopt what is left in it at once."""
+        if clear:
+            await quietly(receiver.session.set_state(None))
+        await quietly(receiver.close())
 
     async def _dispatch(
         self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage

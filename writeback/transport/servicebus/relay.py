@@ -41,8 +41,18 @@ from writeback.transport.servicebus.bus import (
     quietly,
     translate_servicebus_error,
 )
+from writeback.transport.servicebus.locks import (
+    ABANDON,
+    COMPLETE,
+    DEAD_LETTER,
+    Received,
+    link_of,
+    on_its_link,
+    settle_by_lock_token,
+)
 from writeback.transport.settings import ServiceBusSettings
 
+_WHAT = {COMPLETE: "complete", ABANDON: "abandon", DEAD_LETTER: "dead-letter"}
 RECEIVE_SLICE = 0.25  # seconds a receive holds the receiver before settlements may go first
 T = TypeVar("T")
 
@@ -68,37 +78,44 @@ class ServiceBusRelay(Bus):
             async with self._using:
                 received = await self._receive_one(max(0.01, deadline - time.monotonic()))
             if received or time.monotonic() >= deadline:
-                return [self._delivery(message) for message in received]
+                return received
 
-    async def _receive_one(self, wait: float) -> list[ServiceBusReceivedMessage]:
-        receiver = self._receiver
+    async def _open_receiver(self) -> ServiceBusReceiver:
+        """The receiver, its link opened (call holding `_using`); a new one if there is none."""
+        if self._receiver is not None:
+            return self._receiver
+        receiver = self.client.get_queue_receiver(
+            self.queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=0
+        )
+        # Open the link now: a short max_wait would otherwise also bound the link's opening,
+        # and a receive could time out before it ever asked for a message. The outcomes sender
+        # opens meanwhile, so the first answer does not pay for it (best effort: a failure
+        # there is the first send's to report).
+        opened, _ = await asyncio.gather(
+            receiver.__aenter__(), self.warm(OUTCOMES_QUEUE), return_exceptions=True
+        )
+        if isinstance(opened, BaseException):
+            await quietly(receiver.close())
+            raise translate_servicebus_error(opened, f"open receiver on {self.queue}")
+        self._receiver = receiver
+        return receiver
+
+    async def _receive_one(self, wait: float) -> list[Delivery]:
+        receiver = await self._open_receiver()
         try:
-            if receiver is None:
-                receiver = self.client.get_queue_receiver(
-                    self.queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=0
-                )
-                # Open the link now: a short max_wait would otherwise also bound the link's
-                # opening, and a receive could time out before it ever asked for a message.
-                # The outcomes sender opens meanwhile, so the first answer does not pay for it
-                # (best effort: a failure there is the first send's to report).
-                opened, _ = await asyncio.gather(
-                    receiver.__aenter__(), self.warm(OUTCOMES_QUEUE), return_exceptions=True
-                )
-                if isinstance(opened, BaseException):
-                    raise opened
-                self._receiver = receiver
-            return await receiver.receive_messages(
+            received = await receiver.receive_messages(
                 max_message_count=1, max_wait_time=min(RECEIVE_SLICE, wait)
             )
         except Exception as exc:
             # Drop the receiver: the next call reconnects (the caller backs off between calls).
+            # The locks of the deliveries in flight stay valid: they are settled by lock token.
             self._receiver = None
-            if receiver is not None:
-                await quietly(receiver.close())
+            await quietly(receiver.close())
             raise translate_servicebus_error(exc, f"receive from {self.queue}") from exc
+        link = link_of(receiver)
+        return [self._delivery(message, link) for message in received]
 
-    @staticmethod
-    def _delivery(message: ServiceBusReceivedMessage) -> Delivery:
+    def _delivery(self, message: ServiceBusReceivedMessage, link: object) -> Delivery:
         return Delivery(
             body=str(message),
             message_id=str(message.message_id),
@@ -108,47 +125,67 @@ class ServiceBusRelay(Bus):
             locked_until=message.locked_until_utc.timestamp() if message.locked_until_utc else 0.0,
             reply_to=message.reply_to,
             reply_to_session_id=message.reply_to_session_id,
-            handle=message,
+            handle=Received(message, link),
+            lock_seconds=self._settings.lock_duration,
         )
 
     async def _on_receiver(
         self,
         delivery: Delivery,
         what: str,
-        operation: Callable[[ServiceBusReceiver, ServiceBusReceivedMessage], Awaitable[T]],
+        operation: Callable[[ServiceBusReceiver, Received], Awaitable[T]],
     ) -> T:
-        """Run one settlement or renewal on the receiver that delivered the message."""
+        """Run one settlement or renewal on the queue's receiver, reconnecting it if it is
+        gone: a lock outlives the link that delivered its message (see `locks`)."""
+        received = delivery.handle
+        if not isinstance(received, Received):
+            raise TransportLockLost(f"{self.queue}: {delivery.message_id} was not received here")
         async with self._using:
-            receiver, message = self._receiver, delivery.handle
-            if receiver is None or not isinstance(message, ServiceBusReceivedMessage):
-                raise TransportLockLost(
-                    f"{self.queue}: the receiver of {delivery.message_id} is gone"
-                )
+            receiver = await self._open_receiver()
             try:
-                return await operation(receiver, message)
+                return await operation(receiver, received)
             except Exception as exc:
                 raise translate_servicebus_error(exc, f"{what} {delivery.message_id}") from exc
 
     async def renew_lock(self, delivery: Delivery) -> float:
+        # By lock token on the management link: any receiver on the queue can renew it.
         renewed = await self._on_receiver(
-            delivery, "renew lock of", lambda r, m: r.renew_message_lock(m)
+            delivery, "renew lock of", lambda r, m: r.renew_message_lock(m.message)
         )
         return renewed.timestamp()
 
+    async def _settle(
+        self,
+        delivery: Delivery,
+        disposition: str,
+        reason: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        async def settle(receiver: ServiceBusReceiver, received: Received) -> None:
+            message = received.message
+            if not on_its_link(receiver, received):
+                await settle_by_lock_token(receiver, message, disposition, reason, description)
+            elif disposition == COMPLETE:
+                await receiver.complete_message(message)
+            elif disposition == ABANDON:
+                await receiver.abandon_message(message)
+            else:
+                await receiver.dead_letter_message(
+                    message, reason=reason, error_description=description
+                )
+
+        await self._on_receiver(delivery, _WHAT[disposition], settle)
+
     async def complete(self, delivery: Delivery) -> None:
-        await self._on_receiver(delivery, "complete", lambda r, m: r.complete_message(m))
+        await self._settle(delivery, COMPLETE)
 
     async def abandon(self, delivery: Delivery) -> None:
-        await self._on_receiver(delivery, "abandon", lambda r, m: r.abandon_message(m))
+        await self._settle(delivery, ABANDON)
 
     async def dead_letter(self, delivery: Delivery, reason: str, description: str) -> None:
         # Service Bus refuses a reason or description over MAX_DEAD_LETTER_TEXT characters.
         reason, description = reason[:MAX_DEAD_LETTER_TEXT], description[:MAX_DEAD_LETTER_TEXT]
-        await self._on_receiver(
-            delivery,
-            "dead-letter",
-            lambda r, m: r.dead_letter_message(m, reason=reason, error_description=description),
-        )
+        await self._settle(delivery, DEAD_LETTER, reason, description)
 
     async def send_outcome(self, request_id: str, body: str, session: str) -> None:
         # The session comes from the verified, signed request (its reply session, or its id):
