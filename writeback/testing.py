@@ -241,6 +241,10 @@ class FakeDirectory:
     def password_last_set(self, upn: str) -> datetime | None:
         return self.last_set.get(upn.casefold())
 
+    def refusal(self, command: Command) -> Outcome | None:
+        """Nothing is refused here before a write (the outcomes queue answers writes)."""
+        return None
+
     def password_in_effect(self, upn: str, password: str) -> bool | None:
         """From the passwords this directory was given (a user never given one has another);
         None when `verifiable` is off (a DC that cannot tell without risking a lockout)."""

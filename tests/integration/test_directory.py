@@ -482,15 +482,28 @@ class TestPasswordInEffect:
         assert outcome.reason is Reason.APPLIED
         assert directory.password_in_effect(user.upn, NEW) is True
 
+    @pytest.mark.parametrize(
+        "password", ["Pa55\ufb01word!Ok", "Pa55\u05e9\u05dc\u05d5\u05ddword!", "Pa55\u00a0Word!x"]
+    )
+    def test_the_password_is_bound_as_it_was_set(
+        self, directory: LdapDirectory, new_user: NewUser, password: str
+    ) -> None:
+        """A ligature, right-to-left letters among Latin ones and a no-break space: the bind
+        sends the password as unicodePwd holds it (no SASLprep), so it is found in effect
+        instead of wrong or refused."""
+        user = new_user("unicode")
+        assert directory.apply(ResetPassword(user.upn, password)).reason is Reason.APPLIED
+        assert directory.password_in_effect(user.upn, password) is True
+
     def test_no_bind_when_one_more_bad_attempt_could_lock_the_account(
         self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, read: Read
     ) -> None:
-        """With badPwdCount one below the lockout threshold the DC is not asked (None), so
-        verifying never locks a user out; the count is unchanged."""
+        """With badPwdCount two below the lockout threshold the DC is not asked (None): the bind
+        and a change after it could lock the user out; the count is unchanged."""
         user = new_user("nearlock")
-        seed.lock_out(testbed.dc, user, seed.DOMAIN_POLICY["lockout_threshold"] - 1)
+        seed.lock_out(testbed.dc, user, seed.DOMAIN_POLICY["lockout_threshold"] - 2)
         before = read(user.dn, ["badPwdCount"])["badPwdCount"]
-        assert before == str(seed.DOMAIN_POLICY["lockout_threshold"] - 1)
+        assert before == str(seed.DOMAIN_POLICY["lockout_threshold"] - 2)
         assert directory.password_in_effect(user.upn, NEW) is None
         assert read(user.dn, ["badPwdCount"])["badPwdCount"] == before
 

@@ -302,6 +302,20 @@ class TestExactlyOnce:
         assert outcome.reason is Reason.REQUEST_SUPERSEDED
         assert world.directory.applied == []
 
+    async def test_a_reset_over_pwdlastset_zero_is_not_guessed(self, world: World) -> None:
+        """Journal APPLYING, pwdLastSet 0 (must change: it has no time) and another password in
+        effect: a helpdesk's must-change reset may have come after this one, so nothing is
+        written over it and the answer is request.outcome_unknown."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1")
+        world.directory.passwords[USER] = "Helpdesk-Must-Change-1!"
+        await world.send(world.token())
+        await world.handle_next()
+        assert (await world.outcome()).reason is Reason.REQUEST_OUTCOME_UNKNOWN
+        assert world.directory.applied == []
+
     async def test_unverifiable_is_said_honestly(self, world: World) -> None:
         """When the DC cannot say which password is in effect without risking a lockout, the
         answer is request.outcome_unknown: never applied by inference, nothing written."""
@@ -323,6 +337,7 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
+        world.directory.last_set[USER] = datetime.fromtimestamp(time.time() - 86400, UTC)
         await world.send(world.token())
         await world.handle_next()
         assert (await world.outcome()).reason is Reason.APPLIED

@@ -320,7 +320,7 @@ FROM_DIRECTORY_LAYER = {  # LdapDirectory itself; see tests/unit/test_directory_
     Reason.ACCOUNT_PASSWORD_NEVER_EXPIRES,  # an expire for a DONT_EXPIRE_PASSWORD account
 }
 NOT_FROM_THE_DIRECTORY = {  # the request pipeline and the cloud side, never LdapDirectory
-    Reason.ACCOUNT_THROTTLED,  # the relay's ChangeThrottle, before the directory
+    Reason.ACCOUNT_THROTTLED,  # ChangeThrottle, and LdapDirectory's lockout guard: never classify()
     Reason.REQUEST_MALFORMED,
     Reason.REQUEST_EXPIRED,
     Reason.REQUEST_REPLAYED,

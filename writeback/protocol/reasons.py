@@ -158,8 +158,8 @@ _REASONS: dict[Reason, tuple[Status, str]] = {
     Reason.REQUEST_REPLAYED: (Status.FAILED, "This request was already processed."),
     Reason.REQUEST_SUPERSEDED: (
         Status.REJECTED,
-        "Another password change for this account came in between, so this request was not "
-        "carried out. Submit it again if it is still needed.",
+        "Another password was set for this account at about the same time, so this request "
+        "was not carried out. Submit it again if it is still needed.",
     ),
     Reason.REQUEST_OUTCOME_UNKNOWN: (
         Status.FAILED,

@@ -55,6 +55,8 @@ from writeback.relay.results import DirectoryAnswer, classify
 from writeback.relay.settings import DirectorySettings
 
 log = logging.getLogger(__name__)
+# Bind answers AD gives only after the password matched (MS-ADTS 3.1.1.3.4; ldap.BIND_DATA).
+_RIGHT_PASSWORD = frozenset({"773", "532", "533", "701", "530", "531"})
 
 
 class Directory(Protocol):
@@ -67,6 +69,11 @@ class Directory(Protocol):
     def password_last_set(self, upn: str) -> datetime | None:
         """When the user's password was last written, per the DC; None if never or if the
         user must change it at next logon (pwdLastSet = 0)."""
+        ...
+
+    def refusal(self, command: Command) -> Outcome | None:
+        """What `apply` would refuse before writing anything (bad input, no such user, out of
+        scope, disabled, protected), or None; nothing is written."""
         ...
 
     def password_in_effect(self, upn: str, password: str) -> bool | None:
@@ -156,24 +163,38 @@ class LdapDirectory:
         last_set = filetime(found.number("pwdLastSet"))
         return last_set.replace(tzinfo=UTC) if last_set else None
 
+    def refusal(self, command: Command) -> Outcome | None:
+        with self._lock:
+            try:
+                checked = self._checked(command)
+            except DirectoryError as exc:
+                return Outcome(Reason(exc.reason), str(exc))
+        return checked if isinstance(checked, Outcome) else None
+
     def password_in_effect(self, upn: str, password: str) -> bool | None:
-        """Bind as the user with `password` on the relay's DC: True when the DC accepts it
-        (data 773, "must be changed", also proves it right), False when it says wrong password
-        (52e), None for any other answer. A wrong password counts one bad attempt, so this is
-        asked only about a request that may already be applied, and not at all (None) when one
-        more bad attempt could lock the account out."""
+        """Bind as the user (by the DN the UPN finds) with `password` on the relay's DC: True
+        when the DC accepts it, or refuses the logon for a reason it only gives for a right
+        password (must change 773, expired 532, disabled 533, account expired 701, logon hours
+        530, workstation 531); False when it says wrong password (52e); None for any other
+        answer, or when the bind could matter: a wrong password counts one bad attempt (and a
+        change sent after it one more), so nothing is bound while two could reach the lockout
+        threshold, or while the user's policy is unreadable. The bind is a logon to the DC
+        (an event in its security log; lastLogonTimestamp may move)."""
         with self._lock:
             found = self._reading(lambda link: accounts.find_user(link, upn, Operation.RESET))
             if not isinstance(found, User):
                 return None
             link = self._connected()
             policy = self._policies.resultant(link, found)
-            bad = int(ldap.first(link.read(found.dn, ["badPwdCount"]), "badPwdCount", "0") or 0)
-            if policy is None or 0 < policy.lockout_threshold <= bad + 1:
+            now = self._clock().replace(tzinfo=None)
+            bad_time = filetime(found.number("badPasswordTime"))
+            if policy is None or lockout_guard(
+                policy, found.number("badPwdCount"), bad_time, now, margin=2
+            ):
                 return None
-            answer = ldap.bind_answer(self.settings, link.address, upn, password)
+            answer = ldap.bind_answer(self.settings, link.address, found.dn, password)
         log.info("password_verified", extra={"dn": found.dn, "answer": answer or "accepted"})
-        if answer in (None, "773"):
+        if answer is None or answer in _RIGHT_PASSWORD:
             return True
         return False if answer == "52e" else None
 
@@ -188,7 +209,8 @@ class LdapDirectory:
                     self.close()
                 return Outcome(Reason(exc.reason), str(exc))
 
-    def _apply(self, command: Command) -> Outcome:
+    def _checked(self, command: Command) -> User | Outcome:
+        """The command's user, or what the relay refuses before any write."""
         for password, what in self._passwords(command):
             invalid = check_syntax(password, what)
             if invalid:
@@ -201,10 +223,13 @@ class LdapDirectory:
         )
         if isinstance(found, Outcome):
             return found
-        user: User = found
-        refused = self._refuse(command, user)
-        if refused:
-            return refused
+        return self._refuse(command, found) or found
+
+    def _apply(self, command: Command) -> Outcome:
+        checked = self._checked(command)
+        if isinstance(checked, Outcome):
+            return checked
+        user: User = checked
         link = self._connected()
         hints = link.controller.policy_hints_oid
         if isinstance(command, ResetPassword):

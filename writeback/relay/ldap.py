@@ -148,7 +148,7 @@ def parse_generalized_time(value: str) -> datetime | None:
 
 
 def _tls_connection(
-    settings: DirectorySettings, address: ServerAddress, user: str, password: str
+    settings: DirectorySettings, address: ServerAddress, user: str, password: str | bytes
 ) -> ldap3.Connection:
     """An open connection to `address` with TLS established and the certificate validated, not
     yet bound (a bind never travels in the clear)."""
@@ -163,7 +163,7 @@ def _tls_connection(
     connection = ldap3.Connection(
         server,
         user=user,
-        password=password,
+        password=password,  # type: ignore[arg-type]  # ldap3 takes bytes as given; its stubs say str
         authentication=ldap3.SIMPLE,
         raise_exceptions=False,
         receive_timeout=max(1, round(settings.operation_timeout)),
@@ -188,7 +188,9 @@ def bind_answer(
     """Bind as `user` with `password` on `address` and unbind: None when the bind succeeds, else
     the DC's data code (52e wrong password, 773 right password that must be changed, ...) or
     "" when it gave none. A wrong password counts as a bad attempt on the account."""
-    connection = _tls_connection(settings, address, user, password)
+    # Bytes: ldap3 would SASLprep a str (RFC 4013 changes and refuses some characters), while
+    # unicodePwd holds the password as given.
+    connection = _tls_connection(settings, address, user, password.encode("utf-8"))
     try:
         if connection.bind():
             return None

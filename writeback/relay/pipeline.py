@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from joserfc.jwk import ECKey, KeySet
 
 from writeback import sealing
-from writeback.errors import JournalError, ProtocolError, TransportError
+from writeback.errors import DirectoryError, JournalError, ProtocolError, TransportError
 from writeback.protocol import (
     ChangePassword,
     Command,
@@ -222,14 +222,24 @@ class Pipeline:
         - nothing written since `since` (pwdLastSet clearly before it): write it now;
         - an expire: pwdLastSet = 0 already, write it again (harmless); a password set since
           is newer than the expire: superseded, not expired again (the user would change twice);
-        - a reset or change: the DC checks whether the requested password is in effect (a bind
-          as the user): yes, applied; no, for a change write it now (the DC checks the old
-          password, so a change cannot undo a newer write), for a reset superseded (writing it
-          would undo the password set since) unless pwdLastSet is 0 (then written now); cannot
-          tell without risking a lockout: unknown.
+        - a reset or change the relay would refuse anyway gets that refusal, before any bind;
+        - otherwise the DC says whether the requested password is in effect (a bind as the
+          user): yes, applied; no, for a change write it now (the DC checks the old password,
+          so a change cannot undo a newer write), for a reset superseded (writing it would undo
+          the password set since); no with pwdLastSet 0, or cannot tell without risking a
+          lockout: unknown, and nothing is written.
         """
         if command.operation is Operation.UNLOCK:
             return None
+        try:
+            return await self._recover(command, since)
+        except DirectoryError as exc:
+            reason = Reason(exc.reason)
+            if reason is not Reason.DIRECTORY_UNAVAILABLE:
+                reason = Reason.REQUEST_OUTCOME_UNKNOWN
+            return Outcome(reason, f"could not check an earlier delivery's write: {exc}")
+
+    async def _recover(self, command: Command, since: float) -> Outcome | None:
         last_set = await asyncio.to_thread(self._directory.password_last_set, command.user)
         if last_set is not None and last_set.timestamp() < since - CLOCK_TOLERANCE_SECONDS:
             return None
@@ -243,6 +253,9 @@ class Pipeline:
             )
         if not isinstance(command, ResetPassword | ChangePassword):
             return None
+        refused = await asyncio.to_thread(self._directory.refusal, command)
+        if refused is not None:
+            return refused
         in_effect = await asyncio.to_thread(
             self._directory.password_in_effect, command.user, command.new_password
         )
@@ -251,11 +264,9 @@ class Pipeline:
                 Reason.APPLIED,
                 f"the requested password is in effect ({when}): applied by an earlier delivery",
             )
-        if in_effect is False and (isinstance(command, ChangePassword) or last_set is None):
-            # A change: the DC checks the old password. pwdLastSet 0: no time to compare (an
-            # account due a change, a new hire's say), and the request was not written.
+        if in_effect is False and isinstance(command, ChangePassword):
             return None
-        if in_effect is False:
+        if in_effect is False and last_set is not None:
             return Outcome(
                 Reason.REQUEST_SUPERSEDED,
                 f"another password is in effect, set at about or after this request ({when}); "
@@ -263,8 +274,9 @@ class Pipeline:
             )
         return Outcome(
             Reason.REQUEST_OUTCOME_UNKNOWN,
-            f"a password was set at about or after this request ({when}) and the DC could not "
-            "say whether it is this request's without risking a lockout; nothing written",
+            f"a password may have been set at about or after this request ({when}) and the DC "
+            "could not say whether it is this request's without risk (a bind that could lock "
+            "the account out, or pwdLastSet 0, which has no time); nothing written",
         )
 
     def _record(self, message: RequestMessage, outcome: Outcome) -> Outcome:

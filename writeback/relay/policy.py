@@ -109,19 +109,25 @@ class PasswordPolicy:
 
 
 def lockout_guard(
-    policy: PasswordPolicy, bad_count: int, bad_time: datetime | None, now: datetime
+    policy: PasswordPolicy,
+    bad_count: int,
+    bad_time: datetime | None,
+    now: datetime,
+    *,
+    margin: int = 1,
 ) -> Outcome | None:
     """Refuse a change when its current password, if wrong, would be the attempt that locks the
     account out: the DC's own count (badPwdCount, still counting while badPasswordTime is inside
     the observation window) plus this one reaching the threshold. The count lives on the DC,
-    so this holds across relay restarts and across every relay of the domain. All times are
-    naive UTC."""
+    so this holds across relay restarts and across every relay of the domain (it is read, not
+    reserved: two writers at once can both pass). `margin` is how many bad attempts the caller
+    may add. All times are naive UTC."""
     threshold = policy.lockout_threshold
     if threshold <= 0:
         return None
     window = policy.lockout_window
     counting = bad_time is not None and (window is None or now - bad_time < window)
-    if not counting or bad_count + 1 < threshold:
+    if not counting or bad_count + margin < threshold:
         return None
     wait = (bad_time + window - now) if bad_time is not None and window else None
     minutes = max(1, math.ceil(wait.total_seconds() / 60)) if wait else None
