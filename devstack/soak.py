@@ -22,6 +22,7 @@ from pathlib import Path
 from devstack import seed, soak_checks, soak_load
 from devstack.samba import SambaDC
 from devstack.soak_checks import Figures
+from devstack.soak_directory import DirectoryProbe
 from devstack.soak_stack import RELAY_IDS, SoakStack, provision_dc
 from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
 
@@ -116,7 +117,7 @@ def run(
     stack = SoakStack(dc, domain, state, lifetime_seconds=60)
     figures = Figures(writes=plan.writes, concurrency=plan.concurrency, seed=plan.seed)
     faults = FaultInjector(stack, plan)
-    probe = soak_load.DirectoryProbe(dc)
+    probe = DirectoryProbe(dc)
     try:
         stack.start()
         workload = soak_load.create_users(dc, domain, plan.users)
@@ -151,8 +152,9 @@ def _progress(out: Callable[[str], None], writes: int) -> Callable[[int], None]:
     return lambda done: out(f"  {done} of {writes} writes final") if done % step == 0 else None
 
 
-def _check(figures: Figures, workload: soak_load.Workload, stack: SoakStack, probe: object) -> None:
-    assert isinstance(probe, soak_load.DirectoryProbe)  # noqa: S101 - for the type checker
+def _check(
+    figures: Figures, workload: soak_load.Workload, stack: SoakStack, probe: DirectoryProbe
+) -> None:
     for part in (stack.dc, stack.azurite):
         if not part.running:
             part.start()
@@ -183,6 +185,7 @@ def report(figures: Figures) -> str:
         f"| duplicate writes | {len(figures.duplicates)} |",
         f"| requests lost | {len(figures.lost)} |",
         f"| wrong outcomes | {len(figures.wrong)} |",
+        f"| written, but reported directory.unavailable (known, open) | {len(figures.cut_off)} |",
         f"| passwords found in logs, journals, storage, dead letters | {len(figures.secrets)} |",
         f"| dead-lettered messages | {figures.dead_letters} |",
         f"| journal entries left unfinished | {figures.unfinished_journal} |",

@@ -22,7 +22,8 @@ from ldap3.core.exceptions import LDAPBindError, LDAPException
 
 from devstack.samba import SambaDC
 from devstack.servicebus import LocalServiceBus
-from devstack.soak_load import DirectoryProbe, PoolUser, Sent, Workload
+from devstack.soak_directory import DirectoryProbe
+from devstack.soak_load import PoolUser, Sent, Workload
 from writeback.cloud.audit import AUDIT_TABLE
 
 UNKNOWN = "request.outcome_unknown"  # the one outcome that may or may not have written
@@ -48,12 +49,20 @@ class Figures:
     lost: list[str] = dataclasses.field(default_factory=list)
     wrong: list[str] = dataclasses.field(default_factory=list)
     secrets: list[str] = dataclasses.field(default_factory=list)
+    # Known and open (docs/reliability.md): a write the DC took whose answer a DC restart cut
+    # off is reported directory.unavailable. A failure of `make soak`, not of the short test.
+    cut_off: list[str] = dataclasses.field(default_factory=list)
     dead_letters: int = 0
     unfinished_journal: int = 0
 
     @property
     def problems(self) -> list[str]:
-        return [*self.duplicates, *self.lost, *self.wrong, *self.secrets]
+        return [*self.duplicates, *self.lost, *self.wrong, *self.secrets, *self.cut_off]
+
+    @property
+    def new_problems(self) -> list[str]:
+        """The problems besides the known one (`cut_off`)."""
+        return [p for p in self.problems if p not in self.cut_off]
 
 
 def outcomes(figures: Figures, workload: Workload) -> None:
@@ -73,15 +82,17 @@ def outcomes(figures: Figures, workload: Workload) -> None:
                 f"{sent.request_id} ({sent.operation}): the password written {sent.written} times"
             )
         problem = _judge(sent, str(status), str(reason))
-        if problem:
-            what = f"{sent.request_id} ({sent.operation} of {sent.user}, {status} {reason})"
+        what = f"{sent.request_id} ({sent.operation} of {sent.user}, {status} {reason})"
+        if problem and status == "failed" and reason == "directory.unavailable":
+            figures.cut_off.append(f"{what}: {problem}")
+        elif problem:
             figures.wrong.append(f"{what}: {problem}")
 
 
 def _answer_kind(status: int) -> str:
-    return {0: "connection failed", 504: "504 pending, polled", 409: "409, looked up"}.get(
-        status, f"{status} before the final answer"
-    )
+    kinds = {0: "connection failed", 200: "200 pending on GET", 409: "409, looked up"}
+    kinds |= {503: "503 (resent, same id)", 504: "504 pending, polled"}
+    return kinds.get(status, f"{status} before the final answer")
 
 
 def _judge(sent: Sent, status: str, reason: str) -> str | None:
@@ -169,14 +180,12 @@ def directory(figures: Figures, workload: Workload, dc: SambaDC, probe: Director
 
 
 def _expected(user: PoolUser, history: list[Sent]) -> tuple[str, bool]:
-    """The password and must-change flag the outcomes say the user has now: the last applied
-    write's (or a later request's whose outcome was honestly unknown and which the DC took)."""
+    """The password and must-change flag the user has now: the last applied write's, or a later
+    request's that the DC took whatever its answer said (that answer is judged in `outcomes`)."""
     password, must_change = user.account.password, False
     for sent in history:
         status = None if sent.final is None else sent.final.get("status")
-        took = sent.written >= 1 and (status == "applied" or sent.final is None or
-                                       sent.final.get("reason") == UNKNOWN)  # fmt: skip
-        if sent.new_password is not None and took:
+        if sent.new_password is not None and sent.written >= 1:
             password, must_change = sent.new_password, sent.force_change
         elif sent.operation == "expire" and status == "applied":
             must_change = True
