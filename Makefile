@@ -14,7 +14,7 @@ AZURERM_SCHEMA := tests/infra/schemas/azurerm
 AZURERM_STAMP := $(AZURERM_SCHEMA)/node_modules/.installed
 PYTEST_OPTS ?=
 
-.PHONY: deps lint typecheck test test-unit test-integration test-infra test-e2e demo up down demo-directory functions dc-up dc-down bench doctor clean
+.PHONY: deps lint typecheck test test-unit test-integration test-infra test-e2e demo up down demo-directory functions dc-up dc-down bench doctor soak clean
 
 # The Python worker's own indexing and binding code (devstack/worker.py): the worker Azure runs
 # for Python 3.13+, whose wheel says so; its code runs on 3.11 and is the 3.11 worker's.
@@ -97,6 +97,13 @@ dc-up: deps
 
 dc-down: deps
 	$(BIN)/python -m devstack dc-down
+
+# The chaos soak (docs/reliability.md): 1,000 writes at concurrency 8 through the whole local
+# stack while relays are killed and the broker, Azurite and the DC restarted; then the checks.
+SOAK_WRITES ?= 1000
+SOAK_SEED ?= 1
+soak: deps
+	$(BIN)/python -m devstack soak --writes $(SOAK_WRITES) --concurrency 8 --seed $(SOAK_SEED)
 
 doctor: deps
 	$(BIN)/writeback-relay doctor --config .devstack/relay.toml

@@ -1,21 +1,29 @@
-"""`python -m devstack up|down|demo`: the local stack from the command line."""
+"""`python -m devstack up|down|demo|soak`: the local stack from the command line."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 
-from devstack import demo, http_demo, localstack, stack, wire_demo
+from devstack import demo, http_demo, localstack, soak, stack, wire_demo
 from devstack.samba import DevstackError
+from devstack.stack import STATE
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack")
     parser.add_argument(
-        "command", choices=["up", "down", "demo", "dc-up", "dc-down", "demo-directory"]
+        "command", choices=["up", "down", "demo", "dc-up", "dc-down", "demo-directory", "soak"]
     )
+    parser.add_argument("--writes", type=int, default=1000, help="soak: how many writes")
+    parser.add_argument("--concurrency", type=int, default=8, help="soak: callers at once")
+    parser.add_argument("--seed", type=int, default=1, help="soak: the seed of its choices")
+    parser.add_argument("--users", type=int, default=48, help="soak: the pool of users")
     args = parser.parse_args()
     try:
+        if args.command == "soak":
+            return _soak(args)
         if args.command == "down":
             localstack.down()
             print("local stack stopped: DC, Azurite, broker, Functions host and relay")
@@ -45,6 +53,19 @@ def main() -> int:
     print("  .venv/bin/writeback-relay keys list --dir .devstack/wire/keys")
     print("Stop the DC with: make dc-down")
     return 0 if ok else 1
+
+
+def _soak(args: argparse.Namespace) -> int:
+    """The chaos soak on a fresh DC of its own under .devstack/soak (docs/reliability.md)."""
+    state = STATE / "soak"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    plan = soak.SoakPlan(
+        writes=args.writes, concurrency=args.concurrency, seed=args.seed, users=args.users
+    )
+    figures = soak.run(plan, state.resolve())
+    print(f"logs and journals of the run: {state}/")
+    return 0 if not figures.problems else 1
 
 
 def _stack(command: str) -> int:

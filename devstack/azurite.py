@@ -1,8 +1,9 @@
 """Azurite, the official Azure Storage emulator, for development and tests.
 
-Starts the pinned npm `azurite` (devstack/package.json; `make deps` installs it) in memory on
-127.0.0.1, with blob, queue and table services on ports it picks itself (port 0: several Azurites
-may run at once, for tests and the dev stack) or on fixed ports (the dev stack uses Azure's
+Starts the pinned npm `azurite` (devstack/package.json; `make deps` installs it) on 127.0.0.1,
+in memory or, given a `location`, persisting its data to that directory (so a restart keeps it),
+with blob, queue and table services on ports it picks itself (port 0: several Azurites may run
+at once, for tests and the dev stack) or on fixed ports (the dev stack uses Azure's
 defaults, 10000-10002). Ready means every service announced its port and accepts a connection;
 stop leaves no process behind. The account and key in `connection_string` are Azurite's published
 development credentials, not a secret; it must never listen on anything but loopback.
@@ -51,15 +52,23 @@ class Azurite:
     """One in-memory Azurite process; a context manager (`with Azurite() as storage: ...`).
 
     `ports` maps service ("blob", "queue", "table") to a fixed port; a service left out gets a
-    free one chosen at start. Data lives in memory and is gone when it stops.
+    free one chosen at start. Without `location`, data lives in memory and is gone when it stops;
+    with it, Azurite keeps its data in that directory (`--location`) and a restart finds it.
     """
 
-    def __init__(self, ports: dict[str, int] | None = None, binary: Path = BINARY) -> None:
+    def __init__(
+        self,
+        ports: dict[str, int] | None = None,
+        binary: Path = BINARY,
+        *,
+        location: Path | None = None,
+    ) -> None:
         unknown = set(ports or {}) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown Azurite services: {sorted(unknown)}")
         self._wanted = {service: (ports or {}).get(service, 0) for service in SERVICES}
         self._binary = binary
+        self.location = location
         self._process: subprocess.Popen[str] | None = None
         self._output: list[str] = []
         self._reader: threading.Thread | None = None
@@ -78,6 +87,10 @@ class Azurite:
         if not self._binary.exists():
             raise AzuriteError(f"{self._binary} not found: run `make deps` (npm ci in devstack/)")
         arguments = [str(self._binary), *OPTIONS]
+        if self.location is not None:
+            self.location.mkdir(parents=True, exist_ok=True)
+            arguments.remove("--inMemoryPersistence")
+            arguments += ["--location", str(self.location)]
         for service, port in self._wanted.items():
             arguments += [f"--{service}Host", HOST, f"--{service}Port", str(port)]
         self._output = []

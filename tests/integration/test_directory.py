@@ -495,6 +495,23 @@ class TestPasswordInEffect:
         assert directory.apply(ResetPassword(user.upn, password)).reason is Reason.APPLIED
         assert directory.password_in_effect(user.upn, password) is True
 
+    def test_a_password_the_policy_refuses_is_refused_before_any_bind(
+        self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, read: Read
+    ) -> None:
+        """What the crash recovery asks first refuses a too-short reset or change with
+        `policy.length`, as the write would, so a redelivery is never bound as the user; the
+        minimum age is left out (an earlier delivery's own write would trip it)."""
+        user = new_user("short")
+        assert directory.refusal(ResetPassword(user.upn, "q0012Z!")).reason is Reason.POLICY_LENGTH
+        change = ChangePassword(user.upn, user.password, "q0013Z!")
+        assert directory.refusal(change).reason is Reason.POLICY_LENGTH
+        assert directory.refusal(ResetPassword(user.upn, NEW)) is None
+        assert read(user.dn, ["badPwdCount"])["badPwdCount"] in ("", "0")
+        young = new_user("young", groups=(testbed.domain.min_age_group,))
+        change = ChangePassword(young.upn, young.password, NEW)
+        assert directory.apply(change).reason is Reason.POLICY_MIN_AGE
+        assert directory.refusal(change) is None
+
     def test_no_bind_when_one_more_bad_attempt_could_lock_the_account(
         self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, read: Read
     ) -> None:

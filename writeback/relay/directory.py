@@ -164,12 +164,25 @@ class LdapDirectory:
         return last_set.replace(tzinfo=UTC) if last_set else None
 
     def refusal(self, command: Command) -> Outcome | None:
+        """Also the policy's refusals that depend on the password alone (length, complexity, a
+        change to the same password, changes refused by the domain), as the write would make
+        them: a redelivered too-short password is `policy.length`, never bound as the user (a
+        bad attempt) nor reported superseded. Not the minimum age: an earlier delivery's own
+        write would make that refuse the very request that made it."""
         with self._lock:
             try:
                 checked = self._checked(command)
+                if isinstance(checked, Outcome):
+                    return checked
+                if isinstance(command, ResetPassword | ChangePassword):
+                    old = command.old_password if isinstance(command, ChangePassword) else None
+                    return self._precheck(
+                        self._connected(), checked, command.new_password,
+                        check_min_age=False, old_password=old,
+                    )  # fmt: skip
             except DirectoryError as exc:
                 return Outcome(Reason(exc.reason), str(exc))
-        return checked if isinstance(checked, Outcome) else None
+        return None
 
     def password_in_effect(self, upn: str, password: str) -> bool | None:
         """Bind as the user (by the DN the UPN finds) with `password` on the relay's DC: True
