@@ -185,7 +185,6 @@ def report(figures: Figures) -> str:
         f"| duplicate writes | {len(figures.duplicates)} |",
         f"| requests lost | {len(figures.lost)} |",
         f"| wrong outcomes | {len(figures.wrong)} |",
-        f"| written, but reported directory.unavailable (known, open) | {len(figures.cut_off)} |",
         f"| passwords found in logs, journals, storage, dead letters | {len(figures.secrets)} |",
         f"| dead-lettered messages | {figures.dead_letters} |",
         f"| journal entries left unfinished | {figures.unfinished_journal} |",

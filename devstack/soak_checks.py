@@ -49,20 +49,12 @@ class Figures:
     lost: list[str] = dataclasses.field(default_factory=list)
     wrong: list[str] = dataclasses.field(default_factory=list)
     secrets: list[str] = dataclasses.field(default_factory=list)
-    # Known and open (docs/reliability.md): a write the DC took whose answer a DC restart cut
-    # off is reported directory.unavailable. A failure of `make soak`, not of the short test.
-    cut_off: list[str] = dataclasses.field(default_factory=list)
     dead_letters: int = 0
     unfinished_journal: int = 0
 
     @property
     def problems(self) -> list[str]:
-        return [*self.duplicates, *self.lost, *self.wrong, *self.secrets, *self.cut_off]
-
-    @property
-    def new_problems(self) -> list[str]:
-        """The problems besides the known one (`cut_off`)."""
-        return [p for p in self.problems if p not in self.cut_off]
+        return [*self.duplicates, *self.lost, *self.wrong, *self.secrets]
 
 
 def outcomes(figures: Figures, workload: Workload) -> None:
@@ -83,9 +75,7 @@ def outcomes(figures: Figures, workload: Workload) -> None:
             )
         problem = _judge(sent, str(status), str(reason))
         what = f"{sent.request_id} ({sent.operation} of {sent.user}, {status} {reason})"
-        if problem and status == "failed" and reason == "directory.unavailable":
-            figures.cut_off.append(f"{what}: {problem}")
-        elif problem:
+        if problem:
             figures.wrong.append(f"{what}: {problem}")
 
 

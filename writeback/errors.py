@@ -28,6 +28,8 @@
     │                               a request twice, as a concurrent duplicate delivery would)
     └── DirectoryError              the directory could not be used; carries the outcome reason
         ├── DirectoryUnavailable    no DC answered, or the connection broke (directory.unavailable)
+        │   └── DirectoryWriteUnknown  a write was sent and no answer came: it may be applied
+        │                           (request.outcome_unknown)
         ├── DirectoryAccessDenied   the relay's account lacks a right (directory.access_denied)
         └── DirectoryProtocolError  the DC answered something we cannot use (directory.error)
 
@@ -149,6 +151,14 @@ class DirectoryUnavailable(DirectoryError):
     """No configured DC could be reached, bound or kept connected."""
 
     reason = "directory.unavailable"
+
+
+class DirectoryWriteUnknown(DirectoryUnavailable):
+    """A write was sent and the connection broke before its answer: it may have been applied.
+    Never retried, never reported as "try again" (a retry of a change would fail on the old
+    password, a retry of a reset could look like history)."""
+
+    reason = "request.outcome_unknown"
 
 
 class DirectoryAccessDenied(DirectoryError):

@@ -15,6 +15,7 @@ from writeback.errors import (
     DirectoryError,
     DirectoryProtocolError,
     DirectoryUnavailable,
+    DirectoryWriteUnknown,
 )
 from writeback.relay import ldap
 from writeback.relay.ldap import Link
@@ -102,6 +103,51 @@ class TestTranslateLdapError:
         """A DirectoryError is returned as it is."""
         error = DirectoryUnavailable("already ours")
         assert ldap.translate_ldap_error(error, "dc") is error
+
+
+class TestWriteWithoutAnswer:
+    class Broken:
+        """A connection whose modify fails with `error` (what ldap3 raises mid-operation)."""
+
+        def __init__(self, error: BaseException) -> None:
+            self.error = error
+            self.request: object = "the last request"
+
+        def modify(self, *args: object, **kwargs: object) -> None:
+            raise self.error
+
+    def link(self, error: BaseException) -> Link:
+        link = object.__new__(Link)
+        link.address = ServerAddress("ldaps://dc1.example.test", "dc1.example.test", 636, True)
+        link.connection = self.Broken(error)  # type: ignore[assignment]
+        return link
+
+    @pytest.mark.parametrize(
+        "cls",
+        [
+            ldap_exc.LDAPSocketReceiveError,
+            ldap_exc.LDAPSocketSendError,
+            ldap_exc.LDAPSessionTerminatedByServerError,
+            ldap_exc.LDAPResponseTimeoutError,
+        ],
+        ids=lambda c: c.__name__,
+    )
+    def test_a_write_that_left_and_got_no_answer_may_be_applied(
+        self, cls: type[BaseException]
+    ) -> None:
+        """The connection broke once the modify was on its way: request.outcome_unknown, never
+        "unavailable, try again" (the DC may have taken it), and no request kept."""
+        link = self.link(cls("boom"))
+        with pytest.raises(DirectoryWriteUnknown) as caught:
+            link.modify("CN=u", {})
+        assert caught.value.reason == "request.outcome_unknown"
+        assert link.connection.request is None
+
+    def test_a_write_that_never_left_is_unavailable(self) -> None:
+        """A socket that was not open when the modify was to be sent: nothing reached the DC."""
+        with pytest.raises(DirectoryUnavailable) as caught:
+            self.link(ldap_exc.LDAPSocketOpenError("closed")).modify("CN=u", {})
+        assert not isinstance(caught.value, DirectoryWriteUnknown)
 
 
 class TestBindFailure:

@@ -26,6 +26,7 @@ from writeback.errors import (
     DirectoryError,
     DirectoryProtocolError,
     DirectoryUnavailable,
+    DirectoryWriteUnknown,
 )
 from writeback.relay.settings import DirectorySettings, ServerAddress
 
@@ -63,6 +64,10 @@ _UNAVAILABLE = (
     ssl.SSLError,
     OSError,
 )
+
+
+# Raised before a request leaves this host (the socket was not open): nothing reached the DC.
+_NOT_SENT = (ldap_exc.LDAPSocketOpenError,)
 
 
 def translate_ldap_error(exc: BaseException, where: str) -> DirectoryError:
@@ -313,7 +318,14 @@ class Link:
             # types-ldap3 leaves modify unannotated
             self.connection.modify(dn, changes, controls=controls)  # type: ignore[no-untyped-call]
         except Exception as exc:
-            raise translate_ldap_error(exc, self.address.url) from exc
+            error = translate_ldap_error(exc, self.address.url)
+            if isinstance(error, DirectoryUnavailable) and not isinstance(exc, _NOT_SENT):
+                # The request may have reached the DC and been applied before the connection
+                # broke: "unavailable, try again" would be a false answer.
+                raise DirectoryWriteUnknown(
+                    f"{error}: the write was sent and no answer came, so it may have been applied"
+                ) from exc
+            raise error from exc
         finally:
             # ldap3 keeps the last request, unicodePwd included, on the connection until the
             # next operation: drop it, so no dump or debugger of a pooled link can show it.
