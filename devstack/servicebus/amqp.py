@@ -1,9 +1,10 @@
 """AMQP details of the local Service Bus broker: addresses, messages, ticks and management replies.
 
 Everything here is a pure function over python-qpid-proton types; the event loop lives in
-`broker.py`. Messages keep the exact bytes the client sent (`StoredMessage.raw`), so properties
-the model does not know about (content type, subject, `to`, footers, ...) round-trip untouched;
-only the header and the broker's message annotations are rewritten on each delivery.
+`broker.py` and `pump.py`. Messages keep the exact bytes the client sent (`StoredMessage.raw`),
+so properties the model does not know about (content type, subject, `to`, footers, ...)
+round-trip untouched; only the header and the broker's message annotations are rewritten on
+each delivery.
 Never log message bodies or management request bodies: they carry sealed passwords and tokens.
 """
 

@@ -1,12 +1,12 @@
-"""The transport ports on a `MemoryBroker` in this process: Service Bus semantics, no network.
+"""The cloud's side of the in-process transport (CloudTransport) on a `MemoryBroker`.
 
-For unit tests of the cloud service and the relay: the same queues, sessions, peek-lock,
-delivery counts, TTL and duplicate detection as the Service Bus transport, because the model
-underneath is the one the local AMQP broker serves, and the same request/reply scheme (one
-reply session per cloud instance, CorrelationId = request id, orphans re-sent to the request's
-own session; see `writeback.transport`). A wait wakes when the broker reports a change (and at
-least every POLL_SECONDS, for what only time changes: expiries, renewals); it is a test fake,
-not a product transport.
+The same request/reply scheme as the Service Bus transport (`servicebus/cloud.py`): one reply
+session per cloud instance, held by a background task that renews its lock and lease and hands
+each outcome to its waiter by CorrelationId (`Replies`); orphans are re-sent to the request's
+own session, where a wait this instance is not expecting looks; `adopt` drains another
+instance's session unless it is held or its lease is fresh. Outcomes that cannot be handed on
+are dead-lettered as the Service Bus transport does. A test fake: it never touches a network
+and never looks inside bodies beyond decoding them as text.
 """
 
 from __future__ import annotations
@@ -17,14 +17,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from writeback.errors import TransportError, TransportLockLost, TransportUnavailable
-from writeback.transport import (
-    HEARTBEATS_QUEUE,
-    MAX_DEAD_LETTER_TEXT,
-    OUTCOMES_QUEUE,
-    Delivery,
-    requests_queue,
-)
+from writeback.errors import TransportError, TransportUnavailable
+from writeback.transport import OUTCOMES_QUEUE, requests_queue
+from writeback.transport.inprocess.base import OUTCOME_TTL, InProcess
 from writeback.transport.lease import is_held, lease
 from writeback.transport.memory import (
     MemoryBroker,
@@ -47,52 +42,11 @@ from writeback.transport.replies import (
 )
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 0.05
-OUTCOME_TTL = 300.0
-HEARTBEAT_TTL = 300.0
 UNCORRELATED = "outcome.uncorrelated"
 REFUSED = "outcome.refused"
 
 
-class _InProcess:
-    def __init__(self, broker: MemoryBroker, clock: Callable[[], float] = time.time) -> None:
-        self.broker = broker
-        self._clock = clock
-
-    def _send(self, queue: str, message: StoredMessage) -> None:
-        try:
-            self.broker.send(queue, message)
-        except UnknownQueue as exc:
-            raise TransportUnavailable(f"send to {queue}: no such queue") from exc
-
-    async def _changed(self, timeout: float) -> None:
-        """Return when the broker changes, or after `timeout` seconds (at most POLL_SECONDS).
-
-        The broker calls its listeners on the thread that changed it, hence the thread-safe
-        hand-over; the listener is registered only while waiting, so none outlives its loop.
-        """
-        loop = asyncio.get_running_loop()
-        changed: asyncio.Future[None] = loop.create_future()
-
-        def settle() -> None:
-            if not changed.done():
-                changed.set_result(None)
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(settle)
-
-        self.broker.add_listener(wake)
-        try:
-            await asyncio.wait({changed}, timeout=max(0.0, min(timeout, POLL_SECONDS)))
-        finally:
-            self.broker.remove_listener(wake)
-            changed.cancel()
-
-    async def close(self) -> None:
-        return None
-
-
-class InProcessCloud(_InProcess):
+class InProcessCloud(InProcess):
     """CloudTransport on a MemoryBroker."""
 
     def __init__(
@@ -312,68 +266,3 @@ class InProcessCloud(_InProcess):
                 self._lease(None)  # closing cleanly: what is left may be adopted at once
         self._release()
         self.replies.close()
-
-
-class InProcessRelay(_InProcess):
-    """RelayTransport on a MemoryBroker, for one domain."""
-
-    def __init__(
-        self, broker: MemoryBroker, domain: str, clock: Callable[[], float] = time.time
-    ) -> None:
-        super().__init__(broker, clock)
-        self.queue = requests_queue(domain)
-
-    async def receive(self, max_messages: int, max_wait: float) -> list[Delivery]:
-        deadline = self._clock() + max_wait
-        while True:
-            self.broker.tick()
-            received = self.broker.receive(self.queue, max_messages)
-            if received or self._clock() >= deadline:
-                return [self._delivery(message) for message in received]
-            await self._changed(deadline - self._clock())
-
-    def _delivery(self, message: StoredMessage) -> Delivery:
-        return Delivery(
-            body=message.body.decode(),
-            message_id=str(message.message_id),
-            delivery_count=message.delivery_count + 1,
-            enqueued_at=message.enqueued_at,
-            locked_until=message.locked_until or 0.0,
-            reply_to=message.reply_to,
-            reply_to_session_id=message.reply_to_session_id,
-            handle=message.lock_token,
-            lock_seconds=self.broker.queue(self.queue).lock_duration,
-        )
-
-    def _settle(self, action: Callable[[str, str], object], delivery: Delivery) -> object:
-        try:
-            return action(self.queue, str(delivery.handle))
-        except MessageLockLost as exc:
-            raise TransportLockLost(f"{self.queue}: lock of {delivery.message_id} lost") from exc
-
-    async def renew_lock(self, delivery: Delivery) -> float:
-        return float(self._settle(self.broker.renew_lock, delivery))  # type: ignore[arg-type]
-
-    async def complete(self, delivery: Delivery) -> None:
-        self._settle(self.broker.complete, delivery)
-
-    async def abandon(self, delivery: Delivery) -> None:
-        self._settle(self.broker.abandon, delivery)
-
-    async def dead_letter(self, delivery: Delivery, reason: str, description: str) -> None:
-        reason, description = reason[:MAX_DEAD_LETTER_TEXT], description[:MAX_DEAD_LETTER_TEXT]
-        self._settle(
-            lambda queue, token: self.broker.dead_letter(queue, token, reason, description),
-            delivery,
-        )
-
-    async def send_outcome(self, request_id: str, body: str, session: str) -> None:
-        self._send(
-            OUTCOMES_QUEUE,
-            StoredMessage(
-                body=body.encode(), session_id=session, correlation_id=request_id, ttl=OUTCOME_TTL
-            ),
-        )
-
-    async def send_heartbeat(self, body: str) -> None:
-        self._send(HEARTBEATS_QUEUE, StoredMessage(body=body.encode(), ttl=HEARTBEAT_TTL))
