@@ -3,15 +3,17 @@
 Every request has a final outcome (a 504 followed to its end), and the caller's last answer is
 the audit trail's; each outcome agrees with the DC (an applied password write changed the user's
 unicodePwd exactly once, a rejected or failed one not at all, an expire left pwdLastSet 0); each
-user's final password binds and is the one the outcomes say; no request wrote twice, none finished
-`applied` in both relays' journals; and no password the soak sent is in a log, a journal, the
-storage emulator's files or a dead-lettered message. It reports what it found, never a password.
+user's final password binds and is the one the outcomes say; no request wrote twice, no reset or
+change was written by both relays (per their journals); and no password the soak sent is in a
+log, a journal, the storage emulator's files or a dead-lettered message. It reports what it
+found, never a password.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +29,7 @@ from devstack.soak_load import PoolUser, Sent, Workload
 from writeback.cloud.audit import AUDIT_TABLE
 
 UNKNOWN = "request.outcome_unknown"  # the one outcome that may or may not have written
+EARLIER_DELIVERY = "applied by an earlier delivery"  # the relay's detail for a write it found
 # A redelivery the relay cannot prove unwritten, with a password set within its clock tolerance
 # (the user's previous write): not written, and the caller is told so; any operation may get it.
 SUPERSEDED = "request.superseded"
@@ -131,19 +134,26 @@ def audit(figures: Figures, workload: Workload, storage: str) -> None:
 
 
 def journals(figures: Figures, workload: Workload, paths: Iterable[Path]) -> None:
-    """No request finished `applied` in two journals; none applied where the caller was told
-    otherwise; entries left unfinished are counted."""
+    """No password written by two relays: no reset or change finished `applied` as a write of
+    its own in two journals (a relay that found the other's write in effect journals "applied
+    by an earlier delivery"; an unlock is written again by design, lockoutTime = 0 twice);
+    none applied where the caller was told otherwise; entries left unfinished are counted."""
     applied: collections.Counter[str] = collections.Counter()
+    written: collections.Counter[str] = collections.Counter()
+    query = "SELECT request_id, state, operation, outcome FROM requests"
     for path in paths:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            for request_id, state in db.execute("SELECT request_id, state FROM requests"):
+            for request_id, state, operation, outcome in db.execute(query):
                 if state == "applied":
                     applied[request_id] += 1
+                    recognised = EARLIER_DELIVERY in json.loads(outcome or "{}").get("detail", "")
+                    if operation in ("reset", "change") and not recognised:
+                        written[request_id] += 1
                 elif state in ("received", "applying"):
                     figures.unfinished_journal += 1
-    for request_id, count in applied.items():
+    for request_id, count in written.items():
         if count > 1:
-            figures.duplicates.append(f"{request_id}: applied in {count} relays' journals")
+            figures.duplicates.append(f"{request_id}: written by {count} relays (journals)")
     for sent in workload.sent:
         told = None if sent.final is None else sent.final.get("status")
         if applied[sent.request_id] and told not in (None, "applied"):
