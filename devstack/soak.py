@@ -26,7 +26,11 @@ from devstack.soak_directory import DirectoryProbe
 from devstack.soak_stack import RELAY_IDS, SoakStack, provision_dc
 from writeback.transport import HEARTBEATS_QUEUE, OUTCOMES_QUEUE, requests_queue
 
-FAULT_KINDS = ("relay SIGKILL", "broker restart", "Azurite restart", "DC restart")
+FAULT_KINDS = (
+    "relay SIGKILL", "broker restart", "Azurite restart", "DC restart",
+    # What Azure Service Bus does to live links and callers (devstack/servicebus faults).
+    "broker forced detach", "broker server-busy",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +96,10 @@ class FaultInjector(threading.Thread):
             stack.azurite.stop()
             self._owed.wait(downtime)
             stack.azurite.start()
+        elif kind == "broker forced detach":
+            stack.bus.detach()  # every link of every queue, as an entity update does
+        elif kind == "broker server-busy":
+            stack.bus.faults.busy(self.rng.randint(2, 10))  # the next operations are throttled
         else:
             stack.dc.stop()
             self._owed.wait(downtime)

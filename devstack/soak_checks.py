@@ -33,6 +33,9 @@ EARLIER_DELIVERY = "applied by an earlier delivery"  # the relay's detail for a 
 # A redelivery the relay cannot prove unwritten, with a password set within its clock tolerance
 # (the user's previous write): not written, and the caller is told so; any operation may get it.
 SUPERSEDED = "request.superseded"
+# A change the lockout guard refused: the DC's badPwdCount one below the threshold. Wrong current
+# passwords count there once per delivery that reached the DC, and once per verification bind.
+THROTTLED = "account.throttled"
 
 
 @dataclasses.dataclass
@@ -104,6 +107,8 @@ def _judge(sent: Sent, status: str, reason: str) -> str | None:
         return None  # honest: the caller is told to check; the DC count says what happened
     if sent.written:
         return f"reported {reason}, but the DC's password was written"
+    if status == "rejected" and reason == THROTTLED and sent.operation == "change":
+        return None  # the lockout guard: bad attempts of redeliveries counted (docs/reliability.md)
     if status == "rejected" and reason not in (sent.expected, SUPERSEDED):
         return f"rejected, expected {sent.expected}"
     return None

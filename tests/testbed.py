@@ -8,6 +8,7 @@ so tests never depend on each other's passwords, lockouts or history.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -59,10 +60,27 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestBed]:
 
 
 @pytest.fixture(scope="session")
-def admin(testbed: TestBed) -> Iterator[ldap3.Connection]:
-    connection = testbed.dc.admin_connection()
-    yield connection
-    connection.unbind()
+def _admin_connections(testbed: TestBed) -> Iterator[list[ldap3.Connection]]:
+    """The administrator's connection, shared by the session's tests (replaced when dead)."""
+    connections = [testbed.dc.admin_connection()]
+    yield connections
+    connections[-1].unbind()
+
+
+@pytest.fixture
+def admin(testbed: TestBed, _admin_connections: list[ldap3.Connection]) -> ldap3.Connection:
+    """A live administrator connection: the session's, or a new one when the DC was restarted
+    since (the chaos soak restarts it), checked with a read of the RootDSE."""
+    connection = _admin_connections[-1]
+    try:
+        alive = connection.search("", "(objectClass=*)", ldap3.BASE, attributes=["currentTime"])
+    except ldap3.core.exceptions.LDAPException:
+        alive = False
+    if not alive:
+        with contextlib.suppress(ldap3.core.exceptions.LDAPException):
+            connection.unbind()
+        _admin_connections.append(testbed.dc.admin_connection())
+    return _admin_connections[-1]
 
 
 @pytest.fixture(scope="session")
