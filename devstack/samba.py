@@ -4,17 +4,21 @@ Provisions a real Samba 4 Active Directory domain controller into a directory of
 /etc/samba, never the system's Samba state), starts it in the foreground with LDAPS on loopback,
 waits until an LDAPS bind that validates the certificate succeeds, and stops it cleanly. The DC
 listens on the standard ports (389/636), so it needs root and only one runs per machine at a
-time. It is a test bed: the passwords it is provisioned with are published test data.
+time: a process that starts one holds a machine-wide lock until it stops it, and another process
+waits for that lock up to WRITEBACK_DC_WAIT seconds (default 0: fail at once, naming the cause).
+It is a test bed: the passwords it is provisioned with are published test data.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,8 @@ from writeback.relay.ldap import ValidatingTls, discard
 log = logging.getLogger(__name__)
 
 ADMIN_PASSWORD = "Adm1n!Devstack-Passw0rd"
+WAIT_SETTING = "WRITEBACK_DC_WAIT"
+LOCK_FILE = Path(tempfile.gettempdir()) / "writeback-samba-dc.lock"
 
 
 class DevstackError(RuntimeError):
@@ -78,6 +84,7 @@ class SambaDC:
         self.root = root.resolve()
         self.names = realm or Realm()
         self._process: subprocess.Popen[bytes] | None = None
+        self._machine_lock: int | None = None
 
     # -- where things are -------------------------------------------------------------------
     @property
@@ -182,12 +189,17 @@ class SambaDC:
         require_samba()
         if not self.provisioned:
             raise DevstackError(f"no DC provisioned under {self.root}")
+        deadline = time.monotonic() + float(os.environ.get(WAIT_SETTING) or 0)
+        self._lock_machine(deadline)
         for port in (389, 636):
-            if port_open("127.0.0.1", port):
-                raise DevstackError(
-                    f"port {port} is already in use on 127.0.0.1: another DC is running "
-                    "(stop it with make dc-down) or another LDAP server holds the port"
-                )
+            while port_open("127.0.0.1", port):
+                if time.monotonic() >= deadline:
+                    self._unlock_machine()
+                    raise DevstackError(
+                        f"port {port} is already in use on 127.0.0.1: another DC is running "
+                        "(stop it with make dc-down) or another LDAP server holds the port"
+                    )
+                time.sleep(0.5)
         output = (self.root / "log" / "samba.stdout").open("ab")
         self._process = subprocess.Popen(
             ["samba", "-F", "-M", "single", "-s", str(self.smb_conf), "--debug-stdout"],
@@ -220,8 +232,41 @@ class SambaDC:
         self.stop()
         raise DevstackError(f"samba not ready after {timeout:.0f}s ({last_error})")
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the DC started by this object, or the one recorded in its pid file."""
+    def _lock_machine(self, deadline: float) -> None:
+        """Take the machine-wide DC lock (kept across a restart by the same object)."""
+        if self._machine_lock is not None:
+            return
+        descriptor = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(descriptor)
+                    raise DevstackError(
+                        "another process on this machine is running a test DC (set "
+                        f"{WAIT_SETTING} to a number of seconds to wait for it)"
+                    ) from None
+                time.sleep(0.5)
+                continue
+            self._machine_lock = descriptor
+            return
+
+    def _unlock_machine(self) -> None:
+        if self._machine_lock is not None:
+            os.close(self._machine_lock)  # closing the descriptor releases the flock
+            self._machine_lock = None
+
+    def stop(self, timeout: float = 20.0, *, release: bool = True) -> None:
+        """Stop the DC started by this object, or the one recorded in its pid file; with
+        `release` False this object keeps the machine-wide lock (a restart)."""
+        try:
+            self._stop(timeout)
+        finally:
+            if release:
+                self._unlock_machine()
+
+    def _stop(self, timeout: float) -> None:
         pid_file = self.root / "run" / "devstack-samba.pid"
         pid = self._process.pid if self._process else None
         if pid is None and pid_file.exists():

@@ -101,7 +101,7 @@ class FaultInjector(threading.Thread):
         elif kind == "broker server-busy":
             stack.bus.faults.busy(self.rng.randint(2, 10))  # the next operations are throttled
         else:
-            stack.dc.stop()
+            stack.dc.stop(release=False)
             self._owed.wait(downtime)
             stack.dc.start()
 
