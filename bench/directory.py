@@ -47,7 +47,7 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def main() -> None:
+def measure() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50, help="operations of each kind")
     args = parser.parse_args()
@@ -112,6 +112,12 @@ def main() -> None:
     directory.close()
     raw.unbind()
     admin.unbind()
+
+
+def main() -> None:
+    """Measure on the local stack, and leave it as it was found (running or not)."""
+    with stack.borrowed():
+        measure()
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def part_two(count: int) -> None:
     )
 
 
-def main() -> None:
+def measure() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=100, help="resets on the DC, per side")
     parser.add_argument("--requests", type=int, default=10_000, help="requests for part 2")
@@ -189,6 +189,12 @@ def main() -> None:
     if not args.skip_dc:
         part_one(args.rounds)
     part_two(args.requests)
+
+
+def main() -> None:
+    """Measure on the local stack, and leave it as it was found (running or not)."""
+    with stack.borrowed():
+        measure()
 
 
 if __name__ == "__main__":

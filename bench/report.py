@@ -193,7 +193,7 @@ def machine() -> str:
     )
 
 
-def main() -> None:
+def measure() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=48, help="resets per path and level")
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
@@ -264,6 +264,12 @@ def main() -> None:
             page.write_text(text)
         else:
             print(f"{page} has no {begin} … {end} block to fill", file=sys.stderr)
+
+
+def main() -> None:
+    """Measure on the local stack, and leave it as it was found (running or not)."""
+    with localstack.borrowed():
+        measure()
 
 
 if __name__ == "__main__":

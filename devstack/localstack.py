@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from joserfc.jwk import ECKey
@@ -31,7 +32,7 @@ from joserfc.jwk import ECKey
 from devstack import cloud, stack
 from devstack.azurite import BINARY as AZURITE
 from devstack.azurite import OPTIONS as AZURITE_OPTIONS
-from devstack.samba import DevstackError
+from devstack.samba import DevstackError, SambaDC
 from devstack.servicebus import writeback_queues
 from devstack.stack import STATE
 from writeback.relay.keys import KeyStore
@@ -233,3 +234,19 @@ def down(state: Path = STATE) -> None:
     for name in PROCESSES:
         _stop(state, name)
     stack.down(state)
+
+
+@contextlib.contextmanager
+def borrowed(state: Path = STATE) -> Iterator[tuple[stack.Stack, dict[str, str]]]:
+    """The whole local stack for one run (a benchmark): what was running before is left running,
+    what this run started is stopped when it ends, so the machine is left as it was found."""
+    before = {name for name in PROCESSES if _running(state, name)}
+    dc_before = SambaDC(state / "dc").running
+    try:
+        yield up(state)
+    finally:
+        for name in PROCESSES:
+            if name not in before:
+                _stop(state, name)
+        if not dc_before:
+            stack.down(state)

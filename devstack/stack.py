@@ -7,11 +7,13 @@ and verify the stack (the DC's LDAPS URL, its CA, an administrator, the users' O
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shlex
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from joserfc.jwk import ECKey
@@ -133,3 +135,14 @@ def up(state: Path = STATE) -> Stack:
 
 def down(state: Path = STATE) -> None:
     SambaDC(state / "dc").stop()
+
+
+@contextlib.contextmanager
+def borrowed(state: Path = STATE) -> Iterator[Stack]:
+    """The local DC for one run: stopped at its end unless it was running before."""
+    was_running = SambaDC(state / "dc").running
+    try:
+        yield up(state)
+    finally:
+        if not was_running:
+            down(state)
