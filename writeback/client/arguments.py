@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from writeback import __version__
 from writeback.client import api
 from writeback.protocol.messages import upn_problem
 
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _options(parser, lambda value: value)
     common = _Parser(add_help=False, allow_abbrev=False)
     _options(common, lambda value: argparse.SUPPRESS)

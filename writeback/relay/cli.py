@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from writeback import __version__
 from writeback.errors import ConfigurationError, KeyStoreError
 from writeback.relay import bootstrap, doctor
 from writeback.relay.config import Config
@@ -154,6 +155,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="writeback-relay", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("run", help="serve the domain's writeback requests")
     serve.add_argument("--config", type=Path, required=True, help="relay.toml")
