@@ -153,7 +153,8 @@ def _status(args: argparse.Namespace) -> int:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command of writeback-relay; `run` on the parsed arguments runs the one given."""
     parser = argparse.ArgumentParser(prog="writeback-relay", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -167,7 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--config", type=Path, required=True, help="relay.toml")
     check.set_defaults(run=_doctor)
     _add_keys_commands(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
     except ConfigurationError as exc:
