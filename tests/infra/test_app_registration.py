@@ -32,7 +32,9 @@ ROLE_ID = "44444444-4444-4444-4444-444444444444"
 def created() -> bicep_model.Model:
     """The Bicep deployment with the registrations created and a helpdesk group given a role."""
     return bicep_model.load(
-        parameters={"appRoleAssignments": [{"role": "Writeback.Reset.Admin", "principalId": ROLE_ID}]}
+        parameters={
+            "appRoleAssignments": [{"role": "Writeback.Reset.Admin", "principalId": ROLE_ID}]
+        }
     )
 
 
@@ -59,7 +61,8 @@ class TestManifest:
     def test_ids_are_fixed_unique_guids(self) -> None:
         """Every role and scope id is a GUID written in the manifest, none twice: ids are how
         assignments and consent refer to them, so they must never change between deployments."""
-        ids = [role["id"] for role in MANIFEST["api"]["appRoles"]] + [MANIFEST["api"]["scope"]["id"]]
+        ids = [role["id"] for role in MANIFEST["api"]["appRoles"]]
+        ids.append(MANIFEST["api"]["scope"]["id"])
         assert len(set(ids)) == len(ids)
         for value in ids:
             assert str(uuid.UUID(value)) == value
@@ -103,7 +106,7 @@ class TestBicep:
         }
         assert api.body["optionalClaims"] == MANIFEST["api"]["optionalClaims"]
         assert api.body["signInAudience"] == "AzureADMyOrg"
-        principals = [p for p in _graph(created, "servicePrincipals")]
+        principals = list(_graph(created, "servicePrincipals"))
         assert {p.body["appId"].origin.symbol for p in principals} == {"api", "pages"}
 
     def test_the_pages_are_a_spa_without_secrets(self, created: bicep_model.Model) -> None:
@@ -115,9 +118,11 @@ class TestBicep:
         assert pages.body["spa"] == {"redirectUris": [f"https://{host}/api/pages/"]}
         assert created.outputs["pagesRedirectUri"] == f"https://{host}/api/pages/"
         assert pages.body["isFallbackPublicClient"] is False
-        assert not {"passwordCredentials", "keyCredentials", "web", "publicClient"} & set(pages.body)
+        secrets = {"passwordCredentials", "keyCredentials", "web", "publicClient"}
+        assert not secrets & set(pages.body)
         api_access, graph_access = pages.body["requiredResourceAccess"]
-        assert api_access["resourceAccess"] == [{"id": MANIFEST["api"]["scope"]["id"], "type": "Scope"}]
+        scope_id = MANIFEST["api"]["scope"]["id"]
+        assert api_access["resourceAccess"] == [{"id": scope_id, "type": "Scope"}]
         assert graph_access["resourceAppId"] == MANIFEST["graphAppId"]
         assert [a["id"] for a in graph_access["resourceAccess"]] == [
             s["id"] for s in MANIFEST["pages"]["graphScopes"]
@@ -126,14 +131,17 @@ class TestBicep:
     def test_consent_and_role_assignments(self, created: bicep_model.Model) -> None:
         """The pages get tenant-wide consent to Writeback.Self and to sign-in; a role given
         by parameter is assigned by the manifest's role id."""
-        grants = {g.body["scope"]: g.body["consentType"] for g in _graph(created, "oauth2PermissionGrants")}
+        grants = {
+            g.body["scope"]: g.body["consentType"]
+            for g in _graph(created, "oauth2PermissionGrants")
+        }
         assert grants == {
             "Writeback.Self": "AllPrincipals",
             "openid profile offline_access": "AllPrincipals",
         }
         (assignment,) = _graph(created, "appRoleAssignedTo")
-        admin = next(r for r in MANIFEST["api"]["appRoles"] if r["value"] == "Writeback.Reset.Admin")
-        assert assignment.body["appRoleId"] == admin["id"]
+        roles = {r["value"]: r["id"] for r in MANIFEST["api"]["appRoles"]}
+        assert assignment.body["appRoleId"] == roles["Writeback.Reset.Admin"]
         assert assignment.body["principalId"] == ROLE_ID
 
     def test_settings_come_from_the_registrations(self, created: bicep_model.Model) -> None:
@@ -142,7 +150,8 @@ class TestBicep:
         values = created.app_setting_values
         assert str(values["WRITEBACK_PAGES_CLIENT_ID"]) == str(created.outputs["pagesClientId"])
         audiences = values["WRITEBACK_AUTH_AUDIENCES"].split(",")
-        assert audiences[:2] == [str(created.outputs["apiClientId"]), created.outputs["apiIdentifierUri"]]
+        created_ones = [str(created.outputs["apiClientId"]), created.outputs["apiIdentifierUri"]]
+        assert audiences[:2] == created_ones
 
     def test_without_the_registration(self) -> None:
         """createAppRegistration=false deploys no Graph resource; the settings and outputs carry
@@ -168,8 +177,10 @@ class TestBicep:
         assert pages.body["spa"]["redirectUris"] == ["https://password.example.com/self/"]
 
 
-def _manifest_paths(text: str, prefix: str) -> set[str]:
-    return set(re.findall(rf"\b{re.escape(prefix)}((?:\.\w+)+)", text))
+def _sections(text: str, prefix: str) -> set[str]:
+    """The manifest's parts a source reads, two levels deep (`api.appRoles`, `graphAppId`)."""
+    paths = re.findall(rf"(?<![\w.]){re.escape(prefix)}((?:\.\w+)+)", text)
+    return {".".join(path.strip(".").split(".")[:2]) for path in paths}
 
 
 class TestTerraform:
@@ -199,11 +210,14 @@ class TestTerraform:
     def test_the_same_manifest_sections(self) -> None:
         """Both use the same top-level parts of the manifest (Bicep's uniqueName prefixes
         aside: azuread has no alternate key)."""
-        bicep = {p.split(".")[1] if p.count(".") > 1 else p for p in _manifest_paths(MODULE.read_text(), "manifest")}
-        terraform = {p.split(".")[1] if p.count(".") > 1 else p for p in _manifest_paths(TF_FILE.read_text(), "local.manifest")}
-        assert bicep - {"uniqueNamePrefix"} == terraform
+        bicep = _sections(MODULE.read_text(), "manifest")
+        terraform = _sections(TF_FILE.read_text(), "local.manifest")
+        assert "api.appRoles" in bicep
+        assert bicep - {"api.uniqueNamePrefix", "pages.uniqueNamePrefix"} == terraform
 
-    def test_everything_is_behind_the_switch(self, terraform: terraform_model.TerraformModel) -> None:
+    def test_everything_is_behind_the_switch(
+        self, terraform: terraform_model.TerraformModel
+    ) -> None:
         """Every azuread resource and data source loops over local.create_app (one instance or
         none) or over the role assignments, which are empty without the registration."""
         for kind, named in terraform.resources.items():
@@ -222,4 +236,29 @@ class TestTerraform:
         name the app is given, unless a host name is given."""
         (app,) = terraform.resources["azurerm_function_app_flex_consumption"].values()
         assert f"{app['name']}.azurewebsites.net" in terraform.locals["function_host"]
-        assert terraform.locals["pages_redirect"] == "https://${local.function_host}${var.pages_path}"
+        assert (
+            terraform.locals["pages_redirect"] == "https://${local.function_host}${var.pages_path}"
+        )
+
+
+class TestCommands:
+    def test_the_commands_send_what_bicep_declares(self, created: bicep_model.Model) -> None:
+        """`writeback entra app-registration` builds the same application bodies as infra/bicep
+        (uniqueName aside, which the command puts in the upsert's URL)."""
+        prefix = created.parameters["namePrefix"]
+        api_name, pages_name = entra_manifest.unique_names(MANIFEST, prefix)
+        bodies = {a.body["uniqueName"]: dict(a.body) for a in _graph(created, "applications")}
+        api = bodies[api_name]
+        pages = bodies[pages_name]
+        del api["uniqueName"], pages["uniqueName"]
+        tenant = "{tenant().tenantId}"
+        assert entra_manifest.api_application(MANIFEST, tenant, prefix) == api
+        pages["requiredResourceAccess"][0]["resourceAppId"] = "<api app id>"
+        redirect = created.outputs["pagesRedirectUri"]
+        assert entra_manifest.pages_application(MANIFEST, prefix, "<api app id>", redirect) == pages
+        (grant,) = [
+            g
+            for g in _graph(created, "oauth2PermissionGrants")
+            if g.body["scope"] != MANIFEST["api"]["scope"]["value"]
+        ]
+        assert entra_manifest.sign_in_scopes(MANIFEST) == grant.body["scope"]
