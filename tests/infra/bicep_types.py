@@ -83,6 +83,17 @@ def problems(
     return list(found)
 
 
+def body_problems(
+    resource_type: str, body: Mapping[str, Any], root: Path = GRAPH_TYPES_ROOT
+) -> list[str]:
+    """The ways a JSON body (as sent to an API) disagrees with `resource_type`'s type data
+    (`Microsoft.Graph/applications@v1.0`): for stand-ins that check what a client sends."""
+    known = resource_types(root)[resource_type.lower()]
+    found: list[str] = []
+    _Checker(known.file, found).value(bicep_model._wrap(dict(body)), known.body, "")
+    return found
+
+
 def _graph_problems(resource: Resource, root: Path) -> list[str]:
     written = f"{resource.type}@{resource.api_version}"
     if not list(root.rglob(f"microsoft.graph/{resource.api_version}/*/types.json")):
