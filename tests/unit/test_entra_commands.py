@@ -17,6 +17,8 @@ import pytest
 from tests.graph_standin import GRAPH_APP_ID, GraphStandIn, graph_standin
 from writeback.client.cli import main
 from writeback.entra import manifest as entra_manifest
+from writeback.entra.graph import Graph, GraphError
+from writeback.entra.registration import APPLICATIONS, UPSERT
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "eyJ0eXAiOiJKV1QifQ.graph-unit-test-token.signature"
@@ -339,3 +341,41 @@ class TestAppRegistration:
         assert code == 2
         assert f"writeback: {argument}:" in err
         assert graph.received == []
+
+    def test_what_is_printed_is_what_apply_sends(
+        self, graph: GraphStandIn, token_file: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The printed plan and --apply send the same requests, in the same order, with the
+        same application bodies (only the ids Entra ID assigns differ)."""
+        tenant = ["--tenant-id", graph.tenant_id]
+        code, out, _ = run(capsys, *registration(graph, token_file, "--json", *tenant))
+        assert code == 0
+        printed = json.loads(out)["requests"]
+        assert run(capsys, *registration(graph, token_file, "--apply", *tenant))[0] == 0
+        sent = [r for r in graph.received if r.path != "/v1.0/organization?$select=id"]
+        assert [r["method"] for r in printed] == [r.method for r in sent]
+        assert printed[0]["path"] == sent[0].path.removeprefix("/v1.0")
+        assert printed[0]["body"] == sent[0].body
+        pages_printed, pages_sent = printed[2]["body"], sent[2].body
+        api_id = graph.applications["writeback-api-wbtest"]["appId"]
+        assert pages_sent["requiredResourceAccess"][0]["resourceAppId"] == api_id
+        pages_printed["requiredResourceAccess"][0]["resourceAppId"] = api_id
+        assert pages_printed == pages_sent
+
+
+class TestTheStandIn:
+    def test_it_refuses_what_graphs_types_do_not_have(
+        self, graph: GraphStandIn, token_file: Path
+    ) -> None:
+        """The stand-in's body check is live: an application property Graph's type data does
+        not have is refused with 400 and named, and nothing is created."""
+        client = Graph(TOKEN, graph.url)
+        body = {"displayName": "x", "spa": {"redirectUri": ["https://x.example/"]}}
+        with pytest.raises(GraphError) as refused:
+            client.call("PATCH", "applications(uniqueName='x')", APPLICATIONS, body, UPSERT)
+        assert refused.value.status == 400
+        assert "spa.redirectUri: no such property" in str(refused.value)
+        assert "(HTTP 400)" in str(refused.value)
+        assert graph.applications == {}
+        assert TOKEN not in str(refused.value)
+        assert TOKEN not in repr(client)
