@@ -24,7 +24,14 @@ from typing import Any
 
 from writeback.client.api import Credential, InvalidSetting
 from writeback.entra import doors, registration
-from writeback.entra.graph import GRAPH_URL, Graph, GraphError, graph_url, token_from_azure
+from writeback.entra.graph import (
+    GRAPH_URL,
+    Graph,
+    GraphError,
+    InvalidArgument,
+    graph_url,
+    token_from_azure,
+)
 from writeback.entra.manifest import DEFAULT_PAGES_PATH
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     }
     try:
         return commands[args.entra_command](args)
-    except InvalidSetting as exc:
+    except (InvalidSetting, InvalidArgument) as exc:
         print(f"writeback: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except GraphError as exc:

@@ -16,8 +16,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from writeback.client.api import InvalidSetting
-from writeback.entra.graph import Graph, GraphError, Needs
+from writeback.entra.graph import Graph, GraphError, InvalidArgument, Needs
 
 MAX_RESET_URL = 128  # organizationalBranding.customAccountResetCredentialsUrl
 DEFAULT_BRANDING = "0"  # the Accept-Language of the default branding (Graph's own example)
@@ -27,20 +26,20 @@ READ_ORGANIZATION = Needs("Organization.Read.All", "Global Reader")
 
 def page_url(url: str, argument: str = "--url", *, limit: int | None = MAX_RESET_URL) -> str:
     """`url` if the sign-in page can link to it: https, a host, ASCII (other characters
-    URL-encoded), no spaces, no user name, at most `limit` characters; else InvalidSetting."""
+    URL-encoded), no spaces, no user name, at most `limit` characters; else InvalidArgument."""
     if not url.isascii():
-        raise InvalidSetting(argument, "must be ASCII: URL-encode other characters (%XX)")
+        raise InvalidArgument(argument, "must be ASCII: URL-encode other characters (%XX)")
     if any(c.isspace() or not c.isprintable() for c in url):
-        raise InvalidSetting(argument, "must not contain spaces or control characters")
+        raise InvalidArgument(argument, "must not contain spaces or control characters")
     if limit is not None and len(url) > limit:
-        raise InvalidSetting(
+        raise InvalidArgument(
             argument, f"is {len(url)} characters; the sign-in page takes at most {limit}"
         )
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
-        raise InvalidSetting(argument, "must be an https:// URL, like https://<app>/api/pages/")
+        raise InvalidArgument(argument, "must be an https:// URL, like https://<app>/api/pages/")
     if parts.username is not None or parts.password is not None:
-        raise InvalidSetting(argument, "must not contain a user name or password")
+        raise InvalidArgument(argument, "must not contain a user name or password")
     return url
 
 

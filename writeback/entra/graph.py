@@ -8,12 +8,17 @@ azure-identity (`token_from_azure`: the Azure CLI login, a managed identity, env
 variables) or from a file; it never appears in a message, a repr or a log.
 
 Like writeback.client.api, it never follows a redirect (that would resend the token) and refuses
-http:// except to the loopback host (where tests run a stand-in of Graph).
+http:// except to the loopback host (where tests run a stand-in of Graph). The errors:
+
+    EntraError          base; messages are safe to print (never a token)
+    ├── InvalidArgument an argument or setting cannot be used (names it); nothing was sent
+    └── GraphError      Graph refused a call, or could not be reached
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import urllib.error
 import urllib.parse
@@ -22,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from writeback import __version__
-from writeback.client.api import ClientError, InvalidSetting, api_url, is_loopback
 
 GRAPH_URL = "https://graph.microsoft.com/v1.0"
 TIMEOUT = 60.0
@@ -43,7 +47,20 @@ class Needs:
         )
 
 
-class GraphError(ClientError):
+class EntraError(Exception):
+    """Base class. Messages are safe to print: they never contain a token."""
+
+
+class InvalidArgument(EntraError):
+    """`argument` (an option or a setting) cannot be used; raised before anything is sent."""
+
+    def __init__(self, argument: str, problem: str) -> None:
+        super().__init__(f"{argument}: {problem}")
+        self.argument = argument
+        self.problem = problem
+
+
+class GraphError(EntraError):
     """Graph refused a call or could not be reached: `status` (0 when unreachable), Graph's
     error `code` and `message`, and its request id for Microsoft support."""
 
@@ -113,11 +130,38 @@ class Graph:
         raise _refusal(status, parsed, request_id, needs, what)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine (localhost, 127.0.0.0/8 or ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def graph_url(url: str, setting: str = "--graph-url") -> str:
-    """Graph's versioned base URL, checked like the API's (https, or http to loopback)."""
-    checked = api_url(url, setting)
+    """Graph's versioned base URL (no trailing slash): https, or http to the loopback host
+    only, since the token would travel in clear; no user name, query or fragment."""
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidArgument(setting, "must be an https:// URL such as " + GRAPH_URL)
+    if parts.username is not None or parts.password is not None:
+        raise InvalidArgument(setting, "must not contain a user name or password")
+    if parts.query or parts.fragment:
+        raise InvalidArgument(setting, "must not have a query or a fragment")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise InvalidArgument(
+            setting, f"http:// is only allowed to the loopback host, not {parts.hostname}: the "
+            "token would travel in clear; use https://",
+        )  # fmt: skip
+    try:
+        parts.port  # noqa: B018 - a malformed port raises here, not later inside urllib
+    except ValueError:
+        raise InvalidArgument(setting, "has an invalid port") from None
+    checked = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
     if not urllib.parse.urlsplit(checked).path.strip("/"):
-        raise InvalidSetting(
+        raise InvalidArgument(
             setting, "must name the version, like https://graph.microsoft.com/v1.0"
         )
     return checked
@@ -137,7 +181,7 @@ def token_from_azure(url: str) -> str:
         from azure.core.exceptions import ClientAuthenticationError  # noqa: PLC0415
         from azure.identity import DefaultAzureCredential  # noqa: PLC0415
     except ImportError:
-        raise InvalidSetting(
+        raise InvalidArgument(
             "azure-identity",
             "is not installed: pip install 'writeback[admin]', or pass --graph-token-file",
         ) from None
@@ -146,7 +190,7 @@ def token_from_azure(url: str) -> str:
             return credential.get_token(scope_for(url)).token
     except ClientAuthenticationError as exc:
         first = str(exc.message or exc).splitlines()[0]
-        raise InvalidSetting(
+        raise InvalidArgument(
             "Microsoft Graph sign-in",
             f"no credential found ({first}); run `az login` with an administrator account, or "
             "pass --graph-token-file",
