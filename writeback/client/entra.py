@@ -73,8 +73,9 @@ def add_commands(commands: Any) -> None:
     apps = sub.add_parser(
         "app-registration",
         help="print (or --apply) the API's and the pages' app registrations",
-        description="The registrations infra/ declares with createAppRegistration, for "
-        "deployments that cannot create applications: printed as the Graph requests, or made "
+        description="The registrations the Bicep and Terraform deployments make with "
+        "createAppRegistration, for deployers who cannot create applications: printed as the "
+        "Graph requests, or made "
         "with --apply (Application Administrator). Then deploy with createAppRegistration=false "
         "and the settings printed at the end.",
         allow_abbrev=False,
