@@ -12,6 +12,9 @@ CHECKOV_STAMP := .venv-checkov/.installed
 # against; pinned, integrity included, by its package-lock.json. Its install scripts never run.
 AZURERM_SCHEMA := tests/infra/schemas/azurerm
 AZURERM_STAMP := $(AZURERM_SCHEMA)/node_modules/.installed
+# The azuread provider's schema (npm @cdktf/provider-azuread), for the app registrations, the same way.
+AZUREAD_SCHEMA := tests/infra/schemas/azuread
+AZUREAD_STAMP := $(AZUREAD_SCHEMA)/node_modules/.installed
 PYTEST_OPTS ?=
 
 .PHONY: deps lint typecheck test test-unit test-integration test-infra test-e2e demo up down demo-directory functions dc-up dc-down bench doctor soak clean
@@ -39,6 +42,10 @@ $(AZURERM_STAMP): $(AZURERM_SCHEMA)/package.json $(AZURERM_SCHEMA)/package-lock.
 	npm ci --prefix $(AZURERM_SCHEMA) --ignore-scripts --omit=peer --no-audit --no-fund
 	touch $(AZURERM_STAMP)
 
+$(AZUREAD_STAMP): $(AZUREAD_SCHEMA)/package.json $(AZUREAD_SCHEMA)/package-lock.json
+	npm ci --prefix $(AZUREAD_SCHEMA) --ignore-scripts --omit=peer --no-audit --no-fund
+	touch $(AZUREAD_STAMP)
+
 $(CHECKOV_STAMP):
 	$(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/pip install --quiet checkov==3.3.30
@@ -54,7 +61,7 @@ typecheck: deps
 	$(BIN)/mypy
 
 # The README's test command: lint, types, unit, integration (a real Samba AD DC) and e2e tests.
-test: lint typecheck $(CHECKOV_STAMP) $(AZURERM_STAMP)
+test: lint typecheck $(CHECKOV_STAMP) $(AZURERM_STAMP) $(AZUREAD_STAMP)
 	WRITEBACK_REQUIRE_CHECKOV=1 $(BIN)/pytest $(PYTEST_OPTS)
 
 test-unit: deps
@@ -65,7 +72,7 @@ test-integration: deps
 
 # Bicep and Terraform, offline: parsing, structure, parity, the settings contract, checkov, fmt,
 # and every property and argument against the compiler's and the provider's own type data.
-test-infra: deps $(CHECKOV_STAMP) $(AZURERM_STAMP)
+test-infra: deps $(CHECKOV_STAMP) $(AZURERM_STAMP) $(AZUREAD_STAMP)
 	WRITEBACK_REQUIRE_CHECKOV=1 $(BIN)/pytest -m infra $(PYTEST_OPTS)
 
 # The HTTP API through the whole local stack (DC, Azurite, broker, relay, local Functions host).

@@ -1,7 +1,8 @@
 // Writeback, the cloud side: the Azure Function that takes password operations, the Service Bus
 // queues that carry them to the on-premises relays, the Key Vault holding the keys, the Event Grid
 // topics that carry event-driven requests in and their outcomes out, the Event Hub that receives
-// Entra ID's audit log, and the storage and monitoring the Function needs. Deploy into a resource
+// Entra ID's audit log, the storage and monitoring the Function needs, and (createAppRegistration)
+// the Entra ID app registrations of the API and the self-service pages. Deploy into a resource
 // group:
 //
 //   az deployment group create -g <group> -f infra/bicep/main.bicep -p @main.parameters.json
@@ -34,11 +35,26 @@ param domains array
 ])
 param serviceBusSku string = 'Standard'
 
-@description('Entra ID tenant whose tokens the API accepts; empty turns bearer tokens off.')
+@description('Create the API\'s and the self-service pages\' app registrations in Entra ID (Microsoft Graph Bicep extension; the deployer needs Application Administrator). False: create them by hand or with `writeback entra app-registration`, and give authTenantId, authAudiences and pagesClientId (docs/self-service.md).')
+param createAppRegistration bool = true
+
+@description('Entra ID tenant whose tokens the API accepts. Empty: the deployment\'s own tenant when createAppRegistration, else bearer tokens off.')
 param authTenantId string = ''
 
-@description('Accepted token audiences, comma separated (the API app registration\'s client id or Application ID URI).')
+@description('Accepted token audiences, comma separated (the API app registration\'s client id or Application ID URI). With createAppRegistration, the created API\'s are added to these.')
 param authAudiences string = ''
+
+@description('The self-service pages\' client id (their SPA app registration) when createAppRegistration is false; empty: no pages.')
+param pagesClientId string = ''
+
+@description('The host name the self-service pages are reached at (a custom domain); empty: the Function App\'s default host name, <app>.azurewebsites.net.')
+param pagesHostName string = ''
+
+@description('The path of the self-service pages on that host: their sign-in redirect URI is https://<host><pagesPath>.')
+param pagesPath string = '/api/pages/'
+
+@description('App roles of the API to give with createAppRegistration, e.g. a helpdesk group: [{ role: \'Writeback.Reset.Admin\', principalId: \'<object id>\' }].')
+param appRoleAssignments array = []
 
 @description('Accept API keys (x-functions-key) besides Entra ID tokens; the keys live in Key Vault secret writeback-api-keys.')
 param apiKeysEnabled bool = false
@@ -148,6 +164,11 @@ var resourceToken = toLower(uniqueString(resourceGroup().id, namePrefix))
 // Every globally unique name is <kind>-<namePrefix>-<suffix> (storage: st<namePrefix><suffix>),
 // the same pattern as infra/terraform (tests/infra checks both).
 var suffix = take(resourceToken, 8)
+var functionAppName = 'func-${namePrefix}-${suffix}'
+// The pages' sign-in redirect. The app's default host name is <app>.azurewebsites.net; it is
+// written here, not read from the app, because the app's settings need the pages' client id
+// (the registration cannot wait for the app, nor the app for the registration).
+var pagesRedirectUri = 'https://${empty(pagesHostName) ? '${functionAppName}.azurewebsites.net' : pagesHostName}${checkedPagesPath}'
 var domainNames = [for domain in domains: domain.name]
 var domainKeys = [for domain in domains: toLower(domain.name)]
 
@@ -156,8 +177,10 @@ var domainKeys = [for domain in domains: toLower(domain.name)]
 // evaluates the check (Bicep flow-control functions: learn.microsoft.com/azure/
 // azure-resource-manager/bicep/bicep-functions-flow-control).
 var checkedWaitSeconds = (waitSeconds <= requestLifetimeSeconds) ? waitSeconds : fail('waitSeconds must not exceed requestLifetimeSeconds.')
-var checkedAuthAudiences = (empty(authTenantId) == empty(trim(authAudiences))) ? authAudiences : fail('authAudiences and authTenantId go together: set both or neither.')
-var checkedAuthTenantId = (apiKeysEnabled || !empty(authTenantId)) ? authTenantId : fail('No way to authenticate callers: set authTenantId and authAudiences, or apiKeysEnabled, or both.')
+var checkedAuthAudiences = (createAppRegistration || empty(authTenantId) == empty(trim(authAudiences))) ? authAudiences : fail('authAudiences and authTenantId go together: set both or neither.')
+var checkedAuthTenantId = (apiKeysEnabled || createAppRegistration || !empty(authTenantId)) ? authTenantId : fail('No way to authenticate callers: set authTenantId and authAudiences, or apiKeysEnabled, or both.')
+var checkedPagesPath = (startsWith(pagesPath, '/') && endsWith(pagesPath, '/')) ? pagesPath : fail('pagesPath must start and end with a slash, like /api/pages/.')
+var checkedAppRoleAssignments = (createAppRegistration || empty(appRoleAssignments)) ? appRoleAssignments : fail('appRoleAssignments needs createAppRegistration: give the roles in Entra ID instead.')
 var checkedDomainNames = (length(union(domainKeys, [])) == length(domainKeys)) ? domainNames : fail('Domain names must be unique, ignoring case (they name queues and secrets).')
 var relayJwksDomainsKnown = [for entry in items(relayJwks): contains(domainKeys, toLower(entry.key))]
 var checkedRelayJwks = contains(relayJwksDomainsKnown, false) ? fail('Every relayJwks key must be one of the domains.') : relayJwks
@@ -275,12 +298,32 @@ module keyVault 'modules/keyvault.bicep' = {
   }
 }
 
+module appRegistration 'modules/app-registration.bicep' = if (createAppRegistration) {
+  name: 'writeback-app-registration'
+  params: {
+    namePrefix: namePrefix
+    pagesRedirectUri: pagesRedirectUri
+    appRoleAssignments: checkedAppRoleAssignments
+  }
+}
+
+// The API's tenant and audiences: the created registration's (client id and identifier URI) and
+// any given, or only those given.
+var createdAudiences = createAppRegistration ? [
+  appRegistration.outputs.apiClientId
+  appRegistration.outputs.identifierUri
+] : []
+var givenAudiences = empty(trim(checkedAuthAudiences)) ? [] : [checkedAuthAudiences]
+var effectiveAuthTenantId = (createAppRegistration && empty(checkedAuthTenantId)) ? appRegistration.outputs.tenantId : checkedAuthTenantId
+var effectiveAuthAudiences = join(concat(createdAudiences, givenAudiences), ',')
+var effectivePagesClientId = createAppRegistration ? appRegistration.outputs.pagesClientId : pagesClientId
+
 module functionApp 'modules/functionapp.bicep' = {
   name: 'writeback-functionapp'
   params: {
     location: location
     planName: 'plan-${namePrefix}-${suffix}'
-    appName: 'func-${namePrefix}-${suffix}'
+    appName: functionAppName
     deploymentContainerUrl: '${storage.outputs.blobEndpoint}${deploymentContainerName}'
     pythonVersion: pythonVersion
     maximumInstanceCount: maximumInstanceCount
@@ -303,8 +346,10 @@ module functionApp 'modules/functionapp.bicep' = {
       WRITEBACK_AGENTS_TABLE: agentsTableName
       WRITEBACK_KEYVAULT_URL: keyVault.outputs.vaultUri
       WRITEBACK_KEYS_REFRESH_SECONDS: '300'
-      WRITEBACK_AUTH_TENANT_ID: checkedAuthTenantId
-      WRITEBACK_AUTH_AUDIENCES: checkedAuthAudiences
+      WRITEBACK_AUTH_TENANT_ID: effectiveAuthTenantId
+      WRITEBACK_AUTH_AUDIENCES: effectiveAuthAudiences
+      // The self-service pages' SPA client id, for MSAL.js; empty: no pages.
+      WRITEBACK_PAGES_CLIENT_ID: effectivePagesClientId
       // A Key Vault reference, resolved by the platform with the app's identity: the keys
       // themselves never appear in the template, the deployment or the site's configuration.
       WRITEBACK_API_KEYS: apiKeysEnabled ? '@Microsoft.KeyVault(VaultName=${keyVault.outputs.vaultName};SecretName=${apiKeysSecretName})' : ''
@@ -401,3 +446,10 @@ output eventGridCompletedTopicEndpoint string = eventGrid.outputs.completedTopic
 output eventHubsNamespace string = eventHubs.outputs.fullyQualifiedNamespace
 output auditHubName string = eventHubs.outputs.hubName
 output entraDiagnosticsRuleId string = eventHubs.outputs.diagnosticsRuleId
+// The app registrations: created here (createAppRegistration), or the values given by hand.
+output authTenantId string = effectiveAuthTenantId
+output authAudiences string = effectiveAuthAudiences
+output apiClientId string = createAppRegistration ? appRegistration.outputs.apiClientId : ''
+output apiIdentifierUri string = createAppRegistration ? appRegistration.outputs.identifierUri : ''
+output pagesClientId string = effectivePagesClientId
+output pagesRedirectUri string = pagesRedirectUri

@@ -74,8 +74,10 @@ resource "azurerm_function_app_flex_consumption" "main" {
     "WRITEBACK_AGENTS_TABLE"                        = azurerm_storage_table.agents.name
     "WRITEBACK_KEYVAULT_URL"                        = azurerm_key_vault.main.vault_uri
     "WRITEBACK_KEYS_REFRESH_SECONDS"                = "300"
-    "WRITEBACK_AUTH_TENANT_ID"                      = var.auth_tenant_id
-    "WRITEBACK_AUTH_AUDIENCES"                      = var.auth_audiences
+    "WRITEBACK_AUTH_TENANT_ID"                      = local.auth_tenant_id
+    "WRITEBACK_AUTH_AUDIENCES"                      = local.auth_audiences
+    # The self-service pages' SPA client id, for MSAL.js; empty: no pages.
+    "WRITEBACK_PAGES_CLIENT_ID" = local.pages_client_id
     # A Key Vault reference: the platform resolves it with the app's identity, so the keys
     # never appear in the app's configuration.
     "WRITEBACK_API_KEYS"                        = var.api_keys_enabled ? "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.main.name};SecretName=writeback-api-keys)" : ""

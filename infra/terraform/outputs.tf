@@ -47,3 +47,34 @@ output "entra_diagnostics_rule_id" {
   description = "The Send-only authorization rule the Entra ID diagnostic setting streams with (docs/deploy.md)."
   value       = azurerm_eventhub_namespace_authorization_rule.entra_diagnostics.id
 }
+
+# The app registrations: created here (create_app_registration), or the values given by hand.
+output "auth_tenant_id" {
+  description = "The tenant whose tokens the API accepts (WRITEBACK_AUTH_TENANT_ID)."
+  value       = local.auth_tenant_id
+}
+
+output "auth_audiences" {
+  description = "The audiences the API accepts (WRITEBACK_AUTH_AUDIENCES)."
+  value       = local.auth_audiences
+}
+
+output "api_client_id" {
+  description = "The API app registration's client id; empty when create_app_registration is false."
+  value       = var.create_app_registration ? azuread_application.api["main"].client_id : ""
+}
+
+output "api_identifier_uri" {
+  description = "The API's identifier URI (scopes are <uri>/Writeback.Self); empty when create_app_registration is false."
+  value       = var.create_app_registration ? local.identifier_uri : ""
+}
+
+output "pages_client_id" {
+  description = "The self-service pages' SPA client id (WRITEBACK_PAGES_CLIENT_ID)."
+  value       = local.pages_client_id
+}
+
+output "pages_redirect_uri" {
+  description = "The pages' sign-in redirect URI, registered on their SPA app registration."
+  value       = local.pages_redirect
+}

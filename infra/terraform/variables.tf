@@ -84,8 +84,14 @@ variable "servicebus_sku" {
   }
 }
 
+variable "create_app_registration" {
+  description = "Create the API's and the self-service pages' app registrations in Entra ID (azuread; whoever applies needs Application Administrator). False: create them by hand or with `writeback entra app-registration`, and give auth_tenant_id, auth_audiences and pages_client_id (docs/self-service.md)."
+  type        = bool
+  default     = true
+}
+
 variable "auth_tenant_id" {
-  description = "Entra ID tenant (directory) ID whose tokens callers present; empty: no token auth."
+  description = "Entra ID tenant (directory) ID whose tokens callers present. Empty: the deployment's own tenant with create_app_registration, else no token auth."
   type        = string
   default     = ""
 
@@ -96,12 +102,12 @@ variable "auth_tenant_id" {
 }
 
 variable "auth_audiences" {
-  description = "Comma-separated audiences (app ID URI, client ID) a caller's token must carry."
+  description = "Comma-separated audiences (app ID URI, client ID) a caller's token must carry. With create_app_registration, the created API's are added to these."
   type        = string
   default     = ""
 
   validation {
-    condition     = (var.auth_tenant_id == "") == (trimspace(var.auth_audiences) == "")
+    condition     = var.create_app_registration || (var.auth_tenant_id == "") == (trimspace(var.auth_audiences) == "")
     error_message = "auth_audiences and auth_tenant_id go together: set both or neither."
   }
 }
@@ -112,7 +118,7 @@ variable "api_keys_enabled" {
   default     = false
 
   validation {
-    condition     = var.api_keys_enabled || var.auth_tenant_id != ""
+    condition     = var.api_keys_enabled || var.create_app_registration || var.auth_tenant_id != ""
     error_message = "No way to authenticate callers: set auth_tenant_id and auth_audiences, or api_keys_enabled, or both."
   }
 }
@@ -295,4 +301,51 @@ variable "event_subscription_enabled" {
   description = "Create the Event Grid subscription to the writeback_event function. Event Grid refuses it until the code is published: apply once, publish, then apply again with true."
   type        = bool
   default     = false
+}
+
+variable "pages_client_id" {
+  description = "The self-service pages' client id (their SPA app registration) when create_app_registration is false; empty: no pages."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.pages_client_id == "" || can(regex("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", var.pages_client_id))
+    error_message = "pages_client_id must be the pages' application (client) ID, a GUID, or empty."
+  }
+}
+
+variable "pages_host_name" {
+  description = "The host name the self-service pages are reached at (a custom domain); empty: the Function App's default host name, <app>.azurewebsites.net."
+  type        = string
+  default     = ""
+}
+
+variable "pages_path" {
+  description = "The path of the self-service pages on that host: their sign-in redirect URI is https://<host><pages_path>."
+  type        = string
+  default     = "/api/pages/"
+
+  validation {
+    condition     = startswith(var.pages_path, "/") && endswith(var.pages_path, "/")
+    error_message = "pages_path must start and end with a slash, like /api/pages/."
+  }
+}
+
+variable "app_role_assignments" {
+  description = "App roles of the API to give with create_app_registration, e.g. a helpdesk group: [{ role = \"Writeback.Reset.Admin\", principal_id = \"<object id>\" }]."
+  type = list(object({
+    role         = string
+    principal_id = string
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for a in var.app_role_assignments : contains(["Writeback.Reset.SelfService", "Writeback.Reset.Admin", "Writeback.Change", "Writeback.Unlock", "Writeback.Expire", "Writeback.Read"], a.role)])
+    error_message = "Every app_role_assignments role must be one of Writeback.Reset.SelfService, Writeback.Reset.Admin, Writeback.Change, Writeback.Unlock, Writeback.Expire, Writeback.Read."
+  }
+
+  validation {
+    condition     = var.create_app_registration || length(var.app_role_assignments) == 0
+    error_message = "app_role_assignments needs create_app_registration: give the roles in Entra ID instead."
+  }
 }

@@ -18,6 +18,12 @@ terraform {
       # azurerm_key_vault (the old `enable_rbac_authorization` goes away in 5.0).
       version = "~> 4.46"
     }
+    # The app registrations (app-registration.tf). 3.7 is the release npm
+    # @cdktf/provider-azuread 14.3.1 was generated from, whose schema tests/infra checks against.
+    azuread = {
+      source  = "hashicorp/azuread"
+      version = "~> 3.7"
+    }
     # The wait for the deployer's new roles to reach the data planes (roles.tf).
     time = {
       source  = "hashicorp/time"
@@ -46,3 +52,7 @@ provider "azurerm" {
     }
   }
 }
+
+# The tenant comes from the Azure CLI login (or ARM_TENANT_ID), like azurerm's. Nothing is set:
+# the provider talks to Microsoft Graph with whoever applies.
+provider "azuread" {}

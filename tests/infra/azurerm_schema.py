@@ -1,5 +1,5 @@
-"""infra/terraform against the azurerm provider's own schema, as npm's @cdktf/provider-azurerm
-publishes it.
+"""infra/terraform against the azurerm and azuread providers' own schemas, as npm's
+@cdktf/provider-azurerm and @cdktf/provider-azuread publish them.
 
 `terraform validate` cannot run here (it needs the provider binary from the registry), so this
 module reads the package's `.jsii` type data, generated from the provider's schema: for each
@@ -26,6 +26,10 @@ PACKAGE = Path(__file__).resolve().parent / "schemas" / "azurerm"
 JSII = PACKAGE / "node_modules" / "@cdktf" / "provider-azurerm" / ".jsii"
 ASSEMBLY = "@cdktf/provider-azurerm"
 PROVIDER_CONFIG = f"{ASSEMBLY}.provider.AzurermProviderConfig"
+# The azuread provider's (the app registrations, app-registration.tf), the same way.
+AZUREAD_PACKAGE = Path(__file__).resolve().parent / "schemas" / "azuread"
+AZUREAD_JSII = AZUREAD_PACKAGE / "node_modules" / "@cdktf" / "provider-azuread" / ".jsii"
+AZUREAD_PROVIDER_CONFIG = "@cdktf/provider-azuread.provider.AzureadProviderConfig"
 # Terraform names a type after its provider: azurerm's all start so, and only azurerm's.
 PREFIX = "azurerm_"
 # Terraform's own arguments, not the provider's (cdktf's TerraformMetaArguments).
@@ -35,8 +39,9 @@ RESOURCE_META = frozenset(
 DATA_META = frozenset({"count", "for_each", "depends_on", "provider", "lifecycle"})
 PROVIDER_META = frozenset({"alias"})
 _REPRESENTS = re.compile(
-    r"Represents a \{@link https://registry\.terraform\.io/providers/hashicorp/azurerm/"
-    r"(?P<version>[\d.]+)/docs/(?P<kind>resources|data-sources)/\w+ (?P<type>azurerm_\w+)\}"
+    r"Represents a \{@link https://registry\.terraform\.io/providers/hashicorp/"
+    r"(?P<provider>azurerm|azuread)/(?P<version>[\d.]+)/docs/(?P<kind>resources|data-sources)/"
+    r"\w+ (?P<type>(?P=provider)_\w+)\}"
 )
 _ANCHOR = re.compile(r"\{@link https://registry\.terraform\.io/\S+#(?P<name>\w+) ")
 
@@ -61,10 +66,15 @@ class Block:
 
 @dataclass(frozen=True)
 class ProviderSchema:
-    version: str  # the azurerm release the package was generated from
+    version: str  # the provider release the package was generated from
     resources: Mapping[str, str]  # terraform type -> config struct fqn
     data_sources: Mapping[str, str]
     types: Mapping[str, Any]  # the jsii `types` map
+    provider: str = "azurerm"
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.provider}_"
 
     def block(self, fqn: str) -> Block:
         return _block(self, fqn)
@@ -74,9 +84,9 @@ class ProviderSchema:
 def load(path: Path = JSII) -> ProviderSchema:
     """The schema in the package's `.jsii` (about 90 MB of JSON: read once per session)."""
     if not path.exists():
+        package = path.parents[2]
         raise SchemaMissing(
-            f"{path} is missing: `make test-infra` installs @cdktf/provider-azurerm from "
-            f"{PACKAGE / 'package-lock.json'}"
+            f"{path} is missing: `make test-infra` installs it from {package / 'package-lock.json'}"
         )
     types = json.loads(path.read_text(encoding="utf-8"))["types"]
     versions, found = set(), {"resources": {}, "data-sources": {}}
@@ -85,29 +95,31 @@ def load(path: Path = JSII) -> ProviderSchema:
         if entry.get("kind") == "class" and match:
             config = entry["initializer"]["parameters"][-1]["type"]["fqn"]
             found[match["kind"]][match["type"]] = config
-            versions.add(match["version"])
-    (version,) = versions
-    return ProviderSchema(version, found["resources"], found["data-sources"], types)
+            versions.add((match["provider"], match["version"]))
+    ((provider, version),) = versions
+    return ProviderSchema(version, found["resources"], found["data-sources"], types, provider)
 
 
 def problems(
     resources: Mapping[str, Mapping[str, Mapping[str, Any]]], schema: ProviderSchema
 ) -> list[str]:
-    """Every way the azurerm resources and data sources of a TerraformModel (`data.` types
-    prefixed) disagree with the schema, as sentences naming the address and argument path; other
-    providers' types are left to `foreign_types`."""
+    """Every way the resources and data sources of a TerraformModel (`data.` types prefixed) of
+    the schema's provider disagree with the schema, as sentences naming the address and argument
+    path; other providers' types are left to their schema or to `foreign_types`."""
     found = []
     for kind, named in sorted(resources.items()):
         is_data = kind.startswith("data.")
         terraform_type = kind.removeprefix("data.")
-        if not terraform_type.startswith(PREFIX):
+        if not terraform_type.startswith(schema.prefix):
             continue  # another provider's (time_sleep): not in this schema
         configs = schema.data_sources if is_data else schema.resources
         for name, body in sorted(named.items()):
             address = f"{kind}.{name}"
             if terraform_type not in configs:
                 what = "data source" if is_data else "resource type"
-                found.append(f"{address}: azurerm {schema.version} has no {what} {terraform_type}")
+                found.append(
+                    f"{address}: {schema.provider} {schema.version} has no {what} {terraform_type}"
+                )
                 continue
             meta = DATA_META if is_data else RESOURCE_META
             block = schema.block(configs[terraform_type])
@@ -127,10 +139,11 @@ def foreign_types(resources: Mapping[str, object], providers: Iterable[str]) -> 
 
 
 def provider_problems(bodies: Iterable[Mapping[str, Any]], schema: ProviderSchema) -> list[str]:
-    """The same check for `provider "azurerm"` blocks (parsed and normalised)."""
-    block = schema.block(PROVIDER_CONFIG)
+    """The same check for `provider "azurerm"` (or "azuread") blocks (parsed and normalised)."""
+    config = PROVIDER_CONFIG if schema.provider == "azurerm" else AZUREAD_PROVIDER_CONFIG
+    block = schema.block(config)
     return [
-        f'provider "azurerm": {p}'
+        f'provider "{schema.provider}": {p}'
         for body in bodies
         for p in check_block(body, block, "", PROVIDER_META)
     ]

@@ -26,6 +26,9 @@ from pycep.models import BicepElement
 
 BICEP_ROOT = Path(__file__).resolve().parents[2] / "infra" / "bicep"
 EXAMPLE_PARAMETERS = "main.parameters.example.json"
+# The app registrations' manifest, which modules/app-registration.bicep loads (loadJsonContent),
+# as infra/terraform and the `writeback entra` commands do.
+MANIFEST = BICEP_ROOT.parents[1] / "writeback" / "entra" / "app-registration.json"
 
 SERVICEBUS_DATA_SENDER = "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39"
 SERVICEBUS_DATA_RECEIVER = "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0"
@@ -93,6 +96,8 @@ ALLOWED_SCOPES = {
     STORAGE_BLOB_DATA_CONTRIBUTOR: {"blob-container"},
 }
 HOST_STORAGE_ROLES = {STORAGE_BLOB_DATA_OWNER, STORAGE_QUEUE_DATA_CONTRIBUTOR}
+
+GRAPH_NAMESPACE = "Microsoft.Graph/"
 
 LITERAL = "literal"  # a constant written in the template
 PARAMETER = "parameter"  # derived from deployment parameters (and constants) only
@@ -336,6 +341,7 @@ class _Loader:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.resources: list[Resource] = []
+        self.loaded: set[Path] = set()  # the files loadJsonContent() read
         self._trees: dict[Path, dict[str, Any]] = {}
 
     def tree(self, path: Path) -> dict[str, Any]:
@@ -466,18 +472,23 @@ class _Instance:
         holds: bool,
     ) -> Resource:
         parent = self._reference(body.get("parent"), frame)
+        # Microsoft Graph resources (the Graph Bicep extension) have no name and no deployment
+        # scope: `uniqueName` (or the appId of an existing one) names them, and `scope` is a
+        # property of theirs (an OAuth2 grant's scopes).
+        graph = declaration["type"].startswith(GRAPH_NAMESPACE)
+        key = next((k for k in ("name", "uniqueName", "appId") if k in body), None)
         resource = Resource(
             file=self.file,
             symbol=symbol,
             type=declaration["type"],
-            name=_text(self.ev(body["name"], frame).data),
+            name=symbol if key is None else _text(self.ev(body[key], frame).data),
             existing=declaration["existing"],
             deployed=self.deployed and holds,
             parent=parent,
-            scope=self._reference(body.get("scope"), frame),
+            scope=None if graph else self._reference(body.get("scope"), frame),
             api_version=declaration["api_version"],
         )
-        skipped = {"parent", "scope", "dependsOn"}
+        skipped = {"parent", "dependsOn"} | (set() if graph else {"scope"})
         resource.values = {k: self.ev(v, frame) for k, v in body.items() if k not in skipped}
         resource.body = {k: _plain(v) for k, v in resource.values.items()}
         self.loader.resources.append(resource)
@@ -519,6 +530,8 @@ class _Instance:
                 return self._operator(node["operator"]["type"], node["operator"]["operands"], frame)
             if isinstance(node.get("function"), dict) and "type" in node["function"]:
                 function = node["function"]
+                if function["type"] == "load_json_content":
+                    return self._load_json(function["parameters"])
                 args = [self.ev(a, frame) for a in (function.get("parameters") or {}).values()]
                 return self._call(function["type"], args)
             if "loop_type" in node:
@@ -531,6 +544,19 @@ class _Instance:
                 )
             return _V({key.strip("'"): self.ev(value, frame) for key, value in node.items()})
         raise UnsupportedExpression(f"{self.file}: {node!r}")
+
+    def _load_json(self, parameters: Mapping[str, Any]) -> _V:
+        """loadJsonContent(path): the file beside this one, read at compile time (a literal)."""
+        if parameters.get("json_path") or parameters.get("encoding"):
+            raise UnsupportedExpression(f"{self.file}: loadJsonContent with a path or encoding")
+        path = (self.path.parent / parameters["file_path"]).resolve()
+        if not path.is_relative_to(self.loader.root.resolve()):
+            # Outside the template's folder (the app registration manifest): a copy of
+            # infra/bicep, which tests mutate, reads it from the repository.
+            folder = self.path.parent.resolve().relative_to(self.loader.root.resolve())
+            path = (BICEP_ROOT / folder / parameters["file_path"]).resolve()
+        self.loader.loaded.add(path)
+        return _wrap(json.loads(path.read_text(encoding="utf-8")))
 
     def _string(self, text: str, frame: Mapping[str, _V]) -> _V:
         """A literal string: escapes decoded, `${...}` evaluated."""
@@ -681,6 +707,7 @@ _OPAQUE: dict[str, Callable[[list[Any]], Any]] = {
     "resource_group": lambda args: {
         key: Unknown(f"resourceGroup().{key}") for key in ("id", "name", "location")
     },
+    "tenant": lambda args: {key: Unknown(f"tenant().{key}") for key in ("tenantId",)},
     "subscription": lambda args: {
         key: Unknown(f"subscription().{key}") for key in ("id", "subscriptionId", "tenantId")
     },
@@ -729,6 +756,9 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "intersection": _intersection,
     "flatten": lambda lists: [item for inner in lists for item in inner],
     "trim": lambda s: s.strip(),
+    "starts_with": lambda s, prefix: s.lower().startswith(prefix.lower()),
+    "ends_with": lambda s, suffix: s.lower().endswith(suffix.lower()),
+    "index_of": lambda items, item: items.index(item) if item in items else -1,
     "last": lambda items: items[-1],
     "subscription_resource_id": lambda kind, *names: "/".join(
         ["/subscriptions/{subscription}/providers", kind, *names]

@@ -26,6 +26,9 @@ from tests.infra import bicep_model
 from tests.infra.bicep_model import Resource, Unknown
 
 TYPES_ROOT = Path(__file__).resolve().parent / "schemas" / "bicep-types-az"
+# The Microsoft Graph Bicep extension's types (microsoftgraph/msgraph-bicep-types), one folder
+# per Graph API version and extension release: microsoft.graph/v1.0/1.0.0/types.json.
+GRAPH_TYPES_ROOT = Path(__file__).resolve().parent / "schemas" / "msgraph-bicep-types"
 REQUIRED, READ_ONLY, WRITE_ONLY = 1, 2, 4
 # What Bicep decides, not the resource body: never in a `properties` map of types.json.
 _UNKNOWN_DEPS = frozenset({bicep_model.RESOURCE, bicep_model._DEPLOYMENT})
@@ -63,16 +66,45 @@ def resource_types(root: Path = TYPES_ROOT) -> dict[str, ResourceType]:
     return found
 
 
-def problems(resources: Iterable[Resource], root: Path = TYPES_ROOT) -> list[str]:
+def problems(
+    resources: Iterable[Resource], root: Path = TYPES_ROOT, graph_root: Path = GRAPH_TYPES_ROOT
+) -> list[str]:
     """Every way `resources` (bicep_model's `declared`) disagree with the type data, as
     sentences naming file, symbol and property path; empty when none. Loop instances that
-    disagree the same way are reported once."""
+    disagree the same way are reported once. Microsoft Graph resources are checked against the
+    Graph extension's types (`graph_root`), the rest against Azure's (`root`)."""
     found: dict[str, None] = {}
     for resource in resources:
         where = f"{resource.file} {resource.symbol} ({resource.type}@{resource.api_version})"
-        for problem in _resource_problems(resource, root):
+        graph = resource.type.startswith(bicep_model.GRAPH_NAMESPACE)
+        checks = _graph_problems(resource, graph_root) if graph else None
+        for problem in checks if checks is not None else _resource_problems(resource, root):
             found[f"{where}: {problem}"] = None
     return list(found)
+
+
+def body_problems(
+    resource_type: str, body: Mapping[str, Any], root: Path = GRAPH_TYPES_ROOT
+) -> list[str]:
+    """The ways a JSON body (as sent to an API) disagrees with `resource_type`'s type data
+    (`Microsoft.Graph/applications@v1.0`): for stand-ins that check what a client sends."""
+    known = resource_types(root)[resource_type.lower()]
+    found: list[str] = []
+    _Checker(known.file, found).value(bicep_model._wrap(dict(body)), known.body, "")
+    return found
+
+
+def _graph_problems(resource: Resource, root: Path) -> list[str]:
+    written = f"{resource.type}@{resource.api_version}"
+    if not list(root.rglob(f"microsoft.graph/{resource.api_version}/*/types.json")):
+        return [
+            f"no type data for Microsoft Graph {resource.api_version}: copy generated/"
+            f"microsoftgraph/microsoft.graph/{resource.api_version}/<release>/types.json from "
+            "microsoftgraph/msgraph-bicep-types into tests/infra/schemas/msgraph-bicep-types"
+        ]
+    if written.lower() not in resource_types(root):
+        return [f"unknown resource type {written} (not in the Graph extension's type data)"]
+    return _resource_problems(resource, root)
 
 
 def _resource_problems(resource: Resource, root: Path) -> list[str]:

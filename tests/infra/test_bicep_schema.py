@@ -21,6 +21,9 @@ EVERYTHING_ON = {
     "apiKeys": "api-key-placeholder",
     "apiKeysEnabled": True,
     "eventSubscriptionEnabled": True,
+    "appRoleAssignments": [
+        {"role": "Writeback.Reset.Admin", "principalId": "44444444-4444-4444-4444-444444444444"}
+    ],
 }
 VARIANTS = {"example parameters": {}, "everything on": EVERYTHING_ON}
 
@@ -57,7 +60,11 @@ class TestTemplate:
     def test_every_api_version_has_its_type_data(self) -> None:
         """Each provider and API version infra/bicep uses has its types.json in the repository."""
         model = bicep_model.load(parameters=EVERYTHING_ON)
-        used = {(r.type.split("/", 1)[0].lower(), r.api_version) for r in model.declared}
+        used = {
+            (r.type.split("/", 1)[0].lower(), r.api_version)
+            for r in model.declared
+            if not r.type.startswith(bicep_model.GRAPH_NAMESPACE)
+        }
         present = {
             (path.parts[-3], path.parts[-2]) for path in bicep_types.TYPES_ROOT.rglob("types.json")
         }
@@ -66,7 +73,11 @@ class TestTemplate:
     def test_every_type_data_file_is_used(self) -> None:
         """No types.json is kept for a provider or API version infra/bicep no longer uses."""
         model = bicep_model.load(parameters=EVERYTHING_ON)
-        used = {(r.type.split("/", 1)[0].lower(), r.api_version) for r in model.declared}
+        used = {
+            (r.type.split("/", 1)[0].lower(), r.api_version)
+            for r in model.declared
+            if not r.type.startswith(bicep_model.GRAPH_NAMESPACE)
+        }
         present = {
             (path.parts[-3], path.parts[-2]) for path in bicep_types.TYPES_ROOT.rglob("types.json")
         }
@@ -209,3 +220,106 @@ output endpoint string = ns.READ
         )
         assert len(problems) == 1
         assert "properties.destination.properties.endpointUrl: no such property" in problems[0]
+
+
+GRAPH_APP = """
+extension microsoftGraphV1
+
+resource app 'Microsoft.Graph/applications@v1.0' = {
+  uniqueName: 'writeback-api-test'
+  displayName: 'Writeback API'
+  PROPERTY
+}
+output appId string = app.READ
+"""
+
+
+class TestGraphResources:
+    """The app registrations against the Microsoft Graph Bicep extension's own type data
+    (microsoftgraph/msgraph-bicep-types, the release bicepconfig.json names)."""
+
+    def _app(self, tmp_path: Path, property_line: str = "", read: str = "appId") -> list[str]:
+        source = GRAPH_APP.replace("PROPERTY", property_line).replace("READ", read)
+        return _snippet(tmp_path, source)
+
+    def test_every_graph_resource_is_checked(self) -> None:
+        """The applications, service principals (the Graph one `existing`), consent grants and
+        app role assignments are all among the checked resources, against Graph's types."""
+        model = bicep_model.load(parameters=EVERYTHING_ON)
+        graph = {
+            (r.type, r.existing)
+            for r in model.declared
+            if r.type.startswith(bicep_model.GRAPH_NAMESPACE)
+        }
+        assert graph == {
+            ("Microsoft.Graph/applications", False),
+            ("Microsoft.Graph/servicePrincipals", False),
+            ("Microsoft.Graph/servicePrincipals", True),
+            ("Microsoft.Graph/oauth2PermissionGrants", False),
+            ("Microsoft.Graph/appRoleAssignedTo", False),
+        }
+        known = bicep_types.resource_types(bicep_types.GRAPH_TYPES_ROOT)
+        assert {f"{t}@v1.0".lower() for t, _ in graph} <= set(known)
+
+    def test_one_release_is_vendored(self) -> None:
+        """Exactly one release of the v1.0 types is kept: the one bicepconfig.json names."""
+        releases = [p.parent.name for p in bicep_types.GRAPH_TYPES_ROOT.rglob("v1.0/*/types.json")]
+        config = (BICEP / "bicepconfig.json").read_text()
+        assert len(releases) == 1
+        assert f"microsoftgraph/v1.0:{releases[0]}" in config
+
+    def test_a_valid_graph_snippet_passes(self, tmp_path: Path) -> None:
+        """The application snippet the other cases break is itself clean."""
+        assert self._app(tmp_path, "isFallbackPublicClient: false") == []
+
+    def test_unknown_graph_property(self, tmp_path: Path) -> None:
+        """A property applications do not have is reported with its path."""
+        (problem,) = self._app(tmp_path, "spa: {\n    redirectUri: 'https://x/'\n  }")
+        assert "spa.redirectUri: no such property" in problem
+
+    def test_graph_property_of_the_wrong_type(self, tmp_path: Path) -> None:
+        """A string where Graph's type wants an integer is reported."""
+        (problem,) = self._app(tmp_path, "api: {\n    requestedAccessTokenVersion: '2'\n  }")
+        assert "api.requestedAccessTokenVersion: '2' is not integer" in problem
+
+    def test_graph_read_only_property_written(self, tmp_path: Path) -> None:
+        """Writing appId, which Entra ID assigns, is reported."""
+        (problem,) = self._app(tmp_path, "appId: '00000000-0000-0000-0000-000000000000'")
+        assert "appId: read-only" in problem
+
+    def test_graph_unknown_read(self, tmp_path: Path) -> None:
+        """Reading a property applications do not have is reported."""
+        (problem,) = self._app(tmp_path, read="clientId")
+        assert "reads clientId: no such property" in problem
+
+    def test_graph_type_not_in_the_release(self, tmp_path: Path) -> None:
+        """A Graph resource type the vendored release does not have is reported."""
+        source = GRAPH_APP.replace("applications@v1.0", "applicationTemplates@v1.0")
+        (problem,) = _snippet(tmp_path, source.replace("PROPERTY", "").replace("READ", "id"))
+        assert "unknown resource type Microsoft.Graph/applicationTemplates@v1.0" in problem
+
+    def test_break_in_the_real_module(self, tmp_path: Path) -> None:
+        """A misspelt property of the real pages application is reported."""
+        problems = _mutated(
+            tmp_path, "modules/app-registration.bicep", "isFallbackPublicClient:", "isPublicClient:"
+        )
+        assert len(problems) == 1
+        assert "pages" in problems[0]
+        assert "isPublicClient: no such property" in problems[0]
+
+    def test_break_in_the_manifest_is_reported(self, tmp_path: Path) -> None:
+        """A misspelt key in the manifest the module loads (loadJsonContent) is reported too:
+        the manifest's values are checked where the module writes them."""
+        copy = tmp_path / "bicep"
+        shutil.copytree(BICEP, copy)
+        manifest = copy / "manifest.json"
+        text = bicep_model.MANIFEST.read_text(encoding="utf-8")
+        assert text.count('"allowedMemberTypes"') == 6
+        manifest.write_text(text.replace('"allowedMemberTypes"', '"memberTypes"', 1))
+        module = copy / "modules" / "app-registration.bicep"
+        source = module.read_text(encoding="utf-8")
+        old = "'../../../writeback/entra/app-registration.json'"
+        assert source.count(old) == 1
+        module.write_text(source.replace(old, "'../manifest.json'"))
+        problems = _problems(copy, EVERYTHING_ON)
+        assert any("appRoles[0].memberTypes: no such property" in p for p in problems), problems

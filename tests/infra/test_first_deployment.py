@@ -228,13 +228,38 @@ class TestParameterChecks:
     BAD: ClassVar[dict[str, tuple[dict[str, Any], str]]] = {
         "wait beyond lifetime": ({"waitSeconds": 61, "requestLifetimeSeconds": 60}, "waitSeconds"),
         "audiences alone": (
-            {"authTenantId": "", "authAudiences": "api://x", "apiKeysEnabled": True},
+            {
+                "authTenantId": "",
+                "authAudiences": "api://x",
+                "apiKeysEnabled": True,
+                "createAppRegistration": False,
+            },
             "go together",
         ),
-        "tenant alone": ({"authAudiences": ""}, "go together"),
+        "tenant alone": (
+            {"authAudiences": "", "createAppRegistration": False},
+            "go together",
+        ),
         "no authentication": (
-            {"authTenantId": "", "authAudiences": "", "apiKeysEnabled": False},
+            {
+                "authTenantId": "",
+                "authAudiences": "",
+                "apiKeysEnabled": False,
+                "createAppRegistration": False,
+            },
             "No way to authenticate",
+        ),
+        "pages path without slashes": ({"pagesPath": "api/pages"}, "pagesPath"),
+        "app role that does not exist": (
+            {"appRoleAssignments": [{"role": "Writeback.All", "principalId": "x"}]},
+            "appRoleAssignments role",
+        ),
+        "app roles without the registration": (
+            {
+                "createAppRegistration": False,
+                "appRoleAssignments": [{"role": "Writeback.Read", "principalId": "x"}],
+            },
+            "needs createAppRegistration",
         ),
         "duplicate domains": (
             {"domains": [{"name": "a.test", "relayPrincipalIds": []}] * 2},
@@ -292,6 +317,9 @@ class TestParameterChecks:
         for fragment in ("request_lifetime_seconds", "go together", "No way to authenticate"):
             assert fragment in messages
         for fragment in ("unique", "GUID", "relay_jwks key", "microsoft_writeback_domains entry"):
+            assert fragment in messages
+        app_rules = ("pages_path", "app_role_assignments role", "needs create_app_registration")
+        for fragment in app_rules:
             assert fragment in messages
 
 
@@ -367,7 +395,7 @@ class TestTerraformFirstApply:
         committed lock file the README starts with `terraform providers lock`."""
         (terraform_block,) = hcl["terraform"]
         (providers,) = terraform_block["required_providers"]
-        assert set(providers) == {"azurerm", "time"}
+        assert set(providers) == {"azurerm", "azuread", "time"}
         for name, requirement in providers.items():
             assert requirement["source"], name
             assert re.fullmatch(r"~> \d+\.\d+(\.\d+)?", requirement["version"]), name

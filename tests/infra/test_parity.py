@@ -39,6 +39,12 @@ SHARED_INPUTS = {
     "microsoftWritebackDomains": "microsoft_writeback_domains",
     "apiKeyRoles": "api_key_roles",
     "eventSubscriptionEnabled": "event_subscription_enabled",
+    # The app registrations.
+    "createAppRegistration": "create_app_registration",
+    "pagesClientId": "pages_client_id",
+    "pagesHostName": "pages_host_name",
+    "pagesPath": "pages_path",
+    "appRoleAssignments": "app_role_assignments",
 }
 # Outputs both report, Bicep name -> Terraform name.
 SHARED_OUTPUTS = {
@@ -52,6 +58,12 @@ SHARED_OUTPUTS = {
     "eventHubsNamespace": "eventhubs_namespace",
     "auditHubName": "audit_hub_name",
     "entraDiagnosticsRuleId": "entra_diagnostics_rule_id",
+    "authTenantId": "auth_tenant_id",
+    "authAudiences": "auth_audiences",
+    "apiClientId": "api_client_id",
+    "apiIdentifierUri": "api_identifier_uri",
+    "pagesClientId": "pages_client_id",
+    "pagesRedirectUri": "pages_redirect_uri",
 }
 
 

@@ -79,6 +79,7 @@ REQUIRED_APP_SETTINGS = {
     "WRITEBACK_KEYS_REFRESH_SECONDS",
     "WRITEBACK_AUTH_TENANT_ID",
     "WRITEBACK_AUTH_AUDIENCES",
+    "WRITEBACK_PAGES_CLIENT_ID",
     "WRITEBACK_API_KEYS",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
@@ -293,8 +294,24 @@ class TestInputs:
             ({"domains": [{"name": "a.b", "relay_principal_ids": ["relay"]}]}, "a GUID"),
             ({"servicebus_sku": "Basic"}, "Standard or Premium"),
             ({"auth_tenant_id": "example.com"}, "not a domain name"),
-            ({"auth_audiences": ""}, "set both or neither"),
-            ({"auth_tenant_id": "", "auth_audiences": ""}, "No way to authenticate callers"),
+            ({"auth_audiences": "", "create_app_registration": False}, "set both or neither"),
+            (
+                {"auth_tenant_id": "", "auth_audiences": "", "create_app_registration": False},
+                "No way to authenticate callers",
+            ),
+            ({"pages_path": "api/pages"}, "pages_path must start and end with a slash"),
+            ({"pages_client_id": "pages"}, "pages_client_id must be"),
+            (
+                {"app_role_assignments": [{"role": "Writeback.All", "principal_id": RELAY_B}]},
+                "app_role_assignments role must be one of",
+            ),
+            (
+                {
+                    "create_app_registration": False,
+                    "app_role_assignments": [{"role": "Writeback.Read", "principal_id": RELAY_B}],
+                },
+                "needs create_app_registration",
+            ),
             ({"api_keys_enabled": True}, "api_keys must be set"),
             ({"wait_seconds": 90}, "not exceed request_lifetime_seconds"),
             ({"request_lifetime_seconds": 900}, "between 5 and 600"),
@@ -340,6 +357,11 @@ class TestInputs:
             "microsoft_writeback_domains": [],
             "api_key_roles": [],
             "event_subscription_enabled": False,
+            "create_app_registration": True,
+            "pages_client_id": "",
+            "pages_host_name": "",
+            "pages_path": "/api/pages/",
+            "app_role_assignments": [],
         }
         required = {"name_prefix", "location", "resource_group_name", "domains"}
         assert set(model.variables) == required | set(defaults)
@@ -375,6 +397,12 @@ class TestResources:
             "azurerm_eventhub_namespace_authorization_rule": 1,
             "azurerm_role_assignment": 21,
             "time_sleep": 1,
+            # The app registrations (app-registration.tf), each behind create_app_registration.
+            "azuread_application": 2,
+            "azuread_service_principal": 2,
+            "data.azuread_service_principal": 1,
+            "azuread_service_principal_delegated_permission_grant": 2,
+            "azuread_app_role_assignment": 1,
         }
 
     def test_queues_have_the_specified_properties(self, model: tm.TerraformModel) -> None:
@@ -503,6 +531,12 @@ class TestResources:
             "eventhubs_namespace",
             "audit_hub_name",
             "entra_diagnostics_rule_id",
+            "auth_tenant_id",
+            "auth_audiences",
+            "api_client_id",
+            "api_identifier_uri",
+            "pages_client_id",
+            "pages_redirect_uri",
         }
         outputs = {name: output["value"] for name, output in model.outputs.items()}
         assert outputs["eventgrid_requests_topic_endpoint"] == (
@@ -828,8 +862,6 @@ class TestAppSettings:
             "WRITEBACK_WAIT_SECONDS",
             "WRITEBACK_REQUEST_LIFETIME_SECONDS",
             "WRITEBACK_HEARTBEAT_INTERVAL_SECONDS",
-            "WRITEBACK_AUTH_TENANT_ID",
-            "WRITEBACK_AUTH_AUDIENCES",
             "WRITEBACK_UNLOCK_ON_ENTRA_SELF_SERVICE",
             "WRITEBACK_DRIFT_WINDOW_SECONDS",
             "WRITEBACK_DRIFT_FORCE_CHANGE",
@@ -846,6 +878,10 @@ class TestAppSettings:
             "APPLICATIONINSIGHTS_CONNECTION_STRING",
             "WritebackEvents__topicEndpointUri",
             "EntraAuditHub__fullyQualifiedNamespace",
+            # The created app registrations' (or the variables', without them).
+            "WRITEBACK_AUTH_TENANT_ID",
+            "WRITEBACK_AUTH_AUDIENCES",
+            "WRITEBACK_PAGES_CLIENT_ID",
         }
         assert kinds["WRITEBACK_API_KEYS"] == "keyvault-reference"
 

@@ -211,3 +211,83 @@ class TestReportsBrokenConfigurations:
             "azurerm_storage_account.main: blob_properties.container_retention_policy: "
             "no such argument or block"
         ]
+
+
+@pytest.fixture(scope="module")
+def azuread() -> azurerm_schema.ProviderSchema:
+    return azurerm_schema.load(azurerm_schema.AZUREAD_JSII)
+
+
+class TestAzuread:
+    """The app registrations (app-registration.tf) against the azuread provider's own schema
+    (npm @cdktf/provider-azuread, the release matching the minimum azuread versions.tf allows)."""
+
+    def test_schema_is_the_minimum_azuread_allowed(self, azuread: Any) -> None:
+        """The package's azuread release is the lowest one versions.tf's constraint admits."""
+        (terraform,) = _parsed()["terraform"]
+        (providers,) = terraform_model.normalise(terraform)["required_providers"]
+        match = re.fullmatch(r"~>\s*(\d+)\.(\d+)(?:\.(\d+))?", providers["azuread"]["version"])
+        assert match
+        assert azuread.provider == "azuread"
+        assert azuread.version == ".".join(part or "0" for part in match.groups())
+
+    def test_package_pins_the_release(self) -> None:
+        """package.json names one exact @cdktf/provider-azuread release and the lock pins its
+        integrity."""
+        package = json.loads((azurerm_schema.AZUREAD_PACKAGE / "package.json").read_text())
+        version = package["devDependencies"]["@cdktf/provider-azuread"]
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+        lock = json.loads((azurerm_schema.AZUREAD_PACKAGE / "package-lock.json").read_text())
+        entry = lock["packages"]["node_modules/@cdktf/provider-azuread"]
+        assert entry["version"] == version
+        assert entry["integrity"].startswith("sha512-")
+
+    def test_every_azuread_resource_matches_the_schema(self, azuread: Any) -> None:
+        """Every azuread resource and data source, argument and nested block (dynamic ones
+        too) exists in the provider schema, and every required one is set."""
+        model = terraform_model.load(TERRAFORM)
+        checked = {t for t in model.resources if t.removeprefix("data.").startswith("azuread_")}
+        assert checked == {
+            "azuread_application",
+            "azuread_service_principal",
+            "data.azuread_service_principal",
+            "azuread_service_principal_delegated_permission_grant",
+            "azuread_app_role_assignment",
+        }
+        assert azurerm_schema.problems(model.resources, azuread) == []
+
+    def test_the_provider_block_matches_the_schema(self, azuread: Any) -> None:
+        """The `provider "azuread"` block sets nothing the provider does not have."""
+        blocks = [terraform_model.normalise(b) for b in _parsed()["provider"]]
+        bodies = [block["azuread"] for block in blocks if "azuread" in block]
+        assert len(bodies) == 1
+        assert azurerm_schema.provider_problems(bodies, azuread) == []
+
+    def test_each_schema_judges_only_its_provider(self, schema: Any, azuread: Any) -> None:
+        """azurerm's schema leaves azuread's types alone and the other way round, so each type
+        is judged by its own provider's schema."""
+        text = 'resource "azuread_application" "a" {\n  display_name = "x"\n}\n'
+        assert _problems(text, schema) == []
+        assert _problems(APP.replace("EXTRA", ""), azuread) == []
+
+    def test_misspelt_argument_in_a_dynamic_block(self, azuread: Any) -> None:
+        """A misspelt argument inside the app roles' dynamic block is reported."""
+        texts = terraform_model.read_directory(TERRAFORM)
+        old = "allowed_member_types = app_role.value.allowedMemberTypes"
+        assert texts["app-registration.tf"].count(old) == 1
+        texts["app-registration.tf"] = texts["app-registration.tf"].replace(
+            old, "member_types = app_role.value.allowedMemberTypes"
+        )
+        model = terraform_model.build(terraform_model.parse_texts(texts))
+        assert azurerm_schema.problems(model.resources, azuread) == [
+            "azuread_application.api: app_role.member_types: no such argument or block",
+            "azuread_application.api: app_role.allowed_member_types: required argument, not set",
+        ]
+
+    def test_argument_of_another_major(self, azuread: Any) -> None:
+        """azuread 2.x's `application_id` on a service principal (3.x: client_id) is reported."""
+        text = 'resource "azuread_service_principal" "a" {\n  application_id = "x"\n}\n'
+        assert _problems(text, azuread) == [
+            "azuread_service_principal.a: application_id: no such argument or block",
+            "azuread_service_principal.a: client_id: required argument, not set",
+        ]

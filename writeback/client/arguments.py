@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from writeback import __version__
-from writeback.client import api
+from writeback.client import api, entra
 from writeback.protocol.messages import upn_problem
 
 URL_ENV = "WRITEBACK_API_URL"
@@ -198,4 +198,5 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--hours", type=_hours, default=24, help="how far back, 1 to 168 (default 24)"
     )
+    entra.add_commands(commands)
     return parser

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from writeback.client import api
+from writeback.client import api, entra
 from writeback.client.arguments import KEY_ENV, TOKEN_ENV, URL_ENV, build_parser
 from writeback.protocol.messages import password_problem
 
@@ -277,6 +277,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except SystemExit as exc:  # argparse has printed the usage and the error (or the help)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.credential_source = KEY_ENV
+    if args.command == "entra":  # Microsoft Graph, not the writeback API
+        return entra.run(args, os.environ if environ is None else environ)
     try:
         client = _client(args, os.environ if environ is None else environ)
         return _COMMANDS[args.command](args, client)
