@@ -241,7 +241,10 @@ class TestOutcomeAndHeartbeat:
 
     def test_outcome_round_trip(self) -> None:
         """An outcome serialises back to itself."""
-        assert OutcomeMessage.parse(self.outcome()).to_payload() == self.outcome()
+        assert OutcomeMessage.parse(self.outcome()).to_payload() == {
+            **self.outcome(),
+            "account": None,
+        }
 
     def test_status_must_match_reason(self) -> None:
         """A status that contradicts the reason (forged success) is refused."""
@@ -266,6 +269,38 @@ class TestOutcomeAndHeartbeat:
         assert Heartbeat.parse(payload) == heartbeat
         payload["capabilities"] = {"nested": {"x": 1}}
         assert refused(Heartbeat.parse, payload).field == "capabilities"
+
+    def test_heartbeat_names_the_domain_by_netbios_and_sid(self) -> None:
+        """A heartbeat may carry the domain's NetBIOS name and SID (upper case, a domain SID);
+        one of an earlier version, without them, still parses."""
+        heartbeat = Heartbeat(
+            "relay-a", "corp.example.test", "0.1.0", NOW, {}, None, None,
+            netbios="CORP", domain_sid="S-1-5-21-1-2-3",
+        )  # fmt: skip
+        payload = heartbeat.to_payload()
+        assert Heartbeat.parse(payload) == heartbeat
+        for field, bad in (("netbios", "corp"), ("netbios", "A\\B"), ("domainSid", "S-1-5-32")):
+            assert refused(Heartbeat.parse, {**payload, field: bad}).field == field
+        del payload["netbios"], payload["domainSid"]
+        assert Heartbeat.parse(payload).netbios is None
+
+    def test_outcome_names_the_account_it_resolved(self) -> None:
+        """An outcome carries the account the relay found (its GUID in canonical form required);
+        one without `account` (an earlier relay) parses as None."""
+        account = {
+            "guid": "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+            "sid": "S-1-5-21-1-2-3-1104",
+            "upn": "alice@corp.example.test",
+            "samAccountName": "alice",
+        }
+        parsed = OutcomeMessage.parse(self.outcome(account=account))
+        assert parsed.account is not None
+        assert parsed.account.guid == account["guid"]
+        assert parsed.to_payload()["account"] == account
+        for field, bad in (("guid", account["guid"].upper()), ("sid", "S-1-x"), ("guid", None)):
+            outcome = self.outcome(account={**account, field: bad})
+            assert refused(OutcomeMessage.parse, outcome).field == f"account.{field}"
+        assert OutcomeMessage.parse(self.outcome()).account is None
 
 
 class TestLimits:

@@ -30,11 +30,11 @@ import base64
 import binascii
 import enum
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 
-from writeback.protocol.messages import upn_problem
-
+MAX_UPN_LENGTH = 1024  # rangeUpper of userPrincipalName
 _SID = re.compile(r"S-1-(?:[0-9]{1,13})(?:-[0-9]{1,10}){1,15}", re.IGNORECASE)
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _BASE64_GUID = re.compile(r"[A-Za-z0-9+/]{22}==")
@@ -43,6 +43,34 @@ _BASE64_GUID = re.compile(r"[A-Za-z0-9+/]{22}==")
 # | = , + * ? < >.
 _NETBIOS = re.compile(r"[^\\/:*?\"<>|\s.][^\\/:*?\"<>|]{0,14}")
 _SAM = re.compile(r"[^\"/\\\[\]:;|=,+*?<>\x00-\x1f]{1,20}")
+
+
+def upn_key(upn: str) -> str:
+    """A UPN as AD compares it: AD matches userPrincipalName ignoring case and character width,
+    so `alice@corp`, `ALICE@corp` and the same in full-width letters are one account. NFKC folds
+    the widths and casefold the case; AD's kana-insensitivity is not folded."""
+    return unicodedata.normalize("NFKC", upn).casefold()
+
+
+def upn_problem(upn: str) -> str | None:
+    """Why `upn` cannot be a user principal name, or None.
+
+    Control characters are refused outright: Samba matches an escaped NUL in a filter as the end
+    of the value, so `alice@corp\\x00x` would select alice.
+    """
+    if not upn or len(upn) > MAX_UPN_LENGTH:
+        return f"must be 1 to {MAX_UPN_LENGTH} characters"
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in upn):
+        return "contains a control character"
+    # AD ignores surrounding white space when it matches a UPN, so " alice@corp" and
+    # "\u3000alice@corp" would be alice under other spellings (other throttle counts, other
+    # history); no real UPN starts or ends with it, or holds any but an ASCII space.
+    if upn != upn.strip() or any(char.isspace() and char != " " for char in upn):
+        return "has white space around it or a white space character other than a space"
+    local, at, suffix = upn.rpartition("@")
+    if not at or not local or not suffix:
+        return "is not of the form name@suffix"
+    return None
 
 
 class AnchorKind(enum.StrEnum):
@@ -134,3 +162,31 @@ def reference_problem(text: str) -> str | None:
     except BadReference as exc:
         return str(exc)
     return None
+
+
+@dataclass(frozen=True)
+class Account:
+    """The directory account a request resolved to, as the relay found it in AD.
+
+    `guid` (objectGUID) is the account's one identity: it never changes, whatever the caller
+    named and however the UPN or name is later renamed, so the relay keys its throttle, its write
+    lock and its journal on it, and the cloud files every request for the account under it. The
+    other names travel so that a record says who it was about when the outcome was written.
+    """
+
+    guid: str
+    sid: str | None = None
+    upn: str | None = None
+    sam_account_name: str | None = None
+
+    def to_payload(self) -> dict[str, str | None]:
+        return {
+            "guid": self.guid,
+            "sid": self.sid,
+            "upn": self.upn,
+            "samAccountName": self.sam_account_name,
+        }
+
+    @property
+    def ref(self) -> AccountRef:
+        return AccountRef(AnchorKind.GUID, self.guid)

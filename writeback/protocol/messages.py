@@ -12,19 +12,27 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from writeback.errors import ProtocolError
+from writeback.protocol.accounts import (  # noqa: F401 (upn_key and MAX_UPN_LENGTH: re-exported)
+    MAX_UPN_LENGTH,
+    Account,
+    AccountRef,
+    AnchorKind,
+    BadReference,
+    reference_problem,
+    upn_key,
+    upn_problem,
+)
 from writeback.protocol.commands import WITHOUT_SECRETS, Initiator, Operation
 from writeback.protocol.reasons import Reason, Status
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024  # far below Service Bus Standard's 256 KiB
 MAX_PASSWORD_UTF16 = 256  # MS-SAMR's limit for a cleartext password
-MAX_UPN_LENGTH = 1024  # rangeUpper of userPrincipalName
 MAX_LIFETIME_SECONDS = 600  # a request older than this is never applied
 MAX_TEXT = 2000  # outcome message and detail, heartbeat error
 MALFORMED = Reason.REQUEST_MALFORMED.value
@@ -41,34 +49,6 @@ TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-
 def utf16_length(text: str) -> int:
     """Length as AD counts it: UTF-16 code units (a character outside the BMP counts two)."""
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
-
-
-def upn_key(upn: str) -> str:
-    """A UPN as AD compares it: AD matches userPrincipalName ignoring case and character width,
-    so `alice@corp`, `ALICE@corp` and the same in full-width letters are one account. NFKC folds
-    the widths and casefold the case; AD's kana-insensitivity is not folded."""
-    return unicodedata.normalize("NFKC", upn).casefold()
-
-
-def upn_problem(upn: str) -> str | None:
-    """Why `upn` cannot be a user principal name, or None.
-
-    Control characters are refused outright: Samba matches an escaped NUL in a filter as the end
-    of the value, so `alice@corp\\x00x` would select alice.
-    """
-    if not upn or len(upn) > MAX_UPN_LENGTH:
-        return f"must be 1 to {MAX_UPN_LENGTH} characters"
-    if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in upn):
-        return "contains a control character"
-    # AD ignores surrounding white space when it matches a UPN, so " alice@corp" and
-    # "\u3000alice@corp" would be alice under other spellings (other throttle counts, other
-    # history); no real UPN starts or ends with it, or holds any but an ASCII space.
-    if upn != upn.strip() or any(char.isspace() and char != " " for char in upn):
-        return "has white space around it or a white space character other than a space"
-    local, at, suffix = upn.rpartition("@")
-    if not at or not local or not suffix:
-        return "is not of the form name@suffix"
-    return None
 
 
 def domain_problem(domain: str) -> str | None:
@@ -96,16 +76,20 @@ def password_problem(password: str) -> str | None:
 class _Fields:
     """Strict access to one JSON object: every field read once, none left over."""
 
-    def __init__(self, value: object, where: str, expected: set[str]) -> None:
+    def __init__(
+        self, value: object, where: str, expected: set[str], optional: frozenset[str] = frozenset()
+    ) -> None:
+        """`optional` fields may be absent (read as null): fields a later version added, which
+        an earlier sender leaves out."""
         if not isinstance(value, dict):
             raise ProtocolError(MALFORMED, "must be a JSON object", where or None)
-        missing = sorted(expected - value.keys())
+        missing = sorted(expected - optional - value.keys())
         extra = sorted(set(value) - expected)
         if missing:
             raise ProtocolError(MALFORMED, "missing", self._name(where, missing[0]))
         if extra:
             raise ProtocolError(MALFORMED, "unknown field", self._name(where, str(extra[0])))
-        self.value: dict[str, Any] = value
+        self.value: dict[str, Any] = dict.fromkeys(optional) | value
         self.where = where
 
     @staticmethod
@@ -238,6 +222,8 @@ class RequestMessage:
     id: str
     domain: str
     operation: Operation
+    # Who the request is about: an account reference in canonical form (`AccountRef`), a UPN,
+    # a SID, a GUID or DOMAIN\\name; the relay finds the one account it names.
     user: str
     issued_at: int
     expires_at: int
@@ -320,7 +306,7 @@ class RequestMessage:
             id=fields.matching("id", _ID, _ID_RULE),
             domain=fields.checked("domain", domain_problem),
             operation=operation,
-            user=fields.checked("user", upn_problem),
+            user=fields.checked("user", reference_problem),
             issued_at=issued_at,
             expires_at=expires_at,
             initiator=initiator,
@@ -368,6 +354,9 @@ class OutcomeMessage:
     detail: str
     completed_at: int
     duration_ms: int
+    # The account the relay resolved the request's user to; None when it found none (or is of
+    # a version before accounts travelled).
+    account: Account | None = None
 
     @property
     def status(self) -> Status:
@@ -386,6 +375,7 @@ class OutcomeMessage:
             "detail": self.detail,
             "completedAt": self.completed_at,
             "durationMs": self.duration_ms,
+            "account": self.account.to_payload() if self.account else None,
         }
 
     @classmethod
@@ -405,7 +395,9 @@ class OutcomeMessage:
                 "detail",
                 "completedAt",
                 "durationMs",
+                "account",
             },
+            optional=frozenset({"account"}),
         )
         fields.header("outcome")
         reason: Reason = fields.choice("reason", Reason)
@@ -422,6 +414,7 @@ class OutcomeMessage:
             detail=fields.text("detail"),
             completed_at=fields.integer("completedAt"),
             duration_ms=fields.integer("durationMs"),
+            account=_account(fields.value["account"]),
         )
 
 
@@ -436,6 +429,10 @@ class Heartbeat:
     capabilities: Mapping[str, str | int | bool | None]
     policy: Mapping[str, object] | None
     last_error: str | None
+    # The domain's other names, read from the DC: the cloud routes a request naming its user
+    # by SID (domain SID) or DOMAIN\\name (NetBIOS name) to the domain whose relays send them.
+    netbios: str | None = None
+    domain_sid: str | None = None
 
     def to_payload(self) -> dict[str, object]:
         return {
@@ -448,6 +445,8 @@ class Heartbeat:
             "capabilities": dict(self.capabilities),
             "policy": dict(self.policy) if self.policy is not None else None,
             "lastError": self.last_error,
+            "netbios": self.netbios,
+            "domainSid": self.domain_sid,
         }
 
     @classmethod
@@ -465,7 +464,10 @@ class Heartbeat:
                 "capabilities",
                 "policy",
                 "lastError",
+                "netbios",
+                "domainSid",
             },
+            optional=frozenset({"netbios", "domainSid"}),
         )
         fields.header("heartbeat")
         capabilities = fields.value["capabilities"]
@@ -484,4 +486,55 @@ class Heartbeat:
             capabilities=capabilities,
             policy=policy,
             last_error=fields.text("lastError", nullable=True),
+            netbios=(
+                None if fields.value["netbios"] is None else fields.checked("netbios", _netbios)
+            ),
+            domain_sid=(
+                None
+                if fields.value["domainSid"] is None
+                else fields.checked("domainSid", _domain_sid)
+            ),
         )
+
+
+def _of_kind(text: str, kind: AnchorKind) -> bool:
+    """Whether `text` is a reference of `kind` in its canonical spelling."""
+    try:
+        ref = AccountRef.parse(text)
+    except BadReference:
+        return False
+    return ref.kind is kind and ref.value == text
+
+
+def _netbios(name: str) -> str | None:
+    ok = _of_kind(name + "\\x", AnchorKind.SAM)
+    return None if ok else "must be a NetBIOS domain name in upper case"
+
+
+def _domain_sid(sid: str) -> str | None:
+    ok = sid.startswith("S-1-5-21-") and _of_kind(sid + "-1", AnchorKind.SID)
+    return None if ok else "must be a domain SID (S-1-5-21-...)"
+
+
+def _guid(text: str) -> str | None:
+    return None if _of_kind(text, AnchorKind.GUID) else "must be a GUID in lower case"
+
+
+def _sid(text: str) -> str | None:
+    return None if _of_kind(text, AnchorKind.SID) else "must be a SID (S-1-...)"
+
+
+def _account(value: object) -> Account | None:
+    """The outcome's `account`: null, or the resolved account's names (its GUID required)."""
+    if value is None:
+        return None
+    fields = _Fields(value, "account", {"guid", "sid", "upn", "samAccountName"})
+    guid = fields.checked("guid", _guid)
+    sid = fields.value["sid"]
+    upn = fields.value["upn"]
+    return Account(
+        guid=guid,
+        sid=None if sid is None else fields.checked("sid", _sid),
+        upn=None if upn is None else fields.checked("upn", upn_problem),
+        sam_account_name=fields.text("samAccountName", limit=20, nullable=True),
+    )
