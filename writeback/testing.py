@@ -38,7 +38,7 @@ from writeback.protocol import (
     Reason,
     ResetPassword,
 )
-from writeback.protocol.messages import upn_key
+from writeback.protocol.accounts import upn_key
 from writeback.relay.directory import Capabilities
 from writeback.relay.ldap import DomainController, Link
 from writeback.relay.policy import PasswordPolicy

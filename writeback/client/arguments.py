@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from writeback import __version__
 from writeback.client import api, entra
-from writeback.protocol.messages import upn_problem
+from writeback.protocol.accounts import upn_problem
 
 URL_ENV = "WRITEBACK_API_URL"
 KEY_ENV = "WRITEBACK_API_KEY"

@@ -27,7 +27,7 @@ from azure.data.tables.aio import TableClient
 
 from writeback.cloud.tables import SDK_ERRORS, Credential, Table, check_key, error_code
 from writeback.errors import StorageError
-from writeback.protocol.messages import upn_key
+from writeback.protocol.accounts import upn_key
 
 AUDIT_TABLE = "WritebackAudit"
 _ROW = ""  # one entity per partition (request id)

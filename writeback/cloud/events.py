@@ -36,7 +36,8 @@ from writeback.cloud.service import NOT_SENT, Answer, WritebackService
 from writeback.cloud.submissions import InvalidInput, Submission, parse
 from writeback.cloud.telemetry import Telemetry, trace_id
 from writeback.protocol import Operation, Reason
-from writeback.protocol.messages import MAX_TEXT, TRACEPARENT, strict_json, upn_problem
+from writeback.protocol.accounts import upn_problem
+from writeback.protocol.messages import MAX_TEXT, TRACEPARENT, strict_json
 from writeback.routing import UnknownDomain
 
 log = logging.getLogger(__name__)

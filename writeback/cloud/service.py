@@ -33,8 +33,9 @@ from writeback.cloud.relays import Relays
 from writeback.cloud.submissions import InvalidInput, Submission
 from writeback.errors import ProtocolError, TransportError
 from writeback.protocol import Reason
+from writeback.protocol.accounts import upn_problem
 from writeback.protocol.commands import WITHOUT_SECRETS
-from writeback.protocol.messages import OutcomeMessage, RequestMessage, upn_problem
+from writeback.protocol.messages import OutcomeMessage, RequestMessage
 from writeback.routing import Routes, UnknownDomain
 from writeback.transport import CloudTransport
 

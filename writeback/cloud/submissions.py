@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from writeback.protocol import Initiator, Operation
+from writeback.protocol.accounts import upn_problem
 from writeback.protocol.commands import WITHOUT_SECRETS
 from writeback.protocol.messages import (
     MAX_LIFETIME_SECONDS,
@@ -24,7 +25,6 @@ from writeback.protocol.messages import (
     Secrets,
     password_problem,
     strict_json,
-    upn_problem,
 )
 
 INVALID = "request.invalid"
