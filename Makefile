@@ -60,9 +60,10 @@ lint: deps
 typecheck: deps
 	$(BIN)/mypy
 
-# The README's test command: lint, types, unit, integration (a real Samba AD DC) and e2e tests.
+# The README's test command: lint, types, unit, infra, integration (a real Samba AD DC) and e2e
+# tests; the pure suites run beside the server suites (tests/suites.py).
 test: lint typecheck $(CHECKOV_STAMP) $(AZURERM_STAMP) $(AZUREAD_STAMP)
-	WRITEBACK_REQUIRE_CHECKOV=1 $(BIN)/pytest $(PYTEST_OPTS)
+	WRITEBACK_REQUIRE_CHECKOV=1 $(BIN)/python -m tests.suites $(PYTEST_OPTS)
 
 test-unit: deps
 	$(BIN)/pytest -m unit $(PYTEST_OPTS)
