@@ -121,6 +121,7 @@ bench: deps
 	$(BIN)/python -m bench.sealing
 	$(BIN)/python -m bench.transport
 	$(BIN)/python -m bench.relay
+	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.report
 
 clean: down
