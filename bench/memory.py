@@ -32,7 +32,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from devstack.servicebus import LocalServiceBus, writeback_queues
 from writeback import sealing
-from writeback.protocol import Initiator, Operation
+from writeback.protocol import Command, Initiator, Operation, Outcome
 from writeback.protocol.messages import RequestMessage, Secrets
 from writeback.relay.agent import Agent
 from writeback.relay.config import RelaySettings
@@ -77,6 +77,16 @@ class Keys:
         )
 
 
+class ForgetfulDirectory(FakeDirectory):
+    """The in-memory directory without its record of every command applied (kept for tests'
+    assertions; here it would be the stand-in's memory growing, not the relay's)."""
+
+    def apply(self, command: Command) -> Outcome:
+        outcome = super().apply(command)
+        self.applied.clear()
+        return outcome
+
+
 def public(key: RSAKey | ECKey) -> KeySet:
     return KeySet([type(key).import_key(key.as_dict(private=False))])
 
@@ -87,7 +97,7 @@ async def serve(state: Path, connection_string: str, trace_heap: bool) -> None:
     if trace_heap:
         tracemalloc.start()
     keys = Keys.load(state / "keys.json")
-    directory = FakeDirectory()
+    directory = ForgetfulDirectory()
     transport = ServiceBusRelay(
         ServiceBusSettings(connection_string=connection_string), None, DOMAIN
     )
