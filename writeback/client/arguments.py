@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from writeback import __version__
-from writeback.client import api, entra
+from writeback.client import api, entra, signin
 from writeback.protocol.accounts import upn_problem
 
 URL_ENV = "WRITEBACK_API_URL"
@@ -30,6 +30,13 @@ Passwords are asked at a prompt, or read from stdin with --password-stdin, one p
 (change: the current one, then the new one). The API URL comes from --url or
 WRITEBACK_API_URL; http:// is refused except to this machine, since the key or token would
 travel in clear.
+
+Sign-in: --auth (or WRITEBACK_AUTH) picks azure-identity's azure-cli, device-code, browser,
+client-secret or managed-identity; api-key and token are the variables above. The API's
+scope is --scope or WRITEBACK_API_SCOPE, else api://<WRITEBACK_API_APP_ID>/.default (the
+API app registration's application ID URI). `writeback login` signs in once (device-code,
+browser: tokens kept in the keyring-encrypted token cache); `writeback whoami` shows who the
+client acts as. A token is never printed.
 
 Exit codes: 0 applied (health: ok); 1 rejected, failed, pending, unreachable or degraded;
 2 a usage error (an option, a setting or the passwords given)."""
@@ -104,6 +111,47 @@ def _options(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default(None),
         metavar="PATH",
         help="a file holding an Entra ID access token (instead of the environment)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=signin.METHODS,
+        default=default(None),
+        help=f"how to sign in (default: ${signin.AUTH_ENV}, else api-key or token from the "
+        "environment)",
+    )
+    parser.add_argument(
+        "--tenant",
+        default=default(None),
+        metavar="TENANT",
+        help="the Entra ID tenant (id or domain) to sign in to (default: $AZURE_TENANT_ID)",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=default(None),
+        metavar="APP_ID",
+        help="the public client app that signs in (device-code, browser; default "
+        "$AZURE_CLIENT_ID, else azure-identity's own)",
+    )
+    parser.add_argument(
+        "--api-app-id",
+        default=default(None),
+        metavar="APP_ID",
+        help="the API's application id: scope api://APP_ID/.default "
+        f"(default: ${signin.APP_ID_ENV})",
+    )
+    parser.add_argument(
+        "--scope",
+        default=default(None),
+        metavar="URI",
+        help=f"the API's application ID URI or scope, e.g. api://<app id>/.default (default: "
+        f"${signin.SCOPE_ENV}, else from --api-app-id)",
+    )
+    parser.add_argument(
+        "--unencrypted-cache",
+        action="store_true",
+        default=default(False),
+        help="where no keyring/libsecret can encrypt the token cache, keep it in a file readable "
+        f"by you alone (or ${signin.UNENCRYPTED_ENV}=1)",
     )
     parser.add_argument(
         "--timeout",
@@ -198,5 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--hours", type=_hours, default=24, help="how far back, 1 to 168 (default 24)"
     )
+    command("login", "sign in to Entra ID once (--auth device-code or browser) and cache it")
+    command("whoami", "show who the client acts as: user or app, tenant, roles, scopes")
     entra.add_commands(commands)
     return parser
