@@ -48,6 +48,13 @@ _KNOWN_AUTHORITIES = (
 )
 
 
+_NO_KEYRING = (
+    "token cache: cannot be encrypted here (no keyring or libsecret); pass --unencrypted-cache "
+    f"(or set {UNENCRYPTED_ENV}=1) to keep it in a file under ~/.IdentityService readable by "
+    "you alone, or use --auth azure-cli"
+)
+
+
 class SignInFailed(Exception):
     """azure-identity could not get a token; the message says what to do, with no token."""
 
@@ -142,22 +149,45 @@ def credential(opts: Options, environ: Mapping[str, str]) -> Any:
                 "and AZURE_CLIENT_SECRET",
             )
         del common["tenant_id"]
-        return identity.ClientSecretCredential(opts.tenant, opts.client_id, secret, **common)
+        try:
+            return identity.ClientSecretCredential(opts.tenant, opts.client_id, secret, **common)
+        except ValueError as exc:
+            raise InvalidSetting("--auth client-secret", _first_line(exc)) from None
     if opts.client_id:
         common["client_id"] = opts.client_id
+    if saved := _saved_record(identity, opts, environ):
+        common["authentication_record"] = saved
+        common.pop("authority", None)  # the record's
+    try:
+        if opts.method == "device-code":
+            return identity.DeviceCodeCredential(prompt_callback=_prompt, **common)
+        return identity.InteractiveBrowserCredential(**common)
+    except ValueError as exc:
+        raise InvalidSetting(f"--auth {opts.method}", _first_line(exc)) from None
+
+
+def _saved_record(identity: Any, opts: Options, environ: Mapping[str, str]) -> Any:
+    """The account `writeback login` saved for this method, client id and tenant, if any."""
     record = record_path(opts.method, environ)
-    if record.is_file():
-        try:
-            saved = identity.AuthenticationRecord.deserialize(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError):
-            raise InvalidSetting(
-                str(record), "is not a saved sign-in: delete it and run `writeback login`"
-            ) from None
-        if opts.client_id in (None, saved.client_id) and opts.tenant in (None, saved.tenant_id):
-            common["authentication_record"] = saved
-    if opts.method == "device-code":
-        return identity.DeviceCodeCredential(prompt_callback=_prompt, **common)
-    return identity.InteractiveBrowserCredential(**common)
+    if not record.is_file():
+        return None
+    try:
+        saved = identity.AuthenticationRecord.deserialize(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError):
+        raise InvalidSetting(
+            str(record), "is not a saved sign-in: delete it and run `writeback login`"
+        ) from None
+    if opts.client_id not in (None, saved.client_id) or opts.tenant not in (None, saved.tenant_id):
+        return None
+    if "://" not in saved.authority:  # a record keeps host:port, which would read as a scheme
+        saved = identity.AuthenticationRecord(
+            saved.tenant_id,
+            saved.client_id,
+            f"https://{saved.authority}",
+            saved.home_account_id,
+            saved.username,
+        )
+    return saved
 
 
 def _first_line(exc: BaseException) -> str:
@@ -203,18 +233,16 @@ def get_token(opts: Options, cred: Any, environ: Mapping[str, str], *, interacti
         ) from None
     except ClientAuthenticationError as exc:
         problem = _first_line(exc)
+        if "encryption is impossible" in problem.lower():
+            raise SignInFailed(_NO_KEYRING) from None
         raise SignInFailed(
             f"--auth {opts.method}: Entra ID refused the sign-in ({problem}); "
             f"{_advice(opts, problem)}"
         ) from None
     except ValueError as exc:
         problem = _first_line(exc)
-        if "encrypt" in problem.lower() or "libsecret" in problem.lower():
-            raise SignInFailed(
-                "token cache: cannot be encrypted here (no keyring or libsecret); pass "
-                "--unencrypted-cache (or set WRITEBACK_TOKEN_CACHE_UNENCRYPTED=1) to keep it in "
-                "a file under ~/.IdentityService readable by you alone, or use --auth azure-cli"
-            ) from None
+        if "encryption is impossible" in problem.lower():
+            raise SignInFailed(_NO_KEYRING) from None
         raise SignInFailed(f"--auth {opts.method}: {problem}") from None
     except Exception as exc:  # one line, never a traceback
         raise SignInFailed(
