@@ -295,7 +295,7 @@ def _show(args: argparse.Namespace, facts: list[tuple[str, str]]) -> None:
         print(json.dumps(dict(facts), indent=2))
     else:
         for name, value in facts:
-            print(f"{name + ':':10}{_clean(value)}")
+            print(f"{name + ':':12}{_clean(value)}")
 
 
 def _whoami(args: argparse.Namespace, environ: Mapping[str, str], *, login: bool = False) -> int:

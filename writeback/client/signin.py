@@ -198,7 +198,12 @@ def _first_line(exc: BaseException) -> str:
 
 def _advice(opts: Options, problem: str) -> str:
     if opts.method == "azure-cli":
-        return "run `az login` (or `az login --tenant <tenant>`), or choose another --auth"
+        install = "install the Azure CLI, then " if "not found" in problem.lower() else ""
+        return (
+            f"{install}run `az login` (or `az login --tenant <tenant>`), or choose another --auth"
+        )
+    if "browser" in problem.lower():
+        return "no browser can be opened here: use --auth device-code"
     if "AADSTS90002" in problem or "AADSTS900023" in problem or "tenant" in problem.lower():
         return "check --tenant / AZURE_TENANT_ID: it must be the directory the API is registered in"
     if opts.method in INTERACTIVE:
