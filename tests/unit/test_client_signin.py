@@ -113,7 +113,7 @@ def _handler(authority: Authority) -> type[BaseHTTPRequestHandler]:
             authority.token_requests.append(form)
             now = int(time.time())
             scope = form.get("scope", authority.device_scope).split()
-            audience = next((s.removesuffix("/.default") for s in scope if "://" in s), "")
+            audience = next((s.removesuffix("/.default") for s in scope if "/" in s), "")
             common = {"aud": audience, "tid": TENANT, "iat": now, "exp": now + 3600}
             if form.get("grant_type") == "client_credentials":
                 token = _jwt(
@@ -238,22 +238,24 @@ class TestScope:
     def test_scope_is_the_api_app_id_default(
         self, authority: Authority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """WRITEBACK_API_APP_ID gives the scope api://<app id>/.default, shown and requested."""
+        """WRITEBACK_API_APP_ID gives the scope <app id>/.default, shown and requested."""
         environ = _automation(authority, tmp_path)
         code, out, _ = _run(capsys, ["whoami", "--auth", "client-secret", *UNENCRYPTED], environ)
         assert code == 0
-        assert _facts(out)["scope"] == f"api://{API_APP}/.default"
-        assert authority.token_requests[-1]["scope"] == f"api://{API_APP}/.default"
+        assert _facts(out)["scope"] == f"{API_APP}/.default"
+        assert authority.token_requests[-1]["scope"] == f"{API_APP}/.default"
 
     def test_an_application_id_uri_gets_default(
         self, authority: Authority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """WRITEBACK_API_SCOPE, an application ID URI, wins over the app id and gets /.default."""
-        environ = _automation(authority, tmp_path, WRITEBACK_API_SCOPE="api://writeback.example")
+        environ = _automation(
+            authority, tmp_path, WRITEBACK_API_SCOPE=f"api://{TENANT}/writeback-contoso"
+        )
         code, out, _ = _run(capsys, ["whoami", "--auth", "client-secret", *UNENCRYPTED], environ)
         assert code == 0
-        assert _facts(out)["scope"] == "api://writeback.example/.default"
-        assert _facts(out)["aud"] == "api://writeback.example"
+        assert _facts(out)["scope"] == f"api://{TENANT}/writeback-contoso/.default"
+        assert authority.token_requests[-1]["scope"] == f"api://{TENANT}/writeback-contoso/.default"
 
     def test_no_scope_configured_names_the_setting(
         self, authority: Authority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -270,11 +272,20 @@ class TestScope:
         """--help says where the scope comes from and which sign-ins --auth offers."""
         assert main(["--help"], {}) == 0
         out = capsys.readouterr().out
-        assert "api://<WRITEBACK_API_APP_ID>/.default" in out
+        assert "<WRITEBACK_API_APP_ID>/.default" in out
         assert "WRITEBACK_API_SCOPE" in out
         assert "device-code" in out
         assert "azure-cli" in out
         assert "browser" in out
+
+    def test_an_app_id_that_is_not_one_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An application id that is not a GUID is a usage error naming the setting."""
+        environ = {"WRITEBACK_API_APP_ID": "writeback-api", "XDG_CONFIG_HOME": str(tmp_path)}
+        code, _, err = _run(capsys, ["whoami", "--auth", "device-code"], environ)
+        assert code == 2
+        assert err.startswith("writeback: WRITEBACK_API_APP_ID: must be the API app registration")
 
 
 class TestCache:

@@ -33,10 +33,10 @@ travel in clear.
 
 Sign-in: --auth (or WRITEBACK_AUTH) picks azure-identity's azure-cli, device-code, browser,
 client-secret or managed-identity; api-key and token are the variables above. The API's
-scope is --scope or WRITEBACK_API_SCOPE, else api://<WRITEBACK_API_APP_ID>/.default (the
-API app registration's application ID URI). `writeback login` signs in once (device-code,
-browser: tokens kept in the keyring-encrypted token cache); `writeback whoami` shows who the
-client acts as. A token is never printed.
+scope is --scope or WRITEBACK_API_SCOPE (the API's application ID URI, the deployment's
+apiIdentifierUri, + /.default), else <WRITEBACK_API_APP_ID>/.default (its apiClientId).
+`writeback login` signs in once (device-code, browser: tokens kept in the encrypted token
+cache); `writeback whoami` shows who the client acts as. A token is never printed.
 
 Exit codes: 0 applied (health: ok); 1 rejected, failed, pending, unreachable or degraded;
 2 a usage error (an option, a setting or the passwords given)."""
@@ -136,15 +136,15 @@ def _options(parser: argparse.ArgumentParser, default: Any) -> None:
         "--api-app-id",
         default=default(None),
         metavar="APP_ID",
-        help="the API's application id: scope api://APP_ID/.default "
+        help="the API's application (client) id: scope APP_ID/.default "
         f"(default: ${signin.APP_ID_ENV})",
     )
     parser.add_argument(
         "--scope",
         default=default(None),
         metavar="URI",
-        help=f"the API's application ID URI or scope, e.g. api://<app id>/.default (default: "
-        f"${signin.SCOPE_ENV}, else from --api-app-id)",
+        help="the API's application ID URI, e.g. api://<tenant>/writeback-<prefix> (/.default is "
+        f"added; default: ${signin.SCOPE_ENV}, else from --api-app-id)",
     )
     parser.add_argument(
         "--unencrypted-cache",

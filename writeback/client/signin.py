@@ -9,11 +9,12 @@
     managed-identity  ManagedIdentityCredential: the machine's identity (automation)
 
 `api-key` and `token` keep the older ways (WRITEBACK_API_KEY, WRITEBACK_TOKEN or --token-file).
-The scope asked for is the API's: `--scope`/WRITEBACK_API_SCOPE, or `api://<app id>/.default`
-from `--api-app-id`/WRITEBACK_API_APP_ID. Device code and browser keep their tokens in
-azure-identity's persistent cache (the keyring; a plain file only with --unencrypted-cache) and
-the account in an authentication record (no secret in it), so `writeback login` signs in once
-and later commands sign in silently. A token is never printed, logged or put in a message.
+The scope asked for is the API's: `--scope`/WRITEBACK_API_SCOPE (its application ID URI), or
+`<app id>/.default` from `--api-app-id`/WRITEBACK_API_APP_ID. Device code, browser and client
+secret keep their tokens in azure-identity's persistent cache (encrypted by the system; a plain
+file only with --unencrypted-cache), and `writeback login` saves the account in an
+authentication record (no secret in it), so later commands sign in silently. A token is never
+printed, logged or put in a message.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import sys
 import time
 import urllib.parse
@@ -55,6 +57,9 @@ _NO_KEYRING = (
 )
 
 
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+
 class SignInFailed(Exception):
     """azure-identity could not get a token; the message says what to do, with no token."""
 
@@ -71,22 +76,27 @@ class Options:
 
 
 def scope(args: Any, environ: Mapping[str, str]) -> str:
-    """The API's scope: --scope / WRITEBACK_API_SCOPE (an application ID URI gets `/.default`),
-    else `api://<app id>/.default` from --api-app-id / WRITEBACK_API_APP_ID."""
+    """The API's scope: --scope / WRITEBACK_API_SCOPE, the API's application ID URI (deployment
+    output apiIdentifierUri, `api://<tenant>/writeback-<prefix>`; `/.default` is added), else
+    `<app id>/.default` from --api-app-id / WRITEBACK_API_APP_ID (output apiClientId): Entra ID
+    takes an application's id as its resource whatever its identifier URIs are."""
     given = args.scope or environ.get(SCOPE_ENV, "").strip()
     source = "--scope" if args.scope else SCOPE_ENV
-    if not given:
-        app_id = args.api_app_id or environ.get(APP_ID_ENV, "").strip()
-        if not app_id:
-            raise InvalidSetting(
-                APP_ID_ENV,
-                f"is not set: set it (the API's application id) or {SCOPE_ENV}, "
-                "or pass --api-app-id or --scope",
-            )
-        given, source = f"api://{app_id}", "--api-app-id" if args.api_app_id else APP_ID_ENV
-    if any(c.isspace() for c in given) or "://" not in given:
-        raise InvalidSetting(source, "must be an application ID URI such as api://<app id>")
-    return given if given.endswith("/.default") else given.rstrip("/") + "/.default"
+    if given:
+        if any(c.isspace() for c in given) or "://" not in given:
+            raise InvalidSetting(source, "must be an application ID URI such as api://…")
+        return given if given.endswith("/.default") else given.rstrip("/") + "/.default"
+    app_id = args.api_app_id or environ.get(APP_ID_ENV, "").strip()
+    source = "--api-app-id" if args.api_app_id else APP_ID_ENV
+    if not app_id:
+        raise InvalidSetting(
+            APP_ID_ENV,
+            f"is not set: set it (the API's application id) or {SCOPE_ENV} (its application "
+            "ID URI), or pass --api-app-id or --scope",
+        )
+    if not _GUID.fullmatch(app_id):
+        raise InvalidSetting(source, "must be the API app registration's application (client) id")
+    return f"{app_id.lower()}/.default"
 
 
 def options(args: Any, environ: Mapping[str, str]) -> Options:
