@@ -437,3 +437,31 @@ def test_no_token_in_output_or_logs(
     for secret in [*authority.issued, SECRET]:
         assert secret not in text
     assert os.environ.get("AZURE_CLIENT_SECRET") is None
+
+
+def test_a_command_sends_the_entra_token(
+    authority: Authority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --auth client-secret, `health` sends azure-identity's token as Bearer, not the key."""
+    from tests.unit.test_client import HEALTH, FakeApi, serve  # noqa: PLC0415
+
+    fake = FakeApi()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), serve(fake))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        fake.answer("GET", HEALTH, 200, {"status": "ok", "domains": []})
+        environ = _automation(
+            authority,
+            tmp_path,
+            WRITEBACK_API_URL=f"http://127.0.0.1:{server.server_address[1]}/api",
+            WRITEBACK_API_KEY="unit-test-api-key-0123456789",
+        )
+        code, out, err = _run(capsys, ["health", "--auth", "client-secret", *UNENCRYPTED], environ)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, err
+    assert out.startswith("health:   ok")
+    sent = fake.requests[0].headers
+    assert sent["authorization"] == f"Bearer {authority.issued[0]}"
+    assert "x-functions-key" not in sent
