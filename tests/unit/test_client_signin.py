@@ -268,10 +268,16 @@ class TestScope:
         assert "WRITEBACK_API_SCOPE" in err
         assert authority.token_requests == []
 
-    def test_help_names_the_scope_settings(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """--help says where the scope comes from and which sign-ins --auth offers."""
+    def test_help_names_the_scope_settings(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """--help says where the scope comes from, the one configured now, and the sign-ins."""
+        monkeypatch.setenv("COLUMNS", "250")  # no line break inside the scope
         assert main(["--help"], {}) == 0
+        assert "now: not configured" in " ".join(capsys.readouterr().out.split())
+        assert main(["whoami", "--help"], {"WRITEBACK_API_APP_ID": API_APP}) == 0
         out = capsys.readouterr().out
+        assert f"now: {API_APP}/.default" in " ".join(out.split())
         assert "<WRITEBACK_API_APP_ID>/.default" in out
         assert "WRITEBACK_API_SCOPE" in out
         assert "device-code" in out

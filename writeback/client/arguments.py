@@ -1,7 +1,8 @@
 """The `writeback` command line's grammar: its commands, their arguments and options, and the
 help that says where the URL and the credential come from.
 
-Parsing only: nothing here reads the environment, asks for a password or calls the API (`cli`
+Parsing only: nothing here reads the environment (the help of --scope may show what a given
+environment configures), asks for a password or calls the API (`cli`
 does). No error message ever repeats an argument's value (it may be a password), and no option
 takes a secret: every local user can read a process's command line.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -98,7 +99,17 @@ def _seconds(low: float) -> Callable[[str], float]:
     return parse
 
 
-def _options(parser: argparse.ArgumentParser, default: Any) -> None:
+def configured_scope(environ: Mapping[str, str] | None) -> str:
+    """The scope the environment gives, for --help: the value, or why there is none."""
+    if environ is None:
+        return ""
+    try:
+        return f"; now: {signin.scope(argparse.Namespace(scope=None, api_app_id=None), environ)}"
+    except api.InvalidSetting:
+        return "; now: not configured"
+
+
+def _options(parser: argparse.ArgumentParser, default: Any, now: str = "") -> None:
     """The global options, accepted before or after the command."""
     parser.add_argument(
         "--url",
@@ -144,7 +155,7 @@ def _options(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default(None),
         metavar="URI",
         help="the API's application ID URI, e.g. api://<tenant>/writeback-<prefix> (/.default is "
-        f"added; default: ${signin.SCOPE_ENV}, else from --api-app-id)",
+        f"added; default: ${signin.SCOPE_ENV}, else from --api-app-id{now})",
     )
     parser.add_argument(
         "--unencrypted-cache",
@@ -168,8 +179,10 @@ def _options(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every command; `command` names the one given."""
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; `command` names the one given. With `environ`, the help of
+    --scope shows the scope it configures (the only thing here that looks at it)."""
+    now = configured_scope(environ)
     parser = _Parser(
         prog="writeback",
         description="The administrators' command line for the writeback API.",
@@ -178,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _options(parser, lambda value: value)
+    _options(parser, lambda value: value, now)
     common = _Parser(add_help=False, allow_abbrev=False)
-    _options(common, lambda value: argparse.SUPPRESS)
+    _options(common, lambda value: argparse.SUPPRESS, now)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:

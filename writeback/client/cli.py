@@ -340,12 +340,12 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, api.Client], int]] = {
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command (`argv`, default sys.argv[1:]); the exit code. Never raises for a usage,
     API or network problem: each is one line on stderr."""
+    environ = os.environ if environ is None else environ
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(environ).parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the error (or the help)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.credential_source = KEY_ENV
-    environ = os.environ if environ is None else environ
     if args.command == "entra":  # Microsoft Graph, not the writeback API
         return entra.run(args, environ)
     try:
