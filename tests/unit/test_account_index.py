@@ -19,10 +19,10 @@ from writeback import sealing
 from writeback.cloud import drift
 from writeback.cloud.agents import AgentRecord
 from writeback.cloud.audit import AuditRecord
-from writeback.cloud.relays import _announced
+from writeback.cloud.relays import NAMES_REFRESH_SECONDS, _announced
 from writeback.protocol import Reason
 from writeback.protocol.accounts import Account, AccountRef
-from writeback.protocol.messages import OutcomeMessage
+from writeback.protocol.messages import Heartbeat, OutcomeMessage
 from writeback.routing import DomainMismatch, DomainNames, DomainRequired, Routes, UnknownDomain
 from writeback.transport import OUTCOMES_QUEUE
 from writeback.transport.memory import StoredMessage
@@ -295,3 +295,40 @@ class TestAccountIndex:
             )
             drifted = [r for r in stack.audit.records.values() if r.operation == drift.DRIFT]
             assert [r.user for r in drifted] == [f"x{erin.upn}"]
+
+
+class TestHeartbeatNames:
+    async def test_a_signed_heartbeat_teaches_the_domains_names(self, tmp_path: Path) -> None:
+        """A relay's heartbeat naming its NetBIOS name and SID, through the Service Bus trigger:
+        a request by SID or DOMAIN\\name that was refused before is routed after (pending, as no
+        relay answers), with no restart of the cloud."""
+        async with cloud_stack(tmp_path, wait=0.2) as stack:
+            user = f"{DOMAIN_SID}-1104"
+            status, answer = await submit({"user": user})
+            assert (status, answer["error"]) == (400, "user.unknown_domain")
+            beat = Heartbeat(
+                RELAY, DOMAIN, "t", int(time.time()), {}, None, None, NETBIOS, DOMAIN_SID
+            )
+            await stack.service.relays.record_heartbeat(sealing.sign_heartbeat(beat, SIG_KEY))
+            for named in (user, "CORP\\alice"):
+                status, answer = await submit({"user": named})
+                assert status == 504, answer
+                assert stack.audit.records[answer["requestId"]].domain == DOMAIN
+
+    async def test_names_another_instance_recorded_are_read_again_after_a_while(
+        self, tmp_path: Path
+    ) -> None:
+        """A name this instance does not know re-reads the agents table, at most once per
+        NAMES_REFRESH_SECONDS: a heartbeat another instance recorded routes after that."""
+        async with cloud_stack(tmp_path, wait=0.2) as stack:
+            now = [time.time() - NAMES_REFRESH_SECONDS - 0.5]  # the last read ends at real time
+            stack.service.clock = lambda: now[0]
+            user = f"{DOMAIN_SID}-1105"
+            status, _ = await submit({"user": user})
+            assert status == 400
+            await announce(stack)  # written to the table, as another instance would
+            status, _ = await submit({"user": user})
+            assert status == 400  # read under NAMES_REFRESH_SECONDS ago
+            now[0] = time.time()
+            status, answer = await submit({"user": user})
+            assert status == 504, answer

@@ -246,14 +246,17 @@ class WritebackService:
         ref = AccountRef.parse(user)
         if domain is not None:
             domain = self.domain(domain, status_reason="request.invalid")
+        announced = ref.kind in (AnchorKind.SID, AnchorKind.SAM)  # routed by the relays' names
         try:
             try:
-                return self.routes.route_account(ref, await self.relays.names(), domain)
+                names = await self.relays.names() if announced else None
+                return self.routes.route_account(ref, names, domain)
             except UnknownDomain:
-                if ref.kind is AnchorKind.UPN:
+                if not announced:
                     raise
                 # A relay may have announced its domain since the names were read.
-                return self.routes.route_account(ref, await self.relays.names(refresh=True), domain)
+                names = await self.relays.names(refresh=True)
+                return self.routes.route_account(ref, names, domain)
         except UnknownDomain:
             raise InvalidInput("user", _NO_DOMAIN[ref.kind], "user.unknown_domain") from None
         except DomainRequired:
