@@ -26,6 +26,7 @@ from azure.core import exceptions as azure
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from writeback.cloud.account_table import TableAccountIndex
 from writeback.cloud.accounts import account_keys, key_digest, name_key
 from writeback.cloud.tables import SDK_ERRORS, Credential, Table, check_key, error_code
 from writeback.errors import StorageError
@@ -185,16 +186,6 @@ def _partition_of_key(key: str) -> str:
     return "~user-" + key_digest(key)
 
 
-def names_partition(key: str) -> str:
-    """The account index's partition of a name key: one row per GUID the name was seen for."""
-    return "~name-" + key_digest(key)
-
-
-def guid_partition(guid: str) -> str:
-    """The account index's partition of a GUID: one row per name the account was seen by."""
-    return "~guid-" + guid
-
-
 def newest_first_unique(records: Iterable[AuditRecord]) -> list[AuditRecord]:
     """One record per request id (a completed copy over a pending one), oldest first."""
     kept: dict[str, AuditRecord] = {}
@@ -215,6 +206,7 @@ class TableAuditTrail:
 
     def __init__(self, table: Table | TableClient) -> None:
         self._table = table if isinstance(table, Table) else Table(table)
+        self._index = TableAccountIndex(self._table)
 
     @classmethod
     def from_connection_string(
@@ -280,7 +272,7 @@ class TableAuditTrail:
             ) from exc
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
-        keys, guids = await account_keys(user, self._guids_of, self._names_of)
+        keys, guids = await account_keys(user, self._index.guids_of, self._index.names_of)
         partitions = {_partition_of_key(key) for key in keys} | {user_partition(g) for g in guids}
         # A range of each partition (";" sorts after ":", so `until` itself is in).
         found = await asyncio.gather(
@@ -305,36 +297,7 @@ class TableAuditTrail:
         )
 
     async def link(self, guid: str, names: Iterable[str]) -> None:
-        check_key(guid, "account GUID")
-        rows = []
-        for name in names:
-            key = name_key(name)
-            rows.append({"PartitionKey": names_partition(key), "RowKey": guid})
-            rows.append({"PartitionKey": guid_partition(guid), "RowKey": key_digest(key),
-                         "name": name})  # fmt: skip
-        client = await self._table.client()
-        try:
-            await asyncio.gather(
-                *(client.upsert_entity(row, mode=UpdateMode.REPLACE) for row in rows)
-            )
-        except SDK_ERRORS as exc:
-            raise self._table.error(exc, "index an account") from exc
-
-    async def _guids_of(self, key: str) -> list[str]:
-        rows = await self._rows(names_partition(key), "read the account index")
-        return [str(row["RowKey"]) for row in rows]
-
-    async def _names_of(self, guid: str) -> list[str]:
-        rows = await self._rows(guid_partition(guid), "read the account index")
-        return [str(row["name"]) for row in rows if isinstance(row.get("name"), str)]
-
-    async def _rows(self, partition: str, operation: str) -> list[Mapping[str, Any]]:
-        client = await self._table.client()
-        try:
-            entities = client.query_entities("PartitionKey eq @p", parameters={"p": partition})
-            return [entity async for entity in entities]
-        except SDK_ERRORS as exc:
-            raise self._table.error(exc, operation) from exc
+        await self._index.link(guid, names)
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
         # One partition holds a mark per pending entry, so this reads a few rows whatever the
