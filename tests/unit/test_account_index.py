@@ -5,6 +5,7 @@ whichever of its names the request used or the lookup asks for."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import Any
 import pytest
 
 import function_app
+from tests import functions
 from tests.entra import audit_message, stream
 from tests.unit.cloud_stack import DOMAIN, RELAY, SIG_KEY, Stack, call, cloud_stack, request
 from writeback import sealing
-from writeback.cloud import drift
+from writeback.cloud import drift, events
 from writeback.cloud.agents import AgentRecord
 from writeback.cloud.audit import AuditRecord
 from writeback.cloud.relays import NAMES_REFRESH_SECONDS, _announced
@@ -332,3 +334,26 @@ class TestHeartbeatNames:
             now[0] = time.time()
             status, answer = await submit({"user": user})
             assert status == 504, answer
+
+
+class TestEvents:
+    async def test_an_event_names_its_user_by_guid_and_domain(self, tmp_path: Path) -> None:
+        """An unlock CloudEvent for a GUID among two domains: refused and audited
+        (`user.domain_required`, field `domain`) without `domain`, sent to DOMAIN with it."""
+        guid = str(uuid.uuid4())
+        async with cloud_stack(tmp_path, wait=0.2, more_domains=[OTHER]) as stack:
+            await announce(stack)
+            body: dict[str, Any] = {
+                "specversion": "1.0", "id": "g1", "source": "/portals/p",
+                "type": "Writeback.AccountUnlock.Requested", "data": {"user": guid},
+            }  # fmt: skip
+            answer = (await functions.event_grid(function_app.writeback_event, body))[0]
+            data = json.loads(answer)["data"]
+            assert (data["reason"], data["field"]) == ("user.domain_required", "domain")
+            refused = stack.audit.records[events.request_id("/portals/p", "g1")]
+            assert (refused.status, refused.user) == ("rejected", guid)
+            body = {**body, "id": "g2", "data": {"user": guid, "domain": DOMAIN}}
+            with pytest.raises(events.OutcomePending):  # sent; no relay answers
+                await functions.event_grid(function_app.writeback_event, body)
+            sent = stack.audit.records[events.request_id("/portals/p", "g2")]
+            assert (sent.domain, sent.user, sent.status) == (DOMAIN, guid, "pending")
