@@ -186,7 +186,7 @@ def _partition_of_key(key: str) -> str:
     return "~user-" + key_digest(key)
 
 
-def newest_first_unique(records: Iterable[AuditRecord]) -> list[AuditRecord]:
+def once_each_oldest_first(records: Iterable[AuditRecord]) -> list[AuditRecord]:
     """One record per request id (a completed copy over a pending one), oldest first."""
     kept: dict[str, AuditRecord] = {}
     for record in records:
@@ -289,7 +289,7 @@ class TableAuditTrail:
             )
         )
         # The digests are 160 bits; the check keeps a collision from showing another's entry.
-        return newest_first_unique(
+        return once_each_oldest_first(
             record
             for records in found
             for record in records
