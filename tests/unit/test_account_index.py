@@ -19,11 +19,12 @@ from tests.entra import audit_message, stream
 from tests.unit.cloud_stack import DOMAIN, RELAY, SIG_KEY, Stack, call, cloud_stack, request
 from writeback import sealing
 from writeback.cloud import drift, events
+from writeback.cloud.accounts import account_names, name_key
 from writeback.cloud.agents import AgentRecord
 from writeback.cloud.audit import AuditRecord
 from writeback.cloud.relays import NAMES_REFRESH_SECONDS, _announced
 from writeback.protocol import Reason
-from writeback.protocol.accounts import Account, AccountRef
+from writeback.protocol.accounts import Account, AccountRef, upn_key
 from writeback.protocol.messages import Heartbeat, OutcomeMessage
 from writeback.routing import DomainMismatch, DomainNames, DomainRequired, Routes, UnknownDomain
 from writeback.transport import OUTCOMES_QUEUE
@@ -357,3 +358,26 @@ class TestEvents:
                 await functions.event_grid(function_app.writeback_event, body)
             sent = stack.audit.records[events.request_id("/portals/p", "g2")]
             assert (sent.domain, sent.user, sent.status) == (DOMAIN, guid, "pending")
+
+
+class TestNameKey:
+    def test_spellings_ad_takes_for_one_name_share_a_key(self) -> None:
+        """A UPN keys as before the index (`upn_key`), a SID and a GUID in canonical form, an
+        immutable ID as its GUID, DOMAIN\\name with both parts folded; other names differ."""
+        guid = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+        assert name_key("ALICE@Corp.Example.Test") == upn_key("alice@corp.example.test")
+        assert name_key("s-1-5-21-1-2-3-500") == name_key("S-1-5-21-1-2-3-500")
+        assert name_key(guid.upper()) == name_key("4AQlP4lP00GaDAMF6CwzAQ==") == guid
+        assert name_key("corp\\ALICE") == name_key("CORP\\alice")
+        assert name_key("CORP\\alice") != name_key("EMEA\\alice")
+        assert name_key("not a name") == upn_key("not a name")
+
+    def test_an_accounts_names_are_each_listed_once(self) -> None:
+        """The typed name, the UPN, the SID, the GUID and NETBIOS\\sam, without repeats."""
+        account = Account("3f2504e0-4f89-41d3-9a0c-0305e82c3301", "S-1-5-21-1-2-3-500",
+                          "alice@corp.example.test", "alice")  # fmt: skip
+        assert account_names(account, "ALICE@corp.example.test", "CORP") == [
+            "ALICE@corp.example.test", "S-1-5-21-1-2-3-500",
+            "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "CORP\\alice",
+        ]  # fmt: skip
+        assert "CORP\\alice" not in account_names(account, "alice@corp.example.test", None)
