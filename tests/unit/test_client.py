@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from writeback.client import api
+from writeback.client import api, arguments
 from writeback.client.cli import main
 
 pytestmark = pytest.mark.timeout(60)
@@ -192,11 +192,22 @@ def assert_only_in_body(fake: FakeApi, output: str, *secrets: str) -> None:
 
 
 class TestArguments:
+    def test_a_user_is_named_by_any_account_reference_in_its_canonical_spelling(self) -> None:
+        """A SID, an immutable ID and a down-level name are taken like a UPN and sent as the API
+        spells them (an immutable ID as its GUID, the NetBIOS name in upper case)."""
+        parser = arguments.build_parser()
+        for given, sent in (
+            ("s-1-5-21-1-2-3-1104", "S-1-5-21-1-2-3-1104"),
+            ("4AQlP4lP00GaDAMF6CwzAQ==", "3f2504e0-4f89-41d3-9a0c-0305e82c3301"),
+            ("corp\\alice", "CORP\\alice"),
+        ):
+            assert parser.parse_args(["unlock", given]).user == sent
+
     @pytest.mark.parametrize(
         ("argv", "named"),
         [
             (["reset"], "USER"),
-            (["reset", "alice"], "argument USER: is not of the form name@suffix"),
+            (["reset", "alice"], "argument USER: must name a user: a UPN (name@suffix)"),
             (["reset", USER, "--admin", "--self-service"], "--self-service"),
             (["status", "short"], "argument REQUEST_ID"),
             (["status", "req/../../health"], "argument REQUEST_ID"),

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from writeback import __version__
 from writeback.client import api, entra, signin
-from writeback.protocol.accounts import upn_problem
+from writeback.protocol.accounts import AccountRef, BadReference
 
 URL_ENV = "WRITEBACK_API_URL"
 KEY_ENV = "WRITEBACK_API_KEY"
@@ -64,10 +64,12 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _upn(value: str) -> str:
-    if problem := upn_problem(value):
-        raise argparse.ArgumentTypeError(problem)
-    return value
+def _account(value: str) -> str:
+    """Any account reference the API takes, in its canonical spelling."""
+    try:
+        return str(AccountRef.parse(value))
+    except BadReference as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _request_id(value: str) -> str:
@@ -77,7 +79,13 @@ def _request_id(value: str) -> str:
 
 
 def _user(command: argparse.ArgumentParser) -> None:
-    command.add_argument("user", type=_upn, metavar="USER", help="the user's UPN, name@suffix")
+    command.add_argument(
+        "user",
+        type=_account,
+        metavar="USER",
+        help="the user: a UPN (name@suffix), a SID (S-1-5-21-...), an objectGUID or immutable ID "
+        "(where the API serves one domain), or DOMAIN\\name",
+    )
 
 
 def _hours(value: str) -> int:
