@@ -18,6 +18,7 @@ from typing import Protocol
 from joserfc.jwk import KeySet
 
 from writeback import sealing
+from writeback.cloud import signals
 from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.errors import ProtocolError, SecretsUnavailable, WritebackError
 from writeback.routing import Routes
@@ -118,12 +119,16 @@ class Relays:
                 last_error=heartbeat.last_error,
             )
             await self.agents.record(agent)
-            log.info("heartbeat", extra={"domain": domain, "relay": heartbeat.relay})
+            log.info(
+                signals.HEARTBEAT.name,
+                extra={"domain": domain, "relay": heartbeat.relay, "version": heartbeat.version},
+            )
             return agent
         if unreadable:
             # It may be from a domain whose keys could not be read: let it come back later.
             raise SecretsUnavailable(
                 "relay keys of " + ", ".join(unreadable), "unreadable; the heartbeat comes back"
             )
-        log.warning("heartbeat refused: signed by no registered relay key")
+        # A security event, like a refused outcome: a relay key not yet registered, or forgery.
+        log.warning(signals.HEARTBEAT_REFUSED.name, extra={"security": True})
         return None

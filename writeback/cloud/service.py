@@ -27,6 +27,7 @@ from typing import Protocol
 from joserfc.jwk import ECKey, KeySet
 
 from writeback import sealing
+from writeback.cloud import signals
 from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.cloud.audit import AuditRecord, AuditTrail
 from writeback.cloud.relays import Relays
@@ -330,7 +331,7 @@ class WritebackService:
                 )
         except ProtocolError as exc:
             log.error(
-                "outcome refused",
+                signals.OUTCOME_REFUSED.name,
                 extra={"request_id": record.request_id, "error": str(exc), "security": True},
             )
             return None
