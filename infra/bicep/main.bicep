@@ -145,6 +145,24 @@ param apiKeyRoles array = []
 @secure()
 param apiKeys string = ''
 
+@description('Where the alert rules e-mail operators (an action group). Empty: no action group; the alerts still fire and show in the portal.')
+param alertEmail string = ''
+
+@description('The failure-rate alert fires when more than this percentage of write calls failed or stayed pending in 15 minutes.')
+@minValue(1)
+@maxValue(100)
+param alertFailureRatePercent int = 10
+
+@description('The relay-offline alert fires for a domain from which no relay heartbeat arrived in this many minutes.')
+@allowed([
+  5
+  10
+  15
+  30
+  45
+])
+param relayOfflineMinutes int = 15
+
 // Settings the code reads but Azure must not set. The connection strings and the secrets
 // directory are the local stack's way in (Azure uses the identity-based `__` settings and Key
 // Vault); WRITEBACK_AUTH_JWKS_URL points token checks at a test issuer (Azure uses the tenant's);
@@ -231,6 +249,19 @@ module monitoring 'modules/monitoring.bicep' = {
     location: location
     workspaceName: 'log-${namePrefix}-${suffix}'
     applicationInsightsName: 'appi-${namePrefix}-${suffix}'
+  }
+}
+
+module operations 'modules/operations.bicep' = {
+  name: 'writeback-operations'
+  params: {
+    location: location
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    namePrefix: namePrefix
+    domainNames: domainKeys
+    alertEmail: alertEmail
+    failureRatePercent: alertFailureRatePercent
+    relayOfflineMinutes: relayOfflineMinutes
   }
 }
 

@@ -349,3 +349,31 @@ variable "app_role_assignments" {
     error_message = "app_role_assignments needs create_app_registration: give the roles in Entra ID instead."
   }
 }
+
+variable "alert_email" {
+  description = "Where the alert rules e-mail operators (an action group). Empty: no action group; the alerts still fire and show in the portal."
+  type        = string
+  default     = ""
+}
+
+variable "alert_failure_rate_percent" {
+  description = "The failure-rate alert fires when more than this percentage of write calls failed or stayed pending in 15 minutes."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.alert_failure_rate_percent >= 1 && var.alert_failure_rate_percent <= 100
+    error_message = "alert_failure_rate_percent must be between 1 and 100."
+  }
+}
+
+variable "relay_offline_minutes" {
+  description = "The relay-offline alert fires for a domain from which no relay heartbeat arrived in this many minutes."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = contains([5, 10, 15, 30, 45], var.relay_offline_minutes)
+    error_message = "relay_offline_minutes must be one of 5, 10, 15, 30, 45 (a log alert's window)."
+  }
+}

@@ -341,7 +341,7 @@ class _Loader:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.resources: list[Resource] = []
-        self.loaded: set[Path] = set()  # the files loadJsonContent() read
+        self.loaded: set[Path] = set()  # the files load*Content() read
         self._trees: dict[Path, dict[str, Any]] = {}
 
     def tree(self, path: Path) -> dict[str, Any]:
@@ -532,6 +532,8 @@ class _Instance:
                 function = node["function"]
                 if function["type"] == "load_json_content":
                     return self._load_json(function["parameters"])
+                if function["type"] == "load_text_content":
+                    return _V(self._loaded(function["parameters"], "loadTextContent"))
                 args = [self.ev(a, frame) for a in (function.get("parameters") or {}).values()]
                 return self._call(function["type"], args)
             if "loop_type" in node:
@@ -547,8 +549,12 @@ class _Instance:
 
     def _load_json(self, parameters: Mapping[str, Any]) -> _V:
         """loadJsonContent(path): the file beside this one, read at compile time (a literal)."""
+        return _wrap(json.loads(self._loaded(parameters, "loadJsonContent")))
+
+    def _loaded(self, parameters: Mapping[str, Any], function: str) -> str:
+        """The text of a file a load*Content() call names, relative to this file."""
         if parameters.get("json_path") or parameters.get("encoding"):
-            raise UnsupportedExpression(f"{self.file}: loadJsonContent with a path or encoding")
+            raise UnsupportedExpression(f"{self.file}: {function} with a path or encoding")
         path = (self.path.parent / parameters["file_path"]).resolve()
         if not path.is_relative_to(self.loader.root.resolve()):
             # Outside the template's folder (the app registration manifest): a copy of
@@ -556,7 +562,7 @@ class _Instance:
             folder = self.path.parent.resolve().relative_to(self.loader.root.resolve())
             path = (BICEP_ROOT / folder / parameters["file_path"]).resolve()
         self.loader.loaded.add(path)
-        return _wrap(json.loads(path.read_text(encoding="utf-8")))
+        return path.read_text(encoding="utf-8")
 
     def _string(self, text: str, frame: Mapping[str, _V]) -> _V:
         """A literal string: escapes decoded, `${...}` evaluated."""

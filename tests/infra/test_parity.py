@@ -45,6 +45,10 @@ SHARED_INPUTS = {
     "pagesHostName": "pages_host_name",
     "pagesPath": "pages_path",
     "appRoleAssignments": "app_role_assignments",
+    # The alerts (tests/infra/test_monitoring.py compares the rules themselves).
+    "alertEmail": "alert_email",
+    "alertFailureRatePercent": "alert_failure_rate_percent",
+    "relayOfflineMinutes": "relay_offline_minutes",
 }
 # Outputs both report, Bicep name -> Terraform name.
 SHARED_OUTPUTS = {

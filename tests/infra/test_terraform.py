@@ -362,6 +362,10 @@ class TestInputs:
             "pages_host_name": "",
             "pages_path": "/api/pages/",
             "app_role_assignments": [],
+            # The alerts (operations.tf).
+            "alert_email": "",
+            "alert_failure_rate_percent": 10,
+            "relay_offline_minutes": 15,
         }
         required = {"name_prefix", "location", "resource_group_name", "domains"}
         assert set(model.variables) == required | set(defaults)
@@ -403,6 +407,11 @@ class TestResources:
             "data.azuread_service_principal": 1,
             "azuread_service_principal_delegated_permission_grant": 2,
             "azuread_app_role_assignment": 1,
+            # What operators look at (operations.tf): the alerts are one for_each over
+            # infra/monitoring/alerts.json, the action group exists with an e-mail address.
+            "azurerm_application_insights_workbook": 1,
+            "azurerm_monitor_action_group": 1,
+            "azurerm_monitor_scheduled_query_rules_alert_v2": 1,
         }
 
     def test_queues_have_the_specified_properties(self, model: tm.TerraformModel) -> None:

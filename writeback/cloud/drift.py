@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 
 from opentelemetry import metrics
 
-from writeback.cloud import microsoft_writeback
+from writeback.cloud import microsoft_writeback, signals
 from writeback.cloud.audit import AuditRecord, AuditTrail
 from writeback.cloud.entra_audit import (
     SOURCE,
@@ -97,7 +97,7 @@ class AuditStream:
         self._settings = settings
         self._clock = clock
         self._drift = metrics.get_meter("writeback").create_counter(
-            "writeback.drift",
+            signals.DRIFT.name,
             unit="{event}",
             description="Entra ID password resets and changes not written back to AD",
         )
@@ -278,7 +278,7 @@ class AuditStream:
         await self._audit.record(record)
         self._drift.add(1, {"domain": domain, "activity": activity.activity})
         log.warning(
-            "password drift",
+            signals.PASSWORD_DRIFT.name,
             extra={
                 "request_id": record.request_id,
                 "domain": domain,

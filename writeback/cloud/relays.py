@@ -22,6 +22,7 @@ from typing import Protocol
 from joserfc.jwk import KeySet
 
 from writeback import sealing
+from writeback.cloud import signals
 from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.errors import ProtocolError, SecretsUnavailable, WritebackError
 from writeback.routing import DomainNames, Routes
@@ -146,14 +147,18 @@ class Relays:
                 or (agent.domain_sid and self._names[1].sids.get(agent.domain_sid) != domain)
             ):
                 self._names = None  # a name this instance did not know: read the table again
-            log.info("heartbeat", extra={"domain": domain, "relay": heartbeat.relay})
+            log.info(
+                signals.HEARTBEAT.name,
+                extra={"domain": domain, "relay": heartbeat.relay, "version": heartbeat.version},
+            )
             return agent
         if unreadable:
             # It may be from a domain whose keys could not be read: let it come back later.
             raise SecretsUnavailable(
                 "relay keys of " + ", ".join(unreadable), "unreadable; the heartbeat comes back"
             )
-        log.warning("heartbeat refused: signed by no registered relay key")
+        # A security event, like a refused outcome: a relay key not yet registered, or forgery.
+        log.warning(signals.HEARTBEAT_REFUSED.name, extra={"security": True})
         return None
 
 

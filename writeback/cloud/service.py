@@ -30,6 +30,7 @@ from typing import Protocol
 from joserfc.jwk import ECKey, KeySet
 
 from writeback import sealing
+from writeback.cloud import signals
 from writeback.cloud.accounts import account_names
 from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.cloud.audit import AuditRecord, AuditTrail
@@ -370,7 +371,7 @@ class WritebackService:
                 )
         except ProtocolError as exc:
             log.error(
-                "outcome refused",
+                signals.OUTCOME_REFUSED.name,
                 extra={"request_id": record.request_id, "error": str(exc), "security": True},
             )
             return None

@@ -7,7 +7,9 @@ trace, so this module only adds its instruments and never configures a second ex
 elsewhere (the local host, tests) with `APPLICATIONINSIGHTS_CONNECTION_STRING` set, it configures
 the distro itself; with neither, the same calls go to OpenTelemetry's no-op (or whatever provider
 a test installs). Metrics: `writeback.requests` (by operation, status, reason) and
-`writeback.request.duration` (ms, by operation and status). Each request runs in a span whose
+`writeback.request.duration` (ms, by operation and status); each answer is also one
+`request answered` log line with its duration, for percentiles (the names and fields operators
+query are in `writeback.cloud.signals`). Each request runs in a span whose
 W3C `traceparent` travels inside the signed request message, so the relay's logs carry the same
 trace id. Attributes are codes and ids, never a password, token or key.
 """
@@ -23,6 +25,8 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from writeback.cloud import signals
 
 log = logging.getLogger(__name__)
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -72,10 +76,10 @@ class Telemetry:
         meter = metrics.get_meter("writeback")
         self._tracer = trace.get_tracer("writeback")
         self._requests = meter.create_counter(
-            "writeback.requests", unit="{request}", description="Writeback requests by outcome"
+            signals.REQUESTS.name, unit="{request}", description="Writeback requests by outcome"
         )
         self._duration = meter.create_histogram(
-            "writeback.request.duration", unit="ms", description="Time to the caller's answer"
+            signals.REQUEST_DURATION.name, unit="ms", description="Time to the caller's answer"
         )
 
     @contextmanager
@@ -105,6 +109,16 @@ class Telemetry:
         self._requests.add(1, labels)
         if answer.duration_ms is not None:
             self._duration.record(answer.duration_ms, {"operation": operation, "status": status})
+        log.info(
+            signals.ANSWERED.name,
+            extra={
+                "request_id": answer.request_id,
+                "operation": operation,
+                "status": status,
+                "reason": answer.reason or "",
+                "duration_ms": answer.duration_ms,
+            },
+        )
         span = trace.get_current_span()
         span.set_attribute("writeback.request_id", answer.request_id)
         span.set_attribute("writeback.reason", answer.reason or "")
