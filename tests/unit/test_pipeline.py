@@ -16,6 +16,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from writeback import sealing
 from writeback.protocol import Initiator, Operation, Outcome, Reason
+from writeback.protocol.accounts import Account
 from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
 from writeback.relay.journal import Journal, State
 from writeback.relay.pipeline import Pipeline, RelayKeys, Settled
@@ -68,6 +69,25 @@ class World:
     journal: Journal
     pipeline: Pipeline
     keys: Keys
+    alice: Account
+
+    @property
+    def alice_last_set(self) -> datetime:
+        return self.directory.last_set[self.alice.guid]
+
+    @alice_last_set.setter
+    def alice_last_set(self, when: datetime) -> None:
+        """pwdLastSet of alice's account, as the DC holds it (by objectGUID)."""
+        self.directory.last_set[self.alice.guid] = when
+
+    @property
+    def alice_password(self) -> str:
+        return self.directory.passwords[self.alice.guid]
+
+    @alice_password.setter
+    def alice_password(self, password: str) -> None:
+        """The password in effect for alice's account."""
+        self.directory.passwords[self.alice.guid] = password
 
     def token(
         self,
@@ -150,6 +170,7 @@ async def world(keys: Keys, tmp_path: Path) -> AsyncIterator[World]:
     )
     relay = InProcessRelay(broker, DOMAIN)
     directory = FakeDirectory()
+    alice = directory.add(USER, sam="alice")
     journal = Journal(tmp_path / "journal.sqlite3")
     pipeline = Pipeline(
         relay_id="relay-1",
@@ -160,7 +181,7 @@ async def world(keys: Keys, tmp_path: Path) -> AsyncIterator[World]:
         keys=RelayKeys(keys.public(keys.cloud), KeySet([keys.relay]), keys.relay_sig),
     )
     cloud = InProcessCloud(broker)
-    yield World(broker, cloud, relay, directory, journal, pipeline, keys)
+    yield World(broker, cloud, relay, directory, journal, pipeline, keys, alice)
     await cloud.close()
     journal.close()
 
@@ -278,8 +299,8 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.now(UTC)  # AD took the write before the crash
-        world.directory.passwords[USER] = PASSWORD
+        world.alice_last_set = datetime.now(UTC)  # AD took the write before the crash
+        world.alice_password = PASSWORD
         await world.send(world.token())
         assert await world.handle_next() is Settled.COMPLETED
         outcome = await world.outcome()
@@ -294,8 +315,8 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.now(UTC)
-        world.directory.passwords[USER] = "Someone-Elses-Pa55!"
+        world.alice_last_set = datetime.now(UTC)
+        world.alice_password = "Someone-Elses-Pa55!"
         await world.send(world.token())
         await world.handle_next()
         outcome = await world.outcome()
@@ -310,7 +331,7 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.passwords[USER] = "Helpdesk-Must-Change-1!"
+        world.alice_password = "Helpdesk-Must-Change-1!"
         await world.send(world.token())
         await world.handle_next()
         assert (await world.outcome()).reason is Reason.REQUEST_OUTCOME_UNKNOWN
@@ -323,8 +344,8 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.now(UTC)
-        world.directory.passwords[USER] = PASSWORD
+        world.alice_last_set = datetime.now(UTC)
+        world.alice_password = PASSWORD
         world.directory.verifiable = False
         await world.send(world.token())
         await world.handle_next()
@@ -337,7 +358,7 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.fromtimestamp(time.time() - 86400, UTC)
+        world.alice_last_set = datetime.fromtimestamp(time.time() - 86400, UTC)
         await world.send(world.token())
         await world.handle_next()
         assert (await world.outcome()).reason is Reason.APPLIED
@@ -346,8 +367,8 @@ class TestExactlyOnce:
     async def test_another_relays_write_is_recognised(self, world: World) -> None:
         """Redelivered, unknown to this journal, AD changed since issue and the requested
         password is the one in effect: reported applied, not written again."""
-        world.directory.last_set[USER] = datetime.now(UTC)  # the relay that died wrote it
-        world.directory.passwords[USER] = PASSWORD
+        world.alice_last_set = datetime.now(UTC)  # the relay that died wrote it
+        world.alice_password = PASSWORD
         await world.send(world.token())
         [delivery] = await world.relay.receive(1, 2.0)
         redelivered = dataclasses.replace(delivery, delivery_count=2)
@@ -362,19 +383,19 @@ class TestExactlyOnce:
         a holder of Listen received and abandoned. Redelivered, its password is not in effect
         (the helpdesk's is): it is applied now, with the DC checking the old password, never
         reported applied while AD keeps the helpdesk's password."""
-        world.directory.last_set[USER] = datetime.now(UTC)  # the helpdesk's reset, just before
-        world.directory.passwords[USER] = "Helpdesk-Pa55word!"
+        world.alice_last_set = datetime.now(UTC)  # the helpdesk's reset, just before
+        world.alice_password = "Helpdesk-Pa55word!"
         await world.send(world.token(Operation.CHANGE))
         [delivery] = await world.relay.receive(1, 2.0)
         redelivered = dataclasses.replace(delivery, delivery_count=2)  # the abandon counted
         assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
         assert (await world.outcome()).reason is Reason.APPLIED
         assert [c.operation for c in world.directory.applied] == [Operation.CHANGE]
-        assert world.directory.passwords[USER] == PASSWORD
+        assert world.alice_password == PASSWORD
 
     async def test_a_first_delivery_is_always_applied(self, world: World) -> None:
         """On a first delivery a recent pwdLastSet (the user changed it) never skips the write."""
-        world.directory.last_set[USER] = datetime.now(UTC)
+        world.alice_last_set = datetime.now(UTC)
         await world.send(world.token())
         await world.handle_next()
         assert len(world.directory.applied) == 1
@@ -426,8 +447,8 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="change", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.now(UTC)
-        world.directory.passwords[USER] = PASSWORD
+        world.alice_last_set = datetime.now(UTC)
+        world.alice_password = PASSWORD
         await world.send(world.token(Operation.CHANGE))
         assert await world.handle_next() is Settled.COMPLETED
         assert (await world.outcome()).reason is Reason.APPLIED
@@ -438,7 +459,7 @@ class TestExactlyOnce:
         """An expire delivered again when a password was set after it was issued: writing
         pwdLastSet = 0 again would make the user change twice (or expire a newer password), so
         it is superseded, and nothing is written."""
-        world.directory.last_set[USER] = datetime.now(UTC)  # a password set after the expire
+        world.alice_last_set = datetime.now(UTC)  # a password set after the expire
         await world.send(world.token(Operation.EXPIRE))
         [delivery] = await world.relay.receive(1, 2.0)
         redelivered = dataclasses.replace(delivery, delivery_count=2)
@@ -453,12 +474,12 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="expire", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.fromtimestamp(time.time() - 86400, UTC)
+        world.alice_last_set = datetime.fromtimestamp(time.time() - 86400, UTC)
         await world.send(world.token(Operation.EXPIRE))
         assert await world.handle_next() is Settled.COMPLETED
         assert (await world.outcome()).reason is Reason.APPLIED
         assert [c.operation for c in world.directory.applied] == [Operation.EXPIRE]
-        assert world.directory.password_last_set(USER) is None
+        assert world.directory.password_last_set(world.alice) is None
 
     async def test_one_write_per_user_at_a_time(self, world: World) -> None:
         """Two requests for one user in parallel never overlap in the directory."""

@@ -17,15 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from writeback.errors import ProtocolError
-from writeback.protocol.accounts import (  # noqa: F401 (upn_key and MAX_UPN_LENGTH: re-exported)
-    MAX_UPN_LENGTH,
+from writeback.protocol.accounts import (
+    MAX_UPN_LENGTH as MAX_UPN_LENGTH,  # noqa: PLC0414 -- re-exported (mypy's explicit form)
+)
+from writeback.protocol.accounts import (
     Account,
     AccountRef,
     AnchorKind,
     BadReference,
     reference_problem,
-    upn_key,
-    upn_problem,
+)
+from writeback.protocol.accounts import (
+    upn_key as upn_key,  # noqa: PLC0414 -- re-exported (mypy's explicit form)
+)
+from writeback.protocol.accounts import (
+    upn_problem as upn_problem,  # noqa: PLC0414 -- re-exported (mypy's explicit form)
 )
 from writeback.protocol.commands import WITHOUT_SECRETS, Initiator, Operation
 from writeback.protocol.reasons import Reason, Status
