@@ -601,3 +601,82 @@ class TestNoSecrets:
             recorded = world.journal.get(entry)
             assert recorded is not None
             assert PASSWORD not in repr(recorded)
+
+
+class TestOneIdentity:
+    async def test_a_sid_and_a_upn_of_one_user_share_the_throttle(self, world: World) -> None:
+        """Wrong current passwords sent by UPN, by SID, by GUID and as CORP\\alice count for one
+        account: the sixth, whatever its spelling, is throttled without reaching the DC."""
+        alice = world.alice
+        names = [USER, alice.sid, alice.guid, "CORP\\alice", "\uff41lice@corp.example.test"]
+        world.directory.outcomes.extend([Outcome(Reason.OLD_PASSWORD_MISMATCH)] * 5)
+        for n, name in enumerate([*names, USER]):
+            request_id = f"req-spelling-{n}"
+            token = world.token(Operation.CHANGE, request_id=request_id, user=str(name))
+            await world.send(token, request_id)
+            assert await world.handle_next() is Settled.COMPLETED
+        assert (await world.outcome("req-spelling-5")).reason is Reason.ACCOUNT_THROTTLED
+        assert len(world.directory.applied) == 5
+
+    async def test_the_outcome_carries_the_resolved_account(self, world: World) -> None:
+        """An outcome for a found account names it (objectGUID, SID, UPN, sAMAccountName),
+        also when it is a refusal, and the journal records its GUID."""
+        world.directory.outcomes.append(Outcome(Reason.USER_PROTECTED))
+        await world.send(world.token(user=str(world.alice.sid)))
+        await world.handle_next()
+        outcome = await world.outcome()
+        assert outcome.reason is Reason.USER_PROTECTED
+        assert outcome.account == world.alice
+        entry = world.journal.get("req-1")
+        assert entry is not None
+        assert entry.account == world.alice.guid
+
+    async def test_no_account_for_an_unknown_user(self, world: World) -> None:
+        """A user no account matches is user.not_found with no account, and nothing written."""
+        await world.send(world.token(user="S-1-5-21-1-2-3-999"))
+        await world.handle_next()
+        outcome = await world.outcome()
+        assert (outcome.reason, outcome.account) == (Reason.USER_NOT_FOUND, None)
+        assert world.directory.applied == []
+
+    async def test_a_duplicate_gets_the_account_again(self, world: World) -> None:
+        """The recorded outcome a duplicate receives still names the account."""
+        token = world.token(user="CORP\\alice")
+        await world.send(token)
+        await world.handle_next()
+        assert (await world.outcome()).account == world.alice
+        await world.send(token, "req-1-again")  # a new MessageId slips past duplicate detection
+        [delivery] = await world.relay.receive(1, 2.0)
+        await world.pipeline.handle(dataclasses.replace(delivery, message_id="req-1"))
+        assert (await world.outcome()).account == world.alice
+        assert len(world.directory.applied) == 1
+
+    async def test_one_write_per_account_across_spellings(self, world: World) -> None:
+        """Requests naming one user by UPN and by SID at once never overlap in the directory."""
+        world.directory.delay = 0.2
+        for request_id, name in (("req-a", USER), ("req-b", world.alice.sid)):
+            await world.send(world.token(request_id=request_id, user=str(name)), request_id)
+        deliveries = await world.relay.receive(2, 2.0)
+        await asyncio.gather(*(world.pipeline.handle(d) for d in deliveries))
+        assert (len(world.directory.applied), world.directory.overlaps) == (2, 0)
+
+    async def test_crash_recovery_goes_by_the_recorded_account(self, world: World) -> None:
+        """An entry left APPLYING to alice's account is resolved against that account even when
+        its UPN now finds another (alice renamed, a new hire given her UPN): the password in
+        effect is checked on alice's account, and the newcomer is never written."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1", world.alice.guid)
+        renamed = dataclasses.replace(world.alice, upn="alice.old@corp.example.test")
+        world.directory.accounts[renamed.guid] = renamed
+        newcomer = world.directory.add(USER)
+        world.alice_last_set = datetime.now(UTC)
+        world.alice_password = PASSWORD
+        await world.send(world.token())
+        await world.handle_next()
+        outcome = await world.outcome()
+        assert (outcome.reason, outcome.account) == (Reason.APPLIED, renamed)
+        assert world.directory.applied == []
+        assert newcomer.guid not in world.directory.passwords
+        assert set(world.directory.resolved) == {world.alice.guid}
