@@ -17,7 +17,7 @@ import ldap3
 from ldap3.utils.dn import escape_rdn
 
 from devstack.samba import SambaDC
-from writeback.relay.accounts import sid_to_str
+from writeback.relay.ldap import sid_to_str
 
 SEED_PASSWORD = "Seed-Passw0rd!1"
 RELAY_PASSWORD = "Relay-Svc-Passw0rd!1"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import builtins
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ from writeback.protocol import (
     Reason,
     ResetPassword,
 )
+from writeback.protocol.accounts import Account, AccountRef, AnchorKind, BadReference, upn_key
 from writeback.relay.directory import Capabilities
 from writeback.relay.ldap import DomainController, Link
+from writeback.relay.ldap import sid_bytes as sid_bytes  # noqa: PLC0414 -- re-exported for tests
 from writeback.relay.policy import PasswordPolicy
 from writeback.relay.settings import DirectorySettings, ServerAddress
 
@@ -75,6 +78,8 @@ def domain_controller(
     host: str = "dc1.example.test",
     supported_controls: Iterable[str] = (),
     is_pdc: bool = True,
+    netbios: str | None = "EXAMPLE",
+    domain_sid: str | None = "S-1-5-21-1004336348-1177238915-682003330",
 ) -> DomainController:
     """A DC's self-description as `Link` would read it from the rootDSE and the domain head."""
     server_dn = f"CN=NTDS Settings,CN={host.partition('.')[0].upper()},CN=Servers,{naming_context}"
@@ -86,6 +91,8 @@ def domain_controller(
         pdc_dn=server_dn if is_pdc else f"CN=NTDS Settings,CN=PDC,CN=Servers,{naming_context}",
         supported_controls=frozenset(supported_controls),
         current_time=None,
+        netbios=netbios,
+        domain_sid=domain_sid,
     )
 
 
@@ -168,19 +175,6 @@ class FakeLink:
         return cast(Link, self)
 
 
-def sid_bytes(sid: str) -> bytes:
-    """A SID's binary form (MS-DTYP 2.4.2.2), as objectSid and tokenGroups carry it."""
-    parts = sid.split("-")
-    if parts[:2] != ["S", "1"] or len(parts) < 3:
-        raise ValueError(f"not a SID: {sid!r}")
-    subs = [int(p) for p in parts[3:]]
-    return (
-        bytes([1, len(subs)])
-        + int(parts[2]).to_bytes(6, "big")
-        + b"".join(s.to_bytes(4, "little") for s in subs)
-    )
-
-
 def filetime(when: datetime) -> int:
     """An aware datetime as AD's 100-ns ticks since 1601 (pwdLastSet, lockoutTime)."""
     delta = when - _FILETIME_EPOCH
@@ -190,16 +184,29 @@ def filetime(when: datetime) -> int:
 class FakeDirectory:
     """The Directory port in memory, for tests of what sits above it (the relay's pipeline).
 
-    It records every command it is asked to apply, answers from a queue of outcomes (applied
-    when empty), remembers when each user's password was last written, and can be slowed down
-    to show that writes for one user never overlap.
+    It holds accounts (`add`) and resolves a reference of every kind as `LdapDirectory` does:
+    a UPN ignoring case and width (`upn_key`), a SID, a GUID (objectGUID or
+    ms-DS-ConsistencyGuid), `DOMAIN\\name` in its own NetBIOS domain only, more than one match
+    ambiguous. It records every command it is asked to apply, answers from a queue of outcomes
+    (applied when empty), remembers when each account's password was last written (by
+    objectGUID), and can be slowed down to show that writes for one account never overlap. It
+    does not emulate scopes, protection, the password policy or the DC's own answers.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time, delay: float = 0.0) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, delay: float = 0.0, *, any_upn: bool = True
+    ) -> None:
+        # any_upn: a UPN no account has yet becomes a new account when first resolved (a
+        # directory where every user a test names exists); off, it is user.not_found.
+        self.any_upn = any_upn
+        self.accounts: dict[str, Account] = {}
+        self.consistency_guids: dict[str, str] = {}  # ms-DS-ConsistencyGuid -> objectGUID
+        self.netbios = "CORP"
         self.applied: list[Command] = []
+        self.resolved: list[str] = []  # the references resolve was asked for
         self.outcomes: deque[Outcome] = deque()
-        self.last_set: dict[str, datetime] = {}
-        self.passwords: dict[str, str] = {}  # the password now in effect, by UPN
+        self.last_set: dict[str, datetime] = {}  # by objectGUID
+        self.passwords: dict[str, str] = {}  # the password now in effect, by objectGUID
         self.verifiable = True
         self.delay = delay
         self.overlaps = 0
@@ -207,8 +214,72 @@ class FakeDirectory:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def apply(self, command: Command) -> Outcome:
-        user = command.user.casefold()
+    def add(
+        self,
+        upn: str,
+        *,
+        sid: str | None = None,
+        sam: str | None = None,
+        consistency_guid: str | None = None,
+    ) -> Account:
+        """A new account with a fresh objectGUID (and a SID in the domain unless given)."""
+        number = len(self.accounts) + 1100
+        account = Account(
+            guid=str(uuid.uuid4()),
+            sid=sid or f"S-1-5-21-1004336348-1177238915-682003330-{number}",
+            upn=upn,
+            sam_account_name=sam or upn.partition("@")[0][:20],
+        )
+        self.accounts[account.guid] = account
+        if consistency_guid:
+            self.consistency_guids[consistency_guid] = account.guid
+        return account
+
+    def resolve(self, user: str | Account) -> Account | Outcome:
+        self.resolved.append(user.guid if isinstance(user, Account) else user)
+        if isinstance(user, Account):
+            found = [user.guid] if user.guid in self.accounts else []
+        else:
+            try:
+                ref = AccountRef.parse(user)
+            except BadReference as exc:
+                return Outcome(Reason.REQUEST_INVALID, f"the user name {exc}")
+            found = self._matching(ref)
+            if not found and self.any_upn and ref.kind is AnchorKind.UPN:
+                found = [self.add(ref.value).guid]
+        if not found:
+            return Outcome(Reason.USER_NOT_FOUND, f"no user {user}")
+        if len(found) > 1:
+            return Outcome(Reason.USER_AMBIGUOUS, f"{user} matches {len(found)} users")
+        return self.accounts[found[0]]
+
+    def _matching(self, ref: AccountRef) -> list[str]:
+        if ref.kind is AnchorKind.SAM and ref.netbios != self.netbios:
+            return []
+
+        def matches(account: Account) -> bool:
+            if ref.kind is AnchorKind.UPN:
+                return upn_key(account.upn or "") == upn_key(ref.value)
+            if ref.kind is AnchorKind.SID:
+                return account.sid == ref.value
+            if ref.kind is AnchorKind.GUID:
+                return account.guid == ref.value
+            sam = (account.sam_account_name or "").casefold()
+            return sam == (ref.sam_account_name or "").casefold()
+
+        found = {guid for guid, account in self.accounts.items() if matches(account)}
+        if ref.kind is AnchorKind.GUID and ref.value in self.consistency_guids:
+            found.add(self.consistency_guids[ref.value])
+        return sorted(found)
+
+    def _account(self, command: Command, account: Account | None) -> Account | Outcome:
+        return self.resolve(account or command.user)
+
+    def apply(self, command: Command, account: Account | None = None) -> Outcome:
+        found = self._account(command, account)
+        if isinstance(found, Outcome):
+            return found
+        user = found.guid
         with self._lock:
             self.overlaps += user in self._busy
             self._busy.add(user)
@@ -236,21 +307,24 @@ class FakeDirectory:
             is_pdc=True,
             policy_hints=None,
             domain_policy=PasswordPolicy("the domain policy", 8, 5, True, None, None, 5),
+            netbios=self.netbios,
+            domain_sid="S-1-5-21-1004336348-1177238915-682003330",
         )
 
-    def password_last_set(self, upn: str) -> datetime | None:
-        return self.last_set.get(upn.casefold())
+    def password_last_set(self, account: Account) -> datetime | None:
+        return self.last_set.get(account.guid)
 
-    def refusal(self, command: Command) -> Outcome | None:
-        """Nothing is refused here before a write (the outcomes queue answers writes)."""
-        return None
+    def refusal(self, command: Command, account: Account | None = None) -> Outcome | None:
+        """Nothing is refused here before a write but an unknown user."""
+        found = self._account(command, account)
+        return found if isinstance(found, Outcome) else None
 
-    def password_in_effect(self, upn: str, password: str) -> bool | None:
+    def password_in_effect(self, account: Account, password: str) -> bool | None:
         """From the passwords this directory was given (a user never given one has another);
         None when `verifiable` is off (a DC that cannot tell without risking a lockout)."""
         if not self.verifiable:
             return None
-        return self.passwords.get(upn.casefold()) == password
+        return self.passwords.get(account.guid) == password
 
 
 class MemoryAuditTrail:

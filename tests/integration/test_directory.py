@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+import ldap3
 import pytest
 
 from devstack import seed
@@ -18,7 +22,9 @@ from writeback.protocol import (
     Status,
     UnlockAccount,
 )
+from writeback.protocol.accounts import Account
 from writeback.relay.directory import LdapDirectory
+from writeback.relay.ldap import sid_to_str
 from writeback.relay.policy import filetime
 
 NEW = "Brand-New-Pa55!"
@@ -229,9 +235,11 @@ class TestReset:
     def test_filter_injection(
         self, directory: LdapDirectory, testbed: TestBed, can_bind: CanBind, upn: str
     ) -> None:
-        """LDAP filter metacharacters in the UPN match nothing and write nothing."""
+        """LDAP filter metacharacters in the UPN match nothing and write nothing; with a
+        backslash the name is no UPN (nor a valid DOMAIN\\name) and is refused unsearched."""
         outcome = directory.apply(ResetPassword(upn, NEW))
-        assert outcome.reason is Reason.USER_NOT_FOUND
+        expected = Reason.REQUEST_INVALID if "\\" in upn else Reason.USER_NOT_FOUND
+        assert outcome.reason is expected
         assert can_bind(testbed.domain.users["alice"], testbed.domain.users["alice"].password)
 
     @pytest.mark.parametrize(
@@ -465,6 +473,13 @@ class TestAccessDenied:
         assert "lockoutTime" in reset_and_unlock.detail
 
 
+def account(directory: LdapDirectory, user: seed.Account) -> Account:
+    """The account a test user resolves to."""
+    found = directory.resolve(user.upn)
+    assert isinstance(found, Account)
+    return found
+
+
 class TestPasswordInEffect:
     def test_the_dc_says_which_password_is_in_effect(
         self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, read: Read
@@ -473,14 +488,14 @@ class TestPasswordInEffect:
         (one bad attempt), and a password that must be changed at next logon still is (data
         773)."""
         user = new_user("verify")
-        assert directory.password_in_effect(user.upn, user.password) is True
-        assert directory.password_in_effect(user.upn, NEW) is False
+        assert directory.password_in_effect(account(directory, user), user.password) is True
+        assert directory.password_in_effect(account(directory, user), NEW) is False
         assert read(user.dn, ["badPwdCount"])["badPwdCount"] == "1"
         outcome = directory.apply(
             ResetPassword(user.upn, NEW, Initiator.ADMIN, force_change_at_next_logon=True)
         )
         assert outcome.reason is Reason.APPLIED
-        assert directory.password_in_effect(user.upn, NEW) is True
+        assert directory.password_in_effect(account(directory, user), NEW) is True
 
     @pytest.mark.parametrize(
         "password", ["Pa55\ufb01word!Ok", "Pa55\u05e9\u05dc\u05d5\u05ddword!", "Pa55\u00a0Word!x"]
@@ -493,7 +508,7 @@ class TestPasswordInEffect:
         instead of wrong or refused."""
         user = new_user("unicode")
         assert directory.apply(ResetPassword(user.upn, password)).reason is Reason.APPLIED
-        assert directory.password_in_effect(user.upn, password) is True
+        assert directory.password_in_effect(account(directory, user), password) is True
 
     def test_a_password_the_policy_refuses_is_refused_before_any_bind(
         self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, read: Read
@@ -521,7 +536,7 @@ class TestPasswordInEffect:
         seed.lock_out(testbed.dc, user, seed.DOMAIN_POLICY["lockout_threshold"] - 2)
         before = read(user.dn, ["badPwdCount"])["badPwdCount"]
         assert before == str(seed.DOMAIN_POLICY["lockout_threshold"] - 2)
-        assert directory.password_in_effect(user.upn, NEW) is None
+        assert directory.password_in_effect(account(directory, user), NEW) is None
         assert read(user.dn, ["badPwdCount"])["badPwdCount"] == before
 
 
@@ -546,3 +561,94 @@ class TestLockoutGuard:
         assert state["badPwdCount"] == str(seed.DOMAIN_POLICY["lockout_threshold"] - 1)
         assert state["lockoutTime"] in ("", "0")
         assert can_bind(user, user.password)
+
+
+def anchors(admin: Any, dn: str) -> tuple[bytes, str]:
+    """objectGUID (bytes) and objectSid (text) of `dn`, read as the administrator."""
+    admin.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["objectGUID", "objectSid"])
+    raw = admin.response[0]["raw_attributes"]
+    return raw["objectGUID"][0], sid_to_str(raw["objectSid"][0])
+
+
+class TestAnchors:
+    """Users found by their cloud anchors, on a real DC (Samba 4.17): one account, however named."""
+
+    @pytest.mark.parametrize("kind", ["upn", "sid", "guid", "immutable id", "down-level"])
+    def test_found_by_each_anchor(
+        self, testbed: TestBed, directory: LdapDirectory, new_user: NewUser, admin: Any, kind: str
+    ) -> None:
+        """A user is found by UPN, objectSid, objectGUID, immutable ID and CORP\\sam, always as
+        the same account (its objectGUID), and a reset by that name is applied."""
+        user = new_user("anchor")
+        guid, sid = anchors(admin, user.dn)
+        reference = {
+            "upn": user.upn,
+            "sid": sid,
+            "guid": str(uuid.UUID(bytes_le=guid)),
+            "immutable id": base64.b64encode(guid).decode(),
+            "down-level": f"{testbed.dc.names.netbios}\\{user.sam}",
+        }[kind]
+        found = directory.resolve(reference)
+        assert found == Account(str(uuid.UUID(bytes_le=guid)), sid, user.upn, user.sam)
+        assert directory.apply(ResetPassword(reference, NEW)).reason is Reason.APPLIED
+
+    def test_found_by_consistency_guid(
+        self, directory: LdapDirectory, new_user: NewUser, admin: Any, can_bind: CanBind
+    ) -> None:
+        """A user whose mS-DS-ConsistencyGuid is a cloud anchor (an account moved from another
+        forest) is found by it, and the reset reaches that account."""
+        user = new_user("moved")
+        cloud_anchor = uuid.uuid4()
+        assert admin.modify(
+            user.dn, {"mS-DS-ConsistencyGuid": [(ldap3.MODIFY_REPLACE, [cloud_anchor.bytes_le])]}
+        ), admin.result
+        guid, _ = anchors(admin, user.dn)
+        found = directory.resolve(base64.b64encode(cloud_anchor.bytes_le).decode())
+        assert isinstance(found, Account)
+        assert found.guid == str(uuid.UUID(bytes_le=guid))
+        assert directory.apply(ResetPassword(str(cloud_anchor), NEW)).reason is Reason.APPLIED
+        assert can_bind(user, NEW)
+
+    def test_a_upn_the_cloud_does_not_know_is_found_by_sid(
+        self, directory: LdapDirectory, new_user: NewUser, admin: Any, can_bind: CanBind
+    ) -> None:
+        """A user whose AD UPN is on a non-routable suffix (corp.local) matches nothing the cloud
+        knows by UPN, but is found and reset by objectSid (the token's onprem_sid)."""
+        user = new_user("dotlocal")
+        local_upn = f"{user.sam}@corp.local"
+        assert admin.modify(
+            user.dn, {"userPrincipalName": [(ldap3.MODIFY_REPLACE, [local_upn])]}
+        ), admin.result
+        _, sid = anchors(admin, user.dn)
+        cloud_upn = f"{user.sam}@contoso.example.com"
+        assert directory.apply(ResetPassword(cloud_upn, NEW)).reason is Reason.USER_NOT_FOUND
+        found = directory.resolve(sid)
+        assert isinstance(found, Account)
+        assert found.upn == local_upn
+        assert directory.apply(ResetPassword(sid, NEW)).reason is Reason.APPLIED
+        assert can_bind(dataclasses.replace(user, upn=user.dn), NEW)
+
+    def test_another_netbios_domain_is_refused(
+        self, directory: LdapDirectory, new_user: NewUser, can_bind: CanBind
+    ) -> None:
+        """OTHER\\sam of an existing user is user.not_found: another domain's name is never
+        looked up by its bare account name here; nothing is written."""
+        user = new_user("otherdom")
+        outcome = directory.apply(ResetPassword(f"OTHER\\{user.sam}", NEW))
+        assert outcome.reason is Reason.USER_NOT_FOUND
+        assert can_bind(user, user.password)
+
+    def test_the_domain_names_are_what_samba_tool_reports(
+        self, testbed: TestBed, directory: LdapDirectory
+    ) -> None:
+        """The NetBIOS name and domain SID the relay reads (and heartbeats carry) are those
+        samba-tool reports for the domain."""
+        shown = testbed.dc.samba_tool("user", "show", "Administrator", "--attributes=objectSid")
+        admin_sid = next(
+            line.split(":", 1)[1].strip()
+            for line in shown.splitlines()
+            if line.startswith("objectSid")
+        )
+        found = directory.capabilities()
+        assert found.domain_sid == admin_sid.rsplit("-", 1)[0]
+        assert found.netbios == testbed.dc.names.netbios

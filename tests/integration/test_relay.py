@@ -27,6 +27,7 @@ from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
 from writeback.relay import bootstrap, cli
 from writeback.relay.config import Config
 from writeback.relay.keys import KeyStore
+from writeback.relay.ldap import sid_to_str
 from writeback.transport import requests_queue
 from writeback.transport.servicebus import ServiceBusCloud
 from writeback.transport.settings import ServiceBusSettings
@@ -171,6 +172,30 @@ class TestOperations:
         assert right.reason is Reason.ACCOUNT_THROTTLED
         assert read(user.dn, ["badPwdCount", "lockoutTime"])["badPwdCount"] == "3"
         assert can_bind(user, user.password)
+
+    async def test_the_throttle_is_one_count_for_a_sid_and_a_upn_of_one_user(
+        self, cloud: Cloud, testbed: TestBed, new_user: NewUser, admin: Any, read: Read
+    ) -> None:
+        """Wrong current passwords sent by UPN, by objectSid and as CORP\\sam count for one
+        account: after three (the limit), a fourth by SID is throttled without reaching the DC,
+        and every outcome names the account's objectGUID."""
+        user = new_user("spelled")
+        admin.search(user.dn, "(objectClass=*)", "BASE", attributes=["objectSid", "objectGUID"])
+        raw = admin.response[0]["raw_attributes"]
+        sid, guid = sid_to_str(raw["objectSid"][0]), str(uuid.UUID(bytes_le=raw["objectGUID"][0]))
+        names = [user.upn, sid, f"{testbed.dc.names.netbios}\\{user.sam}", sid]
+        answers = []
+        for n, name in enumerate(names):
+            answer = await cloud.ask(
+                Operation.CHANGE, name, Secrets("Next-Pa55word!", f"Wrong-0ld-{n}!")
+            )
+            assert answer is not None
+            answers.append(answer)
+        assert [a.reason for a in answers] == [Reason.OLD_PASSWORD_MISMATCH] * 3 + [
+            Reason.ACCOUNT_THROTTLED
+        ]
+        assert {a.account.guid if a.account else None for a in answers} == {guid}
+        assert read(user.dn, ["badPwdCount"]) == {"badPwdCount": "3"}
 
     async def test_rejections_reach_the_caller(
         self, cloud: Cloud, testbed: TestBed, new_user: NewUser

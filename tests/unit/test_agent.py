@@ -74,6 +74,8 @@ def build(
     )
     relay = FlakyRelay(broker, failures)
     directory = FakeDirectory(delay=delay)
+    for name in ["alice", *(f"user{n}" for n in range(8))]:
+        directory.add(f"{name}@{DOMAIN}")
     journal = Journal(tmp_path / "journal.sqlite3")
     settings = RelaySettings(
         id="relay-1",
@@ -139,7 +141,8 @@ class TestServing:
     async def test_heartbeats_are_signed_and_describe_the_directory(
         self, keys: dict[str, Any], tmp_path: Path
     ) -> None:
-        """Heartbeats go out on their interval with the DC and the domain policy."""
+        """Heartbeats go out on their interval with the DC, the domain policy and the domain's
+        NetBIOS name and SID."""
         agent, _, relay, _, journal = build(keys, tmp_path)
         stop = asyncio.Event()
         running = asyncio.create_task(agent.run(stop))
@@ -157,6 +160,10 @@ class TestServing:
         assert beats[0].capabilities["dc"] == "dc1.example.test"
         assert beats[0].policy is not None
         assert beats[0].policy["minLength"] == 8
+        assert (beats[0].netbios, beats[0].domain_sid) == (
+            "CORP",
+            "S-1-5-21-1004336348-1177238915-682003330",
+        )
 
     async def test_the_journal_is_pruned_with_the_heartbeats(
         self, keys: dict[str, Any], tmp_path: Path

@@ -8,6 +8,8 @@ hints control, and the relay's own refusals (protected accounts, scopes) that Sa
 
 from __future__ import annotations
 
+import base64
+import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,7 @@ from writeback.protocol import (
     ResetPassword,
     UnlockAccount,
 )
+from writeback.protocol.accounts import Account
 from writeback.relay.accounts import DOMAIN_POLICY_ATTRIBUTES
 from writeback.relay.directory import LdapDirectory
 from writeback.relay.ldap import POLICY_HINTS_DEPRECATED_OID, POLICY_HINTS_OID
@@ -765,3 +768,113 @@ class TestFakeLink:
         link = make_link()
         assert link.read(ALICE, ["sAMAccountName"]) == {"sAMAccountName": [b"alice"]}
         assert link.read(f"CN=Nobody,{STAFF}", ["sAMAccountName"]) == {}
+
+
+ALICE_GUID = str(uuid.UUID(bytes_le=bytes(range(16))))
+ALICE_SID = f"{DOMAIN_SID}-1104"
+
+
+def anchored(**more: list[bytes]) -> RawEntry:
+    """Alice with her SID (and whatever else) as the DC stores them."""
+    return user(objectSid=[sid_bytes(ALICE_SID)], **more)
+
+
+class TestResolvingEveryKind:
+    @pytest.mark.parametrize(
+        "reference",
+        [
+            ALICE_UPN,
+            ALICE_SID,
+            ALICE_GUID,
+            base64.b64encode(bytes(range(16))).decode(),  # Graph's onPremisesImmutableId
+            "EXAMPLE\\alice",
+            "example\\ALICE",
+        ],
+        ids=["upn", "sid", "guid", "immutable id", "down-level", "down-level lower case"],
+    )
+    def test_each_kind_finds_the_one_account(self, reference: str) -> None:
+        """A UPN, SID, GUID, immutable ID or DOMAIN\\name of alice all resolve to her account,
+        read from her entry (objectGUID, objectSid, UPN, sAMAccountName)."""
+        link = make_link(users={ALICE: anchored()})
+        found = directory(link).resolve(reference)
+        assert found == Account(ALICE_GUID, ALICE_SID, ALICE_UPN, "alice")
+        assert link.modifies == []
+
+    def test_binary_values_are_escaped_byte_by_byte(self) -> None:
+        """The SID and the GUID go into the filter as escaped bytes, the form AD and Samba both
+        honour, and a GUID is looked for in objectGUID and mS-DS-ConsistencyGuid."""
+        link = make_link(users={ALICE: anchored()})
+        directory(link).resolve(ALICE_SID)
+        directory(link).resolve(ALICE_GUID)
+        sid_query, guid_query = user_searches(link)
+        assert "(objectSid=\\01\\05\\00\\00\\00\\00\\00\\05\\15\\00" in sid_query
+        escaped = "".join(f"\\{b:02x}" for b in range(16))
+        assert f"(|(objectGUID={escaped})(mS-DS-ConsistencyGuid={escaped}))" in guid_query
+
+    def test_a_consistency_guid_finds_its_account(self) -> None:
+        """An account carried over from another forest is found by the GUID Entra knows it by
+        (mS-DS-ConsistencyGuid), and the account returned has its own objectGUID."""
+        cloud_anchor = uuid.uuid4()
+        link = make_link(
+            users={ALICE: anchored(**{"mS-DS-ConsistencyGuid": [cloud_anchor.bytes_le]})}
+        )
+        found = directory(link).resolve(str(cloud_anchor))
+        assert isinstance(found, Account)
+        assert found.guid == ALICE_GUID
+
+    def test_another_domains_down_level_name_is_not_found_unsearched(self) -> None:
+        """OTHER\\alice names another domain's alice: user.not_found, and no search is sent."""
+        link = make_link(users={ALICE: anchored()})
+        outcome = directory(link).resolve("OTHER\\alice")
+        assert isinstance(outcome, Outcome)
+        assert outcome.reason is Reason.USER_NOT_FOUND
+        assert "EXAMPLE" in outcome.detail
+        assert user_searches(link) == []
+
+    def test_two_accounts_for_one_guid_are_ambiguous(self) -> None:
+        """One account's objectGUID as another's mS-DS-ConsistencyGuid: user.ambiguous, no
+        write."""
+        twin = f"CN=Alice Twin,{STAFF}"
+        link = make_link(
+            users={
+                ALICE: anchored(),
+                twin: user(
+                    sam="alice2",
+                    upn="alice2@example.test",
+                    objectGUID=[uuid.uuid4().bytes_le],
+                    **{"mS-DS-ConsistencyGuid": [bytes(range(16))]},
+                ),
+            }
+        )
+        outcome = apply(link, ResetPassword(ALICE_GUID, NEW))
+        assert outcome.reason is Reason.USER_AMBIGUOUS
+        assert link.modifies == []
+
+    @pytest.mark.parametrize("reference", ["EXAMPLE\\al\x7fice", "EXAMPLE\\al\x85ice"])
+    def test_control_characters_are_refused_in_every_kind(self, reference: str) -> None:
+        """DEL and C1 controls in a down-level name are request.invalid before any search."""
+        link = make_link()
+        outcome = directory(link).resolve(reference)
+        assert isinstance(outcome, Outcome)
+        assert outcome.reason is Reason.REQUEST_INVALID
+        assert link.searches == []
+
+    def test_a_resolved_account_is_written_by_its_objectguid_alone(self) -> None:
+        """Applying to a resolved account finds it again by objectGUID only (not the name it
+        was asked for, not mS-DS-ConsistencyGuid), and every outcome can name it."""
+        link = make_link(users={ALICE: anchored()})
+        account = directory(link).resolve(ALICE_SID)
+        assert isinstance(account, Account)
+        link.searches.clear()
+        outcome = directory(link).apply(UnlockAccount(ALICE_SID), account)
+        assert outcome.reason is Reason.APPLIED
+        [query] = user_searches(link)
+        assert "objectGUID=" in query
+        assert "ConsistencyGuid" not in query
+        assert "objectSid" not in query
+
+    def test_the_domain_names_are_capabilities(self) -> None:
+        """The NetBIOS name and domain SID the DC description holds are reported (heartbeats,
+        doctor)."""
+        found = directory(make_link()).capabilities()
+        assert (found.netbios, found.domain_sid) == ("EXAMPLE", DOMAIN_SID)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from writeback.errors import ConfigurationError, JournalError, ProtocolError
+from writeback.relay import journal as journal_module
 from writeback.relay.journal import SCHEMA_VERSION, InvalidTransition, Journal, State
 
 T0 = 1_800_000_000.0
@@ -367,6 +368,34 @@ class TestFile:
         blocker.write_text("x")
         with pytest.raises(ConfigurationError, match="cannot create"):
             Journal(blocker / "journal.sqlite3")
+
+    def test_a_journal_from_before_account_guids_is_read_and_upgraded(self, path: Path) -> None:
+        """A version-1 file (no account column) opens: its APPLYING entry comes back with no
+        account (recovered by its name, as then), and new entries record the account's GUID."""
+        path.parent.mkdir(mode=0o700)
+        with sqlite3.connect(path) as raw:
+            for statement in journal_module._MIGRATIONS[0]:
+                raw.execute(statement)
+            raw.execute(
+                "INSERT INTO requests VALUES ('old-1', 'applying', 'corp.example.test', 'reset',"
+                " 'alice@corp.example.test', 1.0, 1.0, 9e9, NULL)"
+            )
+            raw.execute("PRAGMA user_version = 1")
+        raw.close()
+        path.chmod(0o600)
+        with Journal(path) as upgraded:
+            old = upgraded.get("old-1")
+            assert old is not None
+            assert (old.state, old.user, old.account) == (
+                State.APPLYING,
+                "alice@corp.example.test",
+                None,
+            )
+            assert begin(upgraded, "new-1") is None
+            upgraded.applying("new-1", "3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+            new = upgraded.get("new-1")
+            assert new is not None
+            assert new.account == "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 
     def test_refuses_a_newer_schema(self, path: Path) -> None:
         """A file written by a newer relay (higher user_version) is refused, not downgraded."""

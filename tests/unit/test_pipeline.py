@@ -16,6 +16,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from writeback import sealing
 from writeback.protocol import Initiator, Operation, Outcome, Reason
+from writeback.protocol.accounts import Account
 from writeback.protocol.messages import OutcomeMessage, RequestMessage, Secrets
 from writeback.relay.journal import Journal, State
 from writeback.relay.pipeline import Pipeline, RelayKeys, Settled
@@ -68,6 +69,25 @@ class World:
     journal: Journal
     pipeline: Pipeline
     keys: Keys
+    alice: Account
+
+    @property
+    def alice_last_set(self) -> datetime:
+        return self.directory.last_set[self.alice.guid]
+
+    @alice_last_set.setter
+    def alice_last_set(self, when: datetime) -> None:
+        """pwdLastSet of alice's account, as the DC holds it (by objectGUID)."""
+        self.directory.last_set[self.alice.guid] = when
+
+    @property
+    def alice_password(self) -> str:
+        return self.directory.passwords[self.alice.guid]
+
+    @alice_password.setter
+    def alice_password(self, password: str) -> None:
+        """The password in effect for alice's account."""
+        self.directory.passwords[self.alice.guid] = password
 
     def token(
         self,
@@ -150,6 +170,7 @@ async def world(keys: Keys, tmp_path: Path) -> AsyncIterator[World]:
     )
     relay = InProcessRelay(broker, DOMAIN)
     directory = FakeDirectory()
+    alice = directory.add(USER, sam="alice")
     journal = Journal(tmp_path / "journal.sqlite3")
     pipeline = Pipeline(
         relay_id="relay-1",
@@ -160,7 +181,7 @@ async def world(keys: Keys, tmp_path: Path) -> AsyncIterator[World]:
         keys=RelayKeys(keys.public(keys.cloud), KeySet([keys.relay]), keys.relay_sig),
     )
     cloud = InProcessCloud(broker)
-    yield World(broker, cloud, relay, directory, journal, pipeline, keys)
+    yield World(broker, cloud, relay, directory, journal, pipeline, keys, alice)
     await cloud.close()
     journal.close()
 
@@ -278,8 +299,8 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.now(UTC)  # AD took the write before the crash
-        world.directory.passwords[USER] = PASSWORD
+        world.alice_last_set = datetime.now(UTC)  # AD took the write before the crash
+        world.alice_password = PASSWORD
         await world.send(world.token())
         assert await world.handle_next() is Settled.COMPLETED
         outcome = await world.outcome()
@@ -294,8 +315,8 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.now(UTC)
-        world.directory.passwords[USER] = "Someone-Elses-Pa55!"
+        world.alice_last_set = datetime.now(UTC)
+        world.alice_password = "Someone-Elses-Pa55!"
         await world.send(world.token())
         await world.handle_next()
         outcome = await world.outcome()
@@ -310,7 +331,7 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.passwords[USER] = "Helpdesk-Must-Change-1!"
+        world.alice_password = "Helpdesk-Must-Change-1!"
         await world.send(world.token())
         await world.handle_next()
         assert (await world.outcome()).reason is Reason.REQUEST_OUTCOME_UNKNOWN
@@ -323,8 +344,8 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.now(UTC)
-        world.directory.passwords[USER] = PASSWORD
+        world.alice_last_set = datetime.now(UTC)
+        world.alice_password = PASSWORD
         world.directory.verifiable = False
         await world.send(world.token())
         await world.handle_next()
@@ -337,7 +358,7 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.fromtimestamp(time.time() - 86400, UTC)
+        world.alice_last_set = datetime.fromtimestamp(time.time() - 86400, UTC)
         await world.send(world.token())
         await world.handle_next()
         assert (await world.outcome()).reason is Reason.APPLIED
@@ -346,8 +367,8 @@ class TestExactlyOnce:
     async def test_another_relays_write_is_recognised(self, world: World) -> None:
         """Redelivered, unknown to this journal, AD changed since issue and the requested
         password is the one in effect: reported applied, not written again."""
-        world.directory.last_set[USER] = datetime.now(UTC)  # the relay that died wrote it
-        world.directory.passwords[USER] = PASSWORD
+        world.alice_last_set = datetime.now(UTC)  # the relay that died wrote it
+        world.alice_password = PASSWORD
         await world.send(world.token())
         [delivery] = await world.relay.receive(1, 2.0)
         redelivered = dataclasses.replace(delivery, delivery_count=2)
@@ -362,19 +383,19 @@ class TestExactlyOnce:
         a holder of Listen received and abandoned. Redelivered, its password is not in effect
         (the helpdesk's is): it is applied now, with the DC checking the old password, never
         reported applied while AD keeps the helpdesk's password."""
-        world.directory.last_set[USER] = datetime.now(UTC)  # the helpdesk's reset, just before
-        world.directory.passwords[USER] = "Helpdesk-Pa55word!"
+        world.alice_last_set = datetime.now(UTC)  # the helpdesk's reset, just before
+        world.alice_password = "Helpdesk-Pa55word!"
         await world.send(world.token(Operation.CHANGE))
         [delivery] = await world.relay.receive(1, 2.0)
         redelivered = dataclasses.replace(delivery, delivery_count=2)  # the abandon counted
         assert await world.pipeline.handle(redelivered) is Settled.COMPLETED
         assert (await world.outcome()).reason is Reason.APPLIED
         assert [c.operation for c in world.directory.applied] == [Operation.CHANGE]
-        assert world.directory.passwords[USER] == PASSWORD
+        assert world.alice_password == PASSWORD
 
     async def test_a_first_delivery_is_always_applied(self, world: World) -> None:
         """On a first delivery a recent pwdLastSet (the user changed it) never skips the write."""
-        world.directory.last_set[USER] = datetime.now(UTC)
+        world.alice_last_set = datetime.now(UTC)
         await world.send(world.token())
         await world.handle_next()
         assert len(world.directory.applied) == 1
@@ -426,8 +447,8 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="change", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.now(UTC)
-        world.directory.passwords[USER] = PASSWORD
+        world.alice_last_set = datetime.now(UTC)
+        world.alice_password = PASSWORD
         await world.send(world.token(Operation.CHANGE))
         assert await world.handle_next() is Settled.COMPLETED
         assert (await world.outcome()).reason is Reason.APPLIED
@@ -438,7 +459,7 @@ class TestExactlyOnce:
         """An expire delivered again when a password was set after it was issued: writing
         pwdLastSet = 0 again would make the user change twice (or expire a newer password), so
         it is superseded, and nothing is written."""
-        world.directory.last_set[USER] = datetime.now(UTC)  # a password set after the expire
+        world.alice_last_set = datetime.now(UTC)  # a password set after the expire
         await world.send(world.token(Operation.EXPIRE))
         [delivery] = await world.relay.receive(1, 2.0)
         redelivered = dataclasses.replace(delivery, delivery_count=2)
@@ -453,12 +474,12 @@ class TestExactlyOnce:
             "req-1", domain=DOMAIN, operation="expire", user=USER, expires_at=time.time() + 60
         )
         world.journal.applying("req-1")
-        world.directory.last_set[USER] = datetime.fromtimestamp(time.time() - 86400, UTC)
+        world.alice_last_set = datetime.fromtimestamp(time.time() - 86400, UTC)
         await world.send(world.token(Operation.EXPIRE))
         assert await world.handle_next() is Settled.COMPLETED
         assert (await world.outcome()).reason is Reason.APPLIED
         assert [c.operation for c in world.directory.applied] == [Operation.EXPIRE]
-        assert world.directory.password_last_set(USER) is None
+        assert world.directory.password_last_set(world.alice) is None
 
     async def test_one_write_per_user_at_a_time(self, world: World) -> None:
         """Two requests for one user in parallel never overlap in the directory."""
@@ -580,3 +601,82 @@ class TestNoSecrets:
             recorded = world.journal.get(entry)
             assert recorded is not None
             assert PASSWORD not in repr(recorded)
+
+
+class TestOneIdentity:
+    async def test_a_sid_and_a_upn_of_one_user_share_the_throttle(self, world: World) -> None:
+        """Wrong current passwords sent by UPN, by SID, by GUID and as CORP\\alice count for one
+        account: the sixth, whatever its spelling, is throttled without reaching the DC."""
+        alice = world.alice
+        names = [USER, alice.sid, alice.guid, "CORP\\alice", "\uff41lice@corp.example.test"]
+        world.directory.outcomes.extend([Outcome(Reason.OLD_PASSWORD_MISMATCH)] * 5)
+        for n, name in enumerate([*names, USER]):
+            request_id = f"req-spelling-{n}"
+            token = world.token(Operation.CHANGE, request_id=request_id, user=str(name))
+            await world.send(token, request_id)
+            assert await world.handle_next() is Settled.COMPLETED
+        assert (await world.outcome("req-spelling-5")).reason is Reason.ACCOUNT_THROTTLED
+        assert len(world.directory.applied) == 5
+
+    async def test_the_outcome_carries_the_resolved_account(self, world: World) -> None:
+        """An outcome for a found account names it (objectGUID, SID, UPN, sAMAccountName),
+        also when it is a refusal, and the journal records its GUID."""
+        world.directory.outcomes.append(Outcome(Reason.USER_PROTECTED))
+        await world.send(world.token(user=str(world.alice.sid)))
+        await world.handle_next()
+        outcome = await world.outcome()
+        assert outcome.reason is Reason.USER_PROTECTED
+        assert outcome.account == world.alice
+        entry = world.journal.get("req-1")
+        assert entry is not None
+        assert entry.account == world.alice.guid
+
+    async def test_no_account_for_an_unknown_user(self, world: World) -> None:
+        """A user no account matches is user.not_found with no account, and nothing written."""
+        await world.send(world.token(user="S-1-5-21-1-2-3-999"))
+        await world.handle_next()
+        outcome = await world.outcome()
+        assert (outcome.reason, outcome.account) == (Reason.USER_NOT_FOUND, None)
+        assert world.directory.applied == []
+
+    async def test_a_duplicate_gets_the_account_again(self, world: World) -> None:
+        """The recorded outcome a duplicate receives still names the account."""
+        token = world.token(user="CORP\\alice")
+        await world.send(token)
+        await world.handle_next()
+        assert (await world.outcome()).account == world.alice
+        await world.send(token, "req-1-again")  # a new MessageId slips past duplicate detection
+        [delivery] = await world.relay.receive(1, 2.0)
+        await world.pipeline.handle(dataclasses.replace(delivery, message_id="req-1"))
+        assert (await world.outcome()).account == world.alice
+        assert len(world.directory.applied) == 1
+
+    async def test_one_write_per_account_across_spellings(self, world: World) -> None:
+        """Requests naming one user by UPN and by SID at once never overlap in the directory."""
+        world.directory.delay = 0.2
+        for request_id, name in (("req-a", USER), ("req-b", world.alice.sid)):
+            await world.send(world.token(request_id=request_id, user=str(name)), request_id)
+        deliveries = await world.relay.receive(2, 2.0)
+        await asyncio.gather(*(world.pipeline.handle(d) for d in deliveries))
+        assert (len(world.directory.applied), world.directory.overlaps) == (2, 0)
+
+    async def test_crash_recovery_goes_by_the_recorded_account(self, world: World) -> None:
+        """An entry left APPLYING to alice's account is resolved against that account even when
+        its UPN now finds another (alice renamed, a new hire given her UPN): the password in
+        effect is checked on alice's account, and the newcomer is never written."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1", world.alice.guid)
+        renamed = dataclasses.replace(world.alice, upn="alice.old@corp.example.test")
+        world.directory.accounts[renamed.guid] = renamed
+        newcomer = world.directory.add(USER)
+        world.alice_last_set = datetime.now(UTC)
+        world.alice_password = PASSWORD
+        await world.send(world.token())
+        await world.handle_next()
+        outcome = await world.outcome()
+        assert (outcome.reason, outcome.account) == (Reason.APPLIED, renamed)
+        assert world.directory.applied == []
+        assert newcomer.guid not in world.directory.passwords
+        assert set(world.directory.resolved) == {world.alice.guid}

@@ -1,9 +1,25 @@
 """Who the command is about: finding the user, and what the relay refuses about them.
 
-Finding is by UPN with the filter value escaped and control characters refused first. The rest
-are checks the relay makes whatever AD would allow (Samba enforces none of them): scope (the
-configured OUs), disabled accounts, protected accounts (adminCount=1, the groups AD protects with
-AdminSDHolder, configured denied groups), and reading the policy objects the pre-check needs
+A request names its user by any account reference (`writeback.protocol.accounts.AccountRef`), and
+the relay finds the one account it names by the reference's kind:
+
+| kind | filter (under the domain's naming context, users only) |
+|---|---|
+| UPN | `userPrincipalName` |
+| SID | `objectSid`, the binary SID with every byte escaped |
+| GUID (or immutable ID) | `objectGUID` or `mS-DS-ConsistencyGuid`, the GUID's bytes escaped |
+| `DOMAIN\\name` | `sAMAccountName`, only when DOMAIN is this domain's NetBIOS name |
+
+Binary values go into the filter as escaped bytes (`\\01\\05...`), the form AD and Samba both
+honour (Samba also takes `S-1-...` and a GUID's text, Windows does not for objectGUID). Every value
+is escaped and a reference with a control character is refused before any filter is built. No
+match is `user.not_found`, a down-level name of another domain too; two matches `user.ambiguous`,
+never a write. What was found is the `Account` (objectGUID, objectSid, UPN, sAMAccountName) that
+the relay keys its throttle, lock and journal on and returns in the outcome.
+
+The rest are checks the relay makes whatever AD would allow (Samba enforces none of them): scope
+(the configured OUs), disabled accounts, protected accounts (adminCount=1, the groups AD protects
+with AdminSDHolder, configured denied groups), and reading the policy objects the pre-check needs
 (the domain's, a PSO; `policy_cache` keeps them). Reads only; nothing here writes to the directory.
 """
 
@@ -12,12 +28,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.conv import escape_bytes, escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
+from writeback.errors import DirectoryProtocolError
 from writeback.protocol import Operation, Outcome, Reason
-from writeback.protocol.accounts import upn_problem
+from writeback.protocol.accounts import Account, AccountRef, AnchorKind, BadReference
 from writeback.relay import ldap
+from writeback.relay.ldap import sid_bytes, sid_to_str
 from writeback.relay.policy import AccountFacts, PasswordPolicy, filetime
 
 log = logging.getLogger(__name__)
@@ -39,6 +57,8 @@ USER_ATTRIBUTES = (
     "pwdLastSet",
     "lockoutTime",
     "objectGUID",
+    "objectSid",
+    "userPrincipalName",
     # Not replicated: the DC the relay reads (the PDC emulator when configured) counts them.
     "badPwdCount",
     "badPasswordTime",
@@ -94,11 +114,33 @@ class User:
             pwd_last_set=filetime(self.number("pwdLastSet")),
         )
 
+    @property
+    def account(self) -> Account:
+        """The account's names as the DC holds them; objectGUID is its one identity."""
+        guid = self.raw.get("objectGUID") or []
+        if len(guid[0] if guid else b"") != 16:
+            # Every AD object has one; without it the relay could not key anything on the user.
+            raise DirectoryProtocolError(f"{self.dn} has no readable objectGUID")
+        sid = self.raw.get("objectSid") or []
+        return Account(
+            guid=AccountRef.from_guid_bytes(guid[0]).value,
+            sid=sid_to_str(sid[0]) if sid else None,
+            upn=ldap.first(self.raw, "userPrincipalName") or None,
+            sam_account_name=ldap.first(self.raw, "sAMAccountName") or None,
+        )
 
-def check_upn(upn: str) -> Outcome | None:
-    """Refuse user names that cannot be a UPN before they reach a filter (see upn_problem)."""
-    problem = upn_problem(upn)
-    return Outcome(Reason.REQUEST_INVALID, f"the user name {problem}") if problem else None
+
+def check_reference(user: str) -> AccountRef | Outcome:
+    """The account reference `user` spells, or request.invalid before it reaches a filter.
+
+    Control characters are refused in every kind: Samba matches an escaped NUL in a filter as
+    the end of the value, so `alice@corp\\x00x` would select alice."""
+    if isinstance(user, str) and any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in user):
+        return Outcome(Reason.REQUEST_INVALID, "the user name contains a control character")
+    try:
+        return AccountRef.parse(user)
+    except BadReference as exc:
+        return Outcome(Reason.REQUEST_INVALID, f"the user name {exc}")
 
 
 def normalised_dn(dn: str) -> tuple[tuple[str, str], ...]:
@@ -116,29 +158,63 @@ def in_scope(dn: str, scopes: tuple[str, ...]) -> bool:
     return False
 
 
-def sid_to_str(raw: bytes) -> str:
-    """A binary SID (MS-DTYP 2.4.2.2) in its S-1-... form."""
-    authority = int.from_bytes(raw[2:8], "big")
-    count = raw[1]
-    subs = [int.from_bytes(raw[8 + 4 * i : 12 + 4 * i], "little") for i in range(count)]
-    return "-".join(["S", str(raw[0]), str(authority), *map(str, subs)])
+def user_filter(ref: AccountRef) -> str:
+    """The filter that finds the user `ref` names (see the module doc); every value escaped."""
+    if ref.kind is AnchorKind.UPN:
+        match = f"(userPrincipalName={escape_filter_chars(ref.value)})"
+    elif ref.kind is AnchorKind.SID:
+        match = f"(objectSid={escape_bytes(sid_bytes(ref.value))})"
+    elif ref.kind is AnchorKind.GUID:
+        guid = escape_bytes(ref.guid_bytes or b"")
+        match = f"(|(objectGUID={guid})(mS-DS-ConsistencyGuid={guid}))"
+    else:
+        match = f"(sAMAccountName={escape_filter_chars(ref.sam_account_name or '')})"
+    return f"(&(objectCategory=person)(objectClass=user){match})"
 
 
-def find_user(link: ldap.Link, upn: str, operation: Operation | None = None) -> User | Outcome:
-    """The one user with this UPN in the domain, or the outcome saying why there is none; with
-    the constructed attributes `operation` needs (see CONSTRUCTED_ATTRIBUTES) beside the stored."""
-    query = (
-        "(&(objectCategory=person)(objectClass=user)"
-        f"(userPrincipalName={escape_filter_chars(upn)}))"
-    )
+_FOUND_BY = {
+    AnchorKind.UPN: "userPrincipalName",
+    AnchorKind.SID: "objectSid",
+    AnchorKind.GUID: "objectGUID or mS-DS-ConsistencyGuid",
+    AnchorKind.SAM: "sAMAccountName",
+}
+
+
+def find_user(
+    link: ldap.Link,
+    ref: AccountRef | Account,
+    operation: Operation | None = None,
+) -> User | Outcome:
+    """The one user `ref` names in the domain, or the outcome saying why there is none; with
+    the constructed attributes `operation` needs (see CONSTRUCTED_ATTRIBUTES) beside the stored.
+
+    An `Account` (one the relay resolved before) is found again by its objectGUID alone: it
+    is the account already found, never one that has since taken its GUID as
+    mS-DS-ConsistencyGuid."""
+    if isinstance(ref, Account):
+        guid = escape_bytes(ref.ref.guid_bytes or b"")
+        query = f"(&(objectCategory=person)(objectClass=user)(objectGUID={guid}))"
+        what = f"objectGUID {ref.guid}"
+    else:
+        if ref.kind is AnchorKind.SAM and ref.netbios != link.controller.netbios:
+            # Another domain's account, or one this relay cannot tell is its own: never
+            # looked up by its bare name here, where it could be someone else.
+            known = link.controller.netbios or "unknown (its crossRef is unreadable)"
+            return Outcome(
+                Reason.USER_NOT_FOUND,
+                f"{ref.value!r} names the domain {ref.netbios}; this domain's NetBIOS name is "
+                f"{known}",
+            )
+        query = user_filter(ref)
+        what = f"{_FOUND_BY[ref.kind]} {ref.value!r}"
     attributes = USER_ATTRIBUTES + (CONSTRUCTED_ATTRIBUTES[operation] if operation else ())
     entries = link.search(link.controller.naming_context, query, attributes, size_limit=2)
     if not entries:
-        return Outcome(Reason.USER_NOT_FOUND, f"no user with userPrincipalName {upn!r}")
+        return Outcome(Reason.USER_NOT_FOUND, f"no user with {what}")
     if len(entries) > 1:
         return Outcome(
             Reason.USER_AMBIGUOUS,
-            "userPrincipalName matches " + " and ".join(dn for dn, _ in entries),
+            f"{what} matches " + " and ".join(dn for dn, _ in entries),
         )
     return User(*entries[0])
 

@@ -170,6 +170,8 @@ class Agent:
         """Send one signed heartbeat; failures are logged and remembered, never raised."""
         capabilities: dict[str, str | int | bool | None] = {"policyHints": None, "dc": None}
         policy: dict[str, object] | None = None
+        netbios: str | None = None
+        domain_sid: str | None = None
         try:
             found = await asyncio.to_thread(self._directory.capabilities)
             capabilities = {
@@ -178,6 +180,8 @@ class Agent:
                 "pdcEmulator": found.is_pdc,
             }
             policy = found.domain_policy.summary()
+            # The cloud routes a user named by SID or DOMAIN\\name by these.
+            netbios, domain_sid = found.netbios, found.domain_sid
         except DirectoryError as exc:
             self.last_error = f"directory: {exc}"
         beat = Heartbeat(
@@ -188,6 +192,8 @@ class Agent:
             capabilities=capabilities,
             policy=policy,
             last_error=(self.last_error or "")[:2000] or None,
+            netbios=netbios,
+            domain_sid=domain_sid,
         )
         try:
             await self._transport.send_heartbeat(sealing.sign_heartbeat(beat, self._signing_key))

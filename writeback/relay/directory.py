@@ -1,20 +1,22 @@
 """Apply a reset, change, unlock or expire to AD DS and say exactly what happened.
 
-For each command: find the user by UPN, refuse what the relay must refuse whatever AD would allow
-(outside the configured OUs, disabled, protected accounts on a reset or unlock), pre-check the
-password against the policy that applies to this user (domain policy or PSO), then send one
-modify and classify the DC's answer. A change is a delete of the old value and an add of the new
-in one modify, and it never falls back to a reset: a reset would skip the check of the old
-password, history and minimum age. Nothing here retries a modify: a wrong old password retried
-counts twice towards lockout, and a reset retried after a lost answer could look like history.
+For each command: find the user by the reference the request names (UPN, SID, GUID or
+`DOMAIN\\name`; see `accounts`), or again by objectGUID once the pipeline resolved it; refuse
+what the relay must refuse whatever AD would allow (outside the configured OUs, disabled,
+protected accounts on a reset or unlock), pre-check the password against the policy that
+applies to this user (domain policy or PSO), then send one modify and classify the DC's answer.
+A change is a delete of the old value and an add of the new in one modify, and it never falls
+back to a reset: a reset would skip the check of the old password, history and minimum age.
+Nothing here retries a modify: a wrong old password retried counts twice towards lockout, and a
+reset retried after a lost answer could look like history.
 
 What is read, and how often: everything about the user (pwdLastSet, userAccountControl,
 adminCount, which PSO applies, tokenGroups) is read for every command, in one subtree search by
-UPN with only the constructed attributes that operation uses, plus a base-scope read of
+objectGUID with only the constructed attributes that operation uses, plus a base-scope read of
 tokenGroups when protection must be checked (AD and Samba construct tokenGroups only in a
 base-scope read, so the two cannot be one search). The domain policy and PSO objects are cached
-for a minute (`policy_cache`, which says why that is safe). A reset is then three requests to the
-DC: the search, tokenGroups and the modify.
+for a minute (`policy_cache`, which says why that is safe). A reset is then four requests to the
+DC: the pipeline's resolution (`resolve`), the search by objectGUID, tokenGroups and the modify.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from writeback.protocol import (
     ResetPassword,
     UnlockAccount,
 )
+from writeback.protocol.accounts import Account
 from writeback.relay import accounts, ldap
 from writeback.relay.accounts import User
 from writeback.relay.policy import (
@@ -60,24 +63,35 @@ _RIGHT_PASSWORD = frozenset({"773", "532", "533", "701", "530", "531"})
 
 
 class Directory(Protocol):
-    """What the relay needs from AD DS."""
+    """What the relay needs from AD DS.
 
-    def apply(self, command: Command) -> Outcome: ...
+    A user is an `Account` once resolved: `resolve` finds the one account a request names, and
+    the rest take that account and find it again by its objectGUID alone, so a rename or a new
+    account with the old UPN in between can never redirect a write. `apply` and `refusal`
+    without an account resolve the command's own reference first."""
+
+    def resolve(self, user: str | Account) -> Account | Outcome:
+        """The one account `user` names (an Account: found again by objectGUID), or the
+        outcome saying why there is none (request.invalid, user.not_found, user.ambiguous,
+        directory.*). Reads only; no scope, protection or state is checked here."""
+        ...
+
+    def apply(self, command: Command, account: Account | None = None) -> Outcome: ...
 
     def capabilities(self) -> Capabilities: ...
 
-    def password_last_set(self, upn: str) -> datetime | None:
+    def password_last_set(self, account: Account) -> datetime | None:
         """When the user's password was last written, per the DC; None if never or if the
         user must change it at next logon (pwdLastSet = 0)."""
         ...
 
-    def refusal(self, command: Command) -> Outcome | None:
+    def refusal(self, command: Command, account: Account | None = None) -> Outcome | None:
         """What `apply` would refuse before writing anything (bad input, no such user, out of
         scope, disabled, protected), or None; nothing is written."""
         ...
 
-    def password_in_effect(self, upn: str, password: str) -> bool | None:
-        """Whether `password` is the user's password now, proved by the DC; None when that
+    def password_in_effect(self, account: Account, password: str) -> bool | None:
+        """Whether `password` is the account's password now, proved by the DC; None when that
         cannot be known without risking the account (see LdapDirectory)."""
         ...
 
@@ -91,6 +105,9 @@ class Capabilities:
     is_pdc: bool
     policy_hints: str | None
     domain_policy: PasswordPolicy
+    # The domain's NetBIOS name and SID (see ldap.DomainController), None when unreadable.
+    netbios: str | None = None
+    domain_sid: str | None = None
 
 
 class LdapDirectory:
@@ -125,6 +142,8 @@ class LdapDirectory:
                     "host": controller.dns_host_name,
                     "pdc": controller.is_pdc,
                     "policy_hints": controller.policy_hints_oid,
+                    "netbios": controller.netbios,
+                    "domain_sid": controller.domain_sid,
                 },
             )
         return self._link
@@ -153,17 +172,36 @@ class LdapDirectory:
                 policy_hints=controller.policy_hints_oid,
                 # Read now: the heartbeat reports what the DC holds, and refreshes the cache.
                 domain_policy=self._policies.domain(link, fresh=True),
+                netbios=controller.netbios,
+                domain_sid=controller.domain_sid,
             )
 
-    def password_last_set(self, upn: str) -> datetime | None:
+    def resolve(self, user: str | Account) -> Account | Outcome:
         with self._lock:
-            found = self._reading(lambda link: accounts.find_user(link, upn))
+            try:
+                found = self._find(user)
+                return found if isinstance(found, Outcome) else found.account
+            except DirectoryError as exc:
+                if isinstance(exc, DirectoryUnavailable):
+                    self.close()
+                return Outcome(Reason(exc.reason), str(exc))
+
+    def _find(self, user: str | Account, operation: Operation | None = None) -> User | Outcome:
+        """The user entry, by a reference checked before any filter or by objectGUID."""
+        ref = user if isinstance(user, Account) else accounts.check_reference(user)
+        if isinstance(ref, Outcome):
+            return ref
+        return self._reading(lambda link: accounts.find_user(link, ref, operation))  # type: ignore[no-any-return]
+
+    def password_last_set(self, account: Account) -> datetime | None:
+        with self._lock:
+            found = self._find(account)
         if not isinstance(found, User):
             return None
         last_set = filetime(found.number("pwdLastSet"))
         return last_set.replace(tzinfo=UTC) if last_set else None
 
-    def refusal(self, command: Command) -> Outcome | None:
+    def refusal(self, command: Command, account: Account | None = None) -> Outcome | None:
         """Also the policy's refusals that depend on the password alone (length, complexity, a
         change to the same password, changes refused by the domain), as the write would make
         them: a redelivered too-short password is `policy.length`, never bound as the user (a
@@ -171,7 +209,7 @@ class LdapDirectory:
         write would make that refuse the very request that made it."""
         with self._lock:
             try:
-                checked = self._checked(command)
+                checked = self._checked(command, account)
                 if isinstance(checked, Outcome):
                     return checked
                 if isinstance(command, ResetPassword | ChangePassword):
@@ -184,8 +222,8 @@ class LdapDirectory:
                 return Outcome(Reason(exc.reason), str(exc))
         return None
 
-    def password_in_effect(self, upn: str, password: str) -> bool | None:
-        """Bind as the user (by the DN the UPN finds) with `password` on the relay's DC: True
+    def password_in_effect(self, account: Account, password: str) -> bool | None:
+        """Bind as the user (by the DN its objectGUID finds) with `password` on the relay's DC: True
         when the DC accepts it, or refuses the logon for a reason it only gives for a right
         password (must change 773, expired 532, disabled 533, account expired 701, logon hours
         530, workstation 531); False when it says wrong password (52e); None for any other
@@ -194,7 +232,7 @@ class LdapDirectory:
         threshold, or while the user's policy is unreadable. The bind is a logon to the DC
         (an event in its security log; lastLogonTimestamp may move)."""
         with self._lock:
-            found = self._reading(lambda link: accounts.find_user(link, upn, Operation.RESET))
+            found = self._find(account, Operation.RESET)
             if not isinstance(found, User):
                 return None
             link = self._connected()
@@ -212,34 +250,30 @@ class LdapDirectory:
         return False if answer == "52e" else None
 
     # -- the operation -------------------------------------------------------------------
-    def apply(self, command: Command) -> Outcome:
-        """Apply one command; every failure is an outcome, never an exception."""
+    def apply(self, command: Command, account: Account | None = None) -> Outcome:
+        """Apply one command to `account` (found again by objectGUID), or to the account the
+        command's reference names; every failure is an outcome, never an exception."""
         with self._lock:
             try:
-                return self._apply(command)
+                return self._apply(command, account)
             except DirectoryError as exc:
                 if isinstance(exc, DirectoryUnavailable):
                     self.close()
                 return Outcome(Reason(exc.reason), str(exc))
 
-    def _checked(self, command: Command) -> User | Outcome:
+    def _checked(self, command: Command, account: Account | None) -> User | Outcome:
         """The command's user, or what the relay refuses before any write."""
         for password, what in self._passwords(command):
             invalid = check_syntax(password, what)
             if invalid:
                 return invalid
-        malformed = accounts.check_upn(command.user)
-        if malformed:
-            return malformed
-        found = self._reading(
-            lambda link: accounts.find_user(link, command.user, command.operation)
-        )
+        found = self._find(account or command.user, command.operation)
         if isinstance(found, Outcome):
             return found
         return self._refuse(command, found) or found
 
-    def _apply(self, command: Command) -> Outcome:
-        checked = self._checked(command)
+    def _apply(self, command: Command, account: Account | None) -> Outcome:
+        checked = self._checked(command, account)
         if isinstance(checked, Outcome):
             return checked
         user: User = checked
@@ -293,7 +327,7 @@ class LdapDirectory:
                 f"cannot read tokenGroups of {user.dn}: grant the relay's account Read on "
                 "tokenGroups (Windows Authorization Access Group)"
             )
-        sids = {accounts.sid_to_str(value) for value in raw["tokenGroups"]}
+        sids = {ldap.sid_to_str(value) for value in raw["tokenGroups"]}
         denied = self._denied_group_sids(link)
         return accounts.protected_by(set() if allow else sids, sids & denied)
 
@@ -304,7 +338,7 @@ class LdapDirectory:
                 raw = link.read(group, ["objectSid"])
                 if not raw.get("objectSid"):
                     raise DirectoryError(f"directory.denied_groups: {group} not found")
-                sids.add(accounts.sid_to_str(raw["objectSid"][0]))
+                sids.add(ldap.sid_to_str(raw["objectSid"][0]))
             self._denied_sids = frozenset(sids)
         return self._denied_sids
 

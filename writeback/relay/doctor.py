@@ -21,10 +21,10 @@ from ldap3.utils.conv import escape_filter_chars
 from writeback import sealing
 from writeback.errors import DirectoryError, TransportError, WritebackError
 from writeback.relay import accounts, ldap, rights
-from writeback.relay.accounts import sid_to_str
 from writeback.relay.config import Config
 from writeback.relay.journal import Journal
 from writeback.relay.keys import KeyStore
+from writeback.relay.ldap import sid_to_str
 from writeback.relay.permissions import check_trusted_file
 from writeback.relay.settings import DirectorySettings
 from writeback.transport.servicebus import probe
@@ -226,6 +226,14 @@ def diagnose(
                     "other DCs forward password changes to it with a delay",
                 )
             )
+        checks.append(
+            Check(
+                "domain names",
+                Level.OK if controller.netbios and controller.domain_sid else Level.WARN,
+                f"NetBIOS {controller.netbios or 'unreadable (down-level names find no one)'}, "
+                f"SID {controller.domain_sid or 'unreadable'}",
+            )
+        )
         hints = controller.policy_hints_oid
         checks.append(
             Check("policy hints", Level.OK, f"advertised ({hints})")

@@ -9,9 +9,13 @@ pruned after the replay window; `begin` refuses ids whose expiry lies beyond tha
 pruned id can never be replayed successfully.
 
 The journal must never hold a secret. It cannot know what is secret, so callers pass it only the
-outcome message (status, reason, message, detail, timings) and the user's name, never a command
-or anything that carries a password. The file records user names, so it is owner-only (0600) and
-the journal refuses to open a file that others can read, as the relay does for its keys.
+outcome message (status, reason, message, detail, timings), the user's name as the request gave
+it and the objectGUID of the account it resolved to, never a command or anything that carries a
+password. The GUID is what crash recovery goes by: an entry left APPLYING is resolved against the
+account that was being written, whatever the name now finds. Entries written before the GUID
+was recorded (schema version 1) have none and are resolved by their name, as then. The file
+records user names, so it is owner-only (0600) and the journal refuses to open a file that
+others can read, as the relay does for its keys.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class Entry:
     updated_at: float
     expires_at: float
     outcome: Mapping[str, object] | None
+    # objectGUID of the account the request resolved to; None before APPLYING, for a request
+    # that found no account, and in entries of journals written before it was recorded.
+    account: str | None = None
 
     @property
     def final(self) -> bool:
@@ -93,10 +100,13 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX requests_received_at ON requests (received_at)",
     ),
+    # The resolved account's objectGUID (crash recovery goes by it, not by the name given).
+    ("ALTER TABLE requests ADD COLUMN account TEXT",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _COLUMNS = (
-    "request_id, state, domain, operation, user_name, received_at, updated_at, expires_at, outcome"
+    "request_id, state, domain, operation, user_name, received_at, updated_at, expires_at, "
+    "outcome, account"
 )
 
 
@@ -227,28 +237,33 @@ class Journal:
                     field="expiresAt",
                 )
             db.execute(
-                f"INSERT INTO requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",  # noqa: S608 -- fixed column list
+                f"INSERT INTO requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",  # noqa: S608 -- fixed column list
                 (request_id, State.RECEIVED.value, domain, operation, user, now, now, expires_at),
             )
             return None
 
-    def applying(self, request_id: str) -> None:
-        """Mark a RECEIVED request APPLYING; call right before the directory write.
+    def applying(self, request_id: str, account: str | None = None) -> None:
+        """Mark a RECEIVED request APPLYING to `account` (the objectGUID it resolved to); call
+        right before the directory write.
 
         Any other transition raises InvalidTransition: an entry already APPLYING may already have
         changed the password, so it must not be written again.
         """
         with self._immediate() as db:
             changed = db.execute(
-                "UPDATE requests SET state = ?, updated_at = ? WHERE request_id = ? AND state = ?",
-                (State.APPLYING.value, self._clock(), request_id, State.RECEIVED.value),
+                "UPDATE requests SET state = ?, updated_at = ?, account = ?"
+                " WHERE request_id = ? AND state = ?",
+                (State.APPLYING.value, self._clock(), account, request_id, State.RECEIVED.value),
             ).rowcount
             if changed != 1:
                 seen = _select_one(db, request_id)
                 raise InvalidTransition(request_id, _state(seen), "mark it applying")
 
-    def finish(self, request_id: str, outcome: Mapping[str, object]) -> Entry:
-        """Record the outcome of a RECEIVED or APPLYING request; its status becomes the state.
+    def finish(
+        self, request_id: str, outcome: Mapping[str, object], account: str | None = None
+    ) -> Entry:
+        """Record the outcome of a RECEIVED or APPLYING request; its status becomes the state,
+        and `account` (the objectGUID it resolved to) is kept unless it is None.
 
         `outcome["status"]` must be applied, rejected or failed (else ValueError), and the outcome
         must be JSON-serialisable. A final entry is never finished again (InvalidTransition): a
@@ -263,9 +278,9 @@ class Journal:
             raise ValueError(f"outcome of {request_id} is not JSON-serialisable: {exc}") from exc
         with self._immediate() as db:
             changed = db.execute(
-                "UPDATE requests SET state = ?, updated_at = ?, outcome = ?"
-                " WHERE request_id = ? AND state IN (?, ?)",
-                (State(status).value, self._clock(), recorded, request_id, *_UNFINISHED),
+                "UPDATE requests SET state = ?, updated_at = ?, outcome = ?,"
+                " account = COALESCE(?, account) WHERE request_id = ? AND state IN (?, ?)",
+                (State(status).value, self._clock(), recorded, account, request_id, *_UNFINISHED),
             ).rowcount
             entry = _select_one(db, request_id)
             if changed != 1 or entry is None:
@@ -377,11 +392,11 @@ def _select_one(db: sqlite3.Connection, request_id: str) -> Entry | None:
     return None if row is None else _entry(row)
 
 
-_Row = tuple[str, str, str, str, str, float, float, float, str | None]  # in _COLUMNS order
+_Row = tuple[str, str, str, str, str, float, float, float, str | None, str | None]  # _COLUMNS
 
 
 def _entry(row: _Row) -> Entry:
-    request_id, state, domain, operation, user, received, updated, expires, outcome = row
+    request_id, state, domain, operation, user, received, updated, expires, outcome, account = row
     return Entry(
         request_id=request_id,
         state=State(state),
@@ -392,6 +407,7 @@ def _entry(row: _Row) -> Entry:
         updated_at=updated,
         expires_at=expires,
         outcome=None if outcome is None else _decode(outcome),
+        account=account,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
+from ldap3.utils.conv import escape_filter_chars
 
 from writeback.errors import (
     DirectoryAccessDenied,
@@ -124,6 +125,11 @@ class DomainController:
     pdc_dn: str
     supported_controls: frozenset[str]
     current_time: datetime | None
+    # The domain's other names: nETBIOSName of its crossRef (CORP in CORP\\alice) and the
+    # objectSid of the domain head (every account SID of the domain starts with it); None when
+    # the relay may not read them.
+    netbios: str | None = None
+    domain_sid: str | None = None
 
     @property
     def is_pdc(self) -> bool:
@@ -136,6 +142,29 @@ class DomainController:
             if oid in self.supported_controls:
                 return oid
         return None
+
+
+def sid_to_str(raw: bytes) -> str:
+    """A binary SID (MS-DTYP 2.4.2.2), as objectSid and tokenGroups carry it, in its S-1-...
+    form."""
+    authority = int.from_bytes(raw[2:8], "big")
+    count = raw[1]
+    subs = [int.from_bytes(raw[8 + 4 * i : 12 + 4 * i], "little") for i in range(count)]
+    return "-".join(["S", str(raw[0]), str(authority), *map(str, subs)])
+
+
+def sid_bytes(sid: str) -> bytes:
+    """A SID's binary form (MS-DTYP 2.4.2.2), as objectSid holds it: the filter value that finds
+    it."""
+    parts = sid.split("-")
+    if parts[:2] != ["S", "1"] or len(parts) < 3:
+        raise ValueError(f"not a SID: {sid!r}")
+    subs = [int(p) for p in parts[3:]]
+    return (
+        bytes([1, len(subs)])
+        + int(parts[2]).to_bytes(6, "big")
+        + b"".join(s.to_bytes(4, "little") for s in subs)
+    )
 
 
 def first(raw: dict[str, list[bytes]], name: str, default: str = "") -> str:
@@ -239,10 +268,11 @@ class Link:
                 "dsServiceName",
                 "supportedControl",
                 "currentTime",
+                "configurationNamingContext",
             ],
         )
         naming_context = base_dn or first(root, "defaultNamingContext")
-        domain = self.read(naming_context, ["fSMORoleOwner"])
+        domain = self.read(naming_context, ["fSMORoleOwner", "objectSid"])
         if not domain.get("fSMORoleOwner"):
             # Only a domain head names a PDC emulator and holds the password policy: an OU here
             # would silently turn the pre-check off.
@@ -260,7 +290,33 @@ class Link:
                 v.decode("ascii", "replace") for v in root.get("supportedControl", [])
             ),
             current_time=parse_generalized_time(first(root, "currentTime")),
+            netbios=self._netbios(first(root, "configurationNamingContext"), naming_context),
+            domain_sid=sid_to_str(domain["objectSid"][0]) if domain.get("objectSid") else None,
         )
+
+    def _netbios(self, configuration: str, naming_context: str) -> str | None:
+        """The domain's NetBIOS name: nETBIOSName of the crossRef in CN=Partitions whose nCName
+        is the domain. Read once per connection (it changes only with a domain rename); None,
+        logged, when it cannot be read: down-level names then find no one."""
+        if not configuration:
+            return None
+        try:
+            found = self.search(
+                f"CN=Partitions,{configuration}",
+                f"(&(objectClass=crossRef)(nCName={escape_filter_chars(naming_context)})"
+                "(nETBIOSName=*))",
+                ["nETBIOSName"],
+                scope="LEVEL",
+                size_limit=2,
+            )
+        except DirectoryError as exc:
+            log.warning("netbios_name_unreadable", extra={"error": str(exc)})
+            return None
+        names = {first(raw, "nETBIOSName").upper() for _, raw in found}
+        if len(names) != 1:
+            log.warning("netbios_name_unreadable", extra={"crossrefs": len(found)})
+            return None
+        return names.pop()
 
     def search(
         self,

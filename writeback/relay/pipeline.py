@@ -2,11 +2,20 @@
 
 verify the cloud's signature and the format → check id and domain → refuse a request issued ahead
 of this relay's clock (clock skew) → journal, then the expiry (a duplicate gets the recorded
-outcome again; an entry a crash left APPLYING, or a request delivered before but not journaled
-here, is resolved by what the DC can prove: see `_earlier_write`) → open the sealed secrets →
-apply through the directory, one write per user at a time, with the message lock renewed meanwhile
-→ journal the outcome → send it signed, on the reply session the signed request names (else the
-request's own) → complete.
+outcome again) → open the sealed secrets → resolve the user to one directory account (a read:
+UPN, SID, GUID or DOMAIN\\name all become the account's objectGUID) → under that account's lock,
+resolve an entry a crash left APPLYING, or a request delivered before but not journaled here, by
+what the DC can prove (see `_earlier_write`) → apply through the directory, one write per account
+at a time, with the message lock renewed meanwhile → journal the outcome → send it signed, with
+the account it resolved to, on the reply session the signed request names (else the request's
+own) → complete.
+
+One identity per user: everything the relay keeps about a user (the change throttle, the write
+lock, the journal's account for crash recovery) is keyed on the objectGUID the request resolved
+to, never on the name the caller typed, so a SID and a UPN of one user share one count and one
+lock. The resolution happens before the account's lock is taken (the lock needs the GUID), under
+a lock on the name as given, which it hands over once it holds the account's: requests naming a
+user the same way are still written in the order they arrived.
 
 A message whose signature or format is bad is dead-lettered with a reason and no secret: nothing
 in it can be trusted, not even the id to answer on. Anything signed and well-formed gets an
@@ -46,10 +55,11 @@ from writeback.protocol import (
     Reason,
     ResetPassword,
 )
+from writeback.protocol.accounts import Account, upn_key
 from writeback.protocol.messages import OutcomeMessage, RequestMessage
 from writeback.relay.directory import Directory
-from writeback.relay.journal import Journal, State
-from writeback.relay.throttle import ChangeThrottle, user_key
+from writeback.relay.journal import Entry, Journal, State
+from writeback.relay.throttle import ChangeThrottle
 from writeback.transport import Delivery, RelayTransport
 
 log = logging.getLogger(__name__)
@@ -69,12 +79,60 @@ class Settled(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Answered:
+    """How a request ended, and the account it resolved to (None when it found none)."""
+
+    outcome: Outcome
+    account: Account | None = None
+
+
+@dataclass(frozen=True)
 class RelayKeys:
     """What the pipeline needs of the keys: the cloud's public keys and this relay's own."""
 
     cloud: KeySet
     decryption: KeySet
     signing: ECKey
+
+
+class KeyedLocks:
+    """One asyncio lock per key, forgotten once no one holds it or waits for it (counted, as an
+    unlocked lock may still have a waiter about to take it)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def acquire(self, key: str) -> None:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._leave(key)
+            raise
+
+    def release(self, key: str) -> None:
+        self._locks[key][0].release()
+        self._leave(key)
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: str) -> AsyncIterator[None]:
+        await self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release(key)
+
+    def _leave(self, key: str) -> None:
+        lock, users = self._locks[key]
+        if users > 1:
+            self._locks[key] = (lock, users - 1)
+        else:
+            del self._locks[key]
+
+    def __len__(self) -> int:
+        """How many keys are held or waited for."""
+        return len(self._locks)
 
 
 class Pipeline:
@@ -98,7 +156,8 @@ class Pipeline:
         self._journal = journal
         self._keys = keys
         self._clock = clock
-        self._user_locks: dict[str, asyncio.Lock] = {}
+        self._user_locks = KeyedLocks()  # by objectGUID
+        self._name_locks = KeyedLocks()  # by the name as given (see the module doc)
         self._throttle = throttle if throttle is not None else ChangeThrottle()
         # Fault injection for the crash tests only (see FAILPOINT_ENV); never set in production.
         self._failpoint = failpoint
@@ -126,13 +185,16 @@ class Pipeline:
             return await self._dead_letter(delivery, exc)
         try:
             async with self._keep_locked(delivery):
-                outcome = self._from_the_future(message) or await self._process(
-                    message, delivery.delivery_count
+                future = self._from_the_future(message)
+                answered = (
+                    Answered(future)
+                    if future
+                    else await self._process(message, delivery.delivery_count)
                 )
         except JournalError as exc:
             log.error("journal_failed", extra={"request": message.id, "error": str(exc)})
             return await self._settle(self._transport.abandon(delivery), Settled.ABANDONED)
-        return await self._answer(delivery, message, outcome, started)
+        return await self._answer(delivery, message, answered, started)
 
     def _from_the_future(self, message: RequestMessage) -> Outcome | None:
         ahead = message.issued_at - self._clock()
@@ -151,7 +213,9 @@ class Pipeline:
             )
         return None
 
-    async def _process(self, message: RequestMessage, delivery_count: int) -> Outcome:
+    async def _process(  # noqa: PLR0912 -- the steps of the module doc, in order, in one place
+        self, message: RequestMessage, delivery_count: int
+    ) -> Answered:
         # The journal comes before the expiry: a request already answered gets its recorded
         # outcome even when it is delivered again after its expiry (a crash, a lost answer).
         try:
@@ -163,45 +227,53 @@ class Pipeline:
                 expires_at=float(message.expires_at),
             )
         except ProtocolError as exc:
-            return Outcome(Reason(exc.reason), str(exc))
+            return Answered(Outcome(Reason(exc.reason), str(exc)))
         if seen is not None and seen.final and seen.outcome is not None:
             recorded = OutcomeMessage.parse(dict(seen.outcome))
-            return Outcome(recorded.reason, recorded.detail, recorded.message)
+            return Answered(
+                Outcome(recorded.reason, recorded.detail, recorded.message), recorded.account
+            )
         if seen is None and self._clock() >= message.expires_at:
             return self._record(message, self._expired(message, "before it arrived"))
         try:
             command = sealing.open_request(message, self._keys.decryption)
         except ProtocolError as exc:
             return self._record(message, Outcome(Reason(exc.reason), str(exc)))
-        async with self._one_write_per_user(message.user):
+        async with self._one_write_per_account(message, seen) as found:
+            if isinstance(found, Outcome):
+                # No account (not found, ambiguous, malformed, the DC unreachable): nothing to
+                # lock, count or write.
+                return self._record(message, found)
+            account = found
             if seen is not None and seen.state is State.APPLYING:
                 # This relay crashed while applying it.
-                resolved = await self._earlier_write(command, seen.updated_at)
+                resolved = await self._earlier_write(command, account, seen.updated_at)
             elif seen is None and delivery_count > 1:
                 # Delivered before, but not journaled here: another relay of the domain may have
                 # written it and died before answering (or a receiver that is no relay let go).
-                resolved = await self._earlier_write(command, float(message.issued_at))
+                resolved = await self._earlier_write(command, account, float(message.issued_at))
             else:
                 resolved = None
             if resolved is not None:
-                return self._record(message, resolved)
+                return self._record(message, resolved, account)
             if self._clock() >= message.expires_at:
                 # Delivered again after its expiry and not written before: never apply it now.
-                return self._record(message, self._expired(message, "before it was applied"))
-            # Under the user's lock, so that parallel changes cannot all pass the count; after
+                expired = self._expired(message, "before it was applied")
+                return self._record(message, expired, account)
+            # Under the account's lock, so that parallel changes cannot all pass the count; after
             # the crash recovery above, so a change AD already took is reported as applied.
-            throttled = self._throttle.refusal(message.operation, message.user, self._clock())
+            throttled = self._throttle.refusal(message.operation, account.guid, self._clock())
             if throttled is not None:
                 log.warning("change_throttled", extra={"request": message.id})
-                return self._record(message, throttled)
+                return self._record(message, throttled, account)
             if seen is None or seen.state is State.RECEIVED:
-                self._journal.applying(message.id)
-            outcome = await asyncio.to_thread(self._directory.apply, command)
-            self._throttle.record(command.operation, command.user, outcome, self._clock())
+                self._journal.applying(message.id, account.guid)
+            outcome = await asyncio.to_thread(self._directory.apply, command, account)
+            self._throttle.record(command.operation, account.guid, outcome, self._clock())
             if self._failpoint == AFTER_DIRECTORY_WRITE:
                 # The worst moment to die: AD has the write, the journal and the caller do not.
                 os.kill(os.getpid(), signal.SIGKILL)
-        return self._record(message, outcome)
+        return self._record(message, outcome, account)
 
     def prune(self) -> int:
         """Forget journal entries past the replay window (see Journal.prune); how many went."""
@@ -213,8 +285,12 @@ class Pipeline:
             f"expired {self._clock() - message.expires_at:.0f}s {when}",
         )
 
-    async def _earlier_write(self, command: Command, since: float) -> Outcome | None:
-        """What to do with a request an earlier delivery may have written (from `since` on):
+    async def _earlier_write(
+        self, command: Command, account: Account, since: float
+    ) -> Outcome | None:
+        """What to do with a request an earlier delivery may have written to `account` (from
+        `since` on), asking the DC about that account (by objectGUID) whatever name the request
+        gave:
         None to write it now, or the outcome to report instead. pwdLastSet alone proves
         nothing (another write may have set it), so the DC is asked what is true:
 
@@ -232,15 +308,15 @@ class Pipeline:
         if command.operation is Operation.UNLOCK:
             return None
         try:
-            return await self._recover(command, since)
+            return await self._recover(command, account, since)
         except DirectoryError as exc:
             reason = Reason(exc.reason)
             if reason is not Reason.DIRECTORY_UNAVAILABLE:
                 reason = Reason.REQUEST_OUTCOME_UNKNOWN
             return Outcome(reason, f"could not check an earlier delivery's write: {exc}")
 
-    async def _recover(self, command: Command, since: float) -> Outcome | None:
-        last_set = await asyncio.to_thread(self._directory.password_last_set, command.user)
+    async def _recover(self, command: Command, account: Account, since: float) -> Outcome | None:
+        last_set = await asyncio.to_thread(self._directory.password_last_set, account)
         if last_set is not None and last_set.timestamp() < since - CLOCK_TOLERANCE_SECONDS:
             return None
         when = f"pwdLastSet {last_set:%Y-%m-%dT%H:%M:%SZ}" if last_set else "pwdLastSet 0"
@@ -253,11 +329,11 @@ class Pipeline:
             )
         if not isinstance(command, ResetPassword | ChangePassword):
             return None
-        refused = await asyncio.to_thread(self._directory.refusal, command)
+        refused = await asyncio.to_thread(self._directory.refusal, command, account)
         if refused is not None:
             return refused
         in_effect = await asyncio.to_thread(
-            self._directory.password_in_effect, command.user, command.new_password
+            self._directory.password_in_effect, account, command.new_password
         )
         if in_effect:
             return Outcome(
@@ -279,13 +355,21 @@ class Pipeline:
             "the account out, or pwdLastSet 0, which has no time); nothing written",
         )
 
-    def _record(self, message: RequestMessage, outcome: Outcome) -> Outcome:
-        self._journal.finish(message.id, self._outcome_message(message, outcome, 0).to_payload())
-        return outcome
+    def _record(
+        self, message: RequestMessage, outcome: Outcome, account: Account | None = None
+    ) -> Answered:
+        answered = Answered(outcome, account)
+        self._journal.finish(
+            message.id,
+            self._outcome_message(message, answered, 0).to_payload(),
+            account.guid if account else None,
+        )
+        return answered
 
     def _outcome_message(
-        self, message: RequestMessage, outcome: Outcome, duration_ms: int
+        self, message: RequestMessage, answered: Answered, duration_ms: int
     ) -> OutcomeMessage:
+        outcome = answered.outcome
         return OutcomeMessage(
             request_id=message.id,
             domain=message.domain,
@@ -295,6 +379,7 @@ class Pipeline:
             detail=outcome.detail[:2000],
             completed_at=int(self._clock()),
             duration_ms=duration_ms,
+            account=answered.account,
         )
 
     @contextlib.asynccontextmanager
@@ -332,20 +417,35 @@ class Pipeline:
                 await renewing
 
     @contextlib.asynccontextmanager
-    async def _one_write_per_user(self, upn: str) -> AsyncIterator[None]:
-        key = user_key(upn)
-        lock = self._user_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            yield
-        if not lock.locked() and self._user_locks.get(key) is lock:
-            del self._user_locks[key]
+    async def _one_write_per_account(
+        self, message: RequestMessage, seen: Entry | None
+    ) -> AsyncIterator[Account | Outcome]:
+        """Resolve the request's user and hold that account's lock (by objectGUID) meanwhile;
+        the outcome instead when there is no one account. An entry a crash left APPLYING is
+        resolved by the account it recorded, not by its name again (a rename since could find
+        another). The resolution runs under a lock on the name as given, handed over once the
+        account's lock is held, so requests naming a user alike keep their order of arrival."""
+        recorded = seen.account if seen is not None else None
+        user: str | Account = Account(recorded) if recorded else message.user
+        held: str | None = None
+        async with self._name_locks.held(recorded or upn_key(message.user)):
+            found = await asyncio.to_thread(self._directory.resolve, user)
+            if isinstance(found, Account):
+                await self._user_locks.acquire(found.guid)
+                held = found.guid
+        try:
+            yield found
+        finally:
+            if held is not None:
+                self._user_locks.release(held)
 
     async def _answer(
-        self, delivery: Delivery, message: RequestMessage, outcome: Outcome, started: float
+        self, delivery: Delivery, message: RequestMessage, answered: Answered, started: float
     ) -> Settled:
+        outcome = answered.outcome
         duration = int((self._clock() - started) * 1000)
         token = sealing.sign_outcome(
-            self._outcome_message(message, outcome, duration), self._keys.signing
+            self._outcome_message(message, answered, duration), self._keys.signing
         )
         log.info(
             "request_handled",

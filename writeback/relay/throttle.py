@@ -4,10 +4,12 @@ Every change with a wrong current password counts towards the user's lockout thr
 (badPwdCount), and a caller of the writeback API can send changes for any user. Without a limit, a
 compromised portal, or a script behind it, could guess current passwords online or lock out every
 account of the domain through the relay. So a relay counts the `old_password.mismatch` answers per
-user (UPN, compared as `user_key` does) and, once `attempts` of them fall within `window` seconds,
-refuses further changes for that user with `account.throttled` until the oldest one leaves the
-window, without touching AD. A change that succeeds clears the user's count. Resets and unlocks are
-not counted: they carry no current password.
+account, keyed on its objectGUID (the account the pipeline resolved the request to, never the
+name the caller typed: a UPN, a SID, a GUID and `DOMAIN\\name` of one user share one count, as do
+spellings of a UPN that AD matches to one account) and, once `attempts` of them fall within
+`window` seconds, refuses further changes for that user with `account.throttled` until the
+oldest one leaves the window, without touching AD. A change that succeeds clears the user's
+count. Resets and unlocks are not counted: they carry no current password.
 
 The count lives in the relay's memory: a restart forgets it, and each relay of a domain counts
 on its own, so a domain with two relays lets through at most twice `attempts`. That only slows
@@ -23,15 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from writeback.protocol import Operation, Outcome, Reason
-from writeback.protocol.accounts import upn_key
 
 MAX_USERS = 100_000  # users with failures kept at once; beyond it the stalest are forgotten
-
-
-def user_key(upn: str) -> str:
-    """One user's key before AD has been asked: spellings AD takes for one account share a count
-    (and a lock); see `upn_key`."""
-    return upn_key(upn)
 
 
 @dataclass
@@ -42,11 +37,12 @@ class ChangeThrottle:
     window: float = 900.0
     _failures: dict[str, deque[float]] = field(default_factory=dict)
 
-    def refusal(self, operation: Operation, user: str, now: float) -> Outcome | None:
-        """The outcome that refuses this request now, or None if it may go to AD."""
+    def refusal(self, operation: Operation, account: str, now: float) -> Outcome | None:
+        """The outcome that refuses this request for `account` (its objectGUID) now, or None if
+        it may go to AD."""
         if operation is not Operation.CHANGE or self.attempts <= 0:
             return None
-        failures = self._recent(user_key(user), now)
+        failures = self._recent(account.lower(), now)
         if len(failures) < self.attempts:
             return None
         wait = failures[0] + self.window - now
@@ -59,11 +55,12 @@ class ChangeThrottle:
             f"Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
         )
 
-    def record(self, operation: Operation, user: str, outcome: Outcome, now: float) -> None:
-        """Count what AD answered a change: a mismatch adds one, an applied change clears."""
+    def record(self, operation: Operation, account: str, outcome: Outcome, now: float) -> None:
+        """Count what AD answered a change for `account` (its objectGUID): a mismatch adds one,
+        an applied change clears."""
         if operation is not Operation.CHANGE or self.attempts <= 0:
             return
-        key = user_key(user)
+        key = account.lower()
         if outcome.reason is Reason.APPLIED:
             self._failures.pop(key, None)
         elif outcome.reason is Reason.OLD_PASSWORD_MISMATCH:
