@@ -63,7 +63,7 @@ class StandIn:
 
     @property
     def root(self) -> str:
-        return f"{self.tenant.authority}/{TENANT_ID}"
+        return f"{self.tenant.authority}/{self.tenant.tenant_id}"
 
     def session(self) -> requests.Session:
         session = requests.Session()
