@@ -35,10 +35,15 @@ class SignInStandIn:
 
     config: Path
     tls: tls.TlsFiles
+    port: int = PORT
+
+    @property
+    def authority(self) -> str:
+        return f"https://{HOST}:{self.port}"
 
     def argv(self) -> list[str]:
         return ["-m", "devstack.entra", "--config", str(self.config.resolve()), "--port",
-                str(PORT), "--cert", str(self.tls.cert_file.resolve()), "--key",
+                str(self.port), "--cert", str(self.tls.cert_file.resolve()), "--key",
                 str(self.tls.key_file.resolve())]  # fmt: skip
 
     def api_settings(self) -> dict[str, str]:
@@ -46,7 +51,7 @@ class SignInStandIn:
         return {
             "WRITEBACK_AUTH_TENANT_ID": TENANT_ID,
             "WRITEBACK_AUTH_AUDIENCES": f"{API_CLIENT_ID},{API_IDENTIFIER_URI}",
-            "WRITEBACK_AUTH_AUTHORITY": AUTHORITY,
+            "WRITEBACK_AUTH_AUTHORITY": self.authority,
             "WRITEBACK_SELF_SERVICE_ACRS": CONTEXT,
             # The host fetches the stand-in's keys over HTTPS: trust its CA (the local host
             # makes no other HTTPS call).
@@ -54,14 +59,18 @@ class SignInStandIn:
         }
 
 
+def stand_in(directory: Path, port: int = PORT) -> SignInStandIn:
+    """The stand-in whose files `prepare` wrote in `directory`, serving on `port`."""
+    files = [directory / "tls" / name for name in ("ca.pem", "cert.pem", "key.pem")]
+    return SignInStandIn(directory / "entra.json", tls.TlsFiles(*files), port)
+
+
 def prepare(
-    directory: Path, dc: SambaDC, domain: seed.SeededDomain, api_port: int
+    directory: Path, dc: SambaDC, domain: seed.SeededDomain, api_port: int, port: int = PORT
 ) -> SignInStandIn:
     """Write the stand-in's configuration (users with their SIDs read from the DC) and TLS."""
     directory.mkdir(parents=True, exist_ok=True)
-    files = tls.TlsFiles(
-        directory / "tls" / "ca.pem", directory / "tls" / "cert.pem", directory / "tls" / "key.pem"
-    )
+    files = stand_in(directory, port).tls
     if not files.cert_file.exists():
         files = tls.issue_server_certificate(directory / "tls", [HOST], ("127.0.0.1",))
     connection = dc.admin_connection()
@@ -74,7 +83,7 @@ def prepare(
     users = entra_users.cloud_users(TENANT_ID, domain.dns_domain, sids)
     origins = [f"http://127.0.0.1:{api_port}", f"http://localhost:{api_port}"]
     config = {
-        "authority": AUTHORITY,
+        "authority": stand_in(directory, port).authority,
         "tenant_id": TENANT_ID,
         "api_client_id": API_CLIENT_ID,
         "api_identifier_uri": API_IDENTIFIER_URI,
@@ -89,4 +98,4 @@ def prepare(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the signing key
     with os.fdopen(fd, "w") as handle:
         json.dump(config, handle, indent=2)
-    return SignInStandIn(path, files)
+    return SignInStandIn(path, files, port)

@@ -122,8 +122,11 @@ def sign_in(
     session = stand_in.session()
     verifier, challenge = pkce()
     state = secrets.token_urlsafe(16)
+    client, redirect = stand_in.tenant.pages_client_id, stand_in.tenant.redirect_uris[0]
+    parts = urlsplit(redirect)
+    origin = f"{parts.scheme}://{parts.netloc}"
     query = {
-        "client_id": PAGES_CLIENT, "response_type": "code", "redirect_uri": REDIRECT,
+        "client_id": client, "response_type": "code", "redirect_uri": redirect,
         "scope": f"openid profile offline_access {stand_in.tenant.api_scope}",
         "state": state, "nonce": uuid.uuid4().hex, "code_challenge": challenge,
         "code_challenge_method": "S256",
@@ -138,18 +141,18 @@ def sign_in(
     answer = session.post(url, data=fields, allow_redirects=False, timeout=10)
     assert answer.status_code == 302, answer.text
     location = urlsplit(answer.headers["Location"])
-    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT
+    assert f"{location.scheme}://{location.netloc}{location.path}" == redirect
     params = parse_qs(location.query)
     assert params["state"] == [state]
     tokens = session.post(
         f"{stand_in.root}/oauth2/v2.0/token",
-        data={"grant_type": "authorization_code", "client_id": PAGES_CLIENT,
-              "code": params["code"][0], "redirect_uri": REDIRECT, "code_verifier": verifier},
-        headers={"Origin": "https://localhost:7072"},
+        data={"grant_type": "authorization_code", "client_id": client,
+              "code": params["code"][0], "redirect_uri": redirect, "code_verifier": verifier},
+        headers={"Origin": origin},
         timeout=10,
     )  # fmt: skip
     assert tokens.status_code == 200, tokens.text
-    assert tokens.headers["Access-Control-Allow-Origin"] == "https://localhost:7072"
+    assert tokens.headers["Access-Control-Allow-Origin"] == origin
     return dict(tokens.json())
 
 
