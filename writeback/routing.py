@@ -1,24 +1,46 @@
-"""Which AD domain a user belongs to: the UPN suffix, looked up in configuration.
+"""Which AD domain a user belongs to, from the account reference that names the user.
 
-Every domain the cloud serves routes its own DNS name; alternate UPN suffixes (a forest's
-`uPNSuffixes`, e.g. `contoso.com` for `corp.contoso.local`) are listed explicitly. Matching is
-exact and case-insensitive: a suffix never routes its subdomains, because a UPN suffix is a
-string a forest chose, not a DNS zone. An unknown suffix is refused before anything is sealed or
-sent, so a request never reaches relays of the wrong domain. Imports nothing of ours but the
-protocol.
+A UPN routes by its suffix, looked up in configuration: every domain the cloud serves routes its
+own DNS name; alternate UPN suffixes (a forest's `uPNSuffixes`, e.g. `contoso.com` for
+`corp.contoso.local`) are listed explicitly. Matching is exact and case-insensitive: a suffix
+never routes its subdomains, because a UPN suffix is a string a forest chose, not a DNS zone.
+A SID routes by its domain SID and `DOMAIN\\name` by its NetBIOS name, both as the domains'
+relays announce them in their signed heartbeats (`DomainNames`): a relay that announces them is
+one that can find a user by them. A GUID (or immutable ID) names no domain: the caller names it
+(`domain`), or the only configured domain is meant. A name no configured domain claims is refused
+before anything is sealed or sent, so a request never reaches relays of the wrong domain.
+Imports nothing of ours but the protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from writeback.errors import ConfigurationError
+from writeback.protocol.accounts import AccountRef, AnchorKind
 from writeback.protocol.messages import domain_problem
 
 
 class UnknownDomain(LookupError):
-    """The UPN's suffix is routed to no configured domain."""
+    """The user's name (UPN suffix, domain SID, NetBIOS name) belongs to no configured domain."""
+
+
+class DomainRequired(LookupError):
+    """The reference names no domain (a GUID) and several domains are configured."""
+
+
+class DomainMismatch(LookupError):
+    """The caller named a domain, and the user's name belongs to another one."""
+
+
+@dataclass(frozen=True)
+class DomainNames:
+    """What the relays announce of their domains: NetBIOS name (upper case) and domain SID, each
+    to its domain. Built from the heartbeats kept (`writeback.cloud.relays`)."""
+
+    netbios: Mapping[str, str] = field(default_factory=dict)
+    sids: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,32 @@ class Routes:
         if domain is None:
             raise UnknownDomain(suffix)
         return domain
+
+    def route_account(
+        self, ref: AccountRef, names: DomainNames | None = None, domain: str | None = None
+    ) -> str:
+        """The domain of the account `ref` names, the caller's `domain` (a configured one, lower
+        case) checked against it. UnknownDomain when the name belongs to no configured domain,
+        DomainRequired for a GUID with no `domain` among several domains, DomainMismatch when
+        `domain` is not the one the name belongs to."""
+        names = names or DomainNames()
+        if ref.kind is AnchorKind.GUID:
+            if domain is not None:
+                return domain
+            if len(self.domains) == 1:
+                return next(iter(self.domains))
+            raise DomainRequired(ref.value)
+        if ref.kind is AnchorKind.UPN:
+            routed = self.route(ref.value)
+        else:
+            key = ref.domain_sid if ref.kind is AnchorKind.SID else ref.netbios
+            found = (names.sids if ref.kind is AnchorKind.SID else names.netbios).get(key or "")
+            if found is None or found not in self.domains:
+                raise UnknownDomain(key)
+            routed = found
+        if domain is not None and domain != routed:
+            raise DomainMismatch(routed)
+        return routed
 
     @classmethod
     def build(

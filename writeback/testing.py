@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 
 import ldap3
 
+from writeback.cloud.accounts import account_keys, name_key
 from writeback.cloud.agents import AgentRecord
 from writeback.cloud.audit import AuditRecord
 from writeback.cloud.tables import check_key
@@ -38,7 +39,6 @@ from writeback.protocol import (
     Reason,
     ResetPassword,
 )
-from writeback.protocol.messages import upn_key
 from writeback.relay.directory import Capabilities
 from writeback.relay.ldap import DomainController, Link
 from writeback.relay.policy import PasswordPolicy
@@ -255,10 +255,13 @@ class FakeDirectory:
 
 class MemoryAuditTrail:
     """The AuditTrail port in memory: insert-or-replace by request id, ids checked as the
-    Table adapter checks them (ValueError before anything is stored)."""
+    Table adapter checks them (ValueError before anything is stored), and the account index
+    (`writeback.cloud.accounts`) read as the Table adapter reads it."""
 
     def __init__(self) -> None:
         self.records: dict[str, AuditRecord] = {}
+        self.guids: dict[str, set[str]] = {}  # name key -> GUIDs
+        self.names: dict[str, dict[str, str]] = {}  # GUID -> name key -> name
         self.closed = False
 
     async def record(self, record: AuditRecord) -> None:
@@ -268,15 +271,29 @@ class MemoryAuditTrail:
         return self.records.get(check_key(request_id, "request id"))
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
-        wanted = upn_key(user)
+        async def guids_of(key: str) -> set[str]:
+            return self.guids.get(key, set())
+
+        async def names_of(guid: str) -> builtins.list[str]:
+            return builtins.list(self.names.get(guid, {}).values())
+
+        keys, guids = await account_keys(user, guids_of, names_of)
         return sorted(
             (
                 record
                 for record in self.records.values()
-                if upn_key(record.user) == wanted and since <= record.received_at <= until
+                if (name_key(record.user) in keys or record.account in guids)
+                and since <= record.received_at <= until
             ),
             key=lambda record: record.received_at,
         )
+
+    async def link(self, guid: str, names: Iterable[str]) -> None:
+        check_key(guid, "account GUID")
+        for name in names:
+            key = name_key(name)
+            self.guids.setdefault(key, set()).add(guid)
+            self.names.setdefault(guid, {})[key] = name
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
         return sorted(

@@ -158,3 +158,53 @@ class TestPending:
     def test_no_request_id_can_fall_into_the_marks(self) -> None:
         with pytest.raises(ValueError, match="must not start with ~"):
             to_entity(record("alice@corp.example.test", T0, request_id="~pending"))
+
+
+class TestAccountIndex:
+    async def test_an_accounts_records_are_found_by_any_of_its_names(
+        self, audit: TableAuditTrail
+    ) -> None:
+        """Records filed under a SID and a UPN, each resolved to one GUID, and a pending one
+        under DOMAIN\\sam: once the names are linked, a lookup by any name or the GUID returns
+        all three, each once, and another account's record none of them."""
+        guid = str(uuid.uuid4())
+        sid, upn, sam = "S-1-5-21-1-2-3-1104", "Alice@corp.example.test", "CORP\\alice"
+        by_sid = record(sid, T0, account=guid)
+        by_upn = record(upn, T0 + 10, account=guid)
+        waiting = record("corp\\ALICE", T0 + 20, status="pending", reason=None)
+        stranger = record("S-1-5-21-1-2-3-1105", T0 + 5, account=str(uuid.uuid4()))
+        for entry in (by_sid, by_upn, waiting, stranger):
+            await audit.record(entry)
+        await audit.link(guid, [sid, upn, sam, guid])
+        expected = [by_sid.request_id, by_upn.request_id, waiting.request_id]
+        for name in (sid, upn.upper(), sam.lower(), guid.upper()):
+            found = await audit.for_user(name, T0 - 1, T0 + 60)
+            assert [r.request_id for r in found] == expected, name
+        assert [r.account for r in await audit.for_user(upn, T0, T0 + 60)][:2] == [guid, guid]
+
+    async def test_a_completed_copy_wins_over_the_pending_one(self, audit: TableAuditTrail) -> None:
+        """A request recorded pending under its typed name, then completed with its account:
+        the lookup by the GUID returns it once, completed."""
+        guid = str(uuid.uuid4())
+        pending = record("S-1-5-21-7-8-9-500", T0, status="pending", reason=None)
+        await audit.record(pending)
+        await audit.record(dataclasses.replace(pending, status="applied", account=guid))
+        await audit.link(guid, ["S-1-5-21-7-8-9-500"])
+        [found] = await audit.for_user(guid, T0 - 1, T0 + 1)
+        assert (found.request_id, found.status, found.account) == (
+            pending.request_id, "applied", guid,
+        )  # fmt: skip
+
+    async def test_records_written_before_the_index_are_read(self, audit: TableAuditTrail) -> None:
+        """A copy filed under a UPN as before the index (no account field) is still found by
+        the UPN, and by the GUID once the UPN is linked to it."""
+        guid = str(uuid.uuid4())
+        old = record("bob@corp.example.test", T0)
+        await audit.record(old)
+        assert "account" not in to_entity(old)
+        assert [r.request_id for r in await audit.for_user("BOB@corp.example.test", T0, T0)] == [
+            old.request_id
+        ]
+        assert await audit.for_user(guid, T0, T0) == []
+        await audit.link(guid, ["bob@corp.example.test"])
+        assert [r.request_id for r in await audit.for_user(guid, T0, T0)] == [old.request_id]

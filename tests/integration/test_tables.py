@@ -203,6 +203,18 @@ class TestAgentRegistry:
         await agents.record(without)
         assert await agents.list("corp.example.test") == [with_policy, without]
 
+    async def test_the_domains_names_round_trip(self, agents: TableAgentRegistry) -> None:
+        """A heartbeat's NetBIOS name and domain SID are kept and read back; a relay that named
+        neither reads back None for both."""
+        named = heartbeat(
+            "corp.example.test", "relay-n", 10.0, netbios="CORP", domain_sid="S-1-5-21-1-2-3"
+        )
+        await agents.record(named)
+        await agents.record(heartbeat("corp.example.test", "relay-o", 10.0))
+        kept = {agent.relay_id: agent for agent in await agents.list("corp.example.test")}
+        assert kept["relay-n"] == named
+        assert (kept["relay-o"].netbios, kept["relay-o"].domain_sid) == (None, None)
+
     async def test_list_by_domain_and_all(self, agents: TableAgentRegistry) -> None:
         """`list(domain)` gives that domain's relays only; `list()` gives every relay."""
         corp = heartbeat("corp.example.test", "relay-a", 100.0)

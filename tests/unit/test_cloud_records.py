@@ -57,7 +57,7 @@ class TestAuditEntity:
             "request_id", "received_at", "domain", "user", "operation", "initiator", "caller",
             "caller_kind", "source", "unlock", "force_change_at_next_logon", "sealed_by_caller",
             "status", "reason", "message", "detail", "relay", "completed_at", "duration_ms",
-            "trace_id", "expires_at", "reply_session",
+            "trace_id", "expires_at", "reply_session", "account",
         ]  # fmt: skip
 
     def test_keys_are_the_request_id_and_an_empty_row(self) -> None:

@@ -5,6 +5,7 @@ Azure delivers them (tests.functions: the worker and the library decode them).""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -49,6 +50,18 @@ JWE = st.fixed_dictionaries(
         "protected": TEXT, "iv": TEXT, "ciphertext": TEXT, "tag": TEXT, "aad": TEXT,
     },
 )  # fmt: skip
+# Account references of every kind, well formed or nearly: a SID of the announced domain or
+# another, GUIDs and immutable IDs, down-level names, and UPNs with odd suffixes.
+USER = st.one_of(
+    st.builds("S-1-5-21-1-2-3-{}".format, st.integers(0, 2**32)),
+    st.builds("{}-{}".format, st.sampled_from(["S-1-5-21-9-9-9", "s-1-5-32", "S-1-"]), TEXT),
+    st.uuids().map(str),
+    st.uuids().map(lambda u: base64.b64encode(u.bytes_le).decode()),
+    st.builds("{}\\{}".format, st.sampled_from(["CORP", "corp", "EMEA", "", "A" * 16]), TEXT),
+    st.builds("{}@{}".format, TEXT, st.sampled_from([DOMAIN, "example.test", "x.test", ""])),
+    TEXT,
+)
+DOMAIN_FIELD = st.sampled_from([DOMAIN, DOMAIN.upper(), "emea.example.test", "x", ""]) | JSON
 ROUTES: dict[str, tuple[str, tuple[str, ...]]] = {
     "reset_password": ("POST", ()),
     "change_password": ("POST", ()),
@@ -70,7 +83,9 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def alive(stack: Any) -> None:
     """A relay that looks alive (a fresh heartbeat) but serves nothing: requests wait briefly."""
     now = time.time()
-    await stack.agents.record(AgentRecord(DOMAIN, RELAY, "test", now, now, {}, None, None))
+    await stack.agents.record(
+        AgentRecord(DOMAIN, RELAY, "test", now, now, {}, None, None, "CORP", "S-1-5-21-1-2-3")
+    )
 
 
 class TestRoutes:
@@ -81,8 +96,9 @@ class TestRoutes:
             st.binary(max_size=300),
             JSON.map(lambda v: json.dumps(v).encode()),
             st.fixed_dictionaries(
-                {"user": TEXT | JSON},
+                {"user": USER | JSON},
                 optional={
+                    "domain": DOMAIN_FIELD,
                     "sealedPassword": JWE,
                     "newPassword": TEXT | JSON,
                     "oldPassword": TEXT | JSON,
@@ -93,7 +109,7 @@ class TestRoutes:
             ).map(lambda v: json.dumps(v).encode()),
             st.integers(1, 3000).map(lambda depth: b"[" * depth + b"]" * depth),
         ),
-        route=st.lists(TEXT, min_size=3, max_size=3),
+        route=st.lists(USER, min_size=3, max_size=3),
         query=st.dictionaries(st.sampled_from(["hours", "x"]), TEXT, max_size=2),
     )
     async def test_no_route_answers_a_500(  # noqa: PLR0917 - hypothesis passes them by name

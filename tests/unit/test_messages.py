@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from writeback.errors import ProtocolError
 from writeback.protocol import Initiator, Operation, Reason
+from writeback.protocol.accounts import upn_problem
 from writeback.protocol.messages import (
     MAX_LIFETIME_SECONDS,
     MAX_MESSAGE_BYTES,
@@ -19,7 +20,6 @@ from writeback.protocol.messages import (
     Secrets,
     decode,
     domain_problem,
-    upn_problem,
     utf16_length,
 )
 

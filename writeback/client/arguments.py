@@ -1,7 +1,8 @@
 """The `writeback` command line's grammar: its commands, their arguments and options, and the
 help that says where the URL and the credential come from.
 
-Parsing only: nothing here reads the environment, asks for a password or calls the API (`cli`
+Parsing only: nothing here reads the environment (the help of --scope may show what a given
+environment configures), asks for a password or calls the API (`cli`
 does). No error message ever repeats an argument's value (it may be a password), and no option
 takes a secret: every local user can read a process's command line.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from writeback import __version__
-from writeback.client import api, entra
-from writeback.protocol.messages import upn_problem
+from writeback.client import api, entra, signin
+from writeback.protocol.accounts import upn_problem
 
 URL_ENV = "WRITEBACK_API_URL"
 KEY_ENV = "WRITEBACK_API_KEY"
@@ -30,6 +31,13 @@ Passwords are asked at a prompt, or read from stdin with --password-stdin, one p
 (change: the current one, then the new one). The API URL comes from --url or
 WRITEBACK_API_URL; http:// is refused except to this machine, since the key or token would
 travel in clear.
+
+Sign-in: --auth (or WRITEBACK_AUTH) picks azure-identity's azure-cli, device-code, browser,
+client-secret or managed-identity; api-key and token are the variables above. The API's
+scope is --scope or WRITEBACK_API_SCOPE (the API's application ID URI, the deployment's
+apiIdentifierUri, + /.default), else <WRITEBACK_API_APP_ID>/.default (its apiClientId).
+`writeback login` signs in once (device-code, browser: tokens kept in the encrypted token
+cache); `writeback whoami` shows who the client acts as. A token is never printed.
 
 Exit codes: 0 applied (health: ok); 1 rejected, failed, pending, unreachable or degraded;
 2 a usage error (an option, a setting or the passwords given)."""
@@ -91,7 +99,17 @@ def _seconds(low: float) -> Callable[[str], float]:
     return parse
 
 
-def _options(parser: argparse.ArgumentParser, default: Any) -> None:
+def configured_scope(environ: Mapping[str, str] | None) -> str:
+    """The scope the environment gives, for --help: the value, or why there is none."""
+    if environ is None:
+        return ""
+    try:
+        return f"; now: {signin.scope(argparse.Namespace(scope=None, api_app_id=None), environ)}"
+    except api.InvalidSetting:
+        return "; now: not configured"
+
+
+def _options(parser: argparse.ArgumentParser, default: Any, now: str = "") -> None:
     """The global options, accepted before or after the command."""
     parser.add_argument(
         "--url",
@@ -104,6 +122,47 @@ def _options(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default(None),
         metavar="PATH",
         help="a file holding an Entra ID access token (instead of the environment)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=signin.METHODS,
+        default=default(None),
+        help=f"how to sign in (default: ${signin.AUTH_ENV}, else api-key or token from the "
+        "environment)",
+    )
+    parser.add_argument(
+        "--tenant",
+        default=default(None),
+        metavar="TENANT",
+        help="the Entra ID tenant (id or domain) to sign in to (default: $AZURE_TENANT_ID)",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=default(None),
+        metavar="APP_ID",
+        help="the public client app that signs in (device-code, browser; default "
+        "$AZURE_CLIENT_ID, else azure-identity's own)",
+    )
+    parser.add_argument(
+        "--api-app-id",
+        default=default(None),
+        metavar="APP_ID",
+        help="the API's application (client) id: scope APP_ID/.default "
+        f"(default: ${signin.APP_ID_ENV})",
+    )
+    parser.add_argument(
+        "--scope",
+        default=default(None),
+        metavar="URI",
+        help="the API's application ID URI, e.g. api://<tenant>/writeback-<prefix> (/.default is "
+        f"added; default: ${signin.SCOPE_ENV}, else from --api-app-id{now})",
+    )
+    parser.add_argument(
+        "--unencrypted-cache",
+        action="store_true",
+        default=default(False),
+        help="where no keyring/libsecret can encrypt the token cache, keep it in a file readable "
+        f"by you alone (or ${signin.UNENCRYPTED_ENV}=1)",
     )
     parser.add_argument(
         "--timeout",
@@ -120,8 +179,10 @@ def _options(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of every command; `command` names the one given."""
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; `command` names the one given. With `environ`, the help of
+    --scope shows the scope it configures (the only thing here that looks at it)."""
+    now = configured_scope(environ)
     parser = _Parser(
         prog="writeback",
         description="The administrators' command line for the writeback API.",
@@ -130,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _options(parser, lambda value: value)
+    _options(parser, lambda value: value, now)
     common = _Parser(add_help=False, allow_abbrev=False)
-    _options(common, lambda value: argparse.SUPPRESS)
+    _options(common, lambda value: argparse.SUPPRESS, now)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
@@ -198,5 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--hours", type=_hours, default=24, help="how far back, 1 to 168 (default 24)"
     )
+    command("login", "sign in to Entra ID once (--auth device-code or browser) and cache it")
+    command("whoami", "show who the client acts as: user or app, tenant, roles, scopes")
     entra.add_commands(commands)
     return parser

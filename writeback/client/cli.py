@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from writeback.client import api, entra
+from writeback.client import api, entra, signin
 from writeback.client.arguments import KEY_ENV, TOKEN_ENV, URL_ENV, build_parser
 from writeback.protocol.messages import password_problem
 
@@ -89,6 +89,8 @@ def _follow(args: argparse.Namespace, request_id: str) -> str:
         words += ["--url", args.url]
     if args.token_file:
         words += ["--token-file", str(args.token_file)]
+    if args.auth:
+        words += ["--auth", args.auth]
     return shlex.join(words)
 
 
@@ -222,7 +224,34 @@ def _refusal(args: argparse.Namespace, exc: api.Refused) -> tuple[str, int]:
     return f"the API answered HTTP {exc.http_status}: {said}", EXIT_PROBLEM
 
 
+def _method(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """--auth, else WRITEBACK_AUTH, else None (the key or token the environment holds)."""
+    method = args.auth or environ.get(signin.AUTH_ENV, "").strip() or None
+    if method is not None and method not in signin.METHODS:
+        raise api.InvalidSetting(signin.AUTH_ENV, f"must be one of {', '.join(signin.METHODS)}")
+    return method
+
+
+def _entra(
+    args: argparse.Namespace, environ: Mapping[str, str], *, login: bool = False
+) -> tuple[signin.Options, str]:
+    """Sign in with azure-identity: the options used and the access token (never printed)."""
+    opts = signin.options(args, environ)
+    cred = signin.credential(opts, environ)
+    first = opts.method in signin.INTERACTIVE and (
+        login or not signin.record_path(opts.method, environ).is_file()
+    )
+    return opts, signin.get_token(opts, cred, environ, interactive=first)
+
+
 def _credential(args: argparse.Namespace, environ: Mapping[str, str]) -> api.Credential:
+    if args.auth in signin.ENTRA_METHODS:
+        _, token = _entra(args, environ)
+        return api.Credential.bearer(token, f"--auth {args.auth}")
+    if args.auth == "api-key":
+        if key := environ.get(KEY_ENV, "").strip():
+            return api.Credential.api_key(key, KEY_ENV)
+        raise api.InvalidSetting(KEY_ENV, "is not set, and --auth api-key needs it")
     if args.token_file:
         path: Path = args.token_file
         try:
@@ -238,12 +267,16 @@ def _credential(args: argparse.Namespace, environ: Mapping[str, str]) -> api.Cre
             )
         return credential
     key, token = environ.get(KEY_ENV, "").strip(), environ.get(TOKEN_ENV, "").strip()
+    if args.auth == "token":
+        key = ""
     if key and token:
         raise api.InvalidSetting(KEY_ENV, f"and {TOKEN_ENV} are both set: unset one of them")
     if token:
         return api.Credential.bearer(token, TOKEN_ENV)
     if key:
         return api.Credential.api_key(key, KEY_ENV)
+    if args.auth == "token":
+        raise api.InvalidSetting(TOKEN_ENV, "is not set: set it or pass --token-file")
     raise api.InvalidSetting(KEY_ENV, f"is not set: set it or {TOKEN_ENV}, or pass --token-file")
 
 
@@ -255,6 +288,41 @@ def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> api.Client:
     credential = _credential(args, environ)
     args.credential_source = credential.source
     return api.Client(url, credential, timeout=args.timeout)
+
+
+def _show(args: argparse.Namespace, facts: list[tuple[str, str]]) -> None:
+    if args.json:
+        print(json.dumps(dict(facts), indent=2))
+    else:
+        for name, value in facts:
+            print(f"{name + ':':12}{_clean(value)}")
+
+
+def _whoami(args: argparse.Namespace, environ: Mapping[str, str], *, login: bool = False) -> int:
+    """Who the client acts as, from the access token's claims decoded without verifying them."""
+    if login and args.auth not in signin.ENTRA_METHODS:
+        raise api.InvalidSetting(
+            "--auth", f"login signs in with one of {', '.join(signin.ENTRA_METHODS)}"
+        )
+    if args.auth in signin.ENTRA_METHODS:
+        opts, token = _entra(args, environ, login=login)
+        facts = [("signed in" if login else "credential", f"--auth {args.auth}")]
+        facts.append(("scope", opts.scope))
+    else:
+        credential = _credential(args, environ)
+        facts = [("credential", credential.source)]
+        if credential.header != "Authorization":
+            facts.append(("roles", "the app's WRITEBACK_API_KEY_ROLES decide (an API key)"))
+            _show(args, facts)
+            return EXIT_OK
+        token = credential.value.removeprefix("Bearer ")
+    claims = signin.claims(token)
+    if not claims:
+        facts.append(("token", "not a JWT: its claims cannot be shown"))
+    facts += signin.describe(claims)
+    facts.append(("note", "decoded from the access token without verifying it; the API verifies"))
+    _show(args, facts)
+    return EXIT_OK
 
 
 # What each command of `build_parser` runs.
@@ -272,19 +340,26 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, api.Client], int]] = {
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command (`argv`, default sys.argv[1:]); the exit code. Never raises for a usage,
     API or network problem: each is one line on stderr."""
+    environ = os.environ if environ is None else environ
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(environ).parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the error (or the help)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.credential_source = KEY_ENV
     if args.command == "entra":  # Microsoft Graph, not the writeback API
-        return entra.run(args, os.environ if environ is None else environ)
+        return entra.run(args, environ)
     try:
-        client = _client(args, os.environ if environ is None else environ)
+        args.auth = _method(args, environ)
+        if args.command in ("login", "whoami"):  # Entra ID only, not the writeback API
+            return _whoami(args, environ, login=args.command == "login")
+        client = _client(args, environ)
         return _COMMANDS[args.command](args, client)
     except api.InvalidSetting as exc:
         print(f"writeback: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except signin.SignInFailed as exc:
+        print(f"writeback: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
     except api.Refused as exc:
         line, code = _refusal(args, exc)
         if args.json:

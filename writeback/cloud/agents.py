@@ -8,7 +8,9 @@ or out of order, and several cloud instances may record them at once; an older h
 writes only if the entity is still the one it read (If-Match on its ETag; an insert when there is
 none). A writer that loses the race (412, or 409 on the insert) reads again and compares again, so
 whatever the interleaving, the newest heartbeat is what stays. Capabilities and policy are stored
-as JSON text; nothing here is secret (the relay's public keys live elsewhere).
+as JSON text; the domain's NetBIOS name and SID, which route users named by them, as text (absent
+from relays that do not announce them). Nothing here is secret (the relay's public keys live
+elsewhere).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class AgentRecord:
     capabilities: Capabilities
     policy: dict[str, object] | None
     last_error: str | None
+    netbios: str | None = None  # the domain's NetBIOS name, as the relay announces it
+    domain_sid: str | None = None  # the domain's SID, as the relay announces it
 
 
 class AgentRegistry(Protocol):
@@ -75,8 +79,9 @@ def to_entity(agent: AgentRecord) -> dict[str, Any]:
     }
     if agent.policy is not None:
         entity["policy"] = json.dumps(agent.policy, sort_keys=True)
-    if agent.last_error is not None:
-        entity["last_error"] = agent.last_error
+    for name in ("last_error", "netbios", "domain_sid"):
+        if getattr(agent, name) is not None:
+            entity[name] = getattr(agent, name)
     return entity
 
 
@@ -94,6 +99,8 @@ def from_entity(entity: Mapping[str, Any]) -> AgentRecord:
             capabilities=capabilities,
             policy=policy,
             last_error=entity.get("last_error"),
+            netbios=_text(entity.get("netbios")),
+            domain_sid=_text(entity.get("domain_sid")),
         )
     except KeyError as exc:
         raise ValueError(f"{exc.args[0]} is missing") from None
@@ -102,6 +109,10 @@ def from_entity(entity: Mapping[str, Any]) -> AgentRecord:
     if not isinstance(capabilities, dict) or not (policy is None or isinstance(policy, dict)):
         raise ValueError("capabilities or policy is not a JSON object")
     return record
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _last_seen(entity: Mapping[str, Any]) -> float:

@@ -6,28 +6,30 @@ and the outcome has not). PartitionKey is the request id and RowKey is empty: ev
 point read by id (what polling `GET /requests/{id}` needs), and random UUIDs spread the writes
 evenly over partitions; reports over time belong to a log query, not to this table. Two
 questions need more than a point read, and each has rows of its own in the same table, in
-partitions no request id can name (they start with `~`): "this UPN's requests around this time"
-(drift detection, the user history) reads a copy of each entry in the user's partition, ordered
-by time; "which requests are still pending" (the sweeper) reads one partition of marks, removed
-as outcomes arrive. Neither scans the table. No field can hold a password or a key, and the
-adapter stores exactly the record's fields.
+partitions no request id can name (they start with `~`): "this account's requests around this
+time" (drift detection, the user history) reads a copy of each entry in the partition of the name
+the caller typed and, once a relay resolved the account, of its GUID, ordered by time; the
+account index (`writeback.cloud.accounts`) links the names an account was seen by to its GUID,
+in rows of its own (`~name-`, `~guid-`); "which requests are still pending" (the sweeper) reads
+one partition of marks, removed as outcomes arrive. None of them scans the table. No field can
+hold a password or a key, and the adapter stores exactly the record's fields.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from azure.core import exceptions as azure
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from writeback.cloud.account_table import TableAccountIndex
+from writeback.cloud.accounts import account_keys, key_digest, name_key
 from writeback.cloud.tables import SDK_ERRORS, Credential, Table, check_key, error_code
 from writeback.errors import StorageError
-from writeback.protocol.messages import upn_key
 
 AUDIT_TABLE = "WritebackAudit"
 _ROW = ""  # one entity per partition (request id)
@@ -43,6 +45,8 @@ class AuditRecord:
     the admin detail, `relay` the relay that answered, `expires_at` the request's deadline,
     `reply_session` the cloud instance's session the request named for its outcome (None on
     entries written before it was recorded): the sweeper adopts it if that instance is gone.
+    `user` is the name the caller typed; `account` the GUID of the account the relay resolved
+    it to (None until an outcome names it, and on entries written before accounts travelled).
     """
 
     request_id: str
@@ -67,6 +71,7 @@ class AuditRecord:
     trace_id: str | None = None
     expires_at: float | None = None
     reply_session: str | None = None
+    account: str | None = None
 
     def completed(
         self,
@@ -101,7 +106,11 @@ class AuditTrail(Protocol):
         """The entry for a request id, or None if there is none."""
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
-        """The entries for `user` (a UPN, in any case) received from `since` to `until`."""
+        """The entries for the account `user` names (any of its names, in any spelling AD
+        takes for it) received from `since` to `until`, oldest first, each once."""
+
+    async def link(self, guid: str, names: Iterable[str]) -> None:
+        """Link each of `names` to the account `guid` in the account index."""
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
         """The entries still `pending` that were received from `since` to `until`, oldest
@@ -167,9 +176,24 @@ PENDING_PARTITION = "~pending"
 
 
 def user_partition(user: str) -> str:
-    """The partition of a user's copies: a digest of the UPN as AD compares it (`upn_key`), so
-    every UPN makes a valid key and spellings of one account meet."""
-    return "~user-" + hashlib.sha256(upn_key(user).encode("utf-8")).hexdigest()[:40]
+    """The partition of a name's copies: a digest of the name as AD compares it (`name_key`;
+    for a UPN, `upn_key`, as before the account index), so every name makes a valid key and
+    spellings of one name meet."""
+    return _partition_of_key(name_key(user))
+
+
+def _partition_of_key(key: str) -> str:
+    return "~user-" + key_digest(key)
+
+
+def once_each_oldest_first(records: Iterable[AuditRecord]) -> list[AuditRecord]:
+    """One record per request id (a completed copy over a pending one), oldest first."""
+    kept: dict[str, AuditRecord] = {}
+    for record in records:
+        seen = kept.get(record.request_id)
+        if seen is None or (seen.status == "pending" and record.status != "pending"):
+            kept[record.request_id] = record
+    return sorted(kept.values(), key=lambda record: record.received_at)
 
 
 def user_row(received_at: float, request_id: str) -> str:
@@ -182,6 +206,7 @@ class TableAuditTrail:
 
     def __init__(self, table: Table | TableClient) -> None:
         self._table = table if isinstance(table, Table) else Table(table)
+        self._index = TableAccountIndex(self._table)
 
     @classmethod
     def from_connection_string(
@@ -204,17 +229,23 @@ class TableAuditTrail:
         entity = to_entity(record)
         mark = {"PartitionKey": PENDING_PARTITION, "RowKey": record.request_id,
                 "received_at": float(record.received_at)}  # fmt: skip
-        copy = {**entity, "PartitionKey": user_partition(record.user),
-                "RowKey": user_row(record.received_at, record.request_id),
-                "request_id": record.request_id}  # fmt: skip
+        partitions = {user_partition(record.user)}
+        if record.account:
+            partitions.add(user_partition(record.account))  # filed under the account too
+        copies = [
+            {**entity, "PartitionKey": partition,
+             "RowKey": user_row(record.received_at, record.request_id),
+             "request_id": record.request_id}
+            for partition in sorted(partitions)
+        ]  # fmt: skip
         client = await self._table.client()
         try:
             # Replace, not merge: a completed entry must not keep what the pending one had.
             await client.upsert_entity(entity, mode=UpdateMode.REPLACE)
-            # The entry first (what a status read trusts), then its copy and mark together: on
-            # the request's hot path they cost one round trip, not two.
+            # The entry first (what a status read trusts), then its copies and mark together:
+            # on the request's hot path they cost one round trip, not two.
             await asyncio.gather(
-                client.upsert_entity(copy, mode=UpdateMode.REPLACE),
+                *(client.upsert_entity(copy, mode=UpdateMode.REPLACE) for copy in copies),
                 client.upsert_entity(mark, mode=UpdateMode.REPLACE)
                 if record.status == "pending"
                 else client.delete_entity(PENDING_PARTITION, record.request_id),  # 404 is fine
@@ -241,14 +272,32 @@ class TableAuditTrail:
             ) from exc
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
-        # A range of the user's partition (";" sorts after ":", so `until` itself is in).
-        records = await self._query(
-            "PartitionKey eq @user and RowKey ge @since and RowKey lt @until",
-            {"user": user_partition(user), "since": f"{max(0.0, since):020.6f}",
-             "until": f"{max(0.0, until):020.6f};"},
-        )  # fmt: skip
-        wanted = upn_key(user)
-        return [record for record in records if upn_key(record.user) == wanted]
+        keys, guids = await account_keys(user, self._index.guids_of, self._index.names_of)
+        partitions = {_partition_of_key(key) for key in keys} | {user_partition(g) for g in guids}
+        # A range of each partition (";" sorts after ":", so `until` itself is in).
+        found = await asyncio.gather(
+            *(
+                self._query(
+                    "PartitionKey eq @user and RowKey ge @since and RowKey lt @until",
+                    {
+                        "user": partition,
+                        "since": f"{max(0.0, since):020.6f}",
+                        "until": f"{max(0.0, until):020.6f};",
+                    },
+                )
+                for partition in sorted(partitions)
+            )
+        )
+        # The digests are 160 bits; the check keeps a collision from showing another's entry.
+        return once_each_oldest_first(
+            record
+            for records in found
+            for record in records
+            if name_key(record.user) in keys or record.account in guids
+        )
+
+    async def link(self, guid: str, names: Iterable[str]) -> None:
+        await self._index.link(guid, names)
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
         # One partition holds a mark per pending entry, so this reads a few rows whatever the

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from writeback.protocol.messages import upn_problem
+from writeback.protocol.accounts import upn_problem
 
 log = logging.getLogger(__name__)
 

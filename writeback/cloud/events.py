@@ -36,8 +36,8 @@ from writeback.cloud.service import NOT_SENT, Answer, WritebackService
 from writeback.cloud.submissions import InvalidInput, Submission, parse
 from writeback.cloud.telemetry import Telemetry, trace_id
 from writeback.protocol import Operation, Reason
-from writeback.protocol.messages import MAX_TEXT, TRACEPARENT, strict_json, upn_problem
-from writeback.routing import UnknownDomain
+from writeback.protocol.accounts import AccountRef, BadReference
+from writeback.protocol.messages import MAX_TEXT, TRACEPARENT, strict_json
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +248,13 @@ class EventHandler:
         """Audit a refused event (its problem names a field, never a value) and answer it."""
         data = event.data if isinstance(event.data, dict) else {}
         user = data.get("user")
-        user = user if isinstance(user, str) and upn_problem(user) is None else ""
+        user = _canonical(user)
         now = self.clock()
         detail = f"{exc.field}: {exc.problem}" if exc.field else exc.problem
         record = AuditRecord(
             request_id=request_id(event.source, event.id),
             received_at=now,
-            domain=self._domain(user),
+            domain=await self._domain(user),
             user=user,
             operation=operation.value,
             initiator=None,
@@ -305,12 +305,12 @@ class EventHandler:
                 raise OutcomePending(existing.request_id)
         return self._completed(operation, existing.user, answer, event, None)
 
-    def _domain(self, user: str) -> str:
+    async def _domain(self, user: str) -> str:
         if not user:
             return ""
         try:
-            return self.service.routes.route(user)
-        except UnknownDomain:
+            return await self.service.route(user)
+        except InvalidInput:
             return ""
 
     def _completed(
@@ -335,6 +335,14 @@ class EventHandler:
                 "durationMs": answer.duration_ms,
             },
         )
+
+
+def _canonical(user: object) -> str:
+    """The canonical spelling of an event's `user`, or "" when it names no account."""
+    try:
+        return str(AccountRef.parse(user)) if isinstance(user, str) else ""
+    except BadReference:
+        return ""
 
 
 def _member(event: dict[str, Any], name: str) -> Any:

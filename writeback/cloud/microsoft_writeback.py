@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from writeback.cloud.audit import AuditRecord
 from writeback.cloud.entra_audit import SOURCE, SSPR_LIBRARY, EntraActivity
 from writeback.protocol import Operation, Reason
-from writeback.protocol.messages import MAX_TEXT, upn_key
+from writeback.protocol.accounts import upn_key
+from writeback.protocol.messages import MAX_TEXT
 
 PREFIX = "microsoft"  # an entry's request id is microsoft:<uuid>
 CALLER = f"{SOURCE}:microsoft-writeback"

@@ -5,7 +5,11 @@ recorded only if a registered key of its domain verifies it, so a forged one can
 look alive. A domain is alive while a relay's last heartbeat is under three intervals old: the
 service fails a request fast (`agent.unavailable`) otherwise, and reads the agents table once per
 domain per such period, not on every request. `health` reports every configured domain as ok
-(every known relay fresh), degraded (some) or offline (none).
+(every known relay fresh), degraded (some) or offline (none). `names` tells which domain a
+NetBIOS name or a domain SID belongs to, as each domain's most recent announcing heartbeat says
+(a user named `CORP\\alice` or by a SID is routed by it); a name two domains claim routes to
+neither, and the table is read again at most once per `NAMES_REFRESH_SECONDS` when a name is not
+known.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from joserfc.jwk import KeySet
 from writeback import sealing
 from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.errors import ProtocolError, SecretsUnavailable, WritebackError
-from writeback.routing import Routes
+from writeback.routing import DomainNames, Routes
 
 log = logging.getLogger(__name__)
+
+NAMES_REFRESH_SECONDS = 5.0  # an unknown NetBIOS name or domain SID re-reads no more often
 
 
 class RelayKeys(Protocol):
@@ -56,6 +62,21 @@ class Relays:
         self.clock = clock
         # domain -> until when its freshest known heartbeat keeps it alive (no table read before)
         self._alive_until: dict[str, float] = {}
+        self._names: tuple[float, DomainNames] | None = None  # when read, what was read
+
+    async def names(self, *, refresh: bool = False) -> DomainNames:
+        """The NetBIOS names and domain SIDs the domains' relays announce (see the module doc).
+        Read from the agents table once per heartbeat interval; `refresh` (a name was not
+        found) reads again unless the last read is under NAMES_REFRESH_SECONDS old."""
+        now = self.clock()
+        if self._names is not None:
+            age = now - self._names[0]
+            limit = NAMES_REFRESH_SECONDS if refresh else self.heartbeat_interval
+            if 0 <= age < limit:
+                return self._names[1]
+        names = _announced(await self.agents.list(None), self.routes.domains)
+        self._names = (now, names)
+        return names
 
     async def alive(self, domain: str) -> bool:
         """Whether a relay of `domain` sent a heartbeat within three intervals. A heartbeat seen
@@ -116,8 +137,15 @@ class Relays:
                 capabilities=dict(heartbeat.capabilities),
                 policy=dict(heartbeat.policy) if heartbeat.policy is not None else None,
                 last_error=heartbeat.last_error,
+                netbios=heartbeat.netbios,
+                domain_sid=heartbeat.domain_sid,
             )
             await self.agents.record(agent)
+            if self._names is not None and (
+                (agent.netbios and self._names[1].netbios.get(agent.netbios) != domain)
+                or (agent.domain_sid and self._names[1].sids.get(agent.domain_sid) != domain)
+            ):
+                self._names = None  # a name this instance did not know: read the table again
             log.info("heartbeat", extra={"domain": domain, "relay": heartbeat.relay})
             return agent
         if unreadable:
@@ -127,3 +155,27 @@ class Relays:
             )
         log.warning("heartbeat refused: signed by no registered relay key")
         return None
+
+
+def _announced(agents: list[AgentRecord], domains: frozenset[str]) -> DomainNames:
+    """Each configured domain's NetBIOS name and SID from its newest heartbeat that names them;
+    a name claimed by two domains is left out (logged): it could route a user to the wrong one."""
+    newest: dict[str, AgentRecord] = {}
+    for agent in sorted(agents, key=lambda agent: agent.last_seen):
+        if agent.domain in domains and (agent.netbios or agent.domain_sid):
+            newest[agent.domain] = agent
+    tables: list[dict[str, str]] = [{}, {}]
+    for table, attribute in zip(tables, ("netbios", "domain_sid"), strict=True):
+        claimed: dict[str, set[str]] = {}
+        for domain, agent in newest.items():
+            if value := getattr(agent, attribute):
+                claimed.setdefault(value, set()).add(domain)
+        for value, claimants in claimed.items():
+            if len(claimants) == 1:
+                table[value] = claimants.pop()
+            else:
+                log.error(
+                    "domain name claimed twice",
+                    extra={"attribute": attribute, "domains": ", ".join(sorted(claimants))},
+                )
+    return DomainNames(netbios=tables[0], sids=tables[1])

@@ -1,17 +1,20 @@
 """The writeback service: what the API and the triggers do, with no HTTP and no Azure in sight.
 
-`submit` routes a validated submission to its domain, fails fast when no relay of that domain
-has sent a heartbeat within three intervals, seals the passwords to every relay key of the
-domain and signs the request (naming the instance's reply session, where the relay answers),
-records it as pending in the audit trail, sends it and waits for the relay's signed outcome
-until the wait ends. The outcome is verified (signed by a key of the relay it names, for this
-very request) and recorded before the caller is answered; a body that does not verify is logged
-as a security event and skipped, and the wait goes on for the real outcome. A request that got
-no answer in time stays pending: `status` looks for its outcome again later, on any instance
-(the transport keeps a late outcome on the request's own session; if the instance that sent it
-is gone, the sweeper in `writeback.cloud.sweep` moves it there). The service never holds a
-password longer than the sealing takes and never writes one anywhere: the audit record has no
-field that could hold it.
+`submit` routes a validated submission to its domain (by the account reference that names the
+user: `writeback.routing`, with the NetBIOS names and domain SIDs the relays announce), fails
+fast when no relay of that domain has sent a heartbeat within three intervals, seals the
+passwords to every relay key of the domain and signs the request (naming the instance's reply
+session, where the relay answers), records it as pending in the audit trail, sends it and waits
+for the relay's signed outcome until the wait ends. The outcome is verified (signed by a key of
+the relay it names, for this very request) and recorded before the caller is answered; a body
+that does not verify is logged as a security event and skipped, and the wait goes on for the
+real outcome. An outcome that names the account the relay resolved files the record under that
+account too and links the account's names to it (the account index, `writeback.cloud.accounts`),
+so the account's history is found by any of its names. A request that got no answer in time
+stays pending: `status` looks for its outcome again later, on any instance (the transport keeps
+a late outcome on the request's own session; if the instance that sent it is gone, the sweeper
+in `writeback.cloud.sweep` moves it there). The service never holds a password longer than the
+sealing takes and never writes one anywhere: the audit record has no field that could hold it.
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ from typing import Protocol
 from joserfc.jwk import ECKey, KeySet
 
 from writeback import sealing
+from writeback.cloud.accounts import account_names
 from writeback.cloud.agents import AgentRecord, AgentRegistry
 from writeback.cloud.audit import AuditRecord, AuditTrail
 from writeback.cloud.relays import Relays
-from writeback.cloud.submissions import InvalidInput, Submission
+from writeback.cloud.submissions import InvalidInput, Submission, user_reference
 from writeback.errors import ProtocolError, TransportError
 from writeback.protocol import Reason
+from writeback.protocol.accounts import Account, AccountRef, AnchorKind
 from writeback.protocol.commands import WITHOUT_SECRETS
-from writeback.protocol.messages import OutcomeMessage, RequestMessage, upn_problem
-from writeback.routing import Routes, UnknownDomain
+from writeback.protocol.messages import OutcomeMessage, RequestMessage
+from writeback.routing import DomainMismatch, DomainRequired, Routes, UnknownDomain
 from writeback.transport import CloudTransport
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,13 @@ class Answer:
         )
 
 
+_NO_DOMAIN = {
+    AnchorKind.UPN: "its UPN suffix belongs to no writeback domain",
+    AnchorKind.SID: "its domain SID belongs to no writeback domain (as its relays announce it)",
+    AnchorKind.SAM: "its NetBIOS domain name belongs to no writeback domain (as its relays "
+    "announce it)",
+    AnchorKind.GUID: "names no domain",
+}
 HISTORY_HOURS = 168  # how far back a user's history reaches: a week
 HISTORY_LIMIT = 100  # the most entries one history answer holds
 # The outcomes of requests that never reached a relay: nothing can have been written.
@@ -155,12 +167,7 @@ class WritebackService:
     ) -> Answer:  # fmt: skip
         """Send one writeback request and wait for its outcome (or answer pending)."""
         started = self.clock()
-        try:
-            domain = self.routes.route(submission.user)
-        except UnknownDomain:
-            raise InvalidInput(
-                "user", "its UPN suffix belongs to no writeback domain", "user.unknown_domain"
-            ) from None
+        domain = await self.route(submission.user, submission.domain)
         request_id = submission.request_id or str(uuid.uuid4())
         issued = int(started)
         expires = submission.expires_at or issued + self.settings.lifetime_seconds
@@ -232,6 +239,36 @@ class WritebackService:
         deadline = min(started + self.settings.wait_seconds, float(expires))
         return await self._collect(record, relay_keys, deadline, timeout_is_final=False)
 
+    async def route(self, user: str, domain: str | None = None) -> str:
+        """The domain of the account `user` names (canonical spelling) and the caller's `domain`;
+        InvalidInput (`user.unknown_domain`, `user.domain_required`, `request.invalid` naming
+        `domain`) when there is none or they disagree."""
+        ref = AccountRef.parse(user)
+        if domain is not None:
+            domain = self.domain(domain, status_reason="request.invalid")
+        announced = ref.kind in (AnchorKind.SID, AnchorKind.SAM)  # routed by the relays' names
+        try:
+            try:
+                names = await self.relays.names() if announced else None
+                return self.routes.route_account(ref, names, domain)
+            except UnknownDomain:
+                if not announced:
+                    raise
+                # A relay may have announced its domain since the names were read.
+                names = await self.relays.names(refresh=True)
+                return self.routes.route_account(ref, names, domain)
+        except UnknownDomain:
+            raise InvalidInput("user", _NO_DOMAIN[ref.kind], "user.unknown_domain") from None
+        except DomainRequired:
+            raise InvalidInput(
+                "domain",
+                "is required: the user is named by a GUID, which names no domain, and several "
+                "domains are served",
+                "user.domain_required",
+            ) from None
+        except DomainMismatch as exc:
+            raise InvalidInput("domain", f"is not the user's domain ({exc.args[0]} is)") from None
+
     async def _seal(
         self, message: RequestMessage, submission: Submission, relay_keys: KeySet
     ) -> str:
@@ -302,7 +339,10 @@ class WritebackService:
             relay=outcome.relay,
             completed_at=self.clock(),
             duration_ms=self._elapsed(record),
+            account=outcome.account.guid if outcome.account else record.account,
         )
+        if outcome.account is not None:
+            await self._link_quietly(record, outcome.account)
         await self._record_quietly(done)
         log.info(
             "request completed",
@@ -364,6 +404,19 @@ class WritebackService:
                 extra={"request_id": record.request_id, "error": type(exc).__name__},
             )
 
+    async def _link_quietly(self, record: AuditRecord, account: Account) -> None:
+        """Index the names the account was known by (the one the caller typed and the ones the
+        relay found) under its GUID; like the record, never at the cost of the answer."""
+        try:
+            names = await self.relays.names()
+            netbios = next((n for n, d in names.netbios.items() if d == record.domain), None)
+            await self.audit.link(account.guid, account_names(account, record.user, netbios))
+        except Exception as exc:
+            log.error(
+                "account index not written",
+                extra={"request_id": record.request_id, "error": type(exc).__name__},
+            )
+
     def _elapsed(self, record: AuditRecord) -> int:
         return int(1000 * (self.clock() - record.received_at))
 
@@ -385,8 +438,7 @@ class WritebackService:
         """The user's requests and drift records received in the last `hours` (1 to
         HISTORY_HOURS), newest first, at most HISTORY_LIMIT of them: what a helpdesk looks at
         when a user says their password did not work on-premises."""
-        if problem := upn_problem(user):
-            raise InvalidInput("user", problem)
+        user = user_reference(user)
         if not 1 <= hours <= HISTORY_HOURS:
             raise InvalidInput("hours", f"must be a whole number from 1 to {HISTORY_HOURS}")
         now = self.clock()
@@ -394,11 +446,12 @@ class WritebackService:
         records.sort(key=lambda record: record.received_at, reverse=True)
         return records[:HISTORY_LIMIT]
 
-    def domain(self, name: str) -> str:
-        """A configured domain by name (InvalidInput, reason domain.unknown, otherwise)."""
+    def domain(self, name: str, *, status_reason: str = "domain.unknown") -> str:
+        """A configured domain by name (InvalidInput naming `domain`, with `status_reason`,
+        otherwise: domain.unknown, a 404, for a domain in the path)."""
         domain = name.lower()
         if domain not in self.routes.domains:
-            raise InvalidInput("domain", "is not a writeback domain", "domain.unknown")
+            raise InvalidInput("domain", "is not a writeback domain", status_reason)
         return domain
 
     async def encryption_keys(self, domain: str) -> dict[str, object]:

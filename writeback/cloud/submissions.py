@@ -5,7 +5,10 @@ mistyped is an `InvalidInput` naming the field (HTTP 400), before anything is ro
 sent. Passwords arrive either in clear (`newPassword`, `oldPassword`: the Function seals them at
 once) or already sealed by the caller (`sealedPassword`: a JWE of the writeback secrets object
 to the domain's relay keys, bound to `requestId`, `expiresAt`, the user and the operation; see
-docs/api.md). A password never appears in an error: problems name the field, not the value.
+docs/api.md). `user` is any account reference (`writeback.protocol.accounts`: a UPN, a SID, a
+GUID or immutable ID, `DOMAIN\\name`), kept in its canonical spelling; `domain` optionally names
+the AD domain (required for a GUID when several are served). A password never appears in an
+error: problems name the field, not the value.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from writeback.protocol import Initiator, Operation
+from writeback.protocol.accounts import AccountRef, BadReference
 from writeback.protocol.commands import WITHOUT_SECRETS
 from writeback.protocol.messages import (
     MAX_LIFETIME_SECONDS,
     MAX_MESSAGE_BYTES,
     DuplicateKey,
     Secrets,
+    domain_problem,
     password_problem,
     strict_json,
-    upn_problem,
 )
 
 INVALID = "request.invalid"
@@ -39,6 +43,7 @@ _FIELDS: dict[Operation, set[str]] = {
         "forceChangeAtNextLogon",
         "requestId",
         "expiresAt",
+        "domain",
     },
     Operation.CHANGE: {
         "user",
@@ -47,9 +52,10 @@ _FIELDS: dict[Operation, set[str]] = {
         "sealedPassword",
         "requestId",
         "expiresAt",
+        "domain",
     },
-    Operation.UNLOCK: {"user", "requestId"},
-    Operation.EXPIRE: {"user", "requestId"},
+    Operation.UNLOCK: {"user", "requestId", "domain"},
+    Operation.EXPIRE: {"user", "requestId", "domain"},
 }
 
 
@@ -65,7 +71,8 @@ class InvalidInput(ValueError):
 
 @dataclass(frozen=True)
 class Submission:
-    """One validated writeback request, before routing. `secrets` hides its values."""
+    """One validated writeback request, before routing. `secrets` hides its values; `user` is
+    the canonical spelling of the account reference, `domain` the caller's (lower case)."""
 
     operation: Operation
     user: str
@@ -76,6 +83,7 @@ class Submission:
     sealed: dict[str, object] | None = field(default=None, repr=False)
     request_id: str | None = None
     expires_at: int | None = None
+    domain: str | None = None
 
     @property
     def sealed_by_caller(self) -> bool:
@@ -103,14 +111,17 @@ def parse(operation: Operation, body: dict[str, Any], now: float | None = None) 
     extra = sorted(set(body) - allowed)
     if extra:
         raise InvalidInput(str(extra[0])[:64], "unknown field")
-    user = _text(body, "user", required=True)
-    if problem := upn_problem(user):
-        raise InvalidInput("user", problem)
+    user = user_reference(_text(body, "user", required=True))
+    domain = _text(body, "domain")
+    if domain is not None:
+        if problem := domain_problem(domain.lower()):
+            raise InvalidInput("domain", problem)
+        domain = domain.lower()
     request_id = _text(body, "requestId")
     if request_id is not None and not REQUEST_ID.fullmatch(request_id):
         raise InvalidInput("requestId", "must be 8 to 128 characters of A-Z a-z 0-9 . _ : -")
     if operation in WITHOUT_SECRETS:
-        return Submission(operation, user, request_id=request_id)
+        return Submission(operation, user, request_id=request_id, domain=domain)
 
     sealed = body.get("sealedPassword")
     secrets: Secrets | None = None
@@ -134,7 +145,7 @@ def parse(operation: Operation, body: dict[str, Any], now: float | None = None) 
     if operation is Operation.CHANGE:
         return Submission(
             operation, user, secrets=secrets, sealed=sealed, request_id=request_id,
-            expires_at=expires_at,
+            expires_at=expires_at, domain=domain,
         )  # fmt: skip
     initiator, unlock, force = _reset_options(body)
     return Submission(
@@ -147,7 +158,17 @@ def parse(operation: Operation, body: dict[str, Any], now: float | None = None) 
         sealed=sealed,
         request_id=request_id,
         expires_at=expires_at,
+        domain=domain,
     )
+
+
+def user_reference(text: str) -> str:
+    """The canonical spelling of the account reference `text` (InvalidInput naming `user`, with
+    the parser's words, otherwise)."""
+    try:
+        return str(AccountRef.parse(text))
+    except BadReference as exc:
+        raise InvalidInput("user", str(exc)) from None
 
 
 def _reset_options(body: dict[str, Any]) -> tuple[Initiator, bool, bool]:

@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from writeback.errors import ProtocolError
-from writeback.protocol.accounts import (  # noqa: F401 (upn_key and MAX_UPN_LENGTH: re-exported)
-    MAX_UPN_LENGTH,
+from writeback.protocol.accounts import (
     Account,
     AccountRef,
     AnchorKind,
     BadReference,
     reference_problem,
-    upn_key,
     upn_problem,
 )
 from writeback.protocol.commands import WITHOUT_SECRETS, Initiator, Operation

@@ -16,7 +16,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
 from writeback.protocol import Operation, Outcome, Reason
-from writeback.protocol.messages import upn_problem
+from writeback.protocol.accounts import upn_problem
 from writeback.relay import ldap
 from writeback.relay.policy import AccountFacts, PasswordPolicy, filetime
 

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from writeback.protocol import Operation, Outcome, Reason
-from writeback.protocol.messages import upn_key
+from writeback.protocol.accounts import upn_key
 
 MAX_USERS = 100_000  # users with failures kept at once; beyond it the stalest are forgotten
 
