@@ -6,8 +6,9 @@ import argparse
 import shutil
 import sys
 
-from devstack import demo, http_demo, localstack, soak, stack, wire_demo
+from devstack import demo, entra_users, http_demo, localstack, soak, stack, wire_demo
 from devstack.samba import DevstackError
+from devstack.seed import SEED_PASSWORD
 from devstack.stack import STATE
 
 
@@ -26,7 +27,10 @@ def main() -> int:
             return _soak(args)
         if args.command == "down":
             localstack.down()
-            print("local stack stopped: DC, Azurite, broker, Functions host and relay")
+            print(
+                "local stack stopped: DC, Azurite, broker, sign-in stand-in, Functions host and "
+                "relay"
+            )
             return 0
         if args.command == "dc-down":
             stack.down()
@@ -70,9 +74,19 @@ def _soak(args: argparse.Namespace) -> int:
 
 def _stack(command: str) -> int:
     """`up`: the whole stack in the background; `demo`: that, then the HTTP scenario."""
-    print("starting the local stack (DC, Azurite, Service Bus broker, Functions host, relay)...")
+    print(
+        "starting the local stack (DC, Azurite, Service Bus broker, Entra ID sign-in stand-in, "
+        "Functions host, relay)..."
+    )
     running, env = localstack.up()
     print(f"writeback API at {env['WRITEBACK_API_URL']} for {env['WRITEBACK_DOMAIN']}")
+    print(
+        "Entra ID sign-in (the local stand-in, docs/local-entra.md): "
+        f"{env['WRITEBACK_SIGNIN_AUTHORITY']}"
+        f"\n  sign in as alice@{env['WRITEBACK_DOMAIN']} with {SEED_PASSWORD}, or with strong "
+        f"verification and {entra_users.tap_of('alice')}; the helpdesk: "
+        f"hana.helpdesk@{env['WRITEBACK_DOMAIN']}"
+    )
     ok = True
     if command == "demo":
         ok = http_demo.run(running, env)

@@ -1,12 +1,15 @@
 """The whole local stack in the background: `make up` starts it, `make down` stops all of it.
 
 Started, in order: the Samba AD DC with its seeded users (`stack.up`), Azurite on its default
-ports, the local Service Bus broker on 5672, function_app.py on the local Functions host at
-127.0.0.1:7071, and one relay. Each runs as its own process in its own session (so it outlives
-`make up`), logs to `.devstack/logs/<name>.log` and leaves its pid in `.devstack/pids/`. The
-cloud's keys live in `.devstack/cloud-secrets` (what Key Vault holds in Azure). `.devstack/env`
-is a shell-sourceable file for any outside tool: the API's URL and key, the domain, the DC's
-LDAPS URL, CA, admin and password, and the OU of in-scope users. `down` stops every recorded
+ports, the local Service Bus broker on 5672, the Entra ID sign-in stand-in at
+https://localhost:7443 (devstack/entra.py, its users the DC's), function_app.py on the local
+Functions host at 127.0.0.1:7071 accepting the stand-in's tokens, and one relay. Each runs as
+its own process in its own session (so it outlives `make up`), logs to
+`.devstack/logs/<name>.log` and leaves its pid in `.devstack/pids/`. The cloud's keys live in
+`.devstack/cloud-secrets` (what Key Vault holds in Azure). `.devstack/env` is a
+shell-sourceable file for any outside tool: the API's URL and key, the domain, the DC's LDAPS
+URL, CA, admin and password, the OU of in-scope users, and the sign-in stand-in's authority,
+CA and client ids. `down` stops every recorded
 process (SIGTERM, then SIGKILL after a grace period) and the DC, and removes the pid files.
 """
 
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from joserfc.jwk import ECKey
 
-from devstack import cloud, stack
+from devstack import cloud, entra_stack, stack
 from devstack.azurite import BINARY as AZURITE
 from devstack.azurite import OPTIONS as AZURITE_OPTIONS
 from devstack.samba import DevstackError, SambaDC
@@ -45,7 +48,7 @@ AZURITE_KEY = (
 )
 HEARTBEAT_SECONDS = 5  # offline after 15 s: the demo shows the fail-fast without a long wait
 PUBLISHED = "published-events.jsonl"  # what the Event Grid output binding publishes, locally
-PROCESSES = ("relay", "functions", "servicebus", "azurite")  # stopped in this order
+PROCESSES = ("relay", "functions", "entra", "servicebus", "azurite")  # stopped in this order
 
 
 def azurite_connection_string() -> str:
@@ -169,10 +172,16 @@ def up(state: Path = STATE) -> tuple[stack.Stack, dict[str, str]]:
             storage=azurite_connection_string(), secrets_dir=secrets_dir.resolve(),
             api_key=api_key, wait_seconds=10, heartbeat_interval=HEARTBEAT_SECONDS,
         )  # fmt: skip
+        _stop(state, "entra")  # a new signing key and the DC's users: the stand-in restarts
+        sign_in = entra_stack.prepare(state / "entra", running.dc, running.domain, API_PORT)
+        settings.update(sign_in.api_settings())
         secrets_file.write_text(json.dumps({"api_key": api_key, "settings": settings}))
         secrets_file.chmod(0o600)
         _stop(state, "relay")
     saved = json.loads(secrets_file.read_text())
+    sign_in = entra_stack.stand_in(state / "entra")
+    _spawn(state, "entra", [sys.executable, *sign_in.argv()])
+    _wait_for_port(entra_stack.PORT, "the Entra ID sign-in stand-in")
     published = (state / "logs" / PUBLISHED).resolve()
     _spawn(state, "functions", [sys.executable, "-m", "devstack.functions_host", "--port",
            str(API_PORT), "--published", str(published)], saved["settings"])  # fmt: skip
@@ -190,6 +199,10 @@ def up(state: Path = STATE) -> tuple[stack.Stack, dict[str, str]]:
         "WRITEBACK_USERS_OU": running.domain.users_ou,
         "WRITEBACK_RELAY_CONFIG": str((state / "relay" / "relay.toml").resolve()),
         "WRITEBACK_EVENTS_PUBLISHED": str(published),
+        "WRITEBACK_SIGNIN_AUTHORITY": f"{entra_stack.AUTHORITY}/{entra_stack.TENANT_ID}/v2.0",
+        "WRITEBACK_SIGNIN_CA": str(sign_in.tls.ca_file.resolve()),
+        "WRITEBACK_SIGNIN_PAGES_CLIENT_ID": entra_stack.PAGES_CLIENT_ID,
+        "WRITEBACK_SIGNIN_API_SCOPE": f"{entra_stack.API_IDENTIFIER_URI}/Writeback.Self",
     }
     env = state / "env"
     env.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))

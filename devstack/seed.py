@@ -74,7 +74,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix[:11]}-{secrets.token_hex(4)}"
 
 
-def _sid(connection: ldap3.Connection, dn: str) -> str:
+def object_sid(connection: ldap3.Connection, dn: str) -> str:
     connection.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["objectSid"])
     return sid_to_str(connection.response[0]["raw_attributes"]["objectSid"][0])
 
@@ -212,6 +212,10 @@ def seed(dc: SambaDC) -> SeededDomain:
             connection, users_ou, domain, "frank.strict", groups=(strict_group,)
         ),
         "gina.outside": create_user(connection, outside_ou, domain, "gina.outside"),
+        # The helpdesk person of the local sign-in stand-in (devstack/entra_users.py).
+        "hana.helpdesk": create_user(
+            connection, users_ou, domain, "hana.helpdesk", display_name="Hana Helpdesk"
+        ),
         "pat.obrien": create_user(
             connection, users_ou, domain, "pat.obrien", cn='O\'Brien, Pat + "Q" \\ <QA>; =/ #1'
         ),
@@ -227,8 +231,8 @@ def seed(dc: SambaDC) -> SeededDomain:
     reset_only = create_user(
         connection, service_ou, domain, "svc-resetonly", RELAY_PASSWORD, never_expires=True
     )
-    relay_sid = _sid(connection, relay.dn)
-    reset_only_sid = _sid(connection, reset_only.dn)
+    relay_sid = object_sid(connection, relay.dn)
+    reset_only_sid = object_sid(connection, reset_only.dn)
     connection.unbind()
 
     # Rights on user objects, inherited from the domain root as Microsoft's writeback grants them;

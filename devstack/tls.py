@@ -9,6 +9,7 @@ CA exists only inside the devstack directory; nothing here is ever trusted syste
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,11 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def issue_server_certificate(directory: Path, dns_names: list[str]) -> TlsFiles:
-    """Create a CA and a server certificate for `dns_names` in `directory`."""
+def issue_server_certificate(
+    directory: Path, dns_names: list[str], ip_addresses: tuple[str, ...] = ()
+) -> TlsFiles:
+    """Create a CA and a server certificate for `dns_names` (and `ip_addresses`, for a server
+    a browser may reach by address) in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -70,8 +74,10 @@ def issue_server_certificate(directory: Path, dns_names: list[str]) -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
-    # No IP address: connecting by 127.0.0.1 must fail hostname validation, as the tests show.
+    # The DC's has no IP address: connecting by 127.0.0.1 must fail hostname validation there,
+    # as the tests show.
     names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(address)) for address in ip_addresses]
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))

@@ -90,14 +90,18 @@ class AuthError(WritebackError):
 
     `reason` is an `auth.*` code (`writeback.cloud.auth.AuthReason`), `status` the HTTP status
     to answer with, `problem` a sentence safe to return to the caller: it never contains the
-    token, the key or any other credential.
+    token, the key or any other credential. `challenge`, when given, is the `WWW-Authenticate`
+    value of a 401 that asks for more than a token (a claims challenge for step-up).
     """
 
-    def __init__(self, reason: str, problem: str, status: int) -> None:
+    def __init__(
+        self, reason: str, problem: str, status: int, *, challenge: str | None = None
+    ) -> None:
         super().__init__(f"{reason}: {problem}")
         self.reason = reason
         self.problem = problem
         self.status = status
+        self.challenge = challenge
 
 
 class KeyStoreError(WritebackError):

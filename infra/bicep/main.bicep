@@ -105,6 +105,12 @@ param instanceMemoryMB int = 2048
 @description('Unlock the AD account when Entra ID\'s audit log reports "Unlock user account (self-service)" for a user of a writeback domain.')
 param unlockOnEntraSelfService bool = false
 
+@description('Conditional Access authentication context ids (c1 to c99), any of which a signed-in user\'s token must hold in acrs to reset the user\'s own password (docs/self-service.md). Empty: no step-up asked.')
+param selfServiceAcrs array = []
+
+@description('Authentication methods (amr values such as mfa), any of which a signed-in user\'s token must hold to reset the user\'s own password. v2.0 access tokens carry no amr: prefer selfServiceAcrs. Empty: none.')
+param selfServiceAmr array = []
+
 @description('A password reset or change in Entra ID with no writeback request for that user within this many seconds is recorded as drift.')
 @minValue(1)
 @maxValue(86400)
@@ -165,7 +171,8 @@ param relayOfflineMinutes int = 15
 
 // Settings the code reads but Azure must not set. The connection strings and the secrets
 // directory are the local stack's way in (Azure uses the identity-based `__` settings and Key
-// Vault); WRITEBACK_AUTH_JWKS_URL points token checks at a test issuer (Azure uses the tenant's);
+// Vault); WRITEBACK_AUTH_JWKS_URL and WRITEBACK_AUTH_AUTHORITY point token checks at a test
+// issuer (Azure uses Entra ID and the tenant's keys);
 // Flex Consumption takes the runtime from
 // functionAppConfig, not from FUNCTIONS_WORKER_RUNTIME. Nothing reads this list at deployment
 // time: tests/infra uses it to tell "deliberately absent" from "forgotten".
@@ -175,6 +182,7 @@ var localOnlySettings = [
   'ServiceBusConnection'
   'WRITEBACK_SECRETS_DIR'
   'WRITEBACK_AUTH_JWKS_URL'
+  'WRITEBACK_AUTH_AUTHORITY'
   'FUNCTIONS_WORKER_RUNTIME'
 ]
 
@@ -386,6 +394,9 @@ module functionApp 'modules/functionapp.bicep' = {
       WRITEBACK_API_KEYS: apiKeysEnabled ? '@Microsoft.KeyVault(VaultName=${keyVault.outputs.vaultName};SecretName=${apiKeysSecretName})' : ''
       // The roles a key caller has; the app refuses to start on a role it does not know.
       WRITEBACK_API_KEY_ROLES: join(apiKeyRoles, ',')
+      // The strong verification a signed-in user's reset of the user's own password needs.
+      WRITEBACK_SELF_SERVICE_ACRS: join(selfServiceAcrs, ',')
+      WRITEBACK_SELF_SERVICE_AMR: join(selfServiceAmr, ',')
       APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
       // Local authentication is off on Application Insights: telemetry is sent with the identity.
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'

@@ -80,8 +80,11 @@ resource "azurerm_function_app_flex_consumption" "main" {
     "WRITEBACK_PAGES_CLIENT_ID" = local.pages_client_id
     # A Key Vault reference: the platform resolves it with the app's identity, so the keys
     # never appear in the app's configuration.
-    "WRITEBACK_API_KEYS"                        = var.api_keys_enabled ? "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.main.name};SecretName=writeback-api-keys)" : ""
-    "WRITEBACK_API_KEY_ROLES"                   = join(",", var.api_key_roles)
+    "WRITEBACK_API_KEYS"      = var.api_keys_enabled ? "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.main.name};SecretName=writeback-api-keys)" : ""
+    "WRITEBACK_API_KEY_ROLES" = join(",", var.api_key_roles)
+    # The strong verification a signed-in user's reset of the user's own password needs.
+    "WRITEBACK_SELF_SERVICE_ACRS"               = join(",", var.self_service_acrs)
+    "WRITEBACK_SELF_SERVICE_AMR"                = join(",", var.self_service_amr)
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" = "Authorization=AAD"
     # One telemetry pipeline (host.json telemetryMode OpenTelemetry): the Python worker sets up
     # the Azure Monitor distro and runs each invocation in the host's trace.

@@ -258,6 +258,18 @@ variable "unlock_on_entra_self_service" {
   default     = false
 }
 
+variable "self_service_acrs" {
+  description = "Conditional Access authentication context ids (c1 to c99), any of which a signed-in user's token must hold in acrs to reset the user's own password (docs/self-service.md). Empty: no step-up asked."
+  type        = list(string)
+  default     = []
+}
+
+variable "self_service_amr" {
+  description = "Authentication methods (amr values such as mfa), any of which a signed-in user's token must hold to reset the user's own password. v2.0 access tokens carry no amr: prefer self_service_acrs. Empty: none."
+  type        = list(string)
+  default     = []
+}
+
 variable "api_key_roles" {
   description = "The app roles an API key caller has. Empty: every role. Grant a portal's key only what it calls."
   type        = list(string)

@@ -82,6 +82,8 @@ APP_SETTINGS = {
     "WRITEBACK_PAGES_CLIENT_ID": RESOURCE,
     "WRITEBACK_API_KEYS": PARAMETER,  # '' when API keys are off; a Key Vault reference when on
     "WRITEBACK_API_KEY_ROLES": PARAMETER,
+    "WRITEBACK_SELF_SERVICE_ACRS": PARAMETER,
+    "WRITEBACK_SELF_SERVICE_AMR": PARAMETER,
     "APPLICATIONINSIGHTS_CONNECTION_STRING": RESOURCE,
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": LITERAL,
     "WritebackEvents__topicEndpointUri": RESOURCE,
@@ -103,6 +105,7 @@ LOCAL_ONLY_SETTINGS = [
     "ServiceBusConnection",
     "WRITEBACK_SECRETS_DIR",
     "WRITEBACK_AUTH_JWKS_URL",
+    "WRITEBACK_AUTH_AUTHORITY",
     "FUNCTIONS_WORKER_RUNTIME",
 ]
 
@@ -523,6 +526,20 @@ class TestFunctionApp:
         values = bicep_model.load(parameters={"apiKeyRoles": roles}).app_setting_values
         assert values["WRITEBACK_API_KEY_ROLES"] == "Writeback.Reset.SelfService,Writeback.Read"
         assert bicep_model.load().app_setting_values["WRITEBACK_API_KEY_ROLES"] == ""
+
+    def test_step_up_parameters_arrive_as_the_code_parses_them(self) -> None:
+        """The contexts and methods an own reset needs become comma-separated lists; none
+        means no step-up."""
+        values = bicep_model.load(
+            parameters={"selfServiceAcrs": ["c1", "c2"], "selfServiceAmr": ["mfa"]}
+        ).app_setting_values
+        assert values["WRITEBACK_SELF_SERVICE_ACRS"] == "c1,c2"
+        assert values["WRITEBACK_SELF_SERVICE_AMR"] == "mfa"
+        plain = bicep_model.load().app_setting_values
+        assert (plain["WRITEBACK_SELF_SERVICE_ACRS"], plain["WRITEBACK_SELF_SERVICE_AMR"]) == (
+            "",
+            "",
+        )
 
     def test_event_connections_point_at_their_resources(self, plain: Model) -> None:
         """The output binding's connection names the completed topic's endpoint, the trigger's

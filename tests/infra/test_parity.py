@@ -38,6 +38,8 @@ SHARED_INPUTS = {
     "driftForceChange": "drift_force_change",
     "microsoftWritebackDomains": "microsoft_writeback_domains",
     "apiKeyRoles": "api_key_roles",
+    "selfServiceAcrs": "self_service_acrs",
+    "selfServiceAmr": "self_service_amr",
     "eventSubscriptionEnabled": "event_subscription_enabled",
     # The app registrations.
     "createAppRegistration": "create_app_registration",

@@ -92,6 +92,8 @@ REQUIRED_APP_SETTINGS = {
     "WRITEBACK_DRIFT_FORCE_CHANGE",
     "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS",
     "WRITEBACK_API_KEY_ROLES",
+    "WRITEBACK_SELF_SERVICE_ACRS",
+    "WRITEBACK_SELF_SERVICE_AMR",
     "WRITEBACK_SWEEP_SCHEDULE",
 }
 # azurerm injects a key-based AzureWebJobsStorage unless the setting is given; the empty value
@@ -356,6 +358,8 @@ class TestInputs:
             "drift_force_change": False,
             "microsoft_writeback_domains": [],
             "api_key_roles": [],
+            "self_service_acrs": [],
+            "self_service_amr": [],
             "event_subscription_enabled": False,
             "create_app_registration": True,
             "pages_client_id": "",
@@ -836,6 +840,7 @@ class TestAppSettings:
             "ServiceBusConnection",
             "WRITEBACK_SECRETS_DIR",
             "WRITEBACK_AUTH_JWKS_URL",
+            "WRITEBACK_AUTH_AUTHORITY",
             "FUNCTIONS_WORKER_RUNTIME",
         }
         present = set(model.local_only_settings) & set(model.app_settings)
@@ -876,6 +881,8 @@ class TestAppSettings:
             "WRITEBACK_DRIFT_FORCE_CHANGE",
             "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS",
             "WRITEBACK_API_KEY_ROLES",
+            "WRITEBACK_SELF_SERVICE_ACRS",
+            "WRITEBACK_SELF_SERVICE_AMR",
         }
         assert {n for n, k in kinds.items() if k == "resource"} == {
             "AzureWebJobsStorage__accountName",

@@ -171,9 +171,11 @@ async def cloud_stack(
     wait: float = 5.0,
     api_key_roles: str | None = None,
     more_domains: Sequence[str] = (),
+    authenticator: Authenticator | None = None,
 ) -> AsyncIterator[Stack]:
     """The cloud over in-memory adapters for DOMAIN (relays start on demand), and for
-    `more_domains`, which route but have no queue; event settings come from os.environ."""
+    `more_domains`, which route but have no queue; event settings come from os.environ.
+    Callers are checked by `authenticator`, else by the API key alone."""
     broker = MemoryBroker(
         [
             QueueConfig(requests_queue(DOMAIN), lock_duration=10, duplicate_detection_window=600),
@@ -203,7 +205,7 @@ async def cloud_stack(
     environ = {"WRITEBACK_API_KEYS": API_KEY}
     if api_key_roles is not None:
         environ["WRITEBACK_API_KEY_ROLES"] = api_key_roles
-    authenticator = Authenticator(AuthSettings.from_env(environ))
+    authenticator = authenticator or Authenticator(AuthSettings.from_env(environ))
     events = EventSettings.from_env(os.environ, service.routes.domains)
     http.use(Cloud(service, authenticator, Telemetry(), events))
     stack = Stack(broker, service, FakeDirectory(), audit, agents, ENC_KEY, SIG_KEY, tmp)

@@ -528,12 +528,15 @@ class TestAuthorization:
             rig.auth.authorize(caller, required_role(Operation.RESET, Initiator.ADMIN))
 
     def test_reasons_map_to_http_statuses(self) -> None:
-        """Credential problems are 401, a missing role 403, unreachable keys 503."""
+        """Credential problems are 401, a missing role or another user's account 403, a missing
+        step-up 401 (sign in again), unreachable keys 503."""
         assert {reason.value: reason.status for reason in AuthReason} == {
             "auth.missing": 401,
             "auth.invalid_token": 401,
             "auth.invalid_key": 401,
             "auth.forbidden": 403,
+            "auth.other_user": 403,
+            "auth.step_up_required": 401,
             "auth.keys_unavailable": 503,
         }
 

@@ -1,7 +1,8 @@
 """The writeback API over Azure Functions' HTTP, Service Bus, Event Grid and Event Hubs bindings:
 the only module under `writeback/` that imports `azure.functions`.
 
-Each handler authenticates the caller, checks the app role its operation needs, reads the body
+Each handler authenticates the caller, checks the app role its operation needs (and that a
+signed-in user names their own account, `auth.delegation`), reads the body
 strictly, calls one method of `WritebackService` and maps the result to a status and a JSON body:
 200 applied, 422 rejected, 503 agent.unavailable / transport.unavailable, 504 agent.timeout
 (pending: poll the request id), 502 any other failure, 400 bad input (naming the field), 401/403
@@ -76,11 +77,17 @@ def respond(status: int, body: dict[str, Any], headers: dict[str, str] | None = 
     )
 
 
-def error(status: int, code: str, message: str, field: str | None = None) -> Any:
+def error(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    challenge: str | None = None,
+) -> Any:
     body: dict[str, Any] = {"error": code, "message": message}
     if field is not None:
         body["field"] = field
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": challenge or "Bearer"} if status == 401 else None
     return respond(status, body, headers)
 
 
@@ -116,7 +123,7 @@ async def guarded(request: Any, act: Handler) -> Any:
         caller = await instance.authenticator.authenticate(dict(request.headers))
         return await act(instance, caller)
     except auth.AuthError as exc:
-        return error(exc.status, exc.reason, exc.problem)
+        return error(exc.status, exc.reason, exc.problem, challenge=exc.challenge)
     except InvalidInput as exc:
         status = 409 if exc.reason == "request.duplicate" else 400
         status = 404 if exc.reason == "domain.unknown" else status
@@ -144,6 +151,7 @@ async def submit(request: Any, operation: Operation) -> Any:
         instance.authenticator.authorize(
             caller, auth.required_role(operation, submission.initiator)
         )
+        instance.authenticator.authorize_target(caller, operation, submission.user)
         with instance.telemetry.request(operation.value, _traceparent(request)) as traceparent:
             answer = await instance.service.submit(
                 submission, caller, trace_id=trace_id(traceparent), traceparent=traceparent

@@ -6,7 +6,8 @@ token, key or part of either ever reaches a `Caller`, an exception message or a 
 joserfc's and aiohttp's exceptions become `AuthError` in this package and nowhere else.
 
 `callers` holds the vocabulary (roles, `Caller`, refusal reasons), `settings` the configuration,
-`jwks` the tenant's signing keys and `authenticator` the checks. This module only re-exports.
+`jwks` the tenant's signing keys, `authenticator` the checks and `delegation` the rule that a
+signed-in user acts only on their own account. This module only re-exports.
 """
 
 from writeback.cloud.auth.authenticator import Authenticator
@@ -16,7 +17,10 @@ from writeback.cloud.auth.settings import (
     API_KEY_ROLES_SETTING,
     API_KEYS_SETTING,
     AUDIENCES_SETTING,
+    AUTHORITY_SETTING,
     JWKS_URL_SETTING,
+    SELF_SERVICE_ACRS_SETTING,
+    SELF_SERVICE_AMR_SETTING,
     TENANT_SETTING,
     AuthSettings,
 )
@@ -27,8 +31,11 @@ __all__ = [  # AuthError is re-exported: the entry point catches it from here
     "API_KEYS_SETTING",
     "API_KEY_ROLES_SETTING",
     "AUDIENCES_SETTING",
+    "AUTHORITY_SETTING",
     "JWKS_URL_SETTING",
     "READ",
+    "SELF_SERVICE_ACRS_SETTING",
+    "SELF_SERVICE_AMR_SETTING",
     "TENANT_SETTING",
     "AuthError",
     "AuthReason",

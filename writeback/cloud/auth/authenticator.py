@@ -19,10 +19,12 @@ from typing import Any
 from joserfc import jws, jwt
 from joserfc.errors import BadSignatureError, ClaimError, ExpiredTokenError, MissingClaimError
 
+from writeback.cloud.auth import delegation
 from writeback.cloud.auth.callers import AuthReason, Caller, Role, refuse
 from writeback.cloud.auth.jwks import ALGORITHM, JOSE_FAILURES, SigningKeys
 from writeback.cloud.auth.settings import AuthSettings, tenant_jwks_url
 from writeback.errors import AuthError
+from writeback.protocol import Operation
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,10 @@ class Authenticator:
         self._keys: SigningKeys | None = None
         self._issuers: list[str] = []
         if self._tenant:
-            tenant = self._tenant
-            self._keys = keys or SigningKeys(settings.jwks_url or tenant_jwks_url(tenant))
-            # v2.0 tokens, and v1.0 ones (an app registration's default accessTokenAcceptedVersion).
-            self._issuers = [
-                f"https://login.microsoftonline.com/{tenant}/v2.0",
-                f"https://sts.windows.net/{tenant}/",
-            ]
+            self._keys = keys or SigningKeys(
+                settings.jwks_url or tenant_jwks_url(self._tenant, settings.authority)
+            )
+            self._issuers = list(settings.issuers)
         # Keep digests, not keys: equal length for compare_digest, and no key in our memory dumps.
         self._key_digests = [hashlib.sha256(_bytes(key)).digest() for key in settings.api_keys]
         self._key_roles = frozenset(str(role) for role in settings.api_key_roles)
@@ -88,6 +87,18 @@ class Authenticator:
         if role not in caller.roles:
             log.info("caller forbidden: caller=%s role=%s", caller.identity, role)
             raise refuse(AuthReason.FORBIDDEN, f"the caller does not have the {role} role")
+
+    def authorize_target(self, caller: Caller, operation: Operation, user: str) -> None:
+        """Raise AuthError unless `caller` may act on `user`: a signed-in user only on their
+        own account (a reset of it only with strong verification), the helpdesk on anyone;
+        applications and API keys as their roles allow (`delegation`)."""
+        try:
+            delegation.check_target(caller, self._settings, operation, user)
+        except AuthError as error:
+            log.info(
+                "caller refused for the target: caller=%s reason=%s", caller.identity, error.reason
+            )
+            raise
 
     async def close(self) -> None:
         if self._keys is not None:
@@ -168,9 +179,13 @@ class Authenticator:
             raise _invalid("the token is from another tenant")
         if not isinstance(claims["oid"], str):
             raise _invalid("the token's oid claim is invalid")
-        roles = claims.get("roles", [])
-        if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
-            raise _invalid("the token's roles claim is invalid")
+        for list_claim in ("roles", "acrs", "amr"):
+            values = claims.get(list_claim, [])
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise _invalid(f"the token's {list_claim} claim is invalid")
+        sid = claims.get("onprem_sid")
+        if sid is not None and not isinstance(sid, str):
+            raise _invalid("the token's onprem_sid claim is invalid")
         # Access tokens name the client application (v2.0 azp, v1.0 appid); ID tokens do not,
         # so an ID token that happens to carry our client ID as audience is refused here.
         if not isinstance(claims.get("azp", claims.get("appid")), str):
@@ -188,6 +203,7 @@ class Authenticator:
         else:
             identity = f"entra-user:{name + ' ' if name else ''}oid={object_id}"
         token_id = claims.get("uti")
+        sid = claims.get("onprem_sid")  # checked to be a string when present
         return Caller(
             kind="entra",
             identity=identity,
@@ -198,6 +214,9 @@ class Authenticator:
             name=name,
             application=application,
             token_id=token_id if isinstance(token_id, str) else None,
+            on_premises_sid=sid or None,
+            acrs=frozenset(claims.get("acrs", [])),
+            amr=frozenset(claims.get("amr", [])),
         )
 
 

@@ -57,16 +57,20 @@ class AuthReason(enum.StrEnum):
     INVALID_TOKEN = "auth.invalid_token"  # noqa: S105 - a reason code, not a credential
     INVALID_KEY = "auth.invalid_key"
     FORBIDDEN = "auth.forbidden"
+    OTHER_USER = "auth.other_user"  # a signed-in user named an account not their own
+    STEP_UP_REQUIRED = "auth.step_up_required"  # sign in again with strong verification
     KEYS_UNAVAILABLE = "auth.keys_unavailable"  # our problem, not the caller's: retry later
 
     @property
     def status(self) -> int:
-        return {"auth.forbidden": 403, "auth.keys_unavailable": 503}.get(self.value, 401)
+        forbidden = {"auth.forbidden": 403, "auth.other_user": 403}
+        return {**forbidden, "auth.keys_unavailable": 503}.get(self.value, 401)
 
 
-def refuse(reason: AuthReason, problem: str) -> AuthError:
-    """The error that refuses a caller for `reason`, with its HTTP status."""
-    return AuthError(reason.value, problem, reason.status)
+def refuse(reason: AuthReason, problem: str, challenge: str | None = None) -> AuthError:
+    """The error that refuses a caller for `reason`, with its HTTP status (and, for a 401, the
+    `WWW-Authenticate` challenge to answer with when it is more than `Bearer`)."""
+    return AuthError(reason.value, problem, reason.status, challenge=challenge)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,14 @@ class Caller:
     name: str | None = None
     application: bool = False
     token_id: str | None = None
+    on_premises_sid: str | None = None
+    acrs: frozenset[str] = frozenset()
+    amr: frozenset[str] = frozenset()
+
+    @property
+    def delegated(self) -> bool:
+        """A signed-in user's token (with `scp`): it may act only on that user's own account."""
+        return self.kind == "entra" and not self.application
 
     def audit_fields(self) -> dict[str, str]:
         """The caller as flat string fields for an audit record (absent ones left out)."""
