@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from writeback.cloud.auth import AUDIENCES_SETTING as AUDIENCES
+from writeback.cloud.auth import TENANT_SETTING as TENANT
 from writeback.cloud.auth import AuthSettings
 from writeback.cloud.secrets import CloudKeysSettings, check_resolved
 from writeback.cloud.service import ServiceSettings
@@ -48,6 +50,12 @@ MICROSOFT_WRITEBACK_DOMAINS = "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS"
 # The sweeper's timer (writeback.cloud.sweep): an NCRONTAB schedule the host resolves itself
 # (`%WRITEBACK_SWEEP_SCHEDULE%` in function_app.py); the host refuses to start without it.
 SWEEP_SCHEDULE = "WRITEBACK_SWEEP_SCHEDULE"
+# The self-service pages (writeback.cloud.pages): their SPA registration's client id, and the
+# authority they sign in with (Entra ID's for the tenant unless set: the local stand-in's).
+PAGES_CLIENT_ID = "WRITEBACK_PAGES_CLIENT_ID"
+AUTH_AUTHORITY = "WRITEBACK_AUTH_AUTHORITY"
+ENTRA_AUTHORITY = "https://login.microsoftonline.com/"
+PAGES_SCOPE = "Writeback.Self"  # the API's delegated scope (writeback/entra/app-registration.json)
 HTTP_LIMIT_SECONDS = 200  # Azure's load balancer ends an HTTP call at 230 s; stay well inside
 
 
@@ -87,6 +95,33 @@ class EventSettings:
             drift_force_change=_flag(environ, DRIFT_FORCE_CHANGE),
             microsoft_writeback_domains=_microsoft_domains(environ, domains),
         )
+
+
+@dataclass(frozen=True)
+class PagesSettings:
+    """What the pages sign in with: the SPA's client id, the authority (its origin is the only
+    other one their CSP allows) and the API's delegated scope."""
+
+    client_id: str
+    authority: str
+    scope: str | None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> PagesSettings:
+        client_id = environ.get(PAGES_CLIENT_ID, "").strip()
+        if not client_id:
+            raise ConfigurationError(PAGES_CLIENT_ID, "set it to the pages' client id")
+        authority = environ.get(AUTH_AUTHORITY, "").strip().rstrip("/")
+        tenant = environ.get(TENANT, "").strip()
+        if not authority and not tenant:
+            raise ConfigurationError(AUTH_AUTHORITY, f"set it, or {TENANT}")
+        authority = authority or ENTRA_AUTHORITY + tenant
+        if not authority.startswith("https://") or any(c in authority for c in " '\"<>;"):
+            raise ConfigurationError(AUTH_AUTHORITY, "must be an https:// URL")
+        audiences = [a.strip() for a in environ.get(AUDIENCES, "").split(",") if a.strip()]
+        named = [a for a in audiences if a.startswith("api://")] or audiences
+        scope = f"{named[0].rstrip('/')}/{PAGES_SCOPE}" if named else None
+        return cls(client_id=client_id, authority=authority, scope=scope)
 
 
 @dataclass(frozen=True)
