@@ -157,6 +157,7 @@ var localOnlySettings = [
   'ServiceBusConnection'
   'WRITEBACK_SECRETS_DIR'
   'WRITEBACK_AUTH_JWKS_URL'
+  'WRITEBACK_AUTH_AUTHORITY'
   'FUNCTIONS_WORKER_RUNTIME'
 ]
 

@@ -37,6 +37,7 @@ locals {
     "ServiceBusConnection",
     "WRITEBACK_SECRETS_DIR",
     "WRITEBACK_AUTH_JWKS_URL",
+    "WRITEBACK_AUTH_AUTHORITY",
     "FUNCTIONS_WORKER_RUNTIME",
   ]
 }

@@ -827,6 +827,7 @@ class TestAppSettings:
             "ServiceBusConnection",
             "WRITEBACK_SECRETS_DIR",
             "WRITEBACK_AUTH_JWKS_URL",
+            "WRITEBACK_AUTH_AUTHORITY",
             "FUNCTIONS_WORKER_RUNTIME",
         }
         present = set(model.local_only_settings) & set(model.app_settings)

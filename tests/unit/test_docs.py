@@ -186,7 +186,8 @@ class TestNamesInTheDocs:
         assert missing == []
 
     def test_every_route_the_docs_name_exists_and_every_route_is_documented(self) -> None:
-        """Routes under /api/v1 and /api/pages in the docs are function_app.py's, and docs/api.md names each."""
+        """Routes under /api/v1 and /api/pages in the docs are function_app.py's, and docs/api.md
+        names each."""
         known = routes()
         named = set(ROUTE.findall(docs_text()))
         assert sorted(n for n in named if not any(matches(n, r) for r in known)) == []
