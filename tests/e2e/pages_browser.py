@@ -4,6 +4,7 @@ browser sends it (OpenID metadata and the authorize redirect), and headless Chro
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
 import threading
 from collections.abc import Iterator
@@ -76,9 +77,12 @@ def authority(directory: Path) -> Iterator[Recorder]:
 def chromium() -> webdriver.Chrome:
     """Headless Chromium; the test authority's certificate is self-issued, so not checked."""
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert binary, "the browser tests need Chromium (Debian: apt-get install chromium)"
+    assert driver, "the browser tests need its driver (Debian: apt-get install chromium-driver)"
+    options.binary_location = binary
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
                      "--ignore-certificate-errors", "--window-size=760,900"):  # fmt: skip
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    return webdriver.Chrome(options=options, service=Service(driver))

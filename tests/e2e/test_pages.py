@@ -3,8 +3,10 @@ host, signing in against a local HTTPS authority that records what the browser s
 
 from __future__ import annotations
 
+import json
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,8 +16,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from devstack import cloud
-from tests.e2e.conftest import wait_until
+from devstack import cloud, seed
+from tests.e2e.conftest import LocalCloud, wait_until
 from tests.e2e.pages_browser import Recorder, authority, chromium
 from writeback.protocol import Reason
 
@@ -199,7 +201,8 @@ def test_sign_in_goes_to_the_authority_with_pkce(
     browser: WebDriver, site: str, recorder: Recorder
 ) -> None:
     """The sign-in button sends the browser to the authority's authorize endpoint with the
-    client id, the pages' redirect URI and an S256 code challenge."""
+    client id, the pages' redirect URI and an S256 code challenge; MSAL keeps its state in the
+    tab's sessionStorage, nothing in localStorage."""
     browser.get(f"{site}/api/pages/change")
     wait_until(lambda: browser.find_element(By.ID, "title").text != "", 10, "the page's script")
     browser.find_element(By.ID, "sign-in").send_keys(Keys.ENTER)
@@ -216,3 +219,47 @@ def test_sign_in_goes_to_the_authority_with_pkce(
     assert len(query["code_challenge"]) == 43
     assert "api://writeback-e2e/Writeback.Self" in query["scope"]
     assert any(p.endswith("/openid-configuration") for p in recorder.requests)
+    browser.get(f"{site}/api/pages/change")  # back in the same tab: MSAL's state is per tab
+    stored = browser.execute_script(
+        "return [Object.keys(localStorage), Object.keys(sessionStorage)]"
+    )
+    assert stored[0] == []
+    assert any("msal" in key for key in stored[1])
+
+
+def test_the_stacks_real_answers_render_with_guidance(
+    browser: WebDriver, site: str, ready: LocalCloud, new_user: Callable[..., seed.Account]
+) -> None:
+    """The rules of the domain's real policy (from the policy route) and a real refusal (a
+    change to the current password, refused by the relay as policy.history) show in the page."""
+    user = new_user("pages")
+    status, policy = api(ready, "GET", f"v1/domains/{ready.domain}/policy")
+    assert status == 200
+    status, answer = api(
+        ready, "POST", "v1/passwords/change",
+        {"user": user.upn, "oldPassword": user.password, "newPassword": user.password},
+    )  # fmt: skip
+    assert (status, answer["reason"]) == (422, "policy.history")
+    open_page(browser, site, "change")
+    browser.execute_script("WritebackPages.showRules(arguments[0], [])", policy["policy"])
+    minimum = policy["policy"]["minLength"]
+    assert f"at least {minimum} characters" in browser.find_element(By.ID, "rules").text
+    browser.execute_script(
+        "WritebackPages.render(arguments[0], arguments[1], 'change')", status, answer
+    )
+    text = browser.find_element(By.ID, "result").text
+    assert answer["message"] in text
+    assert "never used" in text
+    browser.save_screenshot(str(IMAGES / "pages-rejected.png"))
+
+
+def api(stack: LocalCloud, method: str, path: str, body: object = None) -> tuple[int, Any]:
+    """One call to the stack's API with its key."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "x-functions-key": stack.api_key}
+    call = urllib.request.Request(f"{stack.url}/{path}", data, headers, method=method)  # noqa: S310
+    try:
+        with urllib.request.urlopen(call, timeout=60) as response:  # noqa: S310 - loopback stack
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
