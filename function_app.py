@@ -71,6 +71,12 @@ async def domain_policy(req: func.HttpRequest) -> func.HttpResponse:
     return await http.domain_policy(req)
 
 
+# The self-service and helpdesk pages, their static files and their sign-in config.
+@app.route(route="pages/{*path}", methods=["GET"])
+async def pages(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.page(req)
+
+
 @app.service_bus_queue_trigger(
     arg_name="message", connection="ServiceBusConnection", queue_name=HEARTBEATS_QUEUE
 )

@@ -213,3 +213,20 @@ class TestAzdParameters:
         names = {ENV_VAR.match(text)["name"] for text in mapped.values()}  # type: ignore[index]
         deploy = (ROOT / "docs" / "deploy.md").read_text()
         assert {n for n in names if n not in deploy} == set()
+
+
+PAGE_FILES = [
+    "writeback/cloud/pages/page.html",
+    "writeback/cloud/pages/static/app.js",
+    "writeback/cloud/pages/static/app.css",
+    "writeback/cloud/pages/static/strings.js",
+    "writeback/cloud/pages/static/msal-browser.min.js",
+    "writeback/cloud/pages/static/msal-browser.LICENSE.txt",
+]
+
+
+@pytest.mark.parametrize("path", PAGE_FILES)
+def test_the_pages_files_are_published(ignored: pathspec.GitIgnoreSpec, path: str) -> None:
+    """The self-service pages, their scripts, styles and MSAL.js's licence go into the package."""
+    assert (ROOT / path).is_file()
+    assert not ignored.match_file(path)

@@ -35,7 +35,7 @@ SETTING = re.compile(r"\bWRITEBACK_[A-Z0-9_]*[A-Z0-9]\b")
 # Named in the docs on purpose though no code reads them: a throwaway app setting whose change
 # makes App Service re-read Key Vault references (docs/deploy.md).
 INVENTED_SETTINGS = frozenset({"WRITEBACK_CONFIG_REFRESHED"})
-ROUTE = re.compile(r"/api(/v1/[A-Za-z0-9_{}/.\-]*[A-Za-z0-9_}])")
+ROUTE = re.compile(r"/api(/(?:v1|pages)/[A-Za-z0-9_{}/.\-]*[A-Za-z0-9_}])")
 
 
 @cache
@@ -140,8 +140,11 @@ def normalised(route: str) -> str:
 
 
 def matches(named: str, route: str) -> bool:
-    """Whether a route as the docs write it (with example values) is `route`."""
+    """Whether a route as the docs write it (with example values) is `route`; a catch-all
+    parameter (`{*path}`, last) takes the rest of the path."""
     given, known = named.strip("/").split("/"), normalised(route).strip("/").split("/")
+    if route.rstrip("/").endswith("}") and "{*" in route.rsplit("/", 1)[-1]:
+        given = [*given[: len(known) - 1], "/".join(given[len(known) - 1 :])]
     return len(given) == len(known) and all(
         k in ("{}", g) or g.startswith("{") for g, k in zip(given, known, strict=True)
     )
@@ -183,7 +186,8 @@ class TestNamesInTheDocs:
         assert missing == []
 
     def test_every_route_the_docs_name_exists_and_every_route_is_documented(self) -> None:
-        """Routes under /api/v1 in the docs are function_app.py's, and docs/api.md names each."""
+        """Routes under /api/v1 and /api/pages in the docs are function_app.py's, and docs/api.md
+        names each."""
         known = routes()
         named = set(ROUTE.findall(docs_text()))
         assert sorted(n for n in named if not any(matches(n, r) for r in known)) == []

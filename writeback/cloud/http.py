@@ -26,7 +26,7 @@ from typing import Any
 
 import azure.functions as func
 
-from writeback.cloud import auth, drift, events, sweep
+from writeback.cloud import auth, drift, events, pages, sweep
 from writeback.cloud.bootstrap import Cloud, build
 from writeback.cloud.service import Answer
 from writeback.cloud.submissions import REQUEST_ID, InvalidInput, parse, read_body
@@ -330,6 +330,17 @@ async def domain_policy(request: Any) -> Any:
         )  # fmt: skip
 
     return await guarded(request, act)
+
+
+async def page(request: Any) -> Any:
+    """GET /api/pages/{*path}: the self-service pages, their files and their sign-in config
+    (`writeback.cloud.pages`); anonymous: the pages sign the user in themselves."""
+    reply = pages.serve(request.route_params.get("path") or "", os.environ)
+    return func.HttpResponse(
+        reply.body,
+        status_code=reply.status,
+        headers={**reply.headers, "Content-Type": reply.content_type},
+    )
 
 
 async def heartbeat(message: Any) -> None:

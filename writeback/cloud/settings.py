@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from writeback.cloud.auth import TENANT_SETTING as TENANT
 from writeback.cloud.auth import AuthSettings
 from writeback.cloud.secrets import CloudKeysSettings, check_resolved
 from writeback.cloud.service import ServiceSettings
@@ -48,6 +49,10 @@ MICROSOFT_WRITEBACK_DOMAINS = "WRITEBACK_MICROSOFT_WRITEBACK_DOMAINS"
 # The sweeper's timer (writeback.cloud.sweep): an NCRONTAB schedule the host resolves itself
 # (`%WRITEBACK_SWEEP_SCHEDULE%` in function_app.py); the host refuses to start without it.
 SWEEP_SCHEDULE = "WRITEBACK_SWEEP_SCHEDULE"
+# The self-service pages (writeback.cloud.pages): their SPA registration's client id. They sign
+# in at the API's authority (WRITEBACK_AUTH_AUTHORITY, writeback.cloud.auth) for its tenant.
+PAGES_CLIENT_ID = "WRITEBACK_PAGES_CLIENT_ID"
+PAGES_SCOPE = "Writeback.Self"  # the API's delegated scope (writeback/entra/app-registration.json)
 HTTP_LIMIT_SECONDS = 200  # Azure's load balancer ends an HTTP call at 230 s; stay well inside
 
 
@@ -87,6 +92,31 @@ class EventSettings:
             drift_force_change=_flag(environ, DRIFT_FORCE_CHANGE),
             microsoft_writeback_domains=_microsoft_domains(environ, domains),
         )
+
+
+@dataclass(frozen=True)
+class PagesSettings:
+    """What the pages sign in with: the SPA's client id, the authority (its origin is the only
+    other one their CSP allows) and the API's delegated scope."""
+
+    client_id: str
+    authority: str
+    scope: str | None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> PagesSettings:
+        """The pages sign users in where the API's tokens come from: WRITEBACK_AUTH_AUTHORITY
+        (Entra ID's unless set) for WRITEBACK_AUTH_TENANT_ID, checked as AuthSettings checks
+        them."""
+        client_id = environ.get(PAGES_CLIENT_ID, "").strip()
+        if not client_id:
+            raise ConfigurationError(PAGES_CLIENT_ID, "set it to the pages' client id")
+        auth = AuthSettings.from_env(environ)
+        if auth.tenant_id is None:
+            raise ConfigurationError(TENANT, "the pages sign users in with Entra ID: set it")
+        named = [a for a in auth.audiences if a.startswith("api://")] or list(auth.audiences)
+        scope = f"{named[0].rstrip('/')}/{PAGES_SCOPE}" if named else None
+        return cls(client_id=client_id, authority=f"{auth.authority}/{auth.tenant_id}", scope=scope)
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,9 @@ def _check_authority(authority: str) -> str:
     if not authority:
         return authority
     _check_url(authority, AUTHORITY_SETTING)
+    if any(char.isspace() or char in "'\"<>;,\\" for char in authority):
+        # It also goes into the pages' Content-Security-Policy header.
+        raise ConfigurationError(AUTHORITY_SETTING, "must be a plain URL (no quotes or spaces)")
     parts = urlsplit(authority)
     if parts.path or parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigurationError(
