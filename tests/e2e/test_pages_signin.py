@@ -45,7 +45,7 @@ class Site:
 
 
 def person(testbed: TestBed, admin: ldap3.Connection, role: str) -> Person:
-    """A fresh AD user and its synchronized cloud user (SID as onprem_sid). The pattern user's
+    """A fresh AD user and its synchronized cloud user (SID as onprem_sid). The alias user's
     cloud UPN differs from AD's; the helpdesk user holds the helpdesk's roles."""
     domain = testbed.domain
     account = seed.create_user(
@@ -167,6 +167,14 @@ def outcome(browser: WebDriver) -> str:
     return text_of(browser, "result")
 
 
+def screenshot(browser: WebDriver, name: str, last: str = "result") -> None:
+    """Save the page as docs/images/`name`.png, scrolled so that the element `last` shows."""
+    element = browser.find_element(By.ID, last)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", element)
+    IMAGES.mkdir(exist_ok=True)
+    browser.save_screenshot(str(IMAGES / f"{name}.png"))
+
+
 def new_password() -> str:
     return f"Browser-{uuid.uuid4().hex[:6]}-Pa55!"
 
@@ -210,21 +218,20 @@ class TestChange:
         assert {k: rule_states(browser)[k] for k in ("length", "categories", "match")} == {
             "length": "true", "categories": "true", "match": "true"
         }  # fmt: skip
-        IMAGES.mkdir(exist_ok=True)
-        browser.save_screenshot(str(IMAGES / "pages-change.png"))
+        screenshot(browser, "pages-change", last="confirm")
         old = who.account.password
         type_into(browser, {"current": old, "new": old, "confirm": old})
         browser.find_element(By.ID, "submit").click()
         text = outcome(browser)
         assert "policy.history" in text
         assert "never used" in text
-        browser.save_screenshot(str(IMAGES / "pages-rejected.png"))
+        screenshot(browser, "pages-rejected")
         new = new_password()
         type_into(browser, {"current": old, "new": new, "confirm": new})
         browser.find_element(By.ID, "submit").click()
         assert "Your password has been changed." in outcome(browser)
         assert "on-premises" in text_of(browser, "result")
-        browser.save_screenshot(str(IMAGES / "pages-applied.png"))
+        screenshot(browser, "pages-applied")
         assert can_bind(site, who.account.upn, new)
         assert not can_bind(site, who.account.upn, old)
 
@@ -263,7 +270,7 @@ class TestForgot:
         assert "Temporary Access Pass" in text
         step_up = browser.find_element(By.ID, "step-up")
         assert step_up.is_displayed()
-        browser.save_screenshot(str(IMAGES / "pages-forgot-refused.png"))
+        screenshot(browser, "pages-forgot-refused", last="step-up")
         assert not can_bind(site, who.account.upn, new)
         step_up.click()
         wait_until(lambda: "/oauth2/v2.0/authorize" in browser.current_url, SECONDS, "sign-in")
@@ -313,5 +320,5 @@ class TestHelpdesk:
         assert browser.find_element(By.ID, "must-change").is_selected()
         browser.find_element(By.ID, "submit").click()
         assert "Done." in outcome(browser)
-        browser.save_screenshot(str(IMAGES / "pages-helpdesk.png"))
+        screenshot(browser, "pages-helpdesk")
         assert attribute(site, target.account.dn, "pwdLastSet") == "0"
