@@ -238,12 +238,15 @@ class TestChange:
     def test_a_user_whose_cloud_upn_differs_changes_their_ad_password(
         self, browser: WebDriver, site: Site
     ) -> None:
-        """A user signed in with a cloud UPN that is no AD UPN (an alternate login ID) sees their
-        rules and changes their password: the page names the account by the token's onprem_sid,
-        and the AD account (its own UPN) binds with the new password."""
+        """A user signed in with a cloud UPN that is no AD UPN (an alternate login ID), from the
+        URL `./run demo` prints, goes to the change page, sees their rules and changes their
+        password: the page names the account by the token's onprem_sid, and the AD account (its
+        own UPN) binds with the new password."""
         who = site.people["alias"]
         assert who.cloud.username != who.account.upn
-        sign_in(browser, site, "change", who)
+        sign_in(browser, site, "", who)
+        browser.find_element(By.LINK_TEXT, "Change my password").click()
+        wait_until(lambda: text_of(browser, "who") != "", SECONDS, "the change page, signed in")
         wait_until(lambda: "length" in rule_states(browser), SECONDS, "the user's rules")
         new = new_password()
         type_into(browser, {"current": who.account.password, "new": new, "confirm": new})
@@ -320,5 +323,6 @@ class TestHelpdesk:
         assert browser.find_element(By.ID, "must-change").is_selected()
         browser.find_element(By.ID, "submit").click()
         assert "Done." in outcome(browser)
+        assert "must choose a new password at their next sign-in" in text_of(browser, "result")
         screenshot(browser, "pages-helpdesk")
         assert attribute(site, target.account.dn, "pwdLastSet") == "0"

@@ -77,7 +77,8 @@
     if (status === 200 && body && body.status === "applied") {
       box.className = "ok";
       say(S.applied[operation] || S.applied.helpdesk);
-      if (operation !== "unlock") say(S.takesEffect);
+      if (operation === "helpdesk" && $("must-change").checked) say(S.mustChangeNext);
+      else if (operation !== "unlock") say(S.takesEffect);
       return;
     }
     box.className = "bad";
@@ -212,7 +213,7 @@
     });
     await client.initialize();
     const result = await client.handleRedirectPromise();
-    if (page === "index" && result && FIELDS[result.state]) {
+    if (page === "index" && result && result.state !== "index" && FIELDS[result.state]) {
       window.location.assign(`/api/pages/${result.state}`);
       return;
     }

@@ -17,7 +17,7 @@ window.WritebackStrings = {
   intros: {
     index: "Choose what you want to do.",
     change: "Enter your current password and choose a new one.",
-    forgot: "Choose a new password. You signed in with strong verification instead of your password.",
+    forgot: "Choose a new password. This needs a sign-in with strong verification (a Temporary Access Pass, a passwordless method or multifactor authentication) instead of your password.",
     unlock: "Unlock your on-premises account after too many wrong passwords.",
     helpdesk: "Find a user, then reset, unlock or expire their password, or see their recent requests.",
   },
@@ -55,6 +55,7 @@ window.WritebackStrings = {
     helpdesk: "Done.",
   },
   takesEffect: "It works on-premises (Windows sign-in, VPN, file shares) now. In the cloud (Microsoft 365, Entra ID) it takes effect at the next password hash synchronisation, usually within about 2 minutes.",
+  mustChangeNext: "The user must choose a new password at their next sign-in on-premises (Windows sign-in, or a password change where the sign-in asks for one).",
   pending: "Your request was sent but no answer came yet. Check again in a minute before trying again.",
   failedPrefix: "Not done:",
   reasonLabel: "Reason code: {reason}",
