@@ -71,6 +71,11 @@ async def domain_policy(req: func.HttpRequest) -> func.HttpResponse:
     return await http.domain_policy(req)
 
 
+@app.route(route="v1/users/{user}/policy", methods=["GET"])
+async def user_policy(req: func.HttpRequest) -> func.HttpResponse:
+    return await http.user_policy(req)
+
+
 # The self-service and helpdesk pages, their static files and their sign-in config.
 @app.route(route="pages/{*path}", methods=["GET"])
 async def pages(req: func.HttpRequest) -> func.HttpResponse:

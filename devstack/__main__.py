@@ -80,13 +80,7 @@ def _stack(command: str) -> int:
     )
     running, env = localstack.up()
     print(f"writeback API at {env['WRITEBACK_API_URL']} for {env['WRITEBACK_DOMAIN']}")
-    print(
-        "Entra ID sign-in (the local stand-in, docs/local-entra.md): "
-        f"{env['WRITEBACK_SIGNIN_AUTHORITY']}"
-        f"\n  sign in as alice@{env['WRITEBACK_DOMAIN']} with {SEED_PASSWORD}, or with strong "
-        f"verification and {entra_users.tap_of('alice')}; the helpdesk: "
-        f"hana.helpdesk@{env['WRITEBACK_DOMAIN']}"
-    )
+    print(sign_in_guide(env))
     ok = True
     if command == "demo":
         ok = http_demo.run(running, env)
@@ -97,6 +91,21 @@ def _stack(command: str) -> int:
     print("  .venv/bin/writeback reset <user>@$WRITEBACK_DOMAIN --admin   # asks for the password")
     print("Logs: .devstack/logs/   Stop everything: make down")
     return 0 if ok else 1
+
+
+def sign_in_guide(env: dict[str, str]) -> str:
+    """Where the pages are and whom to sign in as, for a person trying the stack by hand."""
+    domain = env["WRITEBACK_DOMAIN"]
+    discovery = f"{env['WRITEBACK_SIGNIN_AUTHORITY']}/.well-known/openid-configuration"
+    return (
+        f"self-service pages: open {env['WRITEBACK_PAGES_URL']} in a browser; it signs in at the "
+        "local Entra ID stand-in (docs/local-entra.md), whose certificate the browser must trust:"
+        f" import the CA {env['WRITEBACK_SIGNIN_CA']}, or open {discovery} once and accept it"
+        f"\n  user alice@{domain}, password {SEED_PASSWORD} (Forgot my password: tick strong "
+        f"verification, pass {entra_users.tap_of('alice')})"
+        f"\n  a cloud UPN that differs from AD's: pat@{entra_users.CLOUD_SUFFIX}, same password"
+        f"\n  the helpdesk: hana.helpdesk@{domain}, same password"
+    )
 
 
 if __name__ == "__main__":

@@ -29,24 +29,30 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import ssl
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from flask_cors import CORS
 from joserfc.jwk import RSAKey
-from werkzeug.serving import run_simple
+from werkzeug.serving import make_server, run_simple
 
 from devstack import entra_users
 from devstack.entra_tokens import SignIn, Tenant, build_server
+from devstack.tls import TlsFiles
 
 FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Sign in (local Entra ID stand-in)</title></head><body><main>
 <h1>Sign in</h1><p>Local stand-in for Microsoft Entra ID. {notice}</p>
 <form method="post"><p><label>User name <input name="username" autocomplete="username"
 value="{username}" required></label></p>
-<p><label>Password, or Temporary Access Pass <input name="secret" type="password" required>
+<p><label>Password, or Temporary Access Pass <input name="secret" type="password"
+autocomplete="current-password" required>
 </label></p><p><label><input type="checkbox" name="strong" value="1"{checked}> Strong
 verification (sign in with the Temporary Access Pass: stands for a TAP or MFA)</label></p>
 <p><button>Sign in</button></p></form></main></body></html>"""
@@ -147,6 +153,22 @@ def load(config: Path) -> tuple[Tenant, list[entra_users.CloudUser], list[str]]:
         key=RSAKey.import_key(data["signing_key"]),
     )  # fmt: skip
     return tenant, entra_users.from_json(data["users"]), list(data.get("origins", []))
+
+
+@contextmanager
+def serving(app: Flask, files: TlsFiles, port: int) -> Iterator[None]:
+    """`app` over HTTPS on 127.0.0.1:`port`, in a thread of this process, while the block runs:
+    how tests run the stand-in beside the stack without a process of its own."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files.cert_file, files.key_file)
+    server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join(10)
 
 
 def main(argv: list[str] | None = None) -> int:

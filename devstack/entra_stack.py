@@ -14,9 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from joserfc.jwk import RSAKey
-
 from devstack import entra_users, seed, tls
+from devstack.entra_tokens import Tenant
 from devstack.samba import SambaDC
 
 PORT = 7443
@@ -53,10 +52,28 @@ class SignInStandIn:
             "WRITEBACK_AUTH_AUDIENCES": f"{API_CLIENT_ID},{API_IDENTIFIER_URI}",
             "WRITEBACK_AUTH_AUTHORITY": self.authority,
             "WRITEBACK_SELF_SERVICE_ACRS": CONTEXT,
+            "WRITEBACK_PAGES_CLIENT_ID": PAGES_CLIENT_ID,  # the pages sign in as this app
             # The host fetches the stand-in's keys over HTTPS: trust its CA (the local host
             # makes no other HTTPS call).
             "SSL_CERT_FILE": str(self.tls.ca_file.resolve()),
         }
+
+
+def pages_origins(api_port: int) -> list[str]:
+    """The origins the local Functions host on `api_port` serves the pages from (loopback,
+    by address or by name): the stand-in lets them redeem codes (CORS) and redirects to them."""
+    return [f"http://127.0.0.1:{api_port}", f"http://localhost:{api_port}"]
+
+
+def tenant(api_port: int, port: int = PORT) -> Tenant:
+    """The local tenant with its two app registrations, the pages' redirecting to the local
+    host on `api_port` (the pages' `redirectPath` on each of its origins)."""
+    return Tenant(
+        authority=f"https://{HOST}:{port}", tenant_id=TENANT_ID, api_client_id=API_CLIENT_ID,
+        api_identifier_uri=API_IDENTIFIER_URI, pages_client_id=PAGES_CLIENT_ID,
+        redirect_uris=tuple(f"{origin}/api/pages/" for origin in pages_origins(api_port)),
+        contexts=(CONTEXT,),
+    )  # fmt: skip
 
 
 def stand_in(directory: Path, port: int = PORT) -> SignInStandIn:
@@ -81,17 +98,17 @@ def prepare(
     finally:
         connection.unbind()
     users = entra_users.cloud_users(TENANT_ID, domain.dns_domain, sids)
-    origins = [f"http://127.0.0.1:{api_port}", f"http://localhost:{api_port}"]
+    local = tenant(api_port, port)
     config = {
-        "authority": stand_in(directory, port).authority,
-        "tenant_id": TENANT_ID,
-        "api_client_id": API_CLIENT_ID,
-        "api_identifier_uri": API_IDENTIFIER_URI,
-        "pages_client_id": PAGES_CLIENT_ID,
-        "redirect_uris": [f"{origin}/api/pages/" for origin in origins],
-        "origins": origins,
-        "contexts": [CONTEXT],
-        "signing_key": RSAKey.generate_key(2048, private=True).as_dict(private=True),
+        "authority": local.authority,
+        "tenant_id": local.tenant_id,
+        "api_client_id": local.api_client_id,
+        "api_identifier_uri": local.api_identifier_uri,
+        "pages_client_id": local.pages_client_id,
+        "redirect_uris": list(local.redirect_uris),
+        "origins": pages_origins(api_port),
+        "contexts": list(local.contexts),
+        "signing_key": local.key.as_dict(private=True),
         "users": entra_users.to_json(users),
     }
     path = directory / "entra.json"

@@ -1,6 +1,7 @@
 """The OAuth 2.0 half of the local Entra ID stand-in (devstack/entra.py): authlib's
 authorization server with the authorization code grant (PKCE with S256 required, public
-clients only, as for a single-page application), refresh tokens, and OpenID Connect ID tokens,
+clients only, as for a single-page application; the code in the query or, as `response_mode`
+asks, the fragment), refresh tokens, and OpenID Connect ID tokens,
 issuing tokens shaped as Entra ID's v2.0 ones.
 
 Access tokens for the API carry what an Entra v2.0 access token carries: `aud` (the API's client
@@ -18,12 +19,14 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core.grants import OpenIDCode
+from authlib.oidc.core.grants.util import create_response_mode_response
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
@@ -191,6 +194,19 @@ def build_server(app: Any, tenant: Tenant) -> AuthorizationServer:
 
         def authenticate_user(self, code: Grant) -> SignIn:
             return code.sign_in
+
+        def create_authorization_response(
+            self, redirect_uri: str, grant_user: SignIn
+        ) -> tuple[int, str, list[tuple[str, str]]]:
+            """authlib's answer, with the code in the fragment when `response_mode` asks for
+            it, as Entra ID does (MSAL.js asks for it and reads only the fragment)."""
+            status, body, headers = super().create_authorization_response(redirect_uri, grant_user)
+            mode = self.request.payload.data.get("response_mode", "query")
+            if status != 302 or mode == "query":
+                return status, body, headers
+            sent = parse_qsl(urlsplit(dict(headers)["Location"]).query)
+            params = [(name, value) for name, value in sent if name in ("code", "state")]
+            return create_response_mode_response(redirect_uri, params, mode)  # type: ignore[no-any-return]
 
     class RefreshGrant(grants.RefreshTokenGrant):
         TOKEN_ENDPOINT_AUTH_METHODS = ["none"]  # noqa: RUF012 - authlib's class attribute

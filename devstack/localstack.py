@@ -203,11 +203,18 @@ def up(state: Path = STATE) -> tuple[stack.Stack, dict[str, str]]:
         "WRITEBACK_SIGNIN_CA": str(sign_in.tls.ca_file.resolve()),
         "WRITEBACK_SIGNIN_PAGES_CLIENT_ID": entra_stack.PAGES_CLIENT_ID,
         "WRITEBACK_SIGNIN_API_SCOPE": f"{entra_stack.API_IDENTIFIER_URI}/Writeback.Self",
+        "WRITEBACK_PAGES_URL": pages_url(),
     }
     env = state / "env"
     env.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
     env.chmod(0o600)
     return running, values
+
+
+def pages_url(port: int = API_PORT) -> str:
+    """Where the local host serves the self-service pages: an origin the stand-in registers
+    (a redirect URI and a CORS origin) and a browser treats as secure (loopback)."""
+    return f"http://localhost:{port}/api/pages/"
 
 
 def start_relay(state: Path = STATE) -> None:

@@ -1,5 +1,6 @@
 """The self-service pages in headless Chromium, served by function_app.py on the local Functions
-host, signing in against a local HTTPS authority that records what the browser sends it."""
+host, signing in against a local HTTPS authority that records what the browser sends it (the
+signed-in flows, and the screenshots in the docs, are test_pages_signin.py's)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,8 +21,6 @@ from tests.e2e.conftest import LocalCloud, wait_until
 from tests.e2e.pages_browser import TENANT, Recorder, authority, chromium
 from writeback.protocol import Reason
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "docs" / "images"
 CLIENT_ID = "6f1c3d2a-1111-4222-8333-944445555666"
 POLICY = {"source": "domain policy", "minLength": 9, "complexity": True, "historyLength": 24,
           "minAgeSeconds": 86400, "maxAgeSeconds": None}  # fmt: skip
@@ -148,8 +146,6 @@ def test_rules_are_marked_while_typing_counting_utf16_units(browser: WebDriver, 
     assert states["name"] == "true"
     browser.find_element(By.ID, "confirm").send_keys("Rabbit7")
     assert rule_states(browser)["match"] == "false"
-    IMAGES.mkdir(exist_ok=True)
-    browser.save_screenshot(str(IMAGES / "pages-change.png"))
 
 
 def test_keyboard_alone_reaches_every_control(browser: WebDriver, site: str) -> None:
@@ -169,7 +165,6 @@ def test_keyboard_alone_reaches_every_control(browser: WebDriver, site: str) -> 
     assert {"user", "new", "confirm", "must-change", "also-unlock", "submit", "unlock", "expire",
             "history", "sign-in"} <= wanted  # fmt: skip
     assert wanted <= reached
-    browser.save_screenshot(str(IMAGES / "pages-helpdesk.png"))
 
 
 def test_a_rejected_password_names_the_reason_with_guidance(browser: WebDriver, site: str) -> None:
@@ -185,7 +180,6 @@ def test_a_rejected_password_names_the_reason_with_guidance(browser: WebDriver, 
     assert Reason.POLICY_HISTORY.message in result.text
     assert "never used" in result.text
     assert "policy.history" in result.text
-    browser.save_screenshot(str(IMAGES / "pages-rejected.png"))
 
 
 def test_success_says_when_the_password_works_where(browser: WebDriver, site: str) -> None:
@@ -251,7 +245,6 @@ def test_the_stacks_real_answers_render_with_guidance(
     text = browser.find_element(By.ID, "result").text
     assert answer["message"] in text
     assert "never used" in text
-    browser.save_screenshot(str(IMAGES / "pages-rejected.png"))
 
 
 def api(stack: LocalCloud, method: str, path: str, body: object = None) -> tuple[int, Any]:

@@ -4,8 +4,6 @@ with the stand-in's token, and acts only on their own account in the Samba DC.""
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -14,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 
 from devstack import cloud, entra, entra_users, seed, tls
 from devstack.entra_tokens import Tenant
@@ -71,11 +68,6 @@ def test_a_signed_in_user_changes_and_resets_only_their_own_password(
         redirect_uris=(REDIRECT,), access_token_claims=(),  # the API routes by UPN
     )  # fmt: skip
     app = entra.create_app(tenant, [cloud_user(me), cloud_user(other)], ["https://localhost:7072"])
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(files.cert_file, files.key_file)
-    server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=context)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     settings = {
         **ready.settings,
         "WRITEBACK_AUTH_TENANT_ID": TENANT_ID,
@@ -85,30 +77,33 @@ def test_a_signed_in_user_changes_and_resets_only_their_own_password(
         "SSL_CERT_FILE": str(files.ca_file),
     }
     api_port = cloud.free_port()
-    host = cloud.start_host(settings, api_port, ready.logs / "signin-host.log")
     api = f"http://127.0.0.1:{api_port}/api/v1"
-    try:
-        stand_in = StandIn(tenant, files.ca_file)
-        token = sign_in(stand_in, me.upn, me.password)["access_token"]
-        change = {"oldPassword": other.password, "newPassword": NEW}
-        status, answer, _ = post(f"{api}/passwords/change", {"user": other.upn, **change}, token)
-        assert (status, answer["error"]) == (403, "auth.other_user"), answer
-        assert can_bind(other, other.password)
-        change = {"oldPassword": me.password, "newPassword": NEW}
-        status, answer, _ = post(f"{api}/passwords/change", {"user": me.upn, **change}, token)
-        assert (status, answer["reason"]) == (200, "applied"), answer
-        assert can_bind(me, NEW)
+    with entra.serving(app, files, port):
+        host = cloud.start_host(settings, api_port, ready.logs / "signin-host.log")
+        try:
+            stand_in = StandIn(tenant, files.ca_file)
+            token = sign_in(stand_in, me.upn, me.password)["access_token"]
+            change = {"oldPassword": other.password, "newPassword": NEW}
+            status, answer, _ = post(
+                f"{api}/passwords/change", {"user": other.upn, **change}, token
+            )
+            assert (status, answer["error"]) == (403, "auth.other_user"), answer
+            assert can_bind(other, other.password)
+            change = {"oldPassword": me.password, "newPassword": NEW}
+            status, answer, _ = post(f"{api}/passwords/change", {"user": me.upn, **change}, token)
+            assert (status, answer["reason"]) == (200, "applied"), answer
+            assert can_bind(me, NEW)
 
-        reset = {"user": me.upn, "newPassword": NEW + "2", "initiator": "self-service"}
-        status, answer, challenge = post(f"{api}/passwords/reset", reset, token)
-        assert (status, answer["error"]) == (401, "auth.step_up_required"), answer
-        assert 'error="insufficient_claims"' in challenge
-        claims = {"access_token": {"acrs": {"essential": True, "value": "c1"}}}
-        strong = sign_in(stand_in, me.upn, entra_users.tap_of(me.sam), strong=True, claims=claims)
-        status, answer, _ = post(f"{api}/passwords/reset", reset, strong["access_token"])
-        assert (status, answer["reason"]) == (200, "applied"), answer
-        assert can_bind(me, NEW + "2")
-    finally:
-        cloud.stop_process(host)
-        server.shutdown()
-        thread.join(10)
+            reset = {"user": me.upn, "newPassword": NEW + "2", "initiator": "self-service"}
+            status, answer, challenge = post(f"{api}/passwords/reset", reset, token)
+            assert (status, answer["error"]) == (401, "auth.step_up_required"), answer
+            assert 'error="insufficient_claims"' in challenge
+            claims = {"access_token": {"acrs": {"essential": True, "value": "c1"}}}
+            strong = sign_in(
+                stand_in, me.upn, entra_users.tap_of(me.sam), strong=True, claims=claims
+            )
+            status, answer, _ = post(f"{api}/passwords/reset", reset, strong["access_token"])
+            assert (status, answer["reason"]) == (200, "applied"), answer
+            assert can_bind(me, NEW + "2")
+        finally:
+            cloud.stop_process(host)

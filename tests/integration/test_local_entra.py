@@ -12,7 +12,6 @@ import json
 import secrets
 import socket
 import ssl
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ import pytest
 import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from werkzeug.serving import make_server
 
 from devstack import entra, entra_users, tls
 from devstack.entra_tokens import Tenant
@@ -92,16 +90,8 @@ def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
     )  # fmt: skip
     users = entra_users.cloud_users(TENANT_ID, DOMAIN, SIDS)
     app = entra.create_app(tenant, users, ["https://localhost:7072"])
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(files.cert_file, files.key_file)
-    server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=context)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with entra.serving(app, files, port):
         yield StandIn(tenant, files.ca_file)
-    finally:
-        server.shutdown()
-        thread.join(10)
 
 
 def pkce() -> tuple[str, str]:

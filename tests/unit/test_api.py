@@ -58,6 +58,7 @@ class TestBindings:
             "health": ("v1/health", ("GET",), "ANONYMOUS"),
             "domain_keys": ("v1/domains/{domain}/keys", ("GET",), "ANONYMOUS"),
             "domain_policy": ("v1/domains/{domain}/policy", ("GET",), "ANONYMOUS"),
+            "user_policy": ("v1/users/{user}/policy", ("GET",), "ANONYMOUS"),
             "pages": ("pages/{*path}", ("GET",), "ANONYMOUS"),
         }
         heartbeat = declared["record_heartbeat"]

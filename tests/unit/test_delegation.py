@@ -16,7 +16,7 @@ import pytest
 
 import function_app
 from tests import functions
-from tests.unit.cloud_stack import DOMAIN, cloud_stack, request
+from tests.unit.cloud_stack import API_KEY, DOMAIN, call, cloud_stack, request
 from tests.unit.test_auth import (
     ENTRA_ENV,
     OTHER_TENANT,
@@ -394,3 +394,54 @@ class TestOverHttp:
             assert len(functions.json_body(answer)["requests"]) == 3
             (record,) = [r for r in stack.audit.records.values() if r.operation == "reset"]
             assert record.caller.startswith(f"entra-user:{helpdesk} ")
+
+
+class TestReadingOwnPolicy:
+    async def test_a_signed_in_user_reads_only_their_own_account(self) -> None:
+        """Without the READ role, a signed-in user may read about their own account (by its
+        SID where the token carries one, else by its UPN) and no one else's."""
+        rig = Rig()
+        by_sid = await caller_of(rig, delegated(onprem_sid=ALICE_SID))
+        by_upn = await caller_of(rig, delegated(preferred_username=ALICE))
+        rig.auth.authorize_read_of(by_sid, ALICE_SID)
+        rig.auth.authorize_read_of(by_upn, ALICE.upper())
+        for caller, target in ((by_sid, BOB_SID), (by_sid, ALICE), (by_upn, BOB)):
+            with pytest.raises(AuthError) as caught:
+                rig.auth.authorize_read_of(caller, target)
+            assert (caught.value.reason, caught.value.status) == ("auth.other_user", 403)
+
+    async def test_the_read_role_reads_anyone_and_applications_need_it(self) -> None:
+        """The helpdesk (READ) reads any account; an application or key without READ none."""
+        keys = {"WRITEBACK_API_KEYS": "k" * 40, "WRITEBACK_API_KEY_ROLES": "Writeback.Change"}
+        rig = Rig({**ENTRA_ENV, **keys})
+        helpdesk = await caller_of(rig, delegated(onprem_sid=ALICE_SID, roles=HELPDESK_ROLES))
+        rig.auth.authorize_read_of(helpdesk, BOB)
+        application = await caller_of(rig, v2_claims(scp=None, roles=[Role.CHANGE]))
+        key = await rig.auth.authenticate({"x-functions-key": "k" * 40})
+        for caller in (application, key):
+            with pytest.raises(AuthError) as caught:
+                rig.auth.authorize_read_of(caller, ALICE)
+            assert (caught.value.reason, caught.value.status) == ("auth.forbidden", 403)
+
+    async def test_over_http_the_own_policy_is_the_domains(self, tmp_path: Path) -> None:
+        """Through function_app: a signed-in user without READ gets their own account's rules
+        (those its domain's relay reported) and a 403 for another user's."""
+        rig = Rig({**ENTRA_ENV, "WRITEBACK_API_KEYS": API_KEY})
+        own, other = f"alice@{DOMAIN}", f"bob@{DOMAIN}"
+        token = {"Authorization": f"Bearer {mint(delegated(preferred_username=own))}"}
+        async with cloud_stack(tmp_path, authenticator=rig.auth) as stack:
+            await stack.start_relay()
+            answers = {}
+            for user in (own, other):
+                status, answer, _ = await functions.http(
+                    function_app.user_policy,
+                    request("GET", "x", key=None, headers=token, route_params={"user": user}),
+                )
+                answers[user] = (status, functions.json_body(answer))
+            status, reported = await call(
+                function_app.domain_policy, request("GET", "x", route_params={"domain": DOMAIN})
+            )
+        assert status == 200
+        assert answers[own] == (200, reported)
+        assert answers[other][0] == 403
+        assert answers[other][1]["error"] == "auth.other_user"

@@ -72,6 +72,7 @@ ROUTES: dict[str, tuple[str, tuple[str, ...]]] = {
     "health": ("GET", ()),
     "domain_keys": ("GET", ("domain",)),
     "domain_policy": ("GET", ("domain",)),
+    "user_policy": ("GET", ("user",)),
 }
 AVAILABILITY = {(503, "agent.unavailable"), (504, "agent.timeout")}
 

@@ -29,7 +29,7 @@ import azure.functions as func
 from writeback.cloud import auth, drift, events, pages, sweep
 from writeback.cloud.bootstrap import Cloud, build
 from writeback.cloud.service import Answer
-from writeback.cloud.submissions import REQUEST_ID, InvalidInput, parse, read_body
+from writeback.cloud.submissions import REQUEST_ID, InvalidInput, parse, read_body, user_reference
 from writeback.cloud.telemetry import trace_id
 from writeback.errors import ConfigurationError, WritebackError
 from writeback.protocol import Operation, Reason
@@ -319,17 +319,34 @@ async def domain_policy(request: Any) -> Any:
 
     async def act(instance: Cloud, caller: auth.Caller) -> Any:
         instance.authenticator.authorize(caller, auth.Role.READ)
-        domain = request.route_params.get("domain", "")
-        policy, relay = await instance.service.policy(domain)
-        if policy is None or relay is None:
-            return error(404, "policy.unknown", "No relay has reported this domain's policy yet.")
-        return respond(
-            200,
-            {"domain": relay.domain, "policy": policy, "relay": relay.relay_id,
-             "reportedAt": relay.last_seen},
-        )  # fmt: skip
+        return await _policy(instance, request.route_params.get("domain", ""))
 
     return await guarded(request, act)
+
+
+async def user_policy(request: Any) -> Any:
+    """GET /api/v1/users/{user}/policy: the password rules of the user's domain, as its relays
+    report them. A signed-in user may read their own without the READ role: the pages show
+    them before the user types a new password."""
+
+    async def act(instance: Cloud, caller: auth.Caller) -> Any:
+        user = user_reference(request.route_params.get("user", ""))
+        instance.authenticator.authorize_read_of(caller, user)
+        return await _policy(instance, await instance.service.route(user))
+
+    return await guarded(request, act)
+
+
+async def _policy(instance: Cloud, domain: str) -> Any:
+    """The answer with `domain`'s password rules (404 policy.unknown before any report)."""
+    policy, relay = await instance.service.policy(domain)
+    if policy is None or relay is None:
+        return error(404, "policy.unknown", "No relay has reported this domain's policy yet.")
+    return respond(
+        200,
+        {"domain": relay.domain, "policy": policy, "relay": relay.relay_id,
+         "reportedAt": relay.last_seen},
+    )  # fmt: skip
 
 
 async def page(request: Any) -> Any:

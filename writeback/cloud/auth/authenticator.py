@@ -100,6 +100,15 @@ class Authenticator:
             )
             raise
 
+    def authorize_read_of(self, caller: Caller, user: str) -> None:
+        """Raise AuthError unless `caller` may read about the account `user` names: with the
+        READ role any, a signed-in user without it only their own (`delegation`)."""
+        try:
+            delegation.check_read(caller, user)
+        except AuthError as error:
+            log.info("caller refused the read: caller=%s reason=%s", caller.identity, error.reason)
+            raise
+
     async def close(self) -> None:
         if self._keys is not None:
             await self._keys.close()

@@ -19,6 +19,11 @@ to sign in again (401 `auth.step_up_required`, with a claims challenge for the c
 MSAL follows). Applications calling as themselves and API keys act on anyone their roles allow:
 they are trusted to have verified the person they act for (docs/security.md).
 
+Reads follow the same line: what the service knows of an account (its password rules) is for
+holders of `Writeback.Read`, and for a signed-in user about their own account only, so that the
+pages can show a user their rules before they type without the user holding a role that reads
+everyone's.
+
 Pure: no I/O, nothing from the token but the `Caller`'s claims.
 """
 
@@ -53,6 +58,17 @@ def check_target(caller: Caller, settings: AuthSettings, operation: Operation, u
             "and complete it, or change the password with the current one instead",
             challenge=claims_challenge(settings),
         )
+
+
+def check_read(caller: Caller, user: str) -> None:
+    """Raise AuthError unless `caller` may read what the service knows of the account `user`
+    names: any account with the READ role, their own account as a signed-in user without it."""
+    if Role.READ in caller.roles:
+        return
+    if not caller.delegated:
+        raise refuse(AuthReason.FORBIDDEN, f"the caller does not have the {Role.READ} role")
+    if not is_own_account(caller, user):
+        raise refuse(AuthReason.OTHER_USER, _not_own(caller))
 
 
 def is_own_account(caller: Caller, user: str) -> bool:

@@ -11,7 +11,7 @@
     helpdesk: ["user", "new", "confirm", "must-change", "also-unlock"],
   };
   const SYMBOLS = "~!@#$%^&*_-+=`|\\(){}[]:;\"'<>,.?/";
-  let state = { policy: null, names: [], client: null, account: null, scopes: [] };
+  let state = { policy: null, names: [], client: null, account: null, scopes: [], fresh: null, claims: null };
 
   /* Windows' complexity categories (MS-SAMR 3.1.1.7.2): upper, lower, digit, symbol, other letter. */
   function categories(password) {
@@ -77,7 +77,8 @@
     if (status === 200 && body && body.status === "applied") {
       box.className = "ok";
       say(S.applied[operation] || S.applied.helpdesk);
-      if (operation !== "unlock") say(S.takesEffect);
+      if (operation === "helpdesk" && $("must-change").checked) say(S.mustChangeNext);
+      else if (operation !== "unlock") say(S.takesEffect);
       return;
     }
     box.className = "bad";
@@ -88,6 +89,13 @@
     if (reason) say(fill(S.reasonLabel, { reason }), "reason");
   }
 
+  /* The claims an API's claims challenge (WWW-Authenticate, as Entra ID spells it) asks for. */
+  function challengedClaims(header) {
+    const match = /claims="([^"]+)"/.exec(header || "");
+    if (!match) return null;
+    try { return atob(match[1]); } catch (e) { return null; }
+  }
+
   async function call(method, path, body) {
     const headers = { "Content-Type": "application/json" };
     const token = await accessToken();
@@ -95,28 +103,49 @@
     const response = await fetch(`/api/v1/${path}`, { method, headers, body: body && JSON.stringify(body) });
     let answer = null;
     try { answer = await response.json(); } catch (e) { answer = null; }
-    return [response.status, answer];
+    return [response.status, answer, response.headers.get("WWW-Authenticate")];
   }
 
+  /* The token of the sign-in that just happened while it lasts (after a step-up it is the one
+     that shows the strong verification), else MSAL's, renewed silently. Held in memory only. */
   async function accessToken() {
     if (!state.client || !state.account) return null;
+    if (state.fresh && state.fresh.expiresOn && state.fresh.expiresOn.getTime() > Date.now() + 60000) {
+      return state.fresh.accessToken;
+    }
     const result = await state.client.acquireTokenSilent({ scopes: state.scopes, account: state.account });
     return result.accessToken;
   }
 
+  /* The signed-in user's own account as the API binds it: the on-premises SID where the token
+     carries one (the cloud UPN may differ from AD's), else the user name. */
+  function ownAccount() {
+    if (!state.account) return "";
+    const claims = state.account.idTokenClaims || {};
+    return claims.onprem_sid || state.account.username;
+  }
+
   function target() {
-    return page === "helpdesk" ? $("user").value.trim() : state.account ? state.account.username : "";
+    return page === "helpdesk" ? $("user").value.trim() : ownAccount();
   }
 
   async function act(operation, path, body) {
     $("result").className = "";
     $("result").textContent = S.working;
+    $("step-up").hidden = true;
     try {
-      const [status, answer] = await call("POST", path, body);
+      const [status, answer, challenge] = await call("POST", path, body);
       render(status, answer, operation);
+      state.claims = status === 401 ? challengedClaims(challenge) : null;
+      $("step-up").hidden = !state.claims;
     } catch (e) {
       render(0, { message: S.network }, operation);
     }
+  }
+
+  /* Sign in again for the claims the API asked for (a Conditional Access authentication context). */
+  function stepUp() {
+    state.client.loginRedirect({ scopes: ["openid", "profile", ...state.scopes], claims: state.claims, state: page });
   }
 
   async function submit(event) {
@@ -158,12 +187,12 @@
 
   async function loadPolicy() {
     const user = target();
-    const domain = user.includes("@") ? user.split("@").pop() : "";
-    if (!domain) return;
+    if (!user) return;
     try {
-      const [status, answer] = await call("GET", `domains/${encodeURIComponent(domain)}/policy`);
-      const local = user.split("@")[0];
-      const names = [local, ...((state.account && state.account.name) || "").split(/[,.\-_#\t ]+/)];
+      const [status, answer] = await call("GET", `users/${encodeURIComponent(user)}/policy`);
+      const named = page === "helpdesk" ? user : state.account.username;
+      const fullName = page === "helpdesk" ? "" : state.account.name || "";
+      const names = [named.split("@")[0], ...fullName.split(/[,.\-_#\t ]+/)];
       showRules(status === 200 ? answer.policy : null, names);
     } catch (e) {
       showRules(null);
@@ -184,16 +213,18 @@
     });
     await client.initialize();
     const result = await client.handleRedirectPromise();
-    if (page === "index" && result && FIELDS[result.state]) {
+    if (page === "index" && result && result.state !== "index" && FIELDS[result.state]) {
       window.location.assign(`/api/pages/${result.state}`);
       return;
     }
     state.client = client;
+    state.fresh = result;
     state.account = (result && result.account) || client.getAllAccounts()[0] || null;
     $("sign-in").addEventListener("click", () => client.loginRedirect({ scopes: ["openid", "profile", ...config.scopes], state: page }));
     $("sign-out").addEventListener("click", () => client.logoutRedirect({ account: state.account }));
     if (state.account) {
       $("who").textContent = fill(S.signedInAs, { user: state.account.username });
+      $("intro").textContent = S.intros[page];
       $("sign-in").hidden = true;
       $("sign-out").hidden = false;
       $("form").hidden = page === "index";
@@ -221,6 +252,7 @@
     $("unlock").addEventListener("click", () => act("unlock", "accounts/unlock", { user: target() }));
     $("expire").addEventListener("click", () => act("helpdesk", "passwords/expire", { user: target() }));
     $("history").addEventListener("click", history);
+    $("step-up").addEventListener("click", stepUp);
     $("user").addEventListener("change", () => { if (page === "helpdesk") loadPolicy(); });
     for (const id of ["new", "confirm"]) $(id).addEventListener("input", () => state.policy && showRules(state.policy));
     signIn().catch(() => render(0, { message: S.network }, page));
