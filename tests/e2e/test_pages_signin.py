@@ -6,6 +6,7 @@ in AD afterwards. One stand-in, host and browser serve the module; each test has
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,12 @@ from tests.testbed import TestBed
 
 pytestmark = pytest.mark.timeout(300)
 
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+ROOT = Path(__file__).resolve().parents[2]
+# Each run keeps its screenshots under .devstack/screenshots; the docs' own (docs/images) are
+# replaced only when asked (WRITEBACK_UPDATE_SCREENSHOTS=1), since each run names other users.
+IMAGES = ROOT / (
+    "docs/images" if os.environ.get("WRITEBACK_UPDATE_SCREENSHOTS") else ".devstack/screenshots"
+)
 SECONDS = 20  # how long a page may take to answer: sign-in redirects, or the relay's outcome
 
 
@@ -168,11 +174,11 @@ def outcome(browser: WebDriver) -> str:
 
 
 def screenshot(browser: WebDriver, name: str, last: str = "result") -> None:
-    """Save the page as docs/images/`name`.png, scrolled so that the element `last` shows."""
+    """Save the page as `name`.png in IMAGES, scrolled so that the element `last` shows."""
     element = browser.find_element(By.ID, last)
     browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", element)
-    IMAGES.mkdir(exist_ok=True)
-    browser.save_screenshot(str(IMAGES / f"{name}.png"))
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(IMAGES / f"{name}.png")), f"no screenshot {name}"
 
 
 def new_password() -> str:
