@@ -32,6 +32,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from devstack.servicebus import LocalServiceBus, writeback_queues
 from writeback import sealing
+from writeback.errors import WritebackError
 from writeback.protocol import Command, Initiator, Operation, Outcome, Reason
 from writeback.protocol.accounts import Account
 from writeback.protocol.messages import RequestMessage, Secrets
@@ -169,11 +170,16 @@ async def drive(
         token = sealing.seal_request(
             message, Secrets(f"Memory-{number:06d}!aA"), public(keys.enc), keys.cloud
         )
-        await cloud.send_request(DOMAIN, message.id, token, now + 120)
-        body = await cloud.wait_for_outcome(message.id, time.time() + 60)
+        try:
+            await cloud.send_request(DOMAIN, message.id, token, now + 120)
+            body = await cloud.wait_for_outcome(message.id, time.time() + 60)
+        except WritebackError as exc:  # the sending side's own trouble: count it, go on
+            body, problem = None, type(exc).__name__
+        else:
+            problem = "no outcome"
         outcome = None if body is None else sealing.verify_outcome(body, relay_keys)
         if outcome is None or outcome.reason is not Reason.APPLIED:
-            failures.append(f"{message.id} ({outcome.reason if outcome else 'no outcome'})")
+            failures.append(f"{message.id} ({outcome.reason if outcome else problem})")
         answered += 1
         if answered % options.sample == 0:
             samples.append(rss_mb(pid))
