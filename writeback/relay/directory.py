@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import ldap3
 
+from writeback import tracing
 from writeback.errors import DirectoryAccessDenied, DirectoryError, DirectoryUnavailable
 from writeback.protocol import (
     ChangePassword,
@@ -56,6 +57,7 @@ from writeback.relay.policy import (
 from writeback.relay.policy_cache import PolicyCache
 from writeback.relay.results import DirectoryAnswer, classify
 from writeback.relay.settings import DirectorySettings
+from writeback.tracing import Stage
 
 log = logging.getLogger(__name__)
 # Bind answers AD gives only after the password matched (MS-ADTS 3.1.1.3.4; ldap.BIND_DATA).
@@ -267,7 +269,8 @@ class LdapDirectory:
             invalid = check_syntax(password, what)
             if invalid:
                 return invalid
-        found = self._find(account or command.user, command.operation)
+        with tracing.stage(Stage.READ_USER):
+            found = self._find(account or command.user, command.operation)
         if isinstance(found, Outcome):
             return found
         return self._refuse(command, found) or found
@@ -319,7 +322,8 @@ class LdapDirectory:
         if allow and not self.settings.denied_groups:
             return None
         link = self._connected()
-        raw = link.read(user.dn, ["tokenGroups"])
+        with tracing.stage(Stage.READ_GROUPS):
+            raw = link.read(user.dn, ["tokenGroups"])
         if not raw.get("tokenGroups"):
             # Every account has at least its primary group: an empty answer means the relay may
             # not read tokenGroups, and guessing "no groups" would let a Domain Admin through.
@@ -493,7 +497,8 @@ class LdapDirectory:
         controls: list[tuple[str, bool, bytes]] | None = None,
         extra_rights: str = "",
     ) -> Outcome:
-        result, message = link.modify(user.dn, changes, controls)
+        with tracing.stage(Stage.MODIFY, {"writeback.operation": operation.value}):
+            result, message = link.modify(user.dn, changes, controls)
         outcome = classify(operation, DirectoryAnswer.of(result, message), extra_rights)
         log.info(
             "directory_write",
