@@ -19,6 +19,7 @@ sealing takes and never writes one anywhere: the audit record has no field that 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -350,9 +351,12 @@ class WritebackService:
             duration_ms=self._elapsed(record),
             account=outcome.account.guid if outcome.account else record.account,
         )
-        if outcome.account is not None:
-            await self._link_quietly(record, outcome.account)
-        await self._record_quietly(done)
+        # Both before the answer; side by side, as neither needs the other: the account index
+        # and the record are separate rows, and each failure is only logged.
+        await asyncio.gather(
+            self._record_quietly(done),
+            *([self._link_quietly(record, outcome.account)] if outcome.account else []),
+        )
         log.info(
             "request completed",
             extra={
