@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -62,12 +62,21 @@ class Stage(enum.StrEnum):
     SETTLE = "writeback.relay.settle"
 
 
+# What a stage is without an SDK: the API's own non-recording span, and nothing made current.
+_UNRECORDED = nullcontext(trace.INVALID_SPAN)
+
+
 def _tracer() -> trace.Tracer:
     # Looked up at each use: a provider set (or a test's) after import is the one used.
     return trace.get_tracer(TRACER)
 
 
-@contextmanager
+def recording() -> bool:
+    """Whether an SDK is configured: until one sets the global tracer provider, the API's is a
+    proxy whose spans record nothing, and a stage skips even the context switch."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def stage(
     name: str,
     attributes: dict[str, Attribute] | None = None,
@@ -75,9 +84,22 @@ def stage(
     kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     parent: otel_context.Context | None = None,
     start_ns: int | None = None,
-) -> Iterator[trace.Span]:
+) -> AbstractContextManager[trace.Span]:
     """A child span of the current one (or of `parent`) for one stage (a `Stage`, or the request
-    itself), current meanwhile."""
+    itself), current meanwhile; about a microsecond and nothing else without an SDK."""
+    if not recording():
+        return _UNRECORDED
+    return _stage(name, attributes, kind, parent, start_ns)
+
+
+@contextmanager
+def _stage(
+    name: str,
+    attributes: dict[str, Attribute] | None,
+    kind: trace.SpanKind,
+    parent: otel_context.Context | None,
+    start_ns: int | None,
+) -> Iterator[trace.Span]:
     with _tracer().start_as_current_span(
         name,
         context=parent,
@@ -105,6 +127,8 @@ def record(
     """A stage that already happened (timed before its trace was known, or by another clock):
     a child of the current span (or of `parent`) from `start_ns` to `end_ns` (time.time_ns();
     an end before the start, clocks apart, is taken as the start)."""
+    if not recording():
+        return
     span = _tracer().start_span(name, context=parent, attributes=attributes, start_time=start_ns)
     span.end(end_time=max(start_ns, end_ns))
 
@@ -116,7 +140,7 @@ def annotate(attributes: dict[str, Attribute]) -> None:
 
 def joined(traceparent: str | None) -> otel_context.Context | None:
     """The caller's trace as a parent context, from a W3C traceparent (None: a new trace)."""
-    if not traceparent:
+    if not traceparent or not recording():
         return None
     return _PROPAGATOR.extract({"traceparent": traceparent})
 

@@ -32,6 +32,7 @@ def instruments(
     tracers.add_span_processor(SimpleSpanProcessor(spans))
     monkeypatch.setattr("opentelemetry.metrics.get_meter", meters.get_meter)
     monkeypatch.setattr("opentelemetry.trace.get_tracer", tracers.get_tracer)
+    monkeypatch.setattr("opentelemetry.trace.get_tracer_provider", lambda: tracers)
     return reader, spans
 
 

@@ -38,7 +38,7 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr("opentelemetry.trace.get_tracer", provider.get_tracer)
+    monkeypatch.setattr("opentelemetry.trace.get_tracer_provider", lambda: provider)
     yield exporter
     provider.shutdown()
 
@@ -154,8 +154,10 @@ class TestStage:
         assert not span.events
 
     def test_without_an_sdk_a_stage_records_nothing(self) -> None:
-        """With only the API (no provider set) a stage is a non-recording span: no cost beyond
-        the call, and no traceparent to hand on."""
+        """With only the API (no provider set) a stage is the API's non-recording span, made
+        current nowhere: no cost beyond the call, and no traceparent to hand on."""
+        assert not tracing.recording()
         with tracing.stage(Stage.SEAL) as span:
             assert not span.is_recording()
             assert tracing.current_traceparent() is None
+        tracing.record(Stage.VERIFY, 1, 2)  # nothing to record it on, and no error
