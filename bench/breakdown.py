@@ -3,9 +3,10 @@
 The HTTP path is run once more with OpenTelemetry's SDK and an in-memory span exporter in this
 process: function_app's reset handler (`writeback.cloud.http.submit`) over the cloud side wired
 from the local stack's app settings (Azurite tables, the local Service Bus broker, the key files)
-and a relay wired from the local stack's relay.toml (the local DC, its journal on disk), both in
-this process, in place of the stack's relay process for the duration (it is restarted after).
-The two sides then share one interpreter, so a stage can wait for the other side's work: the
+and a relay wired from the local stack's relay.toml (the local DC, its journal on disk) on its
+own thread and event loop, in place of the stack's relay process for the duration (it is
+restarted after). The two sides then share one interpreter, so a stage can wait for the other
+side's work (the settlement, after the outcome is sent, waits for the cloud's audit writes): the
 figures are where the time goes, and the separate end-to-end runs are the latencies. Each
 request's spans are one trace; a stage met twice in one request (a policy read) is summed.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -37,9 +39,10 @@ from writeback.relay.config import Config
 from writeback.tracing import Stage
 
 REQUEST = "writeback reset"  # the API request's span (writeback.cloud.telemetry)
-RETURN = "outcome back (relay sent → cloud verified)"  # derived: OUTCOME end - RELAY end
-# Spans that contain others: shown as totals, never blamed for a miss.
-CONTAINERS = frozenset({REQUEST, Stage.RELAY, Stage.APPLY, Stage.OUTCOME})
+RETURN = "outcome back (relay sent → cloud verified)"  # derived: OUTCOME end - OUTCOME_SEND end
+# Spans that contain others: shown as totals, never blamed for a miss; and the settlement, which
+# follows the outcome's send and so delays no caller.
+CONTAINERS = frozenset({REQUEST, Stage.RELAY, Stage.APPLY, Stage.OUTCOME, Stage.SETTLE})
 ROWS = [REQUEST, *[s.value for s in Stage], RETURN]
 
 
@@ -86,8 +89,8 @@ def summarise(spans: tuple[ReadableSpan, ...] | list[ReadableSpan], concurrency:
                 continue
             per[span.name] += (span.end_time - span.start_time) / 1e6
             ends[span.name] = span.end_time
-        if Stage.OUTCOME in ends and Stage.RELAY in ends:
-            per[RETURN] = max(0.0, (ends[Stage.OUTCOME] - ends[Stage.RELAY]) / 1e6)
+        if Stage.OUTCOME in ends and Stage.OUTCOME_SEND in ends:
+            per[RETURN] = max(0.0, (ends[Stage.OUTCOME] - ends[Stage.OUTCOME_SEND]) / 1e6)
         for name, ms in per.items():
             stages[name].append(ms)
     return Breakdown(concurrency, dict(stages))
@@ -156,8 +159,15 @@ async def http_path(
     key = saved["api_key"]
     localstack.stop_relay(state)
     relay = relay_bootstrap.build(Config.load(state / "relay" / "relay.toml"))
+    relay_loop = asyncio.new_event_loop()
     stop = asyncio.Event()
-    running = asyncio.create_task(relay.agent.run(stop))
+
+    def serve() -> None:  # the relay on its own event loop, as in its own process
+        relay_loop.run_until_complete(relay.agent.run(stop))
+        relay_loop.run_until_complete(relay.close())
+
+    running = threading.Thread(target=serve, name="relay")
+    running.start()
     cloud = await cloud_bootstrap.build(saved["settings"])
     http.use(cloud)
     results = []
@@ -176,9 +186,9 @@ async def http_path(
     finally:
         http.use(None)
         await cloud.close()
-        stop.set()
-        await running
-        await relay.close()
+        relay_loop.call_soon_threadsafe(stop.set)
+        await asyncio.to_thread(running.join)
+        relay_loop.close()
         localstack.start_relay(state)
     return results
 

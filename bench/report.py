@@ -139,7 +139,9 @@ def raw(running: stack.Stack, dns: list[str], workers: int) -> Run:
                time.perf_counter() - started)  # fmt: skip
 
 
-async def relay_alone(running: stack.Stack, upns: list[str], workers: int, state: Path) -> Run:
+async def relay_alone(
+    running: stack.Stack, upns: list[str], workers: int, state: Path, tag: str = ""
+) -> Run:
     domain = running.domain.dns_domain
     enc = RSAKey.generate_key(3072, parameters={"kid": "bench.enc.a", "use": "enc"})
     sig = ECKey.generate_key("P-256", parameters={"kid": "bench.sig.a", "use": "sig"})
@@ -155,14 +157,14 @@ async def relay_alone(running: stack.Stack, upns: list[str], workers: int, state
     public = KeySet([type(k).import_key(k.as_dict(private=False)) for k in (enc, cloud_key)])
     pipeline = Pipeline(
         relay_id="bench", domain=domain, directory=directory, transport=transport,
-        journal=Journal(state / f"journal-{workers}.sqlite3", replay_window=3600),
+        journal=Journal(state / f"journal{tag}-{workers}.sqlite3", replay_window=3600),
         keys=RelayKeys(KeySet([public.keys[1]]), KeySet([enc]), sig),
     )  # fmt: skip
     sender = InProcessCloud(broker)
     now = int(time.time())
     for number, upn in enumerate(upns):
         message = RequestMessage(
-            id=f"bench-{workers}-{number}", domain=domain, operation=Operation.RESET, user=upn,
+            id=f"bench{tag}-{workers}-{number}", domain=domain, operation=Operation.RESET, user=upn,
             issued_at=now, expires_at=now + 600, initiator=Initiator.ADMIN,
         )  # fmt: skip
         token = sealing.seal_request(message, Secrets(PASSWORD), KeySet([public.keys[0]]),
@@ -242,9 +244,11 @@ def measure() -> None:
             http_reset(env["WRITEBACK_API_URL"], env["WRITEBACK_API_KEY"], http_users[0])  # warm
             runs.append(http(env["WRITEBACK_API_URL"], env["WRITEBACK_API_KEY"], http_users, level))
         relay_memory = rss_mb(int((stack.STATE / "pids" / "relay.pid").read_text()))
+        print(*(r.row() for r in runs), sep="\n", file=sys.stderr, flush=True)  # so far
         # The breakdown, with the SDK from here on: the runs above paid for no-op spans only.
         with breakdown.collecting() as exporter:
-            asyncio.run(relay_alone(running, [u.upn for u in users("trly")], 1, Path(state)))
+            traced = [u.upn for u in users("trly")]
+            asyncio.run(relay_alone(running, traced, 1, Path(state), tag="-traced"))
             relay_stages = breakdown.summarise(exporter.get_finished_spans(), 1)
             levels = {level: [u.upn for u in users(f"trc{level}")] for level in BREAKDOWN_LEVELS}
             http_stages = asyncio.run(breakdown.http_path(exporter, stack.STATE, levels, PASSWORD))
