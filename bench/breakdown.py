@@ -114,16 +114,20 @@ def table(breakdowns: list[Breakdown]) -> list[str]:
 
 
 def heaviest(
-    breakdown: Breakdown, percent: int, among: str = "", skip: frozenset[str] = frozenset()
-) -> tuple[str, float]:
-    """The stage (not a container, not in `skip`, named with prefix `among`) with the largest
-    `percent` cut, and that cut."""
+    breakdown: Breakdown,
+    percent: int,
+    among: str = "",
+    skip: frozenset[str] = frozenset(),
+    count: int = 1,
+) -> list[tuple[str, float]]:
+    """The `count` stages (not containers, not in `skip`, named with prefix `among`) with the
+    largest `percent` cut, largest first, with that cut."""
     candidates = [
         (stage, breakdown.cut(stage, percent) or 0.0)
         for stage in breakdown.stages
         if stage not in CONTAINERS and stage not in skip and stage.startswith(among)
     ]
-    return max(candidates, key=lambda item: item[1], default=("none", 0.0))
+    return sorted(candidates, key=lambda item: item[1], reverse=True)[:count]
 
 
 def widest(breakdown: Breakdown, among: str = "") -> tuple[str, float]:

@@ -51,6 +51,10 @@ def _stage(name: str, ms: float, what: str = "p50") -> str:
     return f"`{name}` ({what} {ms:.1f} ms)"
 
 
+def _stages(found: list[tuple[str, float]]) -> str:
+    return ", ".join(f"`{name}` {ms:.1f}" for name, ms in found) + " ms (p50)"
+
+
 def evaluate(
     runs: Sequence[Measured],
     http_stages: dict[int, Breakdown],
@@ -66,17 +70,18 @@ def evaluate(
     rate = {r.path: len(r.latencies) / r.seconds for r in (raw4, http4)}
     throughput = rate[HTTP] / rate[RAW]
     skip = frozenset({Stage.MODIFY.value})  # the write itself: what the raw baseline does
-    cloud1 = heaviest(http_stages[1], 50, skip=skip)
+    cloud1 = heaviest(http_stages[1], 50, skip=skip, count=4)
     tail1 = widest(http_stages[1])
-    cloud4 = heaviest(http_stages[4], 50, skip=skip)
-    relay_own = heaviest(relay_stages, 50, "writeback.relay", skip=QUEUED)
+    cloud4 = heaviest(http_stages[4], 50, skip=skip, count=2)
+    relay_own = heaviest(relay_stages, 50, "writeback.relay", skip=QUEUED, count=4)
     relay_tail = widest(relay_stages, "writeback.relay")
+    traced = (relay_stages.cut(Stage.RELAY, 50) or 0.0) - (relay_stages.cut(Stage.MODIFY, 50) or 0)
     return [
         Target(
             "HTTP end to end p50 at concurrency 1 ≤ 1.5x raw modify p50",
             f"{http_p50:.1f} / {raw_p50:.1f} ms = {http_p50 / raw_p50:.2f}x",
             http_p50 <= 1.5 * raw_p50,
-            f"the largest stage besides the modify is {_stage(*cloud1)}",
+            f"the largest stages besides the modify: {_stages(cloud1)}",
         ),
         Target(
             "HTTP end to end p99 at concurrency 1 ≤ 100 ms",
@@ -88,13 +93,14 @@ def evaluate(
             "HTTP throughput at concurrency 4 ≥ 90% of raw",
             f"{rate[HTTP]:.1f} / {rate[RAW]:.1f} req/s = {100 * throughput:.0f}%",
             throughput >= 0.9,
-            f"at concurrency 4 the largest stage besides the modify is {_stage(*cloud4)}",
+            f"at concurrency 4 the largest stages besides the modify: {_stages(cloud4)}",
         ),
         Target(
             "the relay alone adds ≤ 2 ms at p50 (concurrency 1)",
             f"{relay_p50:.1f} - {raw_p50:.1f} ms = {relay_p50 - raw_p50:+.1f} ms",
             relay_p50 - raw_p50 <= 2,
-            f"its largest own stage is {_stage(*relay_own)}",
+            f"in the traced run its handling took {traced:.1f} ms beside the modify (p50), "
+            f"most in {_stages(relay_own)}",
         ),
         Target(
             "the relay alone: p99 ≤ 2x its p50 (concurrency 1)",
