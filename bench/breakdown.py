@@ -53,6 +53,11 @@ class Breakdown:
     concurrency: int
     stages: dict[str, list[float]]
 
+    def usual(self, stage: str) -> bool:
+        """Whether most requests met `stage` (a policy read once a minute is no one's stage)."""
+        requests = len(self.stages.get(REQUEST) or self.stages.get(Stage.RELAY) or [])
+        return 2 * len(self.stages.get(stage) or []) >= requests
+
     def cut(self, stage: str, percent: int) -> float | None:
         values = self.stages.get(stage)
         if not values:
@@ -120,22 +125,31 @@ def heaviest(
     skip: frozenset[str] = frozenset(),
     count: int = 1,
 ) -> list[tuple[str, float]]:
-    """The `count` stages (not containers, not in `skip`, named with prefix `among`) with the
-    largest `percent` cut, largest first, with that cut."""
+    """The `count` stages (usual ones, not containers, not in `skip`, named with prefix `among`)
+    with the largest `percent` cut, largest first, with that cut."""
     candidates = [
         (stage, breakdown.cut(stage, percent) or 0.0)
         for stage in breakdown.stages
-        if stage not in CONTAINERS and stage not in skip and stage.startswith(among)
+        if stage not in CONTAINERS
+        and stage not in skip
+        and stage.startswith(among)
+        and breakdown.usual(stage)
     ]
     return sorted(candidates, key=lambda item: item[1], reverse=True)[:count]
 
 
-def widest(breakdown: Breakdown, among: str = "") -> tuple[str, float]:
-    """The stage (named with prefix `among`) whose tail (p99 - p50) is widest, and that spread."""
+def widest(
+    breakdown: Breakdown, among: str = "", skip: frozenset[str] = frozenset()
+) -> tuple[str, float]:
+    """The stage (usual, not a container nor in `skip`, named with prefix `among`) whose tail
+    (p99 - p50) is widest, and that spread."""
     spreads = [
         (stage, (breakdown.cut(stage, 99) or 0.0) - (breakdown.cut(stage, 50) or 0.0))
         for stage in breakdown.stages
-        if stage not in CONTAINERS and stage.startswith(among)
+        if stage not in CONTAINERS
+        and stage not in skip
+        and stage.startswith(among)
+        and breakdown.usual(stage)
     ]
     return max(spreads, key=lambda item: item[1], default=("none", 0.0))
 

@@ -74,7 +74,7 @@ def evaluate(
     tail1 = widest(http_stages[1])
     cloud4 = heaviest(http_stages[4], 50, skip=skip, count=2)
     relay_own = heaviest(relay_stages, 50, "writeback.relay", skip=QUEUED, count=4)
-    relay_tail = widest(relay_stages, "writeback.relay")
+    relay_tail = widest(relay_stages, "writeback.relay", skip=frozenset({Stage.DELIVERY.value}))
     traced = (relay_stages.cut(Stage.RELAY, 50) or 0.0) - (relay_stages.cut(Stage.MODIFY, 50) or 0)
     return [
         Target(
