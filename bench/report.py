@@ -8,9 +8,13 @@ users; `--requests` admin resets per level and path):
   lookups and policy pre-check, signed outcome, settlement) with one LdapDirectory;
 - the full HTTP path: POST /api/v1/passwords/reset on the local Functions host → the local
   Service Bus broker → the relay process → the DC → the outcome back to the HTTP caller;
-plus the cold import of function_app.py and the relay process's memory after the HTTP runs.
-Prints the table and, with `--write`, puts it into docs/performance.md with the machine it ran
-on. Run with `python -m bench.report` as root (it starts the local stack's DC).
+plus the cold import of function_app.py (the median of five fresh interpreters) and the relay
+process's memory after the HTTP runs. Then, with OpenTelemetry's SDK and an in-memory exporter
+installed only now, the stage breakdown of the HTTP path at concurrency 1 and 4 and of the relay
+alone (`bench.breakdown`), and issue #17's targets as ratios from this run, each miss naming the
+stages behind it (`bench.targets`). Prints it all and, with `--write`, puts it into
+docs/performance.md with the machine it ran on. Run with `python -m bench.report` as root (it
+starts the local stack, and stops what it started when it ends, however it ends).
 """
 
 from __future__ import annotations
