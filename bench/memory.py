@@ -32,7 +32,8 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from devstack.servicebus import LocalServiceBus, writeback_queues
 from writeback import sealing
-from writeback.protocol import Command, Initiator, Operation, Outcome
+from writeback.protocol import Command, Initiator, Operation, Outcome, Reason
+from writeback.protocol.accounts import Account
 from writeback.protocol.messages import RequestMessage, Secrets
 from writeback.relay.agent import Agent
 from writeback.relay.config import RelaySettings
@@ -81,8 +82,8 @@ class ForgetfulDirectory(FakeDirectory):
     """The in-memory directory without its record of every command applied (kept for tests'
     assertions; here it would be the stand-in's memory growing, not the relay's)."""
 
-    def apply(self, command: Command) -> Outcome:
-        outcome = super().apply(command)
+    def apply(self, command: Command, account: Account | None = None) -> Outcome:
+        outcome = super().apply(command, account)
         self.applied.clear()
         return outcome
 
@@ -170,8 +171,9 @@ async def drive(
         )
         await cloud.send_request(DOMAIN, message.id, token, now + 120)
         body = await cloud.wait_for_outcome(message.id, time.time() + 60)
-        if body is None or sealing.verify_outcome(body, relay_keys).reason.value != "applied":
-            failures.append(message.id)
+        outcome = None if body is None else sealing.verify_outcome(body, relay_keys)
+        if outcome is None or outcome.reason is not Reason.APPLIED:
+            failures.append(f"{message.id} ({outcome.reason if outcome else 'no outcome'})")
         answered += 1
         if answered % options.sample == 0:
             samples.append(rss_mb(pid))

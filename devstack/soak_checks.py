@@ -27,6 +27,7 @@ from devstack.servicebus import LocalServiceBus
 from devstack.soak_directory import DirectoryProbe
 from devstack.soak_load import PoolUser, Sent, Workload
 from writeback.cloud.audit import AUDIT_TABLE
+from writeback.protocol import Reason
 
 UNKNOWN = "request.outcome_unknown"  # the one outcome that may or may not have written
 EARLIER_DELIVERY = "applied by an earlier delivery"  # the relay's detail for a write it found
@@ -180,21 +181,29 @@ def directory(figures: Figures, workload: Workload, dc: SambaDC, probe: Director
             )
         if not binds(dc, upn, expected):
             figures.wrong.append(f"{upn}: the password of its last applied request does not bind")
-        if (pwd_last_set == "0") != must_change:
+        if must_change is not None and (pwd_last_set == "0") != must_change:
             figures.wrong.append(f"{upn}: must change at next logon is {pwd_last_set == '0'}")
 
 
-def _expected(user: PoolUser, history: list[Sent]) -> tuple[str, bool]:
+UNKNOWN = Reason.REQUEST_OUTCOME_UNKNOWN.value
+
+
+def _expected(user: PoolUser, history: list[Sent]) -> tuple[str, bool | None]:
     """The password and must-change flag the user has now: the last applied write's, or a later
-    request's that the DC took whatever its answer said (that answer is judged in `outcomes`)."""
+    request's that the DC took whatever its answer said (that answer is judged in `outcomes`).
+    The flag is None (either is right) after an expire answered `request.outcome_unknown`: its
+    modify was sent and its answer lost, and unlike a password it leaves no version to count."""
     password, must_change = user.account.password, False
+    unknown: bool | None = None
     for sent in history:
-        status = None if sent.final is None else sent.final.get("status")
+        final = sent.final or {}
         if sent.new_password is not None and sent.written >= 1:
-            password, must_change = sent.new_password, sent.force_change
-        elif sent.operation == "expire" and status == "applied":
-            must_change = True
-    return password, must_change
+            password, must_change, unknown = sent.new_password, sent.force_change, None
+        elif sent.operation == "expire" and final.get("status") == "applied":
+            must_change, unknown = True, None
+        elif sent.operation == "expire" and final.get("reason") == UNKNOWN:
+            unknown = True
+    return password, None if unknown else must_change
 
 
 def binds(dc: SambaDC, upn: str, password: str) -> bool:

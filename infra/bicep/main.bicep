@@ -2,8 +2,8 @@
 // queues that carry them to the on-premises relays, the Key Vault holding the keys, the Event Grid
 // topics that carry event-driven requests in and their outcomes out, the Event Hub that receives
 // Entra ID's audit log, the storage and monitoring the Function needs, and (createAppRegistration)
-// the Entra ID app registrations of the API and the self-service pages. Deploy into a resource
-// group:
+// the Entra ID app registrations of the API, the self-service pages and the admin client. Deploy
+// into a resource group:
 //
 //   az deployment group create -g <group> -f infra/bicep/main.bicep -p @main.parameters.json
 //
@@ -35,7 +35,7 @@ param domains array
 ])
 param serviceBusSku string = 'Standard'
 
-@description('Create the API\'s and the self-service pages\' app registrations in Entra ID (Microsoft Graph Bicep extension; the deployer needs Application Administrator). False: create them by hand or with `writeback entra app-registration`, and give authTenantId, authAudiences and pagesClientId (docs/self-service.md).')
+@description('Create the API\'s, the self-service pages\' and the admin client\'s app registrations in Entra ID (Microsoft Graph Bicep extension; the deployer needs Application Administrator). False: create them by hand or with `writeback entra app-registration`, and give authTenantId, authAudiences and pagesClientId (docs/self-service.md).')
 param createAppRegistration bool = true
 
 @description('Entra ID tenant whose tokens the API accepts. Empty: the deployment\'s own tenant when createAppRegistration, else bearer tokens off.')
@@ -495,3 +495,4 @@ output apiClientId string = createAppRegistration ? appRegistration.outputs.apiC
 output apiIdentifierUri string = createAppRegistration ? appRegistration.outputs.identifierUri : ''
 output pagesClientId string = effectivePagesClientId
 output pagesRedirectUri string = pagesRedirectUri
+output adminClientId string = createAppRegistration ? appRegistration.outputs.adminClientId : ''

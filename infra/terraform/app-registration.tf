@@ -1,9 +1,10 @@
 # Writeback's app registrations in Entra ID (azuread provider), as infra/bicep's
 # modules/app-registration.bicep declares them: the API (identifier URI, the app roles callers
 # are given, the Writeback.Self scope the self-service pages ask for, v2 access tokens, the
-# onprem_sid claim) and the pages' single-page application (MSAL.js, authorization code with
-# PKCE, no secret), each with its service principal; the pages' tenant-wide (admin) consent; and
-# the app roles given to groups or applications. Everything but names and URIs comes from
+# onprem_sid claim), the pages' single-page application (MSAL.js, authorization code with PKCE,
+# no secret) and the admin client (the `writeback` command line's public client: device code, or
+# the browser with a loopback redirect; no secret), each with its service principal; both
+# clients' tenant-wide (admin) consent; and the app roles given to groups or applications. Everything but names and URIs comes from
 # writeback/entra/app-registration.json, which Bicep and `writeback entra app-registration` read
 # too. Whoever applies needs Application Administrator (or Cloud Application Administrator) in
 # Entra ID; create_app_registration = false leaves all of this out (docs/self-service.md).
@@ -99,7 +100,7 @@ resource "azuread_application" "pages" {
   required_resource_access {
     resource_app_id = local.manifest.graphAppId
     dynamic "resource_access" {
-      for_each = local.manifest.pages.graphScopes
+      for_each = local.manifest.graphSignInScopes
       content {
         id   = resource_access.value.id
         type = "Scope"
@@ -123,6 +124,46 @@ resource "azuread_service_principal" "pages" {
   client_id = azuread_application.pages["main"].client_id
 }
 
+# The command line's own public client, so that an administrator's `writeback login --auth
+# device-code` (or browser) needs no consent prompt. Not a pre-authorization of another client on
+# the API: Graph refuses preAuthorizedApplications naming a scope made in the same request. Its
+# delegated tokens carry Writeback.Self and the user's app roles: they act on the user's own
+# account unless the user holds the helpdesk's role (writeback/cloud/auth/delegation.py).
+resource "azuread_application" "admin_client" {
+  for_each                       = local.create_app
+  display_name                   = "${local.manifest.adminClient.displayName} (${var.name_prefix})"
+  sign_in_audience               = "AzureADMyOrg"
+  fallback_public_client_enabled = true
+
+  public_client {
+    redirect_uris = local.manifest.adminClient.redirectUris
+  }
+
+  required_resource_access {
+    resource_app_id = azuread_application.api["main"].client_id
+    resource_access {
+      id   = local.manifest.api.scope.id
+      type = "Scope"
+    }
+  }
+
+  required_resource_access {
+    resource_app_id = local.manifest.graphAppId
+    dynamic "resource_access" {
+      for_each = local.manifest.graphSignInScopes
+      content {
+        id   = resource_access.value.id
+        type = "Scope"
+      }
+    }
+  }
+}
+
+resource "azuread_service_principal" "admin_client" {
+  for_each  = local.create_app
+  client_id = azuread_application.admin_client["main"].client_id
+}
+
 data "azuread_service_principal" "graph" {
   for_each  = local.create_app
   client_id = local.manifest.graphAppId
@@ -141,7 +182,22 @@ resource "azuread_service_principal_delegated_permission_grant" "pages_sign_in" 
   for_each                             = local.create_app
   service_principal_object_id          = azuread_service_principal.pages["main"].object_id
   resource_service_principal_object_id = data.azuread_service_principal.graph["main"].object_id
-  claim_values                         = [for scope in local.manifest.pages.graphScopes : scope.value]
+  claim_values                         = [for scope in local.manifest.graphSignInScopes : scope.value]
+}
+
+# The same consent for the admin client.
+resource "azuread_service_principal_delegated_permission_grant" "admin_client_api" {
+  for_each                             = local.create_app
+  service_principal_object_id          = azuread_service_principal.admin_client["main"].object_id
+  resource_service_principal_object_id = azuread_service_principal.api["main"].object_id
+  claim_values                         = [local.manifest.api.scope.value]
+}
+
+resource "azuread_service_principal_delegated_permission_grant" "admin_client_sign_in" {
+  for_each                             = local.create_app
+  service_principal_object_id          = azuread_service_principal.admin_client["main"].object_id
+  resource_service_principal_object_id = data.azuread_service_principal.graph["main"].object_id
+  claim_values                         = [for scope in local.manifest.graphSignInScopes : scope.value]
 }
 
 resource "azuread_app_role_assignment" "api" {

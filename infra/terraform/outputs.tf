@@ -78,3 +78,8 @@ output "pages_redirect_uri" {
   description = "The pages' sign-in redirect URI, registered on their SPA app registration."
   value       = local.pages_redirect
 }
+
+output "admin_client_id" {
+  description = "The admin client's client id, which `writeback login --auth device-code` (or browser) signs in with (WRITEBACK_CLIENT_ID); empty when create_app_registration is false."
+  value       = var.create_app_registration ? azuread_application.admin_client["main"].client_id : ""
+}

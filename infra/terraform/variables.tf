@@ -85,7 +85,7 @@ variable "servicebus_sku" {
 }
 
 variable "create_app_registration" {
-  description = "Create the API's and the self-service pages' app registrations in Entra ID (azuread; whoever applies needs Application Administrator). False: create them by hand or with `writeback entra app-registration`, and give auth_tenant_id, auth_audiences and pages_client_id (docs/self-service.md)."
+  description = "Create the API's, the self-service pages' and the admin client's app registrations in Entra ID (azuread; whoever applies needs Application Administrator). False: create them by hand or with `writeback entra app-registration`, and give auth_tenant_id, auth_audiences and pages_client_id (docs/self-service.md)."
   type        = bool
   default     = true
 }

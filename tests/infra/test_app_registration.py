@@ -1,12 +1,14 @@
 """The app registrations: one manifest (writeback/entra/app-registration.json) that infra/bicep,
 infra/terraform and `writeback entra app-registration` all read, what it declares (the API's
 roles are the code's, the Writeback.Self scope, v2 tokens, the onprem_sid claim, a secret-less
-SPA), and both deployments using every part of it the same way, behind the same switch.
+SPA, the admin client: a secret-less public client), and both deployments using every part of
+it the same way, behind the same switch.
 Nothing here reaches Entra ID: what only a tenant can prove is listed in
 tests/infra/schemas/README.md."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import uuid
@@ -26,6 +28,13 @@ TF_FILE = TERRAFORM / "app-registration.tf"
 MANIFEST: dict[str, Any] = json.loads(bicep_model.MANIFEST.read_text(encoding="utf-8"))
 GRAPH = "Microsoft.Graph/"
 ROLE_ID = "44444444-4444-4444-4444-444444444444"
+# Microsoft Graph's own delegated permission ids for sign-in (the same in every tenant).
+SIGN_IN_SCOPES = {
+    "openid": "37f7f235-527c-4136-accd-4a02d197296e",
+    "profile": "14dad69e-099b-42c9-810b-d002981feec1",
+    "offline_access": "7427e0e9-2fba-42fe-b0c0-848c9e6a8182",
+}
+SECRETS = {"passwordCredentials", "keyCredentials", "web"}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +88,18 @@ class TestManifest:
         assert [c["name"] for c in MANIFEST["pages"]["optionalClaims"]["idToken"]] == ["onprem_sid"]
         assert MANIFEST["pages"]["redirectPath"] == "/api/pages/"
 
+    def test_the_admin_client(self) -> None:
+        """The admin client's loopback redirect is the one InteractiveBrowserCredential uses
+        (any port: Entra ID ignores a loopback redirect's port); both clients ask for Graph's
+        sign-in scopes by their fixed ids."""
+        client = MANIFEST["adminClient"]
+        assert client["redirectUris"] == ["http://localhost"]
+        assert client["uniqueNamePrefix"] not in (
+            MANIFEST["api"]["uniqueNamePrefix"],
+            MANIFEST["pages"]["uniqueNamePrefix"],
+        )
+        assert {s["value"]: s["id"] for s in MANIFEST["graphSignInScopes"]} == SIGN_IN_SCOPES
+
     def test_the_package_reads_the_same_file(self) -> None:
         """The commands read the file infra/ reads (the package's own copy is the file)."""
         assert entra_manifest.MANIFEST_PATH.resolve() == bicep_model.MANIFEST.resolve()
@@ -107,7 +128,11 @@ class TestBicep:
         assert api.body["optionalClaims"] == MANIFEST["api"]["optionalClaims"]
         assert api.body["signInAudience"] == "AzureADMyOrg"
         principals = list(_graph(created, "servicePrincipals"))
-        assert {p.body["appId"].origin.symbol for p in principals} == {"api", "pages"}
+        assert {p.body["appId"].origin.symbol for p in principals} == {
+            "api",
+            "pages",
+            "adminClient",
+        }
 
     def test_the_pages_are_a_spa_without_secrets(self, created: bicep_model.Model) -> None:
         """The pages' application is a single-page application redirecting to the function
@@ -118,26 +143,48 @@ class TestBicep:
         assert pages.body["spa"] == {"redirectUris": [f"https://{host}/api/pages/"]}
         assert created.outputs["pagesRedirectUri"] == f"https://{host}/api/pages/"
         assert pages.body["isFallbackPublicClient"] is False
-        secrets = {"passwordCredentials", "keyCredentials", "web", "publicClient"}
-        assert not secrets & set(pages.body)
-        api_access, graph_access = pages.body["requiredResourceAccess"]
-        scope_id = MANIFEST["api"]["scope"]["id"]
-        assert api_access["resourceAccess"] == [{"id": scope_id, "type": "Scope"}]
-        assert graph_access["resourceAppId"] == MANIFEST["graphAppId"]
-        assert [a["id"] for a in graph_access["resourceAccess"]] == [
-            s["id"] for s in MANIFEST["pages"]["graphScopes"]
-        ]
+        assert not (SECRETS | {"publicClient"}) & set(pages.body)
+        _asks_for_self_and_sign_in(pages)
+
+    def test_the_admin_client_is_a_public_client_without_secrets(
+        self, created: bicep_model.Model
+    ) -> None:
+        """The admin client allows public client flows (device code) and redirects to the
+        loopback host (the browser), with no password, certificate, web or SPA redirect; it asks
+        for Writeback.Self and sign-in, and the deployment reports its client id."""
+        (client,) = [a for a in _graph(created, "applications") if a.symbol == "adminClient"]
+        prefix = created.parameters["namePrefix"]
+        assert client.body["uniqueName"] == f"writeback-admin-client-{prefix}"
+        assert client.body["displayName"] == f"Writeback admin client ({prefix})"
+        assert client.body["signInAudience"] == "AzureADMyOrg"
+        assert client.body["isFallbackPublicClient"] is True
+        assert client.body["publicClient"] == {"redirectUris": ["http://localhost"]}
+        assert not (SECRETS | {"spa", "identifierUris", "appRoles", "api"}) & set(client.body)
+        _asks_for_self_and_sign_in(client)
+        output = created.outputs["adminClientId"]
+        assert (output.origin, output.path) == (client, ("appId",))
 
     def test_consent_and_role_assignments(self, created: bicep_model.Model) -> None:
-        """The pages get tenant-wide consent to Writeback.Self and to sign-in; a role given
-        by parameter is assigned by the manifest's role id."""
+        """The pages and the admin client each get tenant-wide consent to Writeback.Self and
+        to sign-in, and nothing else; a role given by parameter is assigned by the manifest's
+        role id."""
         grants = {
-            g.body["scope"]: g.body["consentType"]
+            (
+                g.body["clientId"].origin.symbol,
+                g.body["resourceId"].origin.symbol,
+                g.body["scope"],
+                g.body["consentType"],
+            )
             for g in _graph(created, "oauth2PermissionGrants")
         }
+        assert len(_graph(created, "oauth2PermissionGrants")) == len(grants) == 4
         assert grants == {
-            "Writeback.Self": "AllPrincipals",
-            "openid profile offline_access": "AllPrincipals",
+            (f"{client}Principal", resource, scope, "AllPrincipals")
+            for client in ("pages", "adminClient")
+            for resource, scope in (
+                ("apiPrincipal", "Writeback.Self"),
+                ("graphPrincipal", "openid profile offline_access"),
+            )
         }
         (assignment,) = _graph(created, "appRoleAssignedTo")
         roles = {r["value"]: r["id"] for r in MANIFEST["api"]["appRoles"]}
@@ -167,6 +214,7 @@ class TestBicep:
         assert values["WRITEBACK_AUTH_TENANT_ID"] == model.parameters["authTenantId"]
         assert model.outputs["apiClientId"] == ""
         assert model.outputs["apiIdentifierUri"] == ""
+        assert model.outputs["adminClientId"] == ""
 
     def test_a_custom_host_and_path(self) -> None:
         """pagesHostName and pagesPath change the SPA's redirect URI."""
@@ -175,6 +223,18 @@ class TestBicep:
         )
         (pages,) = [a for a in _graph(model, "applications") if "spa" in a.body]
         assert pages.body["spa"]["redirectUris"] == ["https://password.example.com/self/"]
+
+
+def _asks_for_self_and_sign_in(app: bicep_model.Resource) -> None:
+    """`app` asks for the created API's Writeback.Self and for Graph's sign-in scopes."""
+    api_access, graph_access = app.body["requiredResourceAccess"]
+    scope_id = MANIFEST["api"]["scope"]["id"]
+    assert api_access["resourceAppId"].origin.symbol == "api"
+    assert api_access["resourceAccess"] == [{"id": scope_id, "type": "Scope"}]
+    assert graph_access["resourceAppId"] == MANIFEST["graphAppId"]
+    assert graph_access["resourceAccess"] == [
+        {"id": s["id"], "type": "Scope"} for s in MANIFEST["graphSignInScopes"]
+    ]
 
 
 def _sections(text: str, prefix: str) -> set[str]:
@@ -206,6 +266,7 @@ class TestTerraform:
                 assert f"{block}.value.{field}" in text, (token, field)
         assert "local.manifest.pages.optionalClaims.idToken" in text
         assert "resource_access.value.id" in text
+        assert "local.manifest.adminClient.redirectUris" in text
 
     def test_the_same_manifest_sections(self) -> None:
         """Both use the same top-level parts of the manifest (Bicep's uniqueName prefixes
@@ -213,7 +274,8 @@ class TestTerraform:
         bicep = _sections(MODULE.read_text(), "manifest")
         terraform = _sections(TF_FILE.read_text(), "local.manifest")
         assert "api.appRoles" in bicep
-        assert bicep - {"api.uniqueNamePrefix", "pages.uniqueNamePrefix"} == terraform
+        unique_names = {f"{app}.uniqueNamePrefix" for app in ("api", "pages", "adminClient")}
+        assert bicep - unique_names == terraform
 
     def test_everything_is_behind_the_switch(
         self, terraform: terraform_model.TerraformModel
@@ -231,6 +293,58 @@ class TestTerraform:
         assert "var.create_app_registration" in terraform.locals["create_app"]
         assert "var.create_app_registration" in terraform.locals["role_assignment"]
 
+    def test_the_admin_client_is_bicep_s(
+        self, terraform: terraform_model.TerraformModel, created: bicep_model.Model
+    ) -> None:
+        """The admin client as Bicep declares it: a public client (fallback_public_client_enabled)
+        redirecting to the manifest's loopback URI, no secret or other platform, asking for the
+        created API's Writeback.Self and Graph's sign-in scopes, with a service principal and
+        the same two consents; the output is its client id, empty without the registration."""
+        client = terraform.resources["azuread_application"]["admin_client"]
+        assert set(client) == {
+            "for_each",
+            "display_name",
+            "sign_in_audience",
+            "fallback_public_client_enabled",
+            "public_client",
+            "required_resource_access",
+        }
+        assert client["display_name"] == (
+            "${local.manifest.adminClient.displayName} (${var.name_prefix})"
+        )
+        assert client["sign_in_audience"] == "AzureADMyOrg"
+        assert client["fallback_public_client_enabled"] is True
+        assert client["public_client"] == [
+            {"redirect_uris": "${local.manifest.adminClient.redirectUris}"}
+        ]
+        pages = terraform.resources["azuread_application"]["pages"]
+        assert client["required_resource_access"] == pages["required_resource_access"]
+        api_access, graph_access = client["required_resource_access"]
+        assert api_access["resource_app_id"] == '${azuread_application.api["main"].client_id}'
+        assert graph_access["dynamic"][0]["resource_access"]["for_each"] == (
+            "${local.manifest.graphSignInScopes}"
+        )
+        principal = terraform.resources["azuread_service_principal"]["admin_client"]
+        assert principal["client_id"] == '${azuread_application.admin_client["main"].client_id}'
+        grants = terraform.resources["azuread_service_principal_delegated_permission_grant"]
+        for what in ("api", "sign_in"):
+            pages_grant, client_grant = grants[f"pages_{what}"], grants[f"admin_client_{what}"]
+            assert client_grant["service_principal_object_id"] == (
+                '${azuread_service_principal.admin_client["main"].object_id}'
+            )
+            for field in ("resource_service_principal_object_id", "claim_values", "for_each"):
+                assert client_grant[field] == pages_grant[field], (what, field)
+        assert terraform.outputs["admin_client_id"]["value"] == (
+            '${var.create_app_registration ? azuread_application.admin_client["main"].client_id'
+            ' : ""}'
+        )
+        bicep_client = next(a for a in _graph(created, "applications") if a.symbol == "adminClient")
+        assert bicep_client.body["isFallbackPublicClient"] is True
+        assert (
+            bicep_client.body["publicClient"]["redirectUris"]
+            == MANIFEST["adminClient"]["redirectUris"]
+        )
+
     def test_the_same_redirect_host(self, terraform: terraform_model.TerraformModel) -> None:
         """The SPA's redirect is the function app's default host name, built from the same
         name the app is given, unless a host name is given."""
@@ -246,19 +360,26 @@ class TestCommands:
         """`writeback entra app-registration` builds the same application bodies as infra/bicep
         (uniqueName aside, which the command puts in the upsert's URL)."""
         prefix = created.parameters["namePrefix"]
-        api_name, pages_name = entra_manifest.unique_names(MANIFEST, prefix)
-        bodies = {a.body["uniqueName"]: dict(a.body) for a in _graph(created, "applications")}
-        api = bodies[api_name]
-        pages = bodies[pages_name]
-        del api["uniqueName"], pages["uniqueName"]
+        names = entra_manifest.unique_names(MANIFEST, prefix)
+        # Copies: the module's model stays as Bicep declared it for the other tests.
+        bodies = {
+            a.body["uniqueName"]: copy.deepcopy(dict(a.body))
+            for a in _graph(created, "applications")
+        }
+        assert set(bodies) == set(names)
+        api, pages, client = (bodies[name] for name in names)
+        for body in (api, pages, client):
+            del body["uniqueName"]
         tenant = "{tenant().tenantId}"
         assert entra_manifest.api_application(MANIFEST, tenant, prefix) == api
-        pages["requiredResourceAccess"][0]["resourceAppId"] = "<api app id>"
+        for body in (pages, client):
+            body["requiredResourceAccess"][0]["resourceAppId"] = "<api app id>"
         redirect = created.outputs["pagesRedirectUri"]
         assert entra_manifest.pages_application(MANIFEST, prefix, "<api app id>", redirect) == pages
-        (grant,) = [
-            g
+        assert entra_manifest.admin_client_application(MANIFEST, prefix, "<api app id>") == client
+        sign_in = [
+            g.body["scope"]
             for g in _graph(created, "oauth2PermissionGrants")
             if g.body["scope"] != MANIFEST["api"]["scope"]["value"]
         ]
-        assert entra_manifest.sign_in_scopes(MANIFEST) == grant.body["scope"]
+        assert sign_in == [entra_manifest.sign_in_scopes(MANIFEST)] * 2

@@ -117,6 +117,7 @@ APP_REGISTRATION_OUTPUTS = (
     "apiIdentifierUri",
     "pagesClientId",
     "pagesRedirectUri",
+    "adminClientId",
 )
 
 REQUEST_QUEUE = {

@@ -298,13 +298,19 @@ class TestGraphResources:
         (problem,) = _snippet(tmp_path, source.replace("PROPERTY", "").replace("READ", "id"))
         assert "unknown resource type Microsoft.Graph/applicationTemplates@v1.0" in problem
 
-    def test_break_in_the_real_module(self, tmp_path: Path) -> None:
-        """A misspelt property of the real pages application is reported."""
+    @pytest.mark.parametrize(
+        ("application", "value"), [("pages", "false"), ("adminClient", "true")]
+    )
+    def test_break_in_the_real_module(self, tmp_path: Path, application: str, value: str) -> None:
+        """A misspelt property of the real pages or admin client application is reported."""
         problems = _mutated(
-            tmp_path, "modules/app-registration.bicep", "isFallbackPublicClient:", "isPublicClient:"
+            tmp_path,
+            "modules/app-registration.bicep",
+            f"isFallbackPublicClient: {value}",
+            f"isPublicClient: {value}",
         )
         assert len(problems) == 1
-        assert "pages" in problems[0]
+        assert application in problems[0]
         assert "isPublicClient: no such property" in problems[0]
 
     def test_break_in_the_manifest_is_reported(self, tmp_path: Path) -> None:

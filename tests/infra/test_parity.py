@@ -70,6 +70,7 @@ SHARED_OUTPUTS = {
     "apiIdentifierUri": "api_identifier_uri",
     "pagesClientId": "pages_client_id",
     "pagesRedirectUri": "pages_redirect_uri",
+    "adminClientId": "admin_client_id",
 }
 
 

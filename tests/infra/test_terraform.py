@@ -406,10 +406,10 @@ class TestResources:
             "azurerm_role_assignment": 21,
             "time_sleep": 1,
             # The app registrations (app-registration.tf), each behind create_app_registration.
-            "azuread_application": 2,
-            "azuread_service_principal": 2,
+            "azuread_application": 3,
+            "azuread_service_principal": 3,
             "data.azuread_service_principal": 1,
-            "azuread_service_principal_delegated_permission_grant": 2,
+            "azuread_service_principal_delegated_permission_grant": 4,
             "azuread_app_role_assignment": 1,
             # What operators look at (operations.tf): the alerts are one for_each over
             # infra/monitoring/alerts.json, the action group exists with an e-mail address.
@@ -550,6 +550,7 @@ class TestResources:
             "api_identifier_uri",
             "pages_client_id",
             "pages_redirect_uri",
+            "admin_client_id",
         }
         outputs = {name: output["value"] for name, output in model.outputs.items()}
         assert outputs["eventgrid_requests_topic_endpoint"] == (

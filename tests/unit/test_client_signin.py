@@ -3,8 +3,9 @@
 ClientSecretCredential and DeviceCodeCredential accept a custom `authority` (with instance
 discovery disabled), so they talk to a local HTTPS OpenID Connect authority served here with the
 standard library and a certificate from devstack/tls.py. The authority records every request, so
-the tests see the scope the client asks for and whether a second run reached the token endpoint
-at all or was answered from azure-identity's persistent token cache.
+the tests see the scope and the client id the client asks with (its tokens name that client in
+`appid`, as Entra ID's do) and whether a second run reached the token endpoint at all or was
+answered from azure-identity's persistent token cache.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _handler(authority: Authority) -> type[BaseHTTPRequestHandler]:
                 token = _jwt(
                     {
                         **common,
-                        "appid": AUTOMATION_APP,
+                        "appid": form.get("client_id", AUTOMATION_APP),
                         "oid": "77777777-6666-5555-4444-333333333333",
                         "roles": ["Writeback.Read", "Writeback.Unlock"],
                     }
@@ -131,7 +132,7 @@ def _handler(authority: Authority) -> type[BaseHTTPRequestHandler]:
             token = _jwt(
                 {
                     **common,
-                    "appid": ADMIN_CLIENT,
+                    "appid": form.get("client_id", ADMIN_CLIENT),
                     "upn": "helpdesk@corp.example.com",
                     "oid": USER_OID,
                     "scp": "user_impersonation",
@@ -338,6 +339,77 @@ class TestCache:
         assert "libsecret" in err
         assert "Traceback" not in err
         assert out == ""
+
+
+class TestClientId:
+    """Which application signs in: the deployment's admin client for device code and browser
+    (WRITEBACK_CLIENT_ID, its adminClientId), never for the automation's sign-ins."""
+
+    OTHER_APP = "34343434-5656-7878-9090-121212121212"
+
+    def _login(
+        self, authority: Authority, capsys: pytest.CaptureFixture[str], environ: dict[str, str]
+    ) -> str:
+        """`writeback login --auth device-code`; the client id the token request named."""
+        argv = ["login", "--auth", "device-code", *UNENCRYPTED]
+        code, _, err = _run(capsys, argv, environ)
+        assert code == 0, err
+        return authority.token_requests[-1]["client_id"]
+
+    def test_device_code_signs_in_through_writeback_client_id(
+        self, authority: Authority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """WRITEBACK_CLIENT_ID names the public client, ahead of an AZURE_CLIENT_ID set for
+        other tools; the saved account is the admin client's."""
+        environ = _environ(
+            authority,
+            tmp_path,
+            WRITEBACK_API_APP_ID=API_APP,
+            WRITEBACK_CLIENT_ID=ADMIN_CLIENT,
+            AZURE_CLIENT_ID=self.OTHER_APP,
+        )
+        assert self._login(authority, capsys, environ) == ADMIN_CLIENT
+        record = tmp_path / "config" / "writeback" / "device-code-account.json"
+        assert json.loads(record.read_text())["clientId"] == ADMIN_CLIENT
+        code, out, _ = _run(capsys, ["whoami", "--auth", "device-code", *UNENCRYPTED], environ)
+        assert code == 0
+        assert _facts(out)["app"] == ADMIN_CLIENT
+        assert len(authority.token_requests) == 1  # silent: the same client's cached account
+
+    def test_the_option_wins_then_azure_client_id(
+        self, authority: Authority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--client-id wins over WRITEBACK_CLIENT_ID; without either, AZURE_CLIENT_ID is used."""
+        environ = _environ(authority, tmp_path, WRITEBACK_API_APP_ID=API_APP)
+        argv = ["login", "--auth", "device-code", "--client-id", self.OTHER_APP, *UNENCRYPTED]
+        code, _, err = _run(capsys, argv, {**environ, "WRITEBACK_CLIENT_ID": ADMIN_CLIENT})
+        assert code == 0, err
+        assert authority.token_requests[-1]["client_id"] == self.OTHER_APP
+        only_azure = {**environ, "AZURE_CLIENT_ID": ADMIN_CLIENT}
+        assert self._login(authority, capsys, only_azure) == ADMIN_CLIENT
+
+    def test_client_secret_ignores_the_admin_client(
+        self, authority: Authority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The admin client is public (no secret): client-secret keeps AZURE_CLIENT_ID's app."""
+        environ = _automation(authority, tmp_path, WRITEBACK_CLIENT_ID=ADMIN_CLIENT)
+        code, out, err = _run(capsys, ["whoami", "--auth", "client-secret", *UNENCRYPTED], environ)
+        assert code == 0, err
+        assert authority.token_requests[-1]["client_id"] == AUTOMATION_APP
+        assert _facts(out)["app"] == AUTOMATION_APP
+
+    def test_a_client_id_that_is_not_one_is_refused(
+        self, authority: Authority, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """WRITEBACK_CLIENT_ID must be an application id: exit 2 naming it, nothing sent."""
+        environ = _environ(
+            authority, tmp_path, WRITEBACK_API_APP_ID=API_APP, WRITEBACK_CLIENT_ID="writeback"
+        )
+        argv = ["login", "--auth", "device-code", *UNENCRYPTED]
+        code, _, err = _run(capsys, argv, environ)
+        assert code == 2
+        assert err.startswith("writeback: WRITEBACK_CLIENT_ID:")
+        assert authority.token_requests == []
 
 
 class TestWhoami:

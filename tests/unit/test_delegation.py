@@ -344,3 +344,53 @@ class TestOverHttp:
                 request("POST", "x", body, key=None, headers=bearer(mint(strong))),
             )
             assert status == 200
+
+    async def test_the_admin_clients_token_acts_as_its_user_holds_roles(
+        self, tmp_path: Path
+    ) -> None:
+        """Through function_app, a token the admin client (`writeback login --auth
+        device-code`) gets for <api>/.default: azp the admin client, scp Writeback.Self (its
+        consented scope), roles the user's app role assignments. A helpdesk user (assigned
+        Writeback.Reset.Admin) resets, unlocks and expires another user's account and reads
+        its history; a user assigned the other roles, Writeback.Unlock included, is refused
+        auth.other_user on anyone but themselves, which never reaches the relay."""
+        rig = Rig({**ENTRA_ENV, SELF_SERVICE_ACRS_SETTING: "c1"})
+        admin_client = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"
+        helpdesk, user, other = (f"{name}@{DOMAIN}" for name in ("helpdesk", "alice", "bob"))
+
+        def signed_in(name: str, roles: list[str]) -> dict[str, str]:
+            claims = delegated(azp=admin_client, preferred_username=name, roles=roles)
+            return bearer(mint(claims))
+
+        writes = (
+            (function_app.reset_password, {"newPassword": "New-Pa55word!", "initiator": "admin"}),
+            (function_app.unlock_account, {}),
+            (function_app.expire_password, {}),
+        )
+        async with cloud_stack(tmp_path, authenticator=rig.auth) as stack:
+            await stack.start_relay()
+            without_admin = signed_in(user, [r.value for r in Role if r != Role.RESET_ADMIN])
+            status, answer, _ = await functions.http(
+                function_app.unlock_account,
+                request("POST", "x", {"user": other}, key=None, headers=without_admin),
+            )
+            assert (status, functions.json_body(answer)["error"]) == (403, "auth.other_user")
+            assert stack.directory.applied == []
+            status, _, _ = await functions.http(
+                function_app.unlock_account,
+                request("POST", "x", {"user": user}, key=None, headers=without_admin),
+            )
+            assert status == 200
+            admin = signed_in(helpdesk, HELPDESK_ROLES)
+            for function, body in writes:
+                status, answer, _ = await functions.http(
+                    function, request("POST", "x", {"user": other, **body}, key=None, headers=admin)
+                )
+                assert status == 200, functions.json_body(answer)
+            assert [command.user for command in stack.directory.applied] == [user, *[other] * 3]
+            read = request("GET", "x", key=None, headers=admin, route_params={"user": other})
+            status, answer, _ = await functions.http(function_app.user_history, read)
+            assert status == 200
+            assert len(functions.json_body(answer)["requests"]) == 3
+            (record,) = [r for r in stack.audit.records.values() if r.operation == "reset"]
+            assert record.caller.startswith(f"entra-user:{helpdesk} ")

@@ -237,47 +237,114 @@ class TestAppRegistration:
         document = json.loads(out)
         assert document["applied"] is False
         steps = [(r["method"], r["path"].partition("(")[0]) for r in document["requests"]]
+        keyed = [r["path"] for r in document["requests"] if r["method"] == "PATCH"]
+        assert keyed == [
+            "/applications(uniqueName='writeback-api-wbtest')",
+            "/servicePrincipals(appId='<appId of writeback-api-wbtest>')",
+            "/applications(uniqueName='writeback-pages-wbtest')",
+            "/servicePrincipals(appId='<appId of writeback-pages-wbtest>')",
+            "/applications(uniqueName='writeback-admin-client-wbtest')",
+            "/servicePrincipals(appId='<appId of writeback-admin-client-wbtest>')",
+        ]
+
+        def grant(client: str, resource: str) -> list[tuple[str, str]]:
+            query = (
+                f"/oauth2PermissionGrants?$filter=clientId eq '<service principal id of {client}>'"
+                f" and resourceId eq '<service principal id of {resource}>' and consentType eq "
+                "'AllPrincipals'"
+            )
+            return [("GET", query), ("POST", "/oauth2PermissionGrants")]
+
         assert steps == [
-            ("PATCH", "/applications"),
-            ("PATCH", "/servicePrincipals"),
-            ("PATCH", "/applications"),
-            ("PATCH", "/servicePrincipals"),
+            *[("PATCH", "/applications"), ("PATCH", "/servicePrincipals")] * 3,
             ("GET", "/servicePrincipals"),
-            ("GET", "/oauth2PermissionGrants?$filter=clientId eq '<service principal id of "
-             "writeback-pages-wbtest>' and resourceId eq '<service principal id of "
-             "writeback-api-wbtest>' and consentType eq 'AllPrincipals'"),
-            ("POST", "/oauth2PermissionGrants"),
-            ("GET", "/oauth2PermissionGrants?$filter=clientId eq '<service principal id of "
-             "writeback-pages-wbtest>' and resourceId eq '<service principal id of "
-             f"{GRAPH_APP_ID}>' and consentType eq 'AllPrincipals'"),
-            ("POST", "/oauth2PermissionGrants"),
-        ]  # fmt: skip
+            *grant("writeback-pages-wbtest", "writeback-api-wbtest"),
+            *grant("writeback-pages-wbtest", GRAPH_APP_ID),
+            *grant("writeback-admin-client-wbtest", "writeback-api-wbtest"),
+            *grant("writeback-admin-client-wbtest", GRAPH_APP_ID),
+        ]
         assert document["requests"][0]["headers"] == {"Prefer": "create-if-missing"}
         assert "Application.ReadWrite.All" in document["requests"][0]["needs"]
 
     def test_apply_creates_what_infra_declares(
         self, graph: GraphStandIn, token_file: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """--apply makes the API and the pages (bodies Graph's types accept), their service
-        principals and the pages' two consents, and prints the settings to deploy with."""
+        """--apply makes the API, the pages and the admin client (bodies Graph's types
+        accept), their service principals and both clients' two consents, and prints the
+        settings to deploy with and the client's."""
         code, out, err = run(capsys, *registration(graph, token_file, "--apply"))
         assert (code, err) == (0, "")
         manifest = entra_manifest.load()
         api = graph.applications["writeback-api-wbtest"]
         pages = graph.applications["writeback-pages-wbtest"]
+        client = graph.applications["writeback-admin-client-wbtest"]
         assert api["identifierUris"] == [f"api://{graph.tenant_id}/writeback-wbtest"]
         assert api["appRoles"] == manifest["api"]["appRoles"]
         assert pages["spa"] == {"redirectUris": [PAGES]}
         assert pages["requiredResourceAccess"][0]["resourceAppId"] == api["appId"]
-        assert set(graph.principals) == {GRAPH_APP_ID, api["appId"], pages["appId"]}
-        scopes = {g["scope"]: g["consentType"] for g in graph.grants.values()}
+        assert client["requiredResourceAccess"][0]["resourceAppId"] == api["appId"]
+        apps = {api["appId"], pages["appId"], client["appId"]}
+        assert set(graph.principals) == {GRAPH_APP_ID, *apps}
+        principal = {app_id: graph.principals[app_id]["id"] for app_id in graph.principals}
+        scopes = {
+            (g["clientId"], g["resourceId"], g["scope"], g["consentType"])
+            for g in graph.grants.values()
+        }
+        assert len(graph.grants) == 4
         assert scopes == {
-            "Writeback.Self": "AllPrincipals",
-            "openid profile offline_access": "AllPrincipals",
+            (principal[app_id], principal[resource], scope, "AllPrincipals")
+            for app_id in (pages["appId"], client["appId"])
+            for resource, scope in (
+                (api["appId"], "Writeback.Self"),
+                (GRAPH_APP_ID, "openid profile offline_access"),
+            )
         }
         assert f"authAudiences / auth_audiences = {api['appId']},api://" in out
         assert f"pagesClientId / pages_client_id = {pages['appId']}" in out
         assert f"authTenantId / auth_tenant_id = {graph.tenant_id}" in out
+        assert f"WRITEBACK_CLIENT_ID={client['appId']}" in out
+        assert f"WRITEBACK_API_APP_ID={api['appId']}" in out
+        assert f"AZURE_TENANT_ID={graph.tenant_id}" in out
+
+    def test_the_admin_client_is_a_public_client(
+        self, graph: GraphStandIn, token_file: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The admin client's body: a fallback public client with the loopback redirect, no
+        secret, no web or SPA redirect, asking for the API's Writeback.Self and sign-in; the
+        JSON document gives its client id with the API's and the tenant."""
+        code, out, _ = run(capsys, *registration(graph, token_file, "--json"))
+        assert code == 0
+        document = json.loads(out)
+        (request,) = [
+            r
+            for r in document["requests"]
+            if r["path"].endswith("'writeback-admin-client-wbtest')")
+        ]
+        manifest = entra_manifest.load()
+        scope_id = manifest["api"]["scope"]["id"]
+        assert request["body"] == {
+            "displayName": "Writeback admin client (wbtest)",
+            "signInAudience": "AzureADMyOrg",
+            "isFallbackPublicClient": True,
+            "publicClient": {"redirectUris": ["http://localhost"]},
+            "requiredResourceAccess": [
+                {
+                    "resourceAppId": "<appId of writeback-api-wbtest>",
+                    "resourceAccess": [{"id": scope_id, "type": "Scope"}],
+                },
+                {
+                    "resourceAppId": GRAPH_APP_ID,
+                    "resourceAccess": [
+                        {"id": s["id"], "type": "Scope"} for s in manifest["graphSignInScopes"]
+                    ],
+                },
+            ],
+        }
+        assert document["client"] == {
+            "WRITEBACK_API_APP_ID": "<appId of writeback-api-wbtest>",
+            "WRITEBACK_CLIENT_ID": "<appId of writeback-admin-client-wbtest>",
+            "AZURE_TENANT_ID": "{tenant id}",
+        }
 
     def test_apply_again_changes_nothing_twice(
         self, graph: GraphStandIn, token_file: Path, capsys: pytest.CaptureFixture[str]
@@ -290,7 +357,7 @@ class TestAppRegistration:
         assert run(capsys, *registration(graph, token_file, "--apply"))[0] == 0
         assert {k: v["appId"] for k, v in graph.applications.items()} == before
         assert set(graph.grants) == grants
-        assert len(graph.principals) == 3
+        assert len(graph.principals) == 4
 
     def test_a_tenant_that_is_not_the_signed_in_one(
         self, graph: GraphStandIn, token_file: Path, capsys: pytest.CaptureFixture[str]
@@ -356,11 +423,12 @@ class TestAppRegistration:
         assert [r["method"] for r in printed] == [r.method for r in sent]
         assert printed[0]["path"] == sent[0].path.removeprefix("/v1.0")
         assert printed[0]["body"] == sent[0].body
-        pages_printed, pages_sent = printed[2]["body"], sent[2].body
         api_id = graph.applications["writeback-api-wbtest"]["appId"]
-        assert pages_sent["requiredResourceAccess"][0]["resourceAppId"] == api_id
-        pages_printed["requiredResourceAccess"][0]["resourceAppId"] = api_id
-        assert pages_printed == pages_sent
+        for index in (2, 4):  # the pages and the admin client
+            client_printed, client_sent = printed[index]["body"], sent[index].body
+            assert client_sent["requiredResourceAccess"][0]["resourceAppId"] == api_id
+            client_printed["requiredResourceAccess"][0]["resourceAppId"] = api_id
+            assert client_printed == client_sent
 
 
 class TestTheStandIn:

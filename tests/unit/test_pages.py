@@ -85,13 +85,21 @@ async def test_the_script_is_served_as_javascript(monkeypatch: pytest.MonkeyPatc
     assert b"PublicClientApplication" in body
 
 
-async def test_a_missing_client_id_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the pages' client id, the config answers 503 naming the setting."""
+async def test_a_missing_client_id_is_a_generic_503_and_named_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the pages' client id, the config answers a generic 503 (anyone may ask); the
+    setting is named in the log for the operator."""
     monkeypatch.delenv("WRITEBACK_PAGES_CLIENT_ID", raising=False)
     env = {k: v for k, v in ENV.items() if k != "WRITEBACK_PAGES_CLIENT_ID"}
     status, body, _ = await get("config", monkeypatch, env)
     assert status == 503
-    assert json.loads(body)["field"] == "WRITEBACK_PAGES_CLIENT_ID"
+    answer = json.loads(body)
+    assert answer["error"] == "service.misconfigured"
+    assert "WRITEBACK_" not in json.dumps(answer)
+    assert any(
+        getattr(record, "setting", None) == "WRITEBACK_PAGES_CLIENT_ID" for record in caplog.records
+    )
 
 
 @pytest.mark.parametrize(

@@ -216,6 +216,22 @@ class TestBindPassword:
         settings = DirectorySettings.from_mapping({**table, "bind_password_file": str(path)})
         assert settings.bind_password({}) == SECRET
 
+    def test_a_utf16_file_is_refused_by_name(
+        self, table: dict[str, object], tmp_path: Path
+    ) -> None:
+        """A file in UTF-16 (PowerShell 5.1's `>`) is a configuration error naming the setting,
+        not a traceback, and the message quotes nothing of the file."""
+        path = tmp_path / "bind-password"
+        path.write_bytes(b"\xff\xfe" + (SECRET + "\r\n").encode("utf-16-le"))
+        path.chmod(0o600)
+        settings = DirectorySettings.from_mapping({**table, "bind_password_file": str(path)})
+        with pytest.raises(ConfigurationError) as caught:
+            settings.bind_password({})
+        assert caught.value.setting == "directory.bind_password_file"
+        assert "UTF-16" in str(caught.value)
+        assert caught.value.__cause__ is None
+        assert SECRET not in str(caught.value)
+
     @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
     def test_a_file_others_can_read_is_refused(
         self, table: dict[str, object], tmp_path: Path, mode: int

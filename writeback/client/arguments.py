@@ -36,8 +36,10 @@ Sign-in: --auth (or WRITEBACK_AUTH) picks azure-identity's azure-cli, device-cod
 client-secret or managed-identity; api-key and token are the variables above. The API's
 scope is --scope or WRITEBACK_API_SCOPE (the API's application ID URI, the deployment's
 apiIdentifierUri, + /.default), else <WRITEBACK_API_APP_ID>/.default (its apiClientId).
-`writeback login` signs in once (device-code, browser: tokens kept in the encrypted token
-cache); `writeback whoami` shows who the client acts as. A token is never printed.
+device-code and browser sign in through the deployment's admin client: WRITEBACK_CLIENT_ID
+(its adminClientId) or --client-id. `writeback login` signs in once (device-code, browser:
+tokens kept in the encrypted token cache); `writeback whoami` shows who the client acts as. A
+token is never printed.
 
 Exit codes: 0 applied (health: ok); 1 rejected, failed, pending, unreachable or degraded;
 2 a usage error (an option, a setting or the passwords given)."""
@@ -148,8 +150,10 @@ def _options(parser: argparse.ArgumentParser, default: Any, now: str = "") -> No
         "--client-id",
         default=default(None),
         metavar="APP_ID",
-        help="the public client app that signs in (device-code, browser; default "
-        "$AZURE_CLIENT_ID, else azure-identity's own)",
+        help="the app that signs in: for device-code and browser the admin client (the "
+        f"deployment's adminClientId; default ${signin.CLIENT_ID_ENV}, else $AZURE_CLIENT_ID, else "
+        "azure-identity's own); client-secret's app or a user-assigned identity "
+        "(default $AZURE_CLIENT_ID)",
     )
     parser.add_argument(
         "--api-app-id",

@@ -3,7 +3,8 @@ and make the app registrations a deployment could not (docs/self-service.md).
 
     link-sign-in      the sign-in page's "Forgot my password" link (company branding), via Graph
     link-helpdesk     SSPR's custom helpdesk link: the admin center steps (Graph has no API)
-    app-registration  print, or with --apply create, the API's and the pages' registrations
+    app-registration  print, or with --apply create, the API's, the pages' and the admin
+                      client's registrations
 
 Thin like `cli`: parse, check every argument before anything is sent (a message naming the
 argument, exit 2), call writeback.entra, print, map errors to exit codes (1: Graph refused or
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from writeback.client import signin
 from writeback.client.api import Credential, InvalidSetting
 from writeback.entra import doors, registration
 from writeback.entra.graph import (
@@ -72,7 +74,7 @@ def add_commands(commands: Any) -> None:
     helpdesk.add_argument("--url", dest="page_url", metavar="URL", required=True)
     apps = sub.add_parser(
         "app-registration",
-        help="print (or --apply) the API's and the pages' app registrations",
+        help="print (or --apply) the API's, the pages' and the admin client's app registrations",
         description="The registrations the Bicep and Terraform deployments make with "
         "createAppRegistration, for deployers who cannot create applications: printed as the "
         "Graph requests, or made "
@@ -186,14 +188,32 @@ def _app_registration(args: argparse.Namespace) -> int:
         "pagesClientId / pages_client_id": made.pages_client_id,
         "createAppRegistration / create_app_registration": "false",
     }
+    # What `writeback login --auth device-code|browser` needs (the deployment's outputs
+    # apiClientId and adminClientId when it makes the registrations itself).
+    client = {
+        signin.APP_ID_ENV: made.api_client_id,
+        signin.CLIENT_ID_ENV: made.admin_client_id,
+        "AZURE_TENANT_ID": made.tenant_id,
+    }
     if args.json:
-        document = {"applied": args.apply, "requests": requests, "settings": settings}
+        document = {
+            "applied": args.apply,
+            "requests": requests,
+            "settings": settings,
+            "client": client,
+        }
         print(json.dumps(document, indent=2))
         return EXIT_OK
     _print_requests(args.graph_url, requests)
     print("Deploy with these parameters (Bicep / Terraform):")
     for name, value in settings.items():
         print(f"  {name} = {value}")
+    print(
+        "\nSign the writeback command line in with the admin client (writeback login --auth "
+        "device-code):"
+    )
+    for name, value in client.items():
+        print(f"  {name}={value}")
     return EXIT_OK
 
 

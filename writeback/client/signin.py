@@ -10,9 +10,11 @@
 
 `api-key` and `token` keep the older ways (WRITEBACK_API_KEY, WRITEBACK_TOKEN or --token-file).
 The scope asked for is the API's: `--scope`/WRITEBACK_API_SCOPE (its application ID URI), or
-`<app id>/.default` from `--api-app-id`/WRITEBACK_API_APP_ID. Device code, browser and client
-secret keep their tokens in azure-identity's persistent cache (encrypted by the system; a plain
-file only with --unencrypted-cache), and `writeback login` saves the account in an
+`<app id>/.default` from `--api-app-id`/WRITEBACK_API_APP_ID. Device code and browser sign in
+through a public client: `--client-id`, else WRITEBACK_CLIENT_ID (the deployment's admin client,
+output adminClientId), else AZURE_CLIENT_ID, else azure-identity's own. Device code, browser and
+client secret keep their tokens in azure-identity's persistent cache (encrypted by the system; a
+plain file only with --unencrypted-cache), and `writeback login` saves the account in an
 authentication record (no secret in it), so later commands sign in silently. A token is never
 printed, logged or put in a message.
 """
@@ -37,6 +39,7 @@ from writeback.client.api import InvalidSetting
 AUTH_ENV = "WRITEBACK_AUTH"
 SCOPE_ENV = "WRITEBACK_API_SCOPE"
 APP_ID_ENV = "WRITEBACK_API_APP_ID"
+CLIENT_ID_ENV = "WRITEBACK_CLIENT_ID"
 UNENCRYPTED_ENV = "WRITEBACK_TOKEN_CACHE_UNENCRYPTED"
 CACHE_NAME = "writeback"
 ENTRA_METHODS = ("azure-cli", "device-code", "browser", "client-secret", "managed-identity")
@@ -99,13 +102,29 @@ def scope(args: Any, environ: Mapping[str, str]) -> str:
     return f"{app_id.lower()}/.default"
 
 
+def client_id(args: Any, environ: Mapping[str, str]) -> str | None:
+    """The application that signs in: --client-id; for device code and browser then
+    WRITEBACK_CLIENT_ID (Writeback's own public client, which a shell's AZURE_CLIENT_ID set for
+    other tools must not displace); then AZURE_CLIENT_ID (client secret's app, a user-assigned
+    managed identity, or a public client); None: azure-identity's own."""
+    if args.client_id:
+        return str(args.client_id)
+    names = ([CLIENT_ID_ENV] if args.auth in INTERACTIVE else []) + ["AZURE_CLIENT_ID"]
+    for name in names:
+        if value := environ.get(name, "").strip():
+            if name == CLIENT_ID_ENV and not _GUID.fullmatch(value):
+                raise InvalidSetting(name, "must be the admin client's application (client) id")
+            return value
+    return None
+
+
 def options(args: Any, environ: Mapping[str, str]) -> Options:
     """The sign-in the arguments and the environment ask for (method must be an Entra one)."""
     return Options(
         method=args.auth,
         scope=scope(args, environ),
         tenant=args.tenant or environ.get("AZURE_TENANT_ID", "").strip() or None,
-        client_id=args.client_id or environ.get("AZURE_CLIENT_ID", "").strip() or None,
+        client_id=client_id(args, environ),
         unencrypted_cache=args.unencrypted_cache
         or environ.get(UNENCRYPTED_ENV, "").strip().lower() in ("1", "true", "yes"),
     )

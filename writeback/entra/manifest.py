@@ -1,5 +1,6 @@
 """The app registrations' manifest (app-registration.json beside this file) and the Microsoft
-Graph objects it describes for one deployment.
+Graph objects it describes for one deployment: the API, the pages' single-page application and
+the admin client (the `writeback` command line's public client).
 
 The same file is read by infra/bicep (loadJsonContent) and infra/terraform (jsondecode(file())),
 so a registration made by `writeback entra app-registration --apply` is the one a deployment with
@@ -35,11 +36,13 @@ def identifier_uri(manifest: dict[str, Any], tenant_id: str, name_prefix: str) -
     return f"api://{tenant_id}/{manifest['api']['identifierUriPrefix']}{name_prefix}"
 
 
-def unique_names(manifest: dict[str, Any], name_prefix: str) -> tuple[str, str]:
-    """The API's and the pages' uniqueName (Graph's alternate key, as infra/bicep sets it)."""
+def unique_names(manifest: dict[str, Any], name_prefix: str) -> tuple[str, str, str]:
+    """The API's, the pages' and the admin client's uniqueName (Graph's alternate key, as
+    infra/bicep sets it)."""
     return (
         f"{manifest['api']['uniqueNamePrefix']}{name_prefix}",
         f"{manifest['pages']['uniqueNamePrefix']}{name_prefix}",
+        f"{manifest['adminClient']['uniqueNamePrefix']}{name_prefix}",
     )
 
 
@@ -71,22 +74,44 @@ def pages_application(
         "signInAudience": "AzureADMyOrg",
         "isFallbackPublicClient": False,
         "spa": {"redirectUris": [redirect_uri]},
-        "requiredResourceAccess": [
-            {
-                "resourceAppId": api_app_id,
-                "resourceAccess": [{"id": manifest["api"]["scope"]["id"], "type": "Scope"}],
-            },
-            {
-                "resourceAppId": manifest["graphAppId"],
-                "resourceAccess": [
-                    {"id": scope["id"], "type": "Scope"} for scope in pages["graphScopes"]
-                ],
-            },
-        ],
+        "requiredResourceAccess": _self_and_sign_in(manifest, api_app_id),
         "optionalClaims": pages["optionalClaims"],
     }
 
 
+def admin_client_application(
+    manifest: dict[str, Any], name_prefix: str, api_app_id: str
+) -> dict[str, Any]:
+    """The admin client: a public client (device code; the browser's loopback redirect), no
+    secret, asking for the API's Writeback.Self and for sign-in. Its delegated token acts on
+    the signed-in user's own account unless the user holds the helpdesk's app role."""
+    client = manifest["adminClient"]
+    return {
+        "displayName": f"{client['displayName']} ({name_prefix})",
+        "signInAudience": "AzureADMyOrg",
+        "isFallbackPublicClient": True,
+        "publicClient": {"redirectUris": client["redirectUris"]},
+        "requiredResourceAccess": _self_and_sign_in(manifest, api_app_id),
+    }
+
+
 def sign_in_scopes(manifest: dict[str, Any]) -> str:
-    """The Graph scopes the pages are consented to, space separated (an OAuth2 grant's scope)."""
-    return " ".join(scope["value"] for scope in manifest["pages"]["graphScopes"])
+    """The Graph scopes the pages and the admin client are consented to, space separated (an
+    OAuth2 grant's scope)."""
+    return " ".join(scope["value"] for scope in manifest["graphSignInScopes"])
+
+
+def _self_and_sign_in(manifest: dict[str, Any], api_app_id: str) -> list[dict[str, Any]]:
+    """requiredResourceAccess of both clients: the API's Writeback.Self and Graph's sign-in."""
+    return [
+        {
+            "resourceAppId": api_app_id,
+            "resourceAccess": [{"id": manifest["api"]["scope"]["id"], "type": "Scope"}],
+        },
+        {
+            "resourceAppId": manifest["graphAppId"],
+            "resourceAccess": [
+                {"id": scope["id"], "type": "Scope"} for scope in manifest["graphSignInScopes"]
+            ],
+        },
+    ]

@@ -1,6 +1,6 @@
 """The app registrations through Microsoft Graph, for deployers whose infrastructure deployment
-may not create applications (createAppRegistration=false): the same objects infra/ declares,
-from the same manifest, in the same order.
+may not create applications (createAppRegistration=false): the same objects infra/ declares
+(the API, the pages, the admin client), from the same manifest, in the same order.
 
 `register` runs the requests against anything with Graph's `call` signature: `Graph` to create
 them (`--apply`), or `Recorder`, which answers with placeholders and keeps the requests, so that
@@ -45,12 +45,14 @@ class Registration:
 
 @dataclass(frozen=True)
 class Registered:
-    """What the Function App's settings need (WRITEBACK_AUTH_*, WRITEBACK_PAGES_CLIENT_ID)."""
+    """What the Function App's settings need (WRITEBACK_AUTH_*, WRITEBACK_PAGES_CLIENT_ID), and
+    the admin client's id, which the `writeback` command line signs in with."""
 
     tenant_id: str
     api_client_id: str
     identifier_uri: str
     pages_client_id: str
+    admin_client_id: str
 
     @property
     def audiences(self) -> str:
@@ -92,9 +94,12 @@ class Recorder:
 
 
 def register(graph: Sender, registration: Registration) -> Registered:
-    """Create or update the API, the pages, their service principals and the pages' consent."""
+    """Create or update the API, the pages, the admin client, their service principals and the
+    two clients' tenant-wide consent."""
     manifest = entra_manifest.load()
-    api_name, pages_name = entra_manifest.unique_names(manifest, registration.name_prefix)
+    api_name, pages_name, client_name = entra_manifest.unique_names(
+        manifest, registration.name_prefix
+    )
     api_body = entra_manifest.api_application(
         manifest, registration.tenant_id, registration.name_prefix
     )
@@ -105,14 +110,23 @@ def register(graph: Sender, registration: Registration) -> Registered:
     )
     pages_app = _upsert_application(graph, pages_name, pages_body)
     pages_principal = _upsert_principal(graph, pages_app["appId"], pages_body["displayName"])
+    client_body = entra_manifest.admin_client_application(
+        manifest, registration.name_prefix, api_app["appId"]
+    )
+    client_app = _upsert_application(graph, client_name, client_body)
+    client_principal = _upsert_principal(graph, client_app["appId"], client_body["displayName"])
     graph_principal = _principal_id(graph, manifest["graphAppId"])
-    _grant(graph, pages_principal, api_principal, manifest["api"]["scope"]["value"])
-    _grant(graph, pages_principal, graph_principal, entra_manifest.sign_in_scopes(manifest))
+    # Admin consent for every user, so that neither the pages nor the command line meets a
+    # consent prompt (user consent is off in many tenants).
+    for client in (pages_principal, client_principal):
+        _grant(graph, client, api_principal, manifest["api"]["scope"]["value"])
+        _grant(graph, client, graph_principal, entra_manifest.sign_in_scopes(manifest))
     return Registered(
         tenant_id=registration.tenant_id,
         api_client_id=api_app["appId"],
         identifier_uri=api_body["identifierUris"][0],
         pages_client_id=pages_app["appId"],
+        admin_client_id=client_app["appId"],
     )
 
 

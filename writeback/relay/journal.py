@@ -4,7 +4,8 @@ Service Bus delivers at least once, so the same request can arrive twice (a lock
 relay that crashed before completing the message). Before touching the directory the relay calls
 `Journal.begin`: a new id is recorded, an id already seen comes back with its recorded state, so a
 duplicate resends the recorded outcome instead of applying a password twice, and an entry left
-RECEIVED/APPLYING by a crash is resolved by an administrator rather than retried blindly. Ids are
+RECEIVED/APPLYING by a crash is resolved by asking the DC what is true (the pipeline's
+`_earlier_write`) rather than retried blindly or inferred from pwdLastSet. Ids are
 pruned after the replay window; `begin` refuses ids whose expiry lies beyond that window, so a
 pruned id can never be replayed successfully.
 

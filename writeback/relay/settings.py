@@ -116,7 +116,20 @@ class DirectorySettings:
         if problem:
             raise ConfigurationError("directory.bind_password_file", problem)
         # utf-8-sig: a file written by Windows PowerShell may start with a byte-order mark.
-        password = path.read_text(encoding="utf-8-sig").rstrip("\r\n")
+        try:
+            password = path.read_text(encoding="utf-8-sig").rstrip("\r\n")
+        except UnicodeDecodeError:
+            # Windows PowerShell 5.1's `>` and Out-File write UTF-16. The decoder's message
+            # quotes a byte of the file, so it is not passed on.
+            raise ConfigurationError(
+                "directory.bind_password_file",
+                f"{path} is not UTF-8 text (UTF-16, as PowerShell's > and Out-File write?): "
+                "write it as UTF-8",
+            ) from None
+        except OSError as exc:
+            raise ConfigurationError(
+                "directory.bind_password_file", f"cannot read {path}: {exc.strerror}"
+            ) from None
         if not password:
             raise ConfigurationError("directory.bind_password_file", f"{path} is empty")
         return password

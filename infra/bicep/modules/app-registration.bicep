@@ -1,8 +1,10 @@
 // Writeback's app registrations in Entra ID, through the Microsoft Graph Bicep extension: the API
 // (identifier URI, the app roles callers are given, the Writeback.Self scope the self-service
-// pages ask for, v2 access tokens, the onprem_sid claim) and the pages' single-page application
-// (MSAL.js, authorization code with PKCE, no secret), each with its service principal; the
-// pages' tenant-wide (admin) consent; and the app roles given to groups or applications.
+// pages ask for, v2 access tokens, the onprem_sid claim), the pages' single-page application
+// (MSAL.js, authorization code with PKCE, no secret) and the admin client (the `writeback`
+// command line's public client: device code, or the browser with a loopback redirect; no
+// secret), each with its service principal; both clients' tenant-wide (admin) consent; and the
+// app roles given to groups or applications.
 //
 // Everything but names and URIs comes from writeback/entra/app-registration.json, which
 // infra/terraform and `writeback entra app-registration` read too. The deployer needs
@@ -26,8 +28,8 @@ param appRoleAssignments array
 var manifest = loadJsonContent('../../../writeback/entra/app-registration.json')
 var identifierUri = 'api://${tenant().tenantId}/${manifest.api.identifierUriPrefix}${namePrefix}'
 var roleValues = [for role in manifest.api.appRoles: role.value]
-var graphScopeValues = [for scope in manifest.pages.graphScopes: scope.value]
-var graphScopeAccess = [for scope in manifest.pages.graphScopes: {
+var graphScopeValues = [for scope in manifest.graphSignInScopes: scope.value]
+var graphScopeAccess = [for scope in manifest.graphSignInScopes: {
   id: scope.id
   type: 'Scope'
 }]
@@ -88,6 +90,40 @@ resource pagesPrincipal 'Microsoft.Graph/servicePrincipals@v1.0' = {
   appId: pages.appId
 }
 
+// The command line's own public client, so that an administrator's `writeback login --auth
+// device-code` (or browser) needs no consent prompt. Not a pre-authorization of another client on
+// the API: Graph refuses preAuthorizedApplications naming a scope made in the same request. Its
+// delegated tokens carry Writeback.Self and the user's app roles: they act on the user's own
+// account unless the user holds the helpdesk's role (writeback/cloud/auth/delegation.py).
+resource adminClient 'Microsoft.Graph/applications@v1.0' = {
+  uniqueName: '${manifest.adminClient.uniqueNamePrefix}${namePrefix}'
+  displayName: '${manifest.adminClient.displayName} (${namePrefix})'
+  signInAudience: 'AzureADMyOrg'
+  isFallbackPublicClient: true
+  publicClient: {
+    redirectUris: manifest.adminClient.redirectUris
+  }
+  requiredResourceAccess: [
+    {
+      resourceAppId: api.appId
+      resourceAccess: [
+        {
+          id: manifest.api.scope.id
+          type: 'Scope'
+        }
+      ]
+    }
+    {
+      resourceAppId: manifest.graphAppId
+      resourceAccess: graphScopeAccess
+    }
+  ]
+}
+
+resource adminClientPrincipal 'Microsoft.Graph/servicePrincipals@v1.0' = {
+  appId: adminClient.appId
+}
+
 resource graphPrincipal 'Microsoft.Graph/servicePrincipals@v1.0' existing = {
   appId: manifest.graphAppId
 }
@@ -108,6 +144,21 @@ resource pagesSignInConsent 'Microsoft.Graph/oauth2PermissionGrants@v1.0' = {
   scope: join(graphScopeValues, ' ')
 }
 
+// The same consent for the admin client.
+resource adminClientApiConsent 'Microsoft.Graph/oauth2PermissionGrants@v1.0' = {
+  clientId: adminClientPrincipal.id
+  resourceId: apiPrincipal.id
+  consentType: 'AllPrincipals'
+  scope: manifest.api.scope.value
+}
+
+resource adminClientSignInConsent 'Microsoft.Graph/oauth2PermissionGrants@v1.0' = {
+  clientId: adminClientPrincipal.id
+  resourceId: graphPrincipal.id
+  consentType: 'AllPrincipals'
+  scope: join(graphScopeValues, ' ')
+}
+
 resource roleAssignments 'Microsoft.Graph/appRoleAssignedTo@v1.0' = [for assignment in checkedAppRoleAssignments: {
   resourceId: apiPrincipal.id
   appRoleId: manifest.api.appRoles[indexOf(roleValues, assignment.role)].id
@@ -118,3 +169,4 @@ output tenantId string = tenant().tenantId
 output apiClientId string = api.appId
 output identifierUri string = identifierUri
 output pagesClientId string = pages.appId
+output adminClientId string = adminClient.appId

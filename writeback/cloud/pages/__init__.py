@@ -13,6 +13,7 @@ make the browser call it with the user's rights (no CSRF to defend against).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +21,10 @@ from urllib.parse import urlsplit
 
 from writeback.cloud.settings import PagesSettings
 from writeback.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+# Anyone may ask for the config: which setting is wrong goes to the log, not to the caller.
+NOT_CONFIGURED = "The pages are not configured correctly. An administrator can see why in the log."
 
 PAGES = ("change", "forgot", "unlock", "helpdesk")
 INDEX = "index"
@@ -92,7 +97,12 @@ def serve(path: str, environ: Mapping[str, str]) -> Reply:
     name = path.strip("/")
     if name == "config":
         if settings is None:
-            body = {"error": "service.misconfigured", "field": problem.setting if problem else ""}
+            if problem is not None:
+                log.error(
+                    "pages not configured",
+                    extra={"setting": problem.setting, "error": problem.problem},
+                )
+            body = {"error": "service.misconfigured", "message": NOT_CONFIGURED}
             return Reply(503, json.dumps(body).encode(), _JSON, headers)
         return Reply(200, json.dumps(config(settings)).encode(), _JSON, headers)
     if name.startswith("static/"):
