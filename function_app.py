@@ -8,6 +8,11 @@ The routes are anonymous at the host because the application authenticates every
 (Entra ID bearer tokens with app roles, or an API key in `x-functions-key`), identically in
 Azure and on the local host.
 
+The service (`writeback.cloud.http` and all it imports: the Azure SDKs, aiohttp, JOSE) is
+imported at the first invocation, not when the worker indexes the app: indexing needs only the
+decorators below, and the host waits for it before it serves anything (the cold start callers
+feel first); the first invocation builds the service and its connections anyway.
+
 The Python worker checks every annotation when it indexes the app (`devstack/worker.py` runs its
 code in the tests): only classes and `typing` generics pass, so a batch is `typing.List[...]`,
 never the built-in `list[...]`, which makes the worker refuse the whole app.
@@ -16,59 +21,66 @@ never the built-in `list[...]`, which makes the worker refuse the whole app.
 from __future__ import annotations
 
 import typing
+from types import ModuleType
 
 import azure.functions as func
 
-from writeback.cloud import http
 from writeback.protocol import Operation
 from writeback.transport import HEARTBEATS_QUEUE
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
+def _service() -> ModuleType:
+    """writeback.cloud.http, imported on first use (see the module doc); then a dict lookup."""
+    from writeback.cloud import http  # noqa: PLC0415 - deferred on purpose: the cold start
+
+    return http
+
+
 @app.route(route="v1/passwords/reset", methods=["POST"])
 async def reset_password(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.submit(req, Operation.RESET)
+    return await _service().submit(req, Operation.RESET)
 
 
 @app.route(route="v1/passwords/change", methods=["POST"])
 async def change_password(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.submit(req, Operation.CHANGE)
+    return await _service().submit(req, Operation.CHANGE)
 
 
 @app.route(route="v1/accounts/unlock", methods=["POST"])
 async def unlock_account(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.submit(req, Operation.UNLOCK)
+    return await _service().submit(req, Operation.UNLOCK)
 
 
 @app.route(route="v1/passwords/expire", methods=["POST"])
 async def expire_password(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.submit(req, Operation.EXPIRE)
+    return await _service().submit(req, Operation.EXPIRE)
 
 
 @app.route(route="v1/requests/{request_id}", methods=["GET"])
 async def request_status(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.request_status(req)
+    return await _service().request_status(req)
 
 
 @app.route(route="v1/users/{user}/requests", methods=["GET"])
 async def user_history(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.user_history(req)
+    return await _service().user_history(req)
 
 
 @app.route(route="v1/health", methods=["GET"])
 async def health(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.health(req)
+    return await _service().health(req)
 
 
 @app.route(route="v1/domains/{domain}/keys", methods=["GET"])
 async def domain_keys(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.domain_keys(req)
+    return await _service().domain_keys(req)
 
 
 @app.route(route="v1/domains/{domain}/policy", methods=["GET"])
 async def domain_policy(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.domain_policy(req)
+    return await _service().domain_policy(req)
 
 
 @app.route(route="v1/users/{user}/policy", methods=["GET"])
@@ -79,14 +91,14 @@ async def user_policy(req: func.HttpRequest) -> func.HttpResponse:
 # The self-service and helpdesk pages, their static files and their sign-in config.
 @app.route(route="pages/{*path}", methods=["GET"])
 async def pages(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.page(req)
+    return await _service().page(req)
 
 
 @app.service_bus_queue_trigger(
     arg_name="message", connection="ServiceBusConnection", queue_name=HEARTBEATS_QUEUE
 )
 async def record_heartbeat(message: func.ServiceBusMessage) -> None:
-    await http.heartbeat(message)
+    await _service().heartbeat(message)
 
 
 # Writeback requests as CloudEvents (docs/events.md), or in the Event Grid schema. The event comes
@@ -95,7 +107,7 @@ async def record_heartbeat(message: func.ServiceBusMessage) -> None:
 @app.event_grid_output(arg_name="completed", connection="WritebackEvents")
 @app.event_grid_trigger(arg_name="event")
 async def writeback_event(event: str, completed: func.Out[str]) -> None:
-    await http.writeback_event(event, completed)
+    await _service().writeback_event(event, completed)
 
 
 @app.event_hub_message_trigger(
@@ -106,11 +118,11 @@ async def writeback_event(event: str, completed: func.Out[str]) -> None:
     cardinality="many",
 )
 async def entra_audit(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006 - see above
-    await http.entra_audit(events)
+    await _service().entra_audit(events)
 
 
 # Outcomes left on the reply session of an instance that is gone (writeback.cloud.sweep). The
 # host runs a timer on one instance at a time; the schedule is an app setting (NCRONTAB).
 @app.timer_trigger(schedule="%WRITEBACK_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False)
 async def sweep_replies(timer: func.TimerRequest) -> None:
-    await http.sweep_replies(timer)
+    await _service().sweep_replies(timer)

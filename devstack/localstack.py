@@ -67,6 +67,11 @@ def broker_connection_string() -> str:
     )
 
 
+# What this process spawned and has not stopped: kept so that it can be reaped, never collected
+# while it runs (a Popen dropped with its process alive warns, as a leak would).
+_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _pid_file(state: Path, name: str) -> Path:
     return state / "pids" / f"{name}.pid"
 
@@ -99,6 +104,7 @@ def _spawn(state: Path, name: str, argv: list[str], env: dict[str, str] | None =
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives `make up`; `down` signals its whole group
         )
+    _SPAWNED[process.pid] = process
     _pid_file(state, name).write_text(str(process.pid))
 
 
@@ -242,6 +248,9 @@ def _stop(state: Path, name: str, grace: float = 15.0) -> None:
     else:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+    spawned = _SPAWNED.pop(pid, None)
+    if spawned is not None:
+        spawned.wait(grace)  # reaped: its Popen learns the exit status
     path.unlink(missing_ok=True)
 
 
@@ -259,14 +268,16 @@ def down(state: Path = STATE) -> None:
 @contextlib.contextmanager
 def borrowed(state: Path = STATE) -> Iterator[tuple[stack.Stack, dict[str, str]]]:
     """The whole local stack for one run (a benchmark): what was running before is left running,
-    what this run started is stopped when it ends, so the machine is left as it was found."""
-    before = {name for name in PROCESSES if _running(state, name)}
-    dc_before = SambaDC(state / "dc").running
-    try:
-        yield up(state)
-    finally:
-        for name in PROCESSES:
-            if name not in before:
-                _stop(state, name)
-        if not dc_before:
-            stack.down(state)
+    what this run started is stopped when it ends, also when the run is interrupted or
+    terminated, so the machine is left as it was found."""
+    with stack.stopped_on_signals():
+        before = {name for name in PROCESSES if _running(state, name)}
+        dc_before = SambaDC(state / "dc").running
+        try:
+            yield up(state)
+        finally:
+            for name in PROCESSES:
+                if name not in before:
+                    _stop(state, name)
+            if not dc_before:
+                stack.down(state)

@@ -13,6 +13,8 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,11 +140,32 @@ def down(state: Path = STATE) -> None:
 
 
 @contextlib.contextmanager
+def stopped_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl+C does, by an exception, so that what the run
+    started is stopped (Python's default for them ends the process and runs no `finally`:
+    a killed `make bench` would leave the stack running). Only the main thread takes signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, leave) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
 def borrowed(state: Path = STATE) -> Iterator[Stack]:
     """The local DC for one run: stopped at its end unless it was running before."""
-    was_running = SambaDC(state / "dc").running
-    try:
-        yield up(state)
-    finally:
-        if not was_running:
-            down(state)
+    with stopped_on_signals():
+        was_running = SambaDC(state / "dc").running
+        try:
+            yield up(state)
+        finally:
+            if not was_running:
+                down(state)

@@ -128,6 +128,13 @@ class FakeLink:
         controls: list[tuple[str, bool, bytes]] | None = None,
     ) -> list[tuple[str, RawEntry]]:
         self.searches.append(Search(base, query, tuple(attributes), scope, controls))
+        if base.startswith("<GUID=") and base.endswith(">"):
+            # The DC's extended DN form (MS-ADTS 3.1.1.3.1.2.4): the object with this objectGUID.
+            guid = bytes.fromhex(base[len("<GUID=") : -1])
+            named = [dn for dn, raw in self.entries.items() if guid in raw.get("objectGUID", [])]
+            if not named:
+                return []
+            base = named[0]
         # ldap3's own mock server evaluates the filter, the scope and the escaping.
         directory = ldap3.Connection(
             ldap3.Server("fake-dc", get_info=ldap3.NONE), client_strategy=ldap3.MOCK_SYNC

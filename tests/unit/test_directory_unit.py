@@ -868,10 +868,31 @@ class TestResolvingEveryKind:
         link.searches.clear()
         outcome = directory(link).apply(UnlockAccount(ALICE_SID), account)
         assert outcome.reason is Reason.APPLIED
-        [query] = user_searches(link)
-        assert "objectGUID=" in query
-        assert "ConsistencyGuid" not in query
-        assert "objectSid" not in query
+        [read] = link.searches
+        assert read.base == "<GUID=" + bytes(range(16)).hex() + ">"
+        assert read.scope == ldap3.BASE
+        assert read.query == "(&(objectCategory=person)(objectClass=user))"
+
+    def test_a_resolved_accounts_reset_is_one_read_and_the_modify(self) -> None:
+        """A reset of a resolved account reads it again by objectGUID with its tokenGroups in
+        that one base-scope read (the protection check needs no request of its own), then
+        writes; a change, which checks no protection, asks for no tokenGroups."""
+        link = make_link(users={ALICE: anchored()})
+        relay = directory(link, PolicyCache(clock=Ticks()))
+        account = relay.resolve(ALICE_UPN)
+        assert isinstance(account, Account)
+        relay.apply(ResetPassword(ALICE_UPN, NEW), account)  # the policy is cached after this
+        link.searches.clear()
+        link.modifies.clear()
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW), account).reason is Reason.APPLIED
+        [read] = link.searches
+        assert read.scope == ldap3.BASE
+        assert "tokenGroups" in read.attributes
+        assert len(link.modifies) == 1
+        link.searches.clear()
+        relay.apply(ChangePassword(ALICE_UPN, OLD, NEW), account)
+        [read] = link.searches
+        assert "tokenGroups" not in read.attributes
 
     def test_the_domain_names_are_capabilities(self) -> None:
         """The NetBIOS name and domain SID the DC description holds are reported (heartbeats,

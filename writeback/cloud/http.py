@@ -26,7 +26,8 @@ from typing import Any
 
 import azure.functions as func
 
-from writeback.cloud import auth, drift, events, pages, sweep
+from writeback import tracing
+from writeback.cloud import auth, drift, events, pages, sweep, telemetry
 from writeback.cloud.bootstrap import Cloud, build
 from writeback.cloud.service import Answer
 from writeback.cloud.submissions import REQUEST_ID, InvalidInput, parse, read_body, user_reference
@@ -34,6 +35,7 @@ from writeback.cloud.telemetry import trace_id
 from writeback.errors import ConfigurationError, WritebackError
 from writeback.protocol import Operation, Reason
 from writeback.protocol.messages import TRACEPARENT
+from writeback.tracing import Stage
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,8 @@ async def guarded(request: Any, act: Handler) -> Any:
         log.error("not configured", extra={"setting": exc.setting, "error": exc.problem})
         return error(503, MISCONFIGURED, NOT_CONFIGURED)
     try:
-        caller = await instance.authenticator.authenticate(dict(request.headers))
+        with tracing.stage(Stage.AUTHENTICATE):
+            caller = await instance.authenticator.authenticate(dict(request.headers))
         return await act(instance, caller)
     except auth.AuthError as exc:
         return error(exc.status, exc.reason, exc.problem, challenge=exc.challenge)
@@ -147,19 +150,21 @@ async def submit(request: Any, operation: Operation) -> Any:
     """POST /api/v1/passwords/reset | /change | /expire, /api/v1/accounts/unlock."""
 
     async def act(instance: Cloud, caller: auth.Caller) -> Any:
-        submission = parse(operation, read_body(request.get_body()))
-        instance.authenticator.authorize(
-            caller, auth.required_role(operation, submission.initiator)
-        )
-        instance.authenticator.authorize_target(caller, operation, submission.user)
-        with instance.telemetry.request(operation.value, _traceparent(request)) as traceparent:
-            answer = await instance.service.submit(
-                submission, caller, trace_id=trace_id(traceparent), traceparent=traceparent
+        with tracing.stage(Stage.VALIDATE):
+            submission = parse(operation, read_body(request.get_body()))
+            instance.authenticator.authorize(
+                caller, auth.required_role(operation, submission.initiator)
             )
-            instance.telemetry.completed(operation.value, answer)
+            instance.authenticator.authorize_target(caller, operation, submission.user)
+        answer = await instance.service.submit(
+            submission, caller, trace_id=trace_id(traceparent), traceparent=traceparent
+        )
+        instance.telemetry.completed(operation.value, answer)
         return answered(answer)
 
-    return await guarded(request, act)
+    # The request's span covers authentication too: every stage is in the caller's trace.
+    with telemetry.request(operation.value, _traceparent(request)) as traceparent:
+        return await guarded(request, act)
 
 
 async def request_status(request: Any) -> Any:

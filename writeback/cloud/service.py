@@ -19,6 +19,7 @@ sealing takes and never writes one anywhere: the audit record has no field that 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -29,7 +30,7 @@ from typing import Protocol
 
 from joserfc.jwk import ECKey, KeySet
 
-from writeback import sealing
+from writeback import sealing, tracing
 from writeback.cloud import signals
 from writeback.cloud.accounts import account_names
 from writeback.cloud.agents import AgentRecord, AgentRegistry
@@ -42,6 +43,7 @@ from writeback.protocol.accounts import Account, AccountRef, AnchorKind
 from writeback.protocol.commands import WITHOUT_SECRETS
 from writeback.protocol.messages import OutcomeMessage, RequestMessage
 from writeback.routing import DomainMismatch, DomainRequired, Routes, UnknownDomain
+from writeback.tracing import Stage
 from writeback.transport import CloudTransport
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,8 @@ class WritebackService:
     ) -> Answer:  # fmt: skip
         """Send one writeback request and wait for its outcome (or answer pending)."""
         started = self.clock()
-        domain = await self.route(submission.user, submission.domain)
+        with tracing.stage(Stage.ROUTE):
+            domain = await self.route(submission.user, submission.domain)
         request_id = submission.request_id or str(uuid.uuid4())
         issued = int(started)
         expires = submission.expires_at or issued + self.settings.lifetime_seconds
@@ -209,9 +212,10 @@ class WritebackService:
                     record, received_at=previous.received_at, expires_at=previous.expires_at
                 )
 
-        if not await self.relays.alive(domain):
+        with tracing.stage(Stage.HEARTBEAT):
+            alive = await self.relays.alive(domain)
+        if not alive:
             return await self._finish(record, Reason.AGENT_UNAVAILABLE, "no relay heartbeat")
-        relay_keys = await self.keys.relay_keys(domain)
         message = RequestMessage(
             id=request_id,
             domain=domain,
@@ -226,10 +230,14 @@ class WritebackService:
             # Where this instance listens for outcomes; signed, so no one else can redirect it.
             reply_session=self.transport.reply_session,
         )
-        token = await self._seal(message, submission, relay_keys)
-        await self.audit.record(record)
+        with tracing.stage(Stage.SEAL):
+            relay_keys = await self.keys.relay_keys(domain)
+            token = await self._seal(message, submission, relay_keys)
+        with tracing.stage(Stage.AUDIT_PENDING):
+            await self.audit.record(record)
         try:
-            await self.transport.send_request(domain, request_id, token, float(expires))
+            with tracing.stage(Stage.SEND):
+                await self.transport.send_request(domain, request_id, token, float(expires))
         except TransportError as exc:
             log.warning("request not sent", extra={"request_id": request_id, "error": str(exc)})
             return await self._finish(record, Reason.TRANSPORT_UNAVAILABLE, str(exc))
@@ -311,7 +319,8 @@ class WritebackService:
 
         looked = True
         try:
-            body = await self.transport.wait_for_outcome(record.request_id, deadline, accept)
+            with tracing.stage(Stage.OUTCOME):
+                body = await self.transport.wait_for_outcome(record.request_id, deadline, accept)
         except TransportError as exc:
             log.warning(
                 "outcome not received", extra={"request_id": record.request_id, "error": str(exc)}
@@ -342,9 +351,12 @@ class WritebackService:
             duration_ms=self._elapsed(record),
             account=outcome.account.guid if outcome.account else record.account,
         )
-        if outcome.account is not None:
-            await self._link_quietly(record, outcome.account)
-        await self._record_quietly(done)
+        # Both before the answer; side by side, as neither needs the other: the account index
+        # and the record are separate rows, and each failure is only logged.
+        await asyncio.gather(
+            self._record_quietly(done),
+            *([self._link_quietly(record, outcome.account)] if outcome.account else []),
+        )
         log.info(
             "request completed",
             extra={
@@ -398,7 +410,8 @@ class WritebackService:
         # The directory may already be written: the caller must learn the outcome even if the
         # audit table is down; the failure is logged for an operator.
         try:
-            await self.audit.record(record)
+            with tracing.stage(Stage.AUDIT_FINAL, {"writeback.status": record.status}):
+                await self.audit.record(record)
         except Exception as exc:
             log.error(
                 "audit record not written",
@@ -409,9 +422,10 @@ class WritebackService:
         """Index the names the account was known by (the one the caller typed and the ones the
         relay found) under its GUID; like the record, never at the cost of the answer."""
         try:
-            names = await self.relays.names()
-            netbios = next((n for n, d in names.netbios.items() if d == record.domain), None)
-            await self.audit.link(account.guid, account_names(account, record.user, netbios))
+            with tracing.stage(Stage.AUDIT_LINK):
+                names = await self.relays.names()
+                netbios = next((n for n, d in names.netbios.items() if d == record.domain), None)
+                await self.audit.link(account.guid, account_names(account, record.user, netbios))
         except Exception as exc:
             log.error(
                 "account index not written",

@@ -26,6 +26,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from writeback import tracing
 from writeback.cloud import signals
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,6 @@ class Telemetry:
 
     def __init__(self) -> None:
         meter = metrics.get_meter("writeback")
-        self._tracer = trace.get_tracer("writeback")
         self._requests = meter.create_counter(
             signals.REQUESTS.name, unit="{request}", description="Writeback requests by outcome"
         )
@@ -84,24 +84,9 @@ class Telemetry:
 
     @contextmanager
     def request(self, operation: str, incoming: str | None) -> Iterator[str]:
-        """A span for one API request, yielding the traceparent to put in the request message.
-
-        Its parent is the invocation's span when one is current (the worker runs each
-        invocation in the host's trace, which continues the caller's), else the caller's
-        `traceparent` when it sent one, else none (a new trace)."""
-        in_invocation = trace.get_current_span().get_span_context().is_valid
-        context = (
-            _PROPAGATOR.extract({"traceparent": incoming})
-            if incoming and not in_invocation
-            else None
-        )
-        with self._tracer.start_as_current_span(
-            f"writeback {operation}", context=context, kind=trace.SpanKind.SERVER
-        ) as span:
-            carrier: dict[str, str] = {}
-            _PROPAGATOR.inject(carrier)
-            yield carrier.get("traceparent") or incoming or _random_traceparent()
-            span.set_attribute("writeback.operation", operation)
+        """See `request` (the module function): kept for the handlers that hold a Telemetry."""
+        with request(operation, incoming) as traceparent:
+            yield traceparent
 
     def completed(self, operation: str, answer: Any) -> None:
         status = answer.status or "pending"
@@ -122,6 +107,27 @@ class Telemetry:
         span = trace.get_current_span()
         span.set_attribute("writeback.request_id", answer.request_id)
         span.set_attribute("writeback.reason", answer.reason or "")
+
+
+@contextmanager
+def request(operation: str, incoming: str | None) -> Iterator[str]:
+    """A span for one API request, yielding the traceparent to put in the request message; its
+    stages (`writeback.tracing.Stage`) are its children.
+
+    Its parent is the invocation's span when one is current (the worker runs each invocation
+    in the host's trace, which continues the caller's), else the caller's `traceparent` when it
+    sent one, else none (a new trace)."""
+    in_invocation = trace.get_current_span().get_span_context().is_valid
+    context = (
+        _PROPAGATOR.extract({"traceparent": incoming}) if incoming and not in_invocation else None
+    )
+    with tracing.stage(
+        f"writeback {operation}",
+        {"writeback.operation": operation},
+        kind=trace.SpanKind.SERVER,
+        parent=context,
+    ):
+        yield tracing.current_traceparent() or incoming or _random_traceparent()
 
 
 def _random_traceparent() -> str:

@@ -184,29 +184,39 @@ def find_user(
     link: ldap.Link,
     ref: AccountRef | Account,
     operation: Operation | None = None,
+    *,
+    groups: bool = False,
 ) -> User | Outcome:
     """The one user `ref` names in the domain, or the outcome saying why there is none; with
     the constructed attributes `operation` needs (see CONSTRUCTED_ATTRIBUTES) beside the stored.
 
     An `Account` (one the relay resolved before) is found again by its objectGUID alone: it
     is the account already found, never one that has since taken its GUID as
-    mS-DS-ConsistencyGuid."""
+    mS-DS-ConsistencyGuid. That is one base-scope read of the DN `<GUID=...>` (the extended DN
+    form AD and Samba both resolve, MS-ADTS 3.1.1.3.1.2.4), which with `groups` also carries
+    the user's tokenGroups: the DC constructs them only in a base-scope read, so a search
+    could not, and the protection check would cost the DC a request of its own."""
     if isinstance(ref, Account):
-        guid = escape_bytes(ref.ref.guid_bytes or b"")
-        query = f"(&(objectCategory=person)(objectClass=user)(objectGUID={guid}))"
-        what = f"objectGUID {ref.guid}"
-    else:
-        if ref.kind is AnchorKind.SAM and ref.netbios != link.controller.netbios:
-            # Another domain's account, or one this relay cannot tell is its own: never
-            # looked up by its bare name here, where it could be someone else.
-            known = link.controller.netbios or "unknown (its crossRef is unreadable)"
-            return Outcome(
-                Reason.USER_NOT_FOUND,
-                f"{ref.value!r} names the domain {ref.netbios}; this domain's NetBIOS name is "
-                f"{known}",
-            )
-        query = user_filter(ref)
-        what = f"{_FOUND_BY[ref.kind]} {ref.value!r}"
+        attributes = USER_ATTRIBUTES + (CONSTRUCTED_ATTRIBUTES[operation] if operation else ())
+        entries = link.search(
+            f"<GUID={(ref.ref.guid_bytes or b'').hex()}>",
+            "(&(objectCategory=person)(objectClass=user))",
+            attributes + (("tokenGroups",) if groups else ()),
+            scope="BASE",
+        )
+        if not entries:
+            return Outcome(Reason.USER_NOT_FOUND, f"no user with objectGUID {ref.guid}")
+        return User(*entries[0])
+    if ref.kind is AnchorKind.SAM and ref.netbios != link.controller.netbios:
+        # Another domain's account, or one this relay cannot tell is its own: never
+        # looked up by its bare name here, where it could be someone else.
+        known = link.controller.netbios or "unknown (its crossRef is unreadable)"
+        return Outcome(
+            Reason.USER_NOT_FOUND,
+            f"{ref.value!r} names the domain {ref.netbios}; this domain's NetBIOS name is {known}",
+        )
+    query = user_filter(ref)
+    what = f"{_FOUND_BY[ref.kind]} {ref.value!r}"
     attributes = USER_ATTRIBUTES + (CONSTRUCTED_ATTRIBUTES[operation] if operation else ())
     entries = link.search(link.controller.naming_context, query, attributes, size_limit=2)
     if not entries:

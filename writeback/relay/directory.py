@@ -11,12 +11,15 @@ Nothing here retries a modify: a wrong old password retried counts twice towards
 reset retried after a lost answer could look like history.
 
 What is read, and how often: everything about the user (pwdLastSet, userAccountControl,
-adminCount, which PSO applies, tokenGroups) is read for every command, in one subtree search by
-objectGUID with only the constructed attributes that operation uses, plus a base-scope read of
-tokenGroups when protection must be checked (AD and Samba construct tokenGroups only in a
-base-scope read, so the two cannot be one search). The domain policy and PSO objects are cached
-for a minute (`policy_cache`, which says why that is safe). A reset is then four requests to the
-DC: the pipeline's resolution (`resolve`), the search by objectGUID, tokenGroups and the modify.
+adminCount, which PSO applies, tokenGroups) is read for every command, under the account's write
+lock, in one base-scope read of the account by objectGUID (`<GUID=...>`) with only the
+constructed attributes that operation uses, and its tokenGroups when protection must be checked
+(AD and Samba construct tokenGroups only in a base-scope read: a command named by a reference
+alone, without a resolved account, reads them separately). The domain policy and PSO objects are
+cached for a minute (`policy_cache`, which says why that is safe). A reset is then three requests
+to the DC: the pipeline's resolution (`resolve`), the read by objectGUID and the modify. The
+read stays under the lock, after the resolution: a write queued behind another for the same
+account must see what that write left (pwdLastSet for the minimum age, the lockout count).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Protocol
 
 import ldap3
 
+from writeback import tracing
 from writeback.errors import DirectoryAccessDenied, DirectoryError, DirectoryUnavailable
 from writeback.protocol import (
     ChangePassword,
@@ -56,6 +60,7 @@ from writeback.relay.policy import (
 from writeback.relay.policy_cache import PolicyCache
 from writeback.relay.results import DirectoryAnswer, classify
 from writeback.relay.settings import DirectorySettings
+from writeback.tracing import Stage
 
 log = logging.getLogger(__name__)
 # Bind answers AD gives only after the password matched (MS-ADTS 3.1.1.3.4; ldap.BIND_DATA).
@@ -186,12 +191,17 @@ class LdapDirectory:
                     self.close()
                 return Outcome(Reason(exc.reason), str(exc))
 
-    def _find(self, user: str | Account, operation: Operation | None = None) -> User | Outcome:
-        """The user entry, by a reference checked before any filter or by objectGUID."""
+    def _find(
+        self, user: str | Account, operation: Operation | None = None, *, groups: bool = False
+    ) -> User | Outcome:
+        """The user entry, by a reference checked before any filter or by objectGUID (then with
+        its tokenGroups when `groups`)."""
         ref = user if isinstance(user, Account) else accounts.check_reference(user)
         if isinstance(ref, Outcome):
             return ref
-        return self._reading(lambda link: accounts.find_user(link, ref, operation))  # type: ignore[no-any-return]
+        return self._reading(  # type: ignore[no-any-return]
+            lambda link: accounts.find_user(link, ref, operation, groups=groups)
+        )
 
     def password_last_set(self, account: Account) -> datetime | None:
         with self._lock:
@@ -267,7 +277,10 @@ class LdapDirectory:
             invalid = check_syntax(password, what)
             if invalid:
                 return invalid
-        found = self._find(account or command.user, command.operation)
+        with tracing.stage(Stage.READ_USER):
+            found = self._find(
+                account or command.user, command.operation, groups=self._needs_groups(command)
+            )
         if isinstance(found, Outcome):
             return found
         return self._refuse(command, found) or found
@@ -312,6 +325,13 @@ class LdapDirectory:
                 return Outcome(Reason.USER_PROTECTED, f"{user.dn}: {why}")
         return None
 
+    def _needs_groups(self, command: Command) -> bool:
+        """Whether `_protection` will read the user's tokenGroups for this command."""
+        allow = self.settings.allow_protected_reset
+        return command.operation is not Operation.CHANGE and not (
+            allow and not self.settings.denied_groups
+        )
+
     def _protection(self, user: User) -> str | None:
         allow = self.settings.allow_protected_reset
         if user.number("adminCount") == 1 and not allow:
@@ -319,7 +339,10 @@ class LdapDirectory:
         if allow and not self.settings.denied_groups:
             return None
         link = self._connected()
-        raw = link.read(user.dn, ["tokenGroups"])
+        raw = user.raw  # read with the entry when it was found by objectGUID (find_user)
+        if not raw.get("tokenGroups"):
+            with tracing.stage(Stage.READ_GROUPS):
+                raw = link.read(user.dn, ["tokenGroups"])
         if not raw.get("tokenGroups"):
             # Every account has at least its primary group: an empty answer means the relay may
             # not read tokenGroups, and guessing "no groups" would let a Domain Admin through.
@@ -493,7 +516,8 @@ class LdapDirectory:
         controls: list[tuple[str, bool, bytes]] | None = None,
         extra_rights: str = "",
     ) -> Outcome:
-        result, message = link.modify(user.dn, changes, controls)
+        with tracing.stage(Stage.MODIFY, {"writeback.operation": operation.value}):
+            result, message = link.modify(user.dn, changes, controls)
         outcome = classify(operation, DirectoryAnswer.of(result, message), extra_rights)
         log.info(
             "directory_write",

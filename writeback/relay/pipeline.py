@@ -43,8 +43,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from joserfc.jwk import ECKey, KeySet
+from opentelemetry import trace
 
-from writeback import sealing
+from writeback import sealing, tracing
 from writeback.errors import DirectoryError, JournalError, ProtocolError, TransportError
 from writeback.protocol import (
     ChangePassword,
@@ -60,6 +61,7 @@ from writeback.protocol.messages import OutcomeMessage, RequestMessage
 from writeback.relay.directory import Directory
 from writeback.relay.journal import Entry, Journal, State
 from writeback.relay.throttle import ChangeThrottle
+from writeback.tracing import Stage
 from writeback.transport import Delivery, RelayTransport
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,7 @@ class Pipeline:
     async def handle(self, delivery: Delivery) -> Settled:
         """Process one delivery to the end; never raises for anything a message can cause."""
         started = self._clock()
+        received_ns = tracing.now_ns()
         try:
             _, payload = sealing.verify(delivery.body, self._keys.cloud, sealing.REQUEST_TYPE)
             message = RequestMessage.parse(payload)
@@ -183,6 +186,28 @@ class Pipeline:
                 )
         except ProtocolError as exc:
             return await self._dead_letter(delivery, exc)
+        # Signed, so its traceparent can be trusted: the rest joins the caller's trace.
+        verified_ns = tracing.now_ns()
+        caller = tracing.joined(message.traceparent)
+        with tracing.stage(
+            Stage.RELAY,
+            {"writeback.request_id": message.id, "writeback.operation": message.operation.value},
+            kind=trace.SpanKind.CONSUMER,
+            parent=caller,
+            start_ns=received_ns,
+        ):
+            # The broker's part belongs to the caller's request (the relay's own, without one).
+            tracing.record(
+                Stage.DELIVERY,
+                int(delivery.enqueued_at * 1e9),
+                received_ns,
+                {"writeback.delivery_count": delivery.delivery_count},
+                parent=caller,
+            )
+            tracing.record(Stage.VERIFY, received_ns, verified_ns)
+            return await self._handle(delivery, message, started)
+
+    async def _handle(self, delivery: Delivery, message: RequestMessage, started: float) -> Settled:
         try:
             async with self._keep_locked(delivery):
                 future = self._from_the_future(message)
@@ -219,13 +244,14 @@ class Pipeline:
         # The journal comes before the expiry: a request already answered gets its recorded
         # outcome even when it is delivered again after its expiry (a crash, a lost answer).
         try:
-            seen = self._journal.begin(
-                message.id,
-                domain=message.domain,
-                operation=message.operation.value,
-                user=message.user,
-                expires_at=float(message.expires_at),
-            )
+            with tracing.stage(Stage.JOURNAL_RECEIVED):
+                seen = self._journal.begin(
+                    message.id,
+                    domain=message.domain,
+                    operation=message.operation.value,
+                    user=message.user,
+                    expires_at=float(message.expires_at),
+                )
         except ProtocolError as exc:
             return Answered(Outcome(Reason(exc.reason), str(exc)))
         if seen is not None and seen.final and seen.outcome is not None:
@@ -236,7 +262,8 @@ class Pipeline:
         if seen is None and self._clock() >= message.expires_at:
             return self._record(message, self._expired(message, "before it arrived"))
         try:
-            command = sealing.open_request(message, self._keys.decryption)
+            with tracing.stage(Stage.OPEN):
+                command = sealing.open_request(message, self._keys.decryption)
         except ProtocolError as exc:
             return self._record(message, Outcome(Reason(exc.reason), str(exc)))
         async with self._one_write_per_account(message, seen) as found:
@@ -267,8 +294,10 @@ class Pipeline:
                 log.warning("change_throttled", extra={"request": message.id})
                 return self._record(message, throttled, account)
             if seen is None or seen.state is State.RECEIVED:
-                self._journal.applying(message.id, account.guid)
-            outcome = await asyncio.to_thread(self._directory.apply, command, account)
+                with tracing.stage(Stage.JOURNAL_APPLYING):
+                    self._journal.applying(message.id, account.guid)
+            with tracing.stage(Stage.APPLY):
+                outcome = await asyncio.to_thread(self._directory.apply, command, account)
             self._throttle.record(command.operation, account.guid, outcome, self._clock())
             if self._failpoint == AFTER_DIRECTORY_WRITE:
                 # The worst moment to die: AD has the write, the journal and the caller do not.
@@ -359,11 +388,12 @@ class Pipeline:
         self, message: RequestMessage, outcome: Outcome, account: Account | None = None
     ) -> Answered:
         answered = Answered(outcome, account)
-        self._journal.finish(
-            message.id,
-            self._outcome_message(message, answered, 0).to_payload(),
-            account.guid if account else None,
-        )
+        with tracing.stage(Stage.JOURNAL_OUTCOME):
+            self._journal.finish(
+                message.id,
+                self._outcome_message(message, answered, 0).to_payload(),
+                account.guid if account else None,
+            )
         return answered
 
     def _outcome_message(
@@ -429,9 +459,11 @@ class Pipeline:
         user: str | Account = Account(recorded) if recorded else message.user
         held: str | None = None
         async with self._name_locks.held(recorded or upn_key(message.user)):
-            found = await asyncio.to_thread(self._directory.resolve, user)
+            with tracing.stage(Stage.RESOLVE):
+                found = await asyncio.to_thread(self._directory.resolve, user)
             if isinstance(found, Account):
-                await self._user_locks.acquire(found.guid)
+                with tracing.stage(Stage.USER_LOCK):
+                    await self._user_locks.acquire(found.guid)
                 held = found.guid
         try:
             yield found
@@ -443,10 +475,8 @@ class Pipeline:
         self, delivery: Delivery, message: RequestMessage, answered: Answered, started: float
     ) -> Settled:
         outcome = answered.outcome
+        tracing.annotate({"writeback.reason": outcome.reason.value})
         duration = int((self._clock() - started) * 1000)
-        token = sealing.sign_outcome(
-            self._outcome_message(message, answered, duration), self._keys.signing
-        )
         log.info(
             "request_handled",
             extra={
@@ -460,16 +490,21 @@ class Pipeline:
             },
         )
         try:
-            # Where the signed request says (the sending cloud instance's session), else on the
-            # request's own session; never the message's unsigned ReplyToSessionId.
-            await self._transport.send_outcome(
-                message.id, token, message.reply_session or message.id
-            )
+            with tracing.stage(Stage.OUTCOME_SEND):
+                token = sealing.sign_outcome(
+                    self._outcome_message(message, answered, duration), self._keys.signing
+                )
+                # Where the signed request says (the sending cloud instance's session), else on
+                # the request's own session; never the message's unsigned ReplyToSessionId.
+                await self._transport.send_outcome(
+                    message.id, token, message.reply_session or message.id
+                )
         except TransportError as exc:
             # Journaled: the redelivered message resends this very outcome.
             log.warning("outcome_not_sent", extra={"request": message.id, "error": str(exc)})
             return Settled.LEFT
-        return await self._settle(self._transport.complete(delivery), Settled.COMPLETED)
+        with tracing.stage(Stage.SETTLE):
+            return await self._settle(self._transport.complete(delivery), Settled.COMPLETED)
 
     async def _dead_letter(self, delivery: Delivery, exc: ProtocolError) -> Settled:
         log.warning(

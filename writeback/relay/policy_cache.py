@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from writeback import tracing
 from writeback.relay import accounts, ldap
 from writeback.relay.policy import PasswordPolicy
+from writeback.tracing import Stage
 
 # Short enough that a policy change shows in the pre-check within a minute (the heartbeat's own
 # interval, so the cloud's view of the policy is as old at worst), long enough that a burst of
@@ -54,7 +56,8 @@ class PolicyCache:
         cached = None if fresh else self._get(naming_context)
         if cached is not None and cached.policy is not None:
             return cached.policy
-        policy = accounts.read_domain_policy(link)
+        with tracing.stage(Stage.READ_POLICY):
+            policy = accounts.read_domain_policy(link)
         self._put(naming_context, policy)
         return policy
 
@@ -67,7 +70,8 @@ class PolicyCache:
             return domain
         cached = self._get(pso_dn)
         if cached is None:
-            policy = accounts.read_pso(link, pso_dn, domain)
+            with tracing.stage(Stage.READ_POLICY):
+                policy = accounts.read_pso(link, pso_dn, domain)
             self._put(pso_dn, policy)
         elif cached.policy is None:
             return None
