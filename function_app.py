@@ -85,7 +85,7 @@ async def domain_policy(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="v1/users/{user}/policy", methods=["GET"])
 async def user_policy(req: func.HttpRequest) -> func.HttpResponse:
-    return await http.user_policy(req)
+    return await _service().user_policy(req)
 
 
 # The self-service and helpdesk pages, their static files and their sign-in config.
