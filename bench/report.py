@@ -228,6 +228,7 @@ def measure() -> None:
     parser.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = parser.parse_args()
     count = args.requests
+    load_before = os.getloadavg()[0]
     running, env = localstack.up()
     admin = running.dc.admin_connection()
     domain = running.domain
@@ -267,8 +268,8 @@ def measure() -> None:
         heaviest_import("function_app"),
     )
     lines = [
-        f"Machine: {machine()}; shared with other work while it ran, so single figures are "
-        "noisy: compare the ratios, which come from the same run.",
+        f"Machine: {machine()}; load average {load_before:.2f} before the run (other work "
+        "makes single figures noisy: compare the ratios, which come from the same run).",
         f"{count} admin resets per path and concurrency level, each on its own fresh user.",
         "",
         "| path | concurrency | p50 ms | p95 ms | p99 ms | requests/s |",
