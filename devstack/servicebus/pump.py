@@ -31,7 +31,7 @@ from devstack.servicebus.faults import (
 )
 from devstack.servicebus.links import LinkState, refuse, set_session_terminus
 from devstack.servicebus.management import Management
-from writeback.transport.memory import MemoryBroker
+from writeback.transport.memory import MemoryBroker, SessionLockLost
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,13 @@ class BrokerPump(Handler):  # type: ignore[misc]
             return
         entity = state.node.entity
         while link.credit > 0:
-            messages = self.broker.receive(entity, 1, session_id=state.session_id, owner=state)
+            try:
+                messages = self.broker.receive(entity, 1, session_id=state.session_id, owner=state)
+            except SessionLockLost:
+                # The lock lapsed since `_pump` looked (a delivery loop spans clock ticks):
+                # Service Bus detaches the link, as for a lock found lapsed before.
+                self._lose_session(state)
+                return
             if not messages:
                 break
             stored = messages[0]
