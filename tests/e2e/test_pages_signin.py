@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ldap3
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -111,7 +112,12 @@ def browser() -> Iterator[WebDriver]:
 
 
 def text_of(browser: WebDriver, element_id: str) -> str:
-    return browser.find_element(By.ID, element_id).text
+    """The element's text, or "" while the browser is on a page without it (the sign-in form,
+    a redirect in flight): waits poll this across navigations."""
+    try:
+        return browser.find_element(By.ID, element_id).text
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
 
 
 def sign_in(browser: WebDriver, site: Site, page: str, who: Person, strong: bool = False) -> None:
@@ -131,6 +137,14 @@ def sign_in(browser: WebDriver, site: Site, page: str, who: Person, strong: bool
     assert browser.current_url == f"{site.url}/api/pages/{page}"
 
 
+def text_of_tag(browser: WebDriver, tag: str) -> str:
+    """The text of the page's `tag` elements ("" while none is there yet)."""
+    try:
+        return " ".join(element.text for element in browser.find_elements(By.TAG_NAME, tag))
+    except StaleElementReferenceException:
+        return ""
+
+
 def page_state(browser: WebDriver) -> str:
     """Where the browser is and what the page and its console say, for a failure's message."""
     console = [entry["message"] for entry in browser.get_log("browser")]
@@ -141,6 +155,7 @@ def page_state(browser: WebDriver) -> str:
 def fill_sign_in_form(browser: WebDriver, who: Person, strong: bool) -> None:
     """Sign in on the stand-in's form, as a user does on Entra ID's sign-in page."""
     wait_until(lambda: "/oauth2/v2.0/authorize" in browser.current_url, SECONDS, "the sign-in")
+    wait_until(lambda: browser.find_elements(By.NAME, "username"), SECONDS, "the sign-in form")
     username = browser.find_element(By.NAME, "username")
     username.clear()
     username.send_keys(who.cloud.username)
@@ -283,7 +298,13 @@ class TestForgot:
         assert not can_bind(site, who.account.upn, new)
         step_up.click()
         wait_until(lambda: "/oauth2/v2.0/authorize" in browser.current_url, SECONDS, "sign-in")
-        assert "strong verification" in browser.find_element(By.TAG_NAME, "main").text
+        wait_until(
+            lambda: any(
+                "strong verification" in m.text for m in browser.find_elements(By.TAG_NAME, "main")
+            ),
+            SECONDS,
+            "the sign-in form asking for strong verification",
+        )
         fill_sign_in_form(browser, who, strong=True)
         wait_until(
             lambda: (
