@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from writeback.protocol.accounts import AccountRef, AnchorKind, BadReference, reference_problem
+from writeback.relay.ldap import sid_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -60,6 +61,7 @@ class TestRefused:
             "alice@",
             "S-1-5",
             "S-1-5-21-x",
+            "S-1-5-21-1111-2222-3333-4294967296",  # a sub-authority is 32 bits
             "3f2504e0-4f89-41d3-9a0c-0305e82c330",
             "AAAAAAAAAAAAAAAAAAAAAAAA",  # 24 characters of base64 that are not 16 bytes
             "\\alice",
@@ -84,3 +86,10 @@ class TestRefused:
         except BadReference:
             return
         assert AccountRef.parse(str(ref)) == ref
+
+
+def test_every_sid_that_parses_has_a_binary_form() -> None:
+    """What the API accepts as a SID the relay can always turn into objectSid's bytes (no
+    OverflowError in the handler): the largest sub-authority and identifier authority fit."""
+    ref = AccountRef.parse("S-1-5-21-4294967295-1-2-3")
+    assert len(sid_bytes(str(ref))) == 8 + 4 * 5

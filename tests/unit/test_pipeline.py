@@ -660,6 +660,25 @@ class TestOneIdentity:
         await asyncio.gather(*(world.pipeline.handle(d) for d in deliveries))
         assert (len(world.directory.applied), world.directory.overlaps) == (2, 0)
 
+    async def test_a_lookup_the_dc_botches_after_a_crash_is_unknown_not_failed(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An entry left APPLYING whose account the DC now answers wrongly for (a protocol
+        error, access denied) may have been written: the answer is request.outcome_unknown, as
+        for any check of an earlier write that fails, never a final directory.error."""
+        world.journal.begin(
+            "req-1", domain=DOMAIN, operation="reset", user=USER, expires_at=time.time() + 60
+        )
+        world.journal.applying("req-1", world.alice.guid)
+        botched = Outcome(Reason.DIRECTORY_ERROR, "the DC answered something unusable")
+        monkeypatch.setattr(world.directory, "resolve", lambda user: botched)
+        await world.send(world.token())
+        await world.handle_next()
+        outcome = await world.outcome()
+        assert outcome.reason is Reason.REQUEST_OUTCOME_UNKNOWN
+        assert "unusable" in outcome.detail
+        assert world.directory.applied == []
+
     async def test_crash_recovery_goes_by_the_recorded_account(self, world: World) -> None:
         """An entry left APPLYING to alice's account is resolved against that account even when
         its UPN now finds another (alice renamed, a new hire given her UPN): the password in

@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass
 
 MAX_UPN_LENGTH = 1024  # rangeUpper of userPrincipalName
+_MAX_SUB_AUTHORITY = 2**32 - 1
 _SID = re.compile(r"S-1-(?:[0-9]{1,13})(?:-[0-9]{1,10}){1,15}", re.IGNORECASE)
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _BASE64_GUID = re.compile(r"[A-Za-z0-9+/]{22}==")
@@ -134,6 +135,9 @@ class AccountRef:
                 raise BadReference(problem)
             return cls(AnchorKind.UPN, text)
         if _SID.fullmatch(text):
+            if any(int(part) > _MAX_SUB_AUTHORITY for part in text.split("-")[3:]):
+                # objectSid holds each as 32 bits: a larger one names nobody (MS-DTYP 2.4.2.2).
+                raise BadReference(f"a SID's sub-authorities are at most {_MAX_SUB_AUTHORITY}")
             return cls(AnchorKind.SID, "S" + text[1:])
         if _GUID.fullmatch(text):
             return cls(AnchorKind.GUID, text.lower())

@@ -160,6 +160,8 @@ def sid_bytes(sid: str) -> bytes:
     if parts[:2] != ["S", "1"] or len(parts) < 3:
         raise ValueError(f"not a SID: {sid!r}")
     subs = [int(p) for p in parts[3:]]
+    if any(s > 2**32 - 1 for s in subs) or int(parts[2]) >= 2**48:
+        raise ValueError(f"not a SID: {sid!r}")
     return (
         bytes([1, len(subs)])
         + int(parts[2]).to_bytes(6, "big")

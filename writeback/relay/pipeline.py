@@ -65,6 +65,8 @@ from writeback.tracing import Stage
 from writeback.transport import Delivery, RelayTransport
 
 log = logging.getLogger(__name__)
+# Lookup failures that leave an earlier delivery's write unknown (unavailable is retried).
+_CANNOT_TELL = frozenset({Reason.DIRECTORY_ERROR, Reason.DIRECTORY_ACCESS_DENIED})
 # Test-only fault injection: WRITEBACK_FAILPOINT=after-directory-write makes the relay kill itself
 # (SIGKILL) right after AD accepted a write, before anything records it.
 FAILPOINT_ENV = "WRITEBACK_FAILPOINT"
@@ -267,9 +269,19 @@ class Pipeline:
         except ProtocolError as exc:
             return self._record(message, Outcome(Reason(exc.reason), str(exc)))
         async with self._one_write_per_account(message, seen) as found:
+            written_before = (seen is not None and seen.state is State.APPLYING) or (
+                seen is None and delivery_count > 1
+            )
             if isinstance(found, Outcome):
                 # No account (not found, ambiguous, malformed, the DC unreachable): nothing to
-                # lock, count or write.
+                # lock, count or write. Where an earlier delivery may have written, a DC that
+                # answered the lookup wrongly cannot say it did not: as in `_earlier_write`.
+                if written_before and found.reason in _CANNOT_TELL:
+                    unknown = Outcome(
+                        Reason.REQUEST_OUTCOME_UNKNOWN,
+                        f"could not check an earlier delivery's write: {found.detail}",
+                    )
+                    return self._record(message, unknown)
                 return self._record(message, found)
             account = found
             if seen is not None and seen.state is State.APPLYING:
