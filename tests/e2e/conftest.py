@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from devstack import cloud
 from devstack.azurite import Azurite
 from devstack.servicebus import LocalServiceBus, writeback_queues
 from devstack.stack import write_full_relay_config
+from tests.e2e.pages_browser import chromium
 from tests.testbed import TestBed
 from writeback.relay.keys import KeyStore
 
@@ -129,3 +131,13 @@ def ready(local_cloud: LocalCloud) -> LocalCloud:
     local_cloud.start_relay()
     wait_until(lambda: healthy(local_cloud, "ok"), 30, "the relay's heartbeat")
     return local_cloud
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    """Headless Chromium for a module's page tests (tests/e2e/pages_browser.py)."""
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -18,7 +18,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from devstack import cloud, seed
 from tests.e2e.conftest import LocalCloud, wait_until
-from tests.e2e.pages_browser import TENANT, Recorder, authority, chromium
+from tests.e2e.pages_browser import TENANT, Recorder, authority
 from writeback.protocol import Reason
 
 CLIENT_ID = "6f1c3d2a-1111-4222-8333-944445555666"
@@ -51,15 +51,6 @@ def site(recorder: Recorder, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield f"http://127.0.0.1:{port}"
     finally:
         cloud.stop_process(host)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    driver = chromium()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def open_page(browser: WebDriver, site: str, page: str) -> None:

@@ -20,7 +20,6 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from devstack import cloud, entra, entra_stack, entra_users, localstack, seed, tls
 from tests.e2e.conftest import LocalCloud, healthy, wait_until
-from tests.e2e.pages_browser import chromium
 from tests.testbed import TestBed
 
 pytestmark = pytest.mark.timeout(300)
@@ -100,15 +99,6 @@ def site(
             yield Site(pages.removesuffix("/api/pages/"), people, testbed)
         finally:
             cloud.stop_process(host)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    driver = chromium()
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def text_of(browser: WebDriver, element_id: str) -> str:
