@@ -40,9 +40,13 @@ from writeback.tracing import Stage
 
 REQUEST = "writeback reset"  # the API request's span (writeback.cloud.telemetry)
 RETURN = "outcome back (relay sent → cloud verified)"  # derived: OUTCOME end - OUTCOME_SEND end
-# Spans that contain others: shown as totals, never blamed for a miss; and the settlement, which
-# follows the outcome's send and so delays no caller.
-CONTAINERS = frozenset({REQUEST, Stage.RELAY, Stage.APPLY, Stage.OUTCOME, Stage.SETTLE})
+# Spans that contain others: shown as totals, never blamed for a miss; and the work that comes
+# after the answer and so delays no caller (the relay's settlement, the account index, the
+# removal of the pending mark), shown in bold too.
+CONTAINERS = frozenset(
+    {REQUEST, Stage.RELAY, Stage.APPLY, Stage.OUTCOME, Stage.SETTLE, Stage.AUDIT_LINK,
+     Stage.AUDIT_UNMARK}
+)  # fmt: skip
 ROWS = [REQUEST, *[s.value for s in Stage], RETURN]
 
 

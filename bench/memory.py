@@ -1,13 +1,14 @@
 """The relay's memory over a long run, with requests arriving at a steady rate.
 
 A relay process (agent, pipeline, journal on disk, the Service Bus transport with the unmodified
-SDK) serves the local broker; the in-memory directory stands in for the DC so that the run is
-about the relay's own memory, not the DC's pace. This process sends signed, sealed resets at a
-steady rate (never queued ahead: each is sent at its moment, whatever the relay does) and waits
-for each outcome on its reply session, as a cloud instance does. Every `--sample` outcomes it
-reads the relay process's resident set size (VmRSS in /proc). At the end: the samples, how much
-the RSS moved after the warm-up, and with `--trace-heap` the relay's top heap allocations
-(tracemalloc, which costs memory and time of its own: use it to find a growth, not to size one).
+SDK) serves the local broker, which runs in a process of its own; the in-memory directory stands
+in for the DC so that the run is about the relay's own memory, not the DC's pace. This process
+sends signed, sealed resets at a steady rate (never queued ahead: each is sent at its moment,
+whatever the relay does) and waits for each outcome on its reply session, as a cloud instance
+does. Every `--sample` outcomes it reads the relay process's resident set size (VmRSS in /proc).
+At the end: the samples, how much the RSS moved after the warm-up, and with `--trace-heap` the
+relay's top heap allocations (tracemalloc, which costs memory and time of its own: use it to find
+a growth, not to size one).
 
 Run with `python -m bench.memory` (50,000 requests at 100/s: about nine minutes); `--requests`,
 `--rate` and `--sample` change the shape.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -25,12 +28,13 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
-from devstack.servicebus import LocalServiceBus, writeback_queues
+from devstack.servicebus import writeback_queues
 from writeback import sealing
 from writeback.errors import WritebackError
 from writeback.protocol import Command, Initiator, Operation, Outcome, Reason
@@ -220,36 +224,62 @@ def report(samples: list[float], options: argparse.Namespace) -> str:
     )
 
 
+@contextlib.contextmanager
+def broker_process(state: Path) -> Iterator[str]:
+    """The local broker in a process of its own (`python -m devstack.servicebus`): in this one
+    it would share a core with the sender, and lose its sessions' locks when that core is
+    saturated. Yields its connection string; stopped on the way out."""
+    config = state / "queues.json"
+    queues = writeback_queues([DOMAIN], lock_duration=30)
+    config.write_text(json.dumps({"queues": [dataclasses.asdict(q) for q in queues]}))
+    broker = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "devstack.servicebus", "--port", "0", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        connection_string = broker.stdout.readline().strip() if broker.stdout else ""
+        if not connection_string.startswith("Endpoint="):
+            raise SystemExit("the local broker did not start")
+        yield connection_string
+    finally:
+        broker.terminate()
+        broker.communicate(timeout=30)
+
+
 async def run(options: argparse.Namespace) -> None:
-    with (
-        tempfile.TemporaryDirectory(prefix="writeback-memory-") as tmp,
-        LocalServiceBus(writeback_queues([DOMAIN], lock_duration=30)) as bus,
-    ):
+    with tempfile.TemporaryDirectory(prefix="writeback-memory-") as tmp:
         state = Path(tmp)
-        keys = Keys.generate()
-        keys.save(state / "keys.json")
-        command = [sys.executable, "-m", "bench.memory", "--relay", str(state)]
-        command += ["--trace-heap"] if options.trace_heap else []
-        relay = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            command,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=os.environ | {"WRITEBACK_MEMORY_CONNECTION": bus.connection_string},
-        )
-        if relay.stdout is None or relay.stdout.readline().strip() != "ready":
-            raise SystemExit("the relay process did not start")
-        cloud = ServiceBusCloud(ServiceBusSettings(connection_string=bus.connection_string), None)
-        try:
-            await cloud.start([DOMAIN])
-            samples = await drive(cloud, keys, relay.pid, options)
-        finally:
-            await cloud.close()
-            relay.terminate()
-            heap, _ = relay.communicate(timeout=60)
-        print()
-        print(report(samples, options))
-        if heap.strip():
-            print("\nThe relay's top heap allocations at the end:\n" + heap)
+        with broker_process(state) as connection_string:
+            await measure(state, connection_string, options)
+
+
+async def measure(state: Path, connection_string: str, options: argparse.Namespace) -> None:
+    keys = Keys.generate()
+    keys.save(state / "keys.json")
+    command = [sys.executable, "-m", "bench.memory", "--relay", str(state)]
+    command += ["--trace-heap"] if options.trace_heap else []
+    relay = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        command,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"WRITEBACK_MEMORY_CONNECTION": connection_string},
+    )
+    if relay.stdout is None or relay.stdout.readline().strip() != "ready":
+        raise SystemExit("the relay process did not start")
+    cloud = ServiceBusCloud(ServiceBusSettings(connection_string=connection_string), None)
+    try:
+        await cloud.start([DOMAIN])
+        samples = await drive(cloud, keys, relay.pid, options)
+    finally:
+        await cloud.close()
+        relay.terminate()
+        heap, _ = relay.communicate(timeout=60)
+    print()
+    print(report(samples, options))
+    if heap.strip():
+        print("\nThe relay's top heap allocations at the end:\n" + heap)
 
 
 def main() -> None:

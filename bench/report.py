@@ -1,7 +1,8 @@
 """The performance report: the baseline, the relay alone and the full HTTP path, in one run.
 
 On the same local Samba DC, in the same run, at concurrency 1, 4 and 16 (each worker its own
-users; `--requests` admin resets per level and path):
+users; `--requests` admin resets per level and path; at concurrency 1 the three paths take turns,
+eight resets each, so that the DC's pace moving during the run moves all three alike):
 - raw ldap3: a replace of unicodePwd over LDAPS, one connection per worker (the baseline);
 - the relay alone: requests sealed and signed as the cloud does, queued on the in-process
   transport, handled by the relay pipeline (verify, journal, open, directory layer with its
@@ -54,6 +55,7 @@ from writeback.transport.memory import MemoryBroker, QueueConfig
 
 PASSWORD = "Bench-Report-Pa55!"
 LEVELS = (1, 4, 16)
+PAIRED_TURN = 8  # resets per path per turn at concurrency 1 (see `paired`)
 BREAKDOWN_LEVELS = (1, 4)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,51 +145,109 @@ def raw(running: stack.Stack, dns: list[str], workers: int) -> Run:
                time.perf_counter() - started)  # fmt: skip
 
 
+class RelayAlone:
+    """The relay pipeline on the in-process transport with one LdapDirectory, connected as the
+    relay's agent starts; `handle` times a batch of resets (one journal for all batches)."""
+
+    def __init__(self, running: stack.Stack, state: Path, tag: str) -> None:
+        self.domain = domain = running.domain.dns_domain
+        self.tag = tag
+        enc = RSAKey.generate_key(3072, parameters={"kid": "bench.enc.a", "use": "enc"})
+        sig = ECKey.generate_key("P-256", parameters={"kid": "bench.sig.a", "use": "sig"})
+        cloud = {"kid": "cloud.sig.a", "use": "sig"}
+        self.cloud_key = ECKey.generate_key("P-256", parameters=cloud)
+        broker = MemoryBroker([
+            QueueConfig(requests_queue(domain), lock_duration=60, duplicate_detection_window=3600),
+            QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=3600),
+            QueueConfig(HEARTBEATS_QUEUE),
+        ])  # fmt: skip
+        settings = load_directory_settings(running.relay_config)
+        self.directory = LdapDirectory(settings, settings.bind_password())
+        self.transport = InProcessRelay(broker, domain)
+        self.public = KeySet(
+            [type(k).import_key(k.as_dict(private=False)) for k in (enc, self.cloud_key)]
+        )
+        self.pipeline = Pipeline(
+            relay_id="bench", domain=domain, directory=self.directory, transport=self.transport,
+            journal=Journal(state / f"journal{tag}.sqlite3", replay_window=3600),
+            keys=RelayKeys(KeySet([self.public.keys[1]]), KeySet([enc]), sig),
+        )  # fmt: skip
+        self.sender = InProcessCloud(broker)
+        self.sent = 0
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.directory.capabilities)  # connected, as the agent starts
+
+    async def handle(self, upns: list[str], workers: int) -> tuple[list[float], float]:
+        """Each reset's handling time (ms), and the seconds all of them took."""
+        now = int(time.time())
+        for upn in upns:
+            self.sent += 1
+            message = RequestMessage(
+                id=f"bench{self.tag}-{self.sent}", domain=self.domain, operation=Operation.RESET,
+                user=upn, issued_at=now, expires_at=now + 600, initiator=Initiator.ADMIN,
+            )  # fmt: skip
+            token = sealing.seal_request(message, Secrets(PASSWORD), KeySet([self.public.keys[0]]),
+                                         self.cloud_key)  # fmt: skip
+            await self.sender.send_request(self.domain, message.id, token, now + 600)
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            while len(latencies) < len(upns):
+                for delivery in await self.transport.receive(1, 0.2):
+                    started = time.perf_counter()
+                    await self.pipeline.handle(delivery)
+                    latencies.append(1000 * (time.perf_counter() - started))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return latencies, time.perf_counter() - started
+
+    def close(self) -> None:
+        self.directory.close()
+
+
 async def relay_alone(
     running: stack.Stack, upns: list[str], workers: int, state: Path, tag: str = ""
 ) -> Run:
-    domain = running.domain.dns_domain
-    enc = RSAKey.generate_key(3072, parameters={"kid": "bench.enc.a", "use": "enc"})
-    sig = ECKey.generate_key("P-256", parameters={"kid": "bench.sig.a", "use": "sig"})
-    cloud_key = ECKey.generate_key("P-256", parameters={"kid": "cloud.sig.a", "use": "sig"})
-    broker = MemoryBroker([
-        QueueConfig(requests_queue(domain), lock_duration=60, duplicate_detection_window=3600),
-        QueueConfig(OUTCOMES_QUEUE, requires_session=True, default_ttl=3600),
-        QueueConfig(HEARTBEATS_QUEUE),
-    ])  # fmt: skip
-    settings = load_directory_settings(running.relay_config)
-    directory = LdapDirectory(settings, settings.bind_password())
-    transport = InProcessRelay(broker, domain)
-    public = KeySet([type(k).import_key(k.as_dict(private=False)) for k in (enc, cloud_key)])
-    pipeline = Pipeline(
-        relay_id="bench", domain=domain, directory=directory, transport=transport,
-        journal=Journal(state / f"journal{tag}-{workers}.sqlite3", replay_window=3600),
-        keys=RelayKeys(KeySet([public.keys[1]]), KeySet([enc]), sig),
-    )  # fmt: skip
-    sender = InProcessCloud(broker)
-    now = int(time.time())
-    for number, upn in enumerate(upns):
-        message = RequestMessage(
-            id=f"bench{tag}-{workers}-{number}", domain=domain, operation=Operation.RESET, user=upn,
-            issued_at=now, expires_at=now + 600, initiator=Initiator.ADMIN,
-        )  # fmt: skip
-        token = sealing.seal_request(message, Secrets(PASSWORD), KeySet([public.keys[0]]),
-                                     cloud_key)  # fmt: skip
-        await sender.send_request(domain, message.id, token, now + 600)
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        while len(latencies) < len(upns):
-            for delivery in await transport.receive(1, 0.2):
-                started = time.perf_counter()
-                await pipeline.handle(delivery)
-                latencies.append(1000 * (time.perf_counter() - started))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    seconds = time.perf_counter() - started
-    directory.close()
+    relay = RelayAlone(running, state, f"{tag}-{workers}")
+    try:
+        await relay.start()
+        latencies, seconds = await relay.handle(upns, workers)
+    finally:
+        relay.close()
     return Run("the relay alone", workers, latencies, seconds)
+
+
+async def paired(
+    running: stack.Stack, env: dict[str, str], users: dict[str, list[str]], state: Path
+) -> list[Run]:
+    """The three paths at concurrency 1, taken in turns of PAIRED_TURN resets each (raw, relay,
+    HTTP, raw, ...), so that a DC that is slower for a while slows all three alike: their
+    ratios compare like with like."""
+    relay = RelayAlone(running, state, "-1")
+    url, key = env["WRITEBACK_API_URL"], env["WRITEBACK_API_KEY"]
+    http_reset(url, key, users["http"][0])  # warm
+    times: dict[str, tuple[list[float], float]] = {path: ([], 0.0) for path in users}
+    try:
+        await relay.start()
+        for first in range(0, len(users["raw"]), PAIRED_TURN):
+            turn = {path: upns[first : first + PAIRED_TURN] for path, upns in users.items()}
+            done = {
+                "raw": raw(running, turn["raw"], 1),
+                "relay": Run("the relay alone", 1, *await relay.handle(turn["relay"], 1)),
+                "http": http(url, key, turn["http"], 1),
+            }
+            for path, run in done.items():
+                latencies, seconds = times[path]
+                times[path] = (latencies + run.latencies, seconds + run.seconds)
+    finally:
+        relay.close()
+    return [
+        Run(name, 1, *times[path])
+        for path, name in (("raw", "raw ldap3 modify"), ("relay", "the relay alone"),
+                           ("http", "HTTP API, end to end"))
+    ]  # fmt: skip
 
 
 def http(url: str, key: str, upns: list[str], workers: int) -> Run:
@@ -241,7 +301,11 @@ def measure() -> None:
 
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as state:
-        for level in LEVELS:
+        runs += asyncio.run(paired(running, env, {
+            "raw": [u.dn for u in users("raw1")], "relay": [u.upn for u in users("rly1")],
+            "http": [u.upn for u in users("htp1")],
+        }, Path(state)))  # fmt: skip
+        for level in LEVELS[1:]:
             runs.append(raw(running, [u.dn for u in users(f"raw{level}")], level))
             runs.append(asyncio.run(relay_alone(
                 running, [u.upn for u in users(f"rly{level}")], level, Path(state))))  # fmt: skip

@@ -27,6 +27,7 @@ from typing import Any, Literal, cast
 
 import ldap3
 
+from writeback import tracing
 from writeback.cloud.accounts import account_keys, name_key
 from writeback.cloud.agents import AgentRecord
 from writeback.cloud.audit import AuditRecord
@@ -46,6 +47,7 @@ from writeback.relay.ldap import DomainController, Link
 from writeback.relay.ldap import sid_bytes as sid_bytes  # noqa: PLC0414 -- re-exported for tests
 from writeback.relay.policy import PasswordPolicy
 from writeback.relay.settings import DirectorySettings, ServerAddress
+from writeback.tracing import Stage
 
 RawEntry = dict[str, list[bytes]]
 Answer = tuple[int, str] | DirectoryError
@@ -371,6 +373,10 @@ class MemoryAuditTrail:
 
     async def link(self, guid: str, names: Iterable[str]) -> None:
         check_key(guid, "account GUID")
+        with tracing.stage(Stage.AUDIT_LINK):  # as the Table adapter's (there, after the answer)
+            self._link(guid, names)
+
+    def _link(self, guid: str, names: Iterable[str]) -> None:
         for name in names:
             key = name_key(name)
             self.guids.setdefault(key, set()).add(guid)

@@ -41,8 +41,9 @@ class Stage(enum.StrEnum):
     AUDIT_PENDING = "writeback.audit.pending"
     SEND = "writeback.send"
     OUTCOME = "writeback.outcome.receive"  # from sent until the relay's verified outcome
-    AUDIT_LINK = "writeback.audit.link"  # the account index
+    AUDIT_LINK = "writeback.audit.link"  # the account index, after the answer
     AUDIT_FINAL = "writeback.audit.final"
+    AUDIT_UNMARK = "writeback.audit.unmark"  # the pending mark's removal, after the answer
     # The relay (writeback.relay), under its span for the message, in the caller's trace.
     RELAY = "writeback.relay.handle"
     DELIVERY = "writeback.relay.delivery"  # enqueued on the broker until received

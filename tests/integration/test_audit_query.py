@@ -6,13 +6,14 @@ pending entries, not the whole table)."""
 from __future__ import annotations
 
 import dataclasses
-import socket
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from devstack.azurite import Azurite
+from tests.integration.test_tables import closed_port_connection_string
+from writeback.cloud.accounts import name_key
 from writeback.cloud.audit import PENDING_PARTITION, AuditRecord, TableAuditTrail, to_entity
 from writeback.errors import StorageError
 
@@ -81,20 +82,66 @@ class TestForUser:
         full_width = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in user)
         assert await audit.for_user(full_width, T0 - 1, T0 + 10) == [done]
 
+    async def test_a_pending_copy_is_read_as_its_entry_says(self, audit: TableAuditTrail) -> None:
+        """The entry, its copies and its mark are written side by side, so a copy can outlive a
+        failed entry or lag behind a completed one. A pending copy whose entry completed reads
+        as completed; one with no entry (the caller was told it was not sent) is not shown."""
+        user = "alice@corp.example.test"
+        lagging = record(user, T0, status="pending", reason=None)
+        await audit.record(lagging)
+        done = dataclasses.replace(lagging, status="applied", reason="applied")
+        client = await audit._table.client()
+        await client.upsert_entity(to_entity(done))  # the entry only, not its copy
+        orphan = record(user, T0 + 1, status="pending", reason=None)
+        await audit.record(orphan)
+        await client.delete_entity(orphan.request_id, "")  # as if only the entry had failed
+        assert await audit.for_user(user, T0 - 1, T0 + 10) == [done]
+
+    async def test_a_completed_record_and_its_copies_then_the_mark_goes(
+        self, audit: TableAuditTrail
+    ) -> None:
+        """A completed record with an account: once `record` returns, its entry and a copy under
+        the typed name and one under the account are written; the pending mark is removed
+        after (the sweeper's read waits for that), and only then are the rows all final."""
+        guid = str(uuid.uuid4())
+        waiting = record("S-1-5-21-4-5-6-1107", T0, status="pending", reason=None)
+        await audit.record(waiting)
+        done = dataclasses.replace(waiting, status="applied", reason="applied", account=guid)
+        await audit.record(done)
+        client = await audit._table.client()
+        rows = [row async for row in client.list_entities()]
+        copies = [row for row in rows if str(row["PartitionKey"]).startswith("~user-")]
+        assert [row["status"] for row in copies] == ["applied", "applied"]
+        assert await audit.get(done.request_id) == done
+        assert await audit.pending(T0 - 1, T0 + 1) == []
+        rows = [row async for row in client.list_entities()]
+        assert not [row for row in rows if row["PartitionKey"] == PENDING_PARTITION]
+
+    async def test_an_index_write_that_fails_is_logged_not_raised(
+        self, azurite: Azurite, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The links are written after `link` returns: a table service that is down costs the
+        caller nothing, and the failure is logged with the service's answer, never a name."""
+        trail = TableAuditTrail.from_connection_string(
+            closed_port_connection_string(azurite), "AuditDown", retry_total=0
+        )
+        try:
+            await trail.link(str(uuid.uuid4()), ["dana@corp.example.test"])
+            await trail._caught_up()
+        finally:
+            await trail.close()
+        [logged] = [r for r in caplog.records if r.getMessage() == "account index not written"]
+        assert "unreachable" in logged.__dict__["error"]
+        assert "dana" not in str(logged.__dict__)
+
     async def test_nothing_found_is_an_empty_list(self, audit: TableAuditTrail) -> None:
         """A fresh table (created on first use) answers with no entries."""
         assert await audit.for_user("nobody@corp.example.test", T0, T0 + 600) == []
 
     async def test_an_unreachable_table_service_is_a_storage_error(self, azurite: Azurite) -> None:
         """Nothing listening on the table endpoint: StorageError naming the operation."""
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        connection_string = azurite.connection_string.replace(
-            azurite.endpoint("table"), f"http://127.0.0.1:{port}/devstoreaccount1"
-        )
         trail = TableAuditTrail.from_connection_string(
-            connection_string, "AuditDown", retry_total=0
+            closed_port_connection_string(azurite), "AuditDown", retry_total=0
         )
         try:
             with pytest.raises(StorageError, match="unreachable"):
@@ -208,3 +255,15 @@ class TestAccountIndex:
         assert await audit.for_user(guid, T0, T0) == []
         await audit.link(guid, ["bob@corp.example.test"])
         assert [r.request_id for r in await audit.for_user(guid, T0, T0)] == [old.request_id]
+
+    async def test_an_accounts_own_rows_are_one_transaction(self, audit: TableAuditTrail) -> None:
+        """The rows of the account's partition go as one batch (Azure Tables' entity group
+        transaction): every name is read back from it, and linking again changes nothing."""
+        guid = str(uuid.uuid4())
+        names = ["carol@corp.example.test", "S-1-5-21-1-2-3-1109", "CORP\\carol", guid]
+        await audit.link(guid, names)
+        await audit.link(guid, names)
+        assert await audit.for_user(guid, T0, T0) == []  # waits for the links
+        assert sorted(await audit._index.names_of(guid)) == sorted(names)
+        for name in names:
+            assert await audit._index.guids_of(name_key(name)) == [guid], name

@@ -373,11 +373,13 @@ class TestNameKey:
         assert name_key("not a name") == upn_key("not a name")
 
     def test_an_accounts_names_are_each_listed_once(self) -> None:
-        """The typed name, the UPN, the SID, the GUID and NETBIOS\\sam, without repeats."""
+        """The typed name, the UPN, the SID and NETBIOS\\sam, without repeats; not the objectGUID,
+        which finds the account's records without a link."""
         account = Account("3f2504e0-4f89-41d3-9a0c-0305e82c3301", "S-1-5-21-1-2-3-500",
                           "alice@corp.example.test", "alice")  # fmt: skip
         assert account_names(account, "ALICE@corp.example.test", "CORP") == [
-            "ALICE@corp.example.test", "S-1-5-21-1-2-3-500",
-            "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "CORP\\alice",
+            "ALICE@corp.example.test", "S-1-5-21-1-2-3-500", "CORP\\alice",
         ]  # fmt: skip
+        immutable_id = "4AQlP4lP00GaDAMF6CwzAQ=="  # a name the caller typed is always linked
+        assert immutable_id in account_names(account, immutable_id, "CORP")
         assert "CORP\\alice" not in account_names(account, "alice@corp.example.test", None)

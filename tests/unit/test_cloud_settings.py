@@ -4,6 +4,7 @@ sample itself starts the app, and bad or unresolved values stop start-up naming 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from writeback.cloud import bootstrap
 from writeback.cloud.settings import CloudSettings
 from writeback.errors import ConfigurationError
 from writeback.routing import Routes, UnknownDomain
@@ -112,3 +114,16 @@ class TestStartUp:
             check=False,
         )
         assert result.returncode == 0, result.stderr
+
+    async def test_building_the_app_quiets_the_sdks_request_logging(self) -> None:
+        """Built from the sample's settings (nothing connects), the cloud side keeps the Azure
+        SDK from logging each HTTP request and response at INFO; its warnings still pass."""
+        sdk = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
+        before = sdk.level
+        try:
+            sdk.setLevel(logging.NOTSET)
+            cloud = await bootstrap.build(SAMPLE)
+            await cloud.close()
+            assert sdk.level == logging.WARNING  # whatever the root logger's (the worker's INFO)
+        finally:
+            sdk.setLevel(before)

@@ -9,6 +9,7 @@ hints control, and the relay's own refusals (protected accounts, scopes) that Sa
 from __future__ import annotations
 
 import base64
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
@@ -760,6 +761,53 @@ class TestWhatIsRead:
             (ALICE, ldap3.BASE),
         ]
         assert len(link.modifies) == 1
+
+
+class TestTheLookupsConnection:
+    def test_a_lookup_is_not_queued_behind_another_accounts_modify(self) -> None:
+        """While one reset's modify waits on the DC, the pipeline's lookup of another user
+        (`resolve`) is answered: it reads on a connection of its own."""
+        link = make_link(users={ALICE: user(), BOB: user(sam="bob", upn=BOB_UPN)})
+        in_modify, release = threading.Event(), threading.Event()
+        answer_modify = link.modify
+
+        def slow_modify(*args: Any, **kwargs: Any) -> tuple[int, str]:
+            in_modify.set()
+            release.wait(30)
+            return answer_modify(*args, **kwargs)
+
+        link.modify = slow_modify  # type: ignore[method-assign]
+        relay = directory(link)
+        writing = threading.Thread(target=relay.apply, args=(ResetPassword(ALICE_UPN, NEW),))
+        writing.start()
+        try:
+            assert in_modify.wait(30)
+            found: list[object] = []
+            lookup = threading.Thread(target=lambda: found.append(relay.resolve(BOB_UPN)))
+            lookup.start()
+            lookup.join(10)
+            assert not lookup.is_alive(), "the lookup waited for the modify"
+            assert [getattr(account, "upn", None) for account in found] == [BOB_UPN]
+        finally:
+            release.set()
+            writing.join(30)
+        assert len(link.modifies) == 1
+
+    def test_the_lookups_connection_goes_to_the_writes_dc(self) -> None:
+        """With two DCs configured, the lookups' connection binds only to the DC the writes
+        use, so a lookup never reads a DC the write has not reached."""
+        link = make_link()
+        asked: list[tuple[str, ...]] = []
+
+        def connect(settings: DirectorySettings, password: str) -> Any:
+            asked.append(tuple(server.host for server in settings.servers))
+            return link.connect(settings, password)
+
+        other = replace(link.address, host="dc2.example.test")
+        relay = directory(link, servers=(other, link.address))
+        relay._connect = connect
+        assert isinstance(relay.resolve(ALICE_UPN), Account)
+        assert asked == [("dc2.example.test", link.address.host), (link.address.host,)]
 
 
 class TestFakeLink:

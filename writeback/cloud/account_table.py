@@ -3,8 +3,9 @@
 Two partition families, which no request id can name (they start with `~`): `~name-<digest of a
 name key>` holds one row per GUID the name was seen for (RowKey the GUID), `~guid-<GUID>` one row
 per name the account was seen by (RowKey the name key's digest, `name` the name). Writes are
-idempotent upserts: a name seen again changes nothing. Reads are single-partition queries with
-the partition as a parameter, never pasted into the filter. Only the audit trail uses it, on the
+idempotent upserts, the account's own rows in one transaction: a name seen again changes nothing.
+Reads are single-partition queries with the partition as a parameter, never pasted into the
+filter. Only the audit trail uses it, on the
 same `Table`; storage errors become `StorageError` there and nowhere else.
 """
 
@@ -39,17 +40,24 @@ class TableAccountIndex:
     async def link(self, guid: str, names: Iterable[str]) -> None:
         """Link each of `names` to the account `guid`, both ways."""
         check_key(guid, "account GUID")
-        rows = []
+        by_name, of_guid = [], {}
         for name in names:
             key = name_key(name)
-            rows.append({"PartitionKey": names_partition(key), "RowKey": guid})
-            rows.append({"PartitionKey": guid_partition(guid), "RowKey": key_digest(key),
-                         "name": name})  # fmt: skip
+            by_name.append({"PartitionKey": names_partition(key), "RowKey": guid})
+            of_guid[key_digest(key)] = {"PartitionKey": guid_partition(guid),
+                                        "RowKey": key_digest(key), "name": name}  # fmt: skip
         client = await self._table.client()
         try:
+            # A name's row is in a partition of its own; the account's rows share one, so they
+            # are one transaction (at most 100 operations: an account has a handful of names).
             await asyncio.gather(
-                *(client.upsert_entity(row, mode=UpdateMode.REPLACE) for row in rows)
-            )
+                *(client.upsert_entity(row, mode=UpdateMode.REPLACE) for row in by_name),
+                *(
+                    [client.submit_transaction(
+                        [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in of_guid.values()]
+                    )] if of_guid else []
+                ),
+            )  # fmt: skip
         except SDK_ERRORS as exc:
             raise self._table.error(exc, "index an account") from exc
 

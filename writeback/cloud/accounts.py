@@ -50,8 +50,9 @@ def key_digest(key: str) -> str:
 
 def account_names(account: Account, typed: str, netbios: str | None) -> list[str]:
     """The names to link to `account`: the one the caller typed, the account's UPN and SID, and
-    `NETBIOS\\sam` when the domain's NetBIOS name is known; each once (by `name_key`)."""
-    names = [typed, account.upn, account.sid, account.guid]
+    `NETBIOS\\sam` when the domain's NetBIOS name is known; each once (by `name_key`). Not its
+    objectGUID: a lookup by that GUID reads the account's records without a link."""
+    names = [typed, account.upn, account.sid]
     if netbios and account.sam_account_name:
         names.append(f"{netbios}\\{account.sam_account_name}")
     unique: dict[str, str] = {}

@@ -11,26 +11,33 @@ time" (drift detection, the user history) reads a copy of each entry in the part
 the caller typed and, once a relay resolved the account, of its GUID, ordered by time; the
 account index (`writeback.cloud.accounts`) links the names an account was seen by to its GUID,
 in rows of its own (`~name-`, `~guid-`); "which requests are still pending" (the sweeper) reads
-one partition of marks, removed as outcomes arrive. None of them scans the table. No field can
-hold a password or a key, and the adapter stores exactly the record's fields.
+one partition of marks, removed as outcomes arrive. None of them scans the table. What a caller
+waits for is one round trip: a record's entry, copies and mark are written side by side, and what
+only those lookups read (the account index, a mark's removal) is written after the answer, before
+this trail's next lookup. No field can hold a password or a key, and the adapter stores exactly
+the record's fields.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 from azure.core import exceptions as azure
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from writeback import tracing
 from writeback.cloud.account_table import TableAccountIndex
 from writeback.cloud.accounts import account_keys, key_digest, name_key
 from writeback.cloud.tables import SDK_ERRORS, Credential, Table, check_key, error_code
 from writeback.errors import StorageError
+from writeback.tracing import Stage
 
+log = logging.getLogger(__name__)
 AUDIT_TABLE = "WritebackAudit"
 _ROW = ""  # one entity per partition (request id)
 
@@ -110,7 +117,9 @@ class AuditTrail(Protocol):
         takes for it) received from `since` to `until`, oldest first, each once."""
 
     async def link(self, guid: str, names: Iterable[str]) -> None:
-        """Link each of `names` to the account `guid` in the account index."""
+        """Link each of `names` to the account `guid` in the account index. The rows may be
+        written after this returns (never on the caller's answer), but before this trail's next
+        `for_user` reads; a failure to write them is logged, not raised."""
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
         """The entries still `pending` that were received from `since` to `until`, oldest
@@ -207,6 +216,7 @@ class TableAuditTrail:
     def __init__(self, table: Table | TableClient) -> None:
         self._table = table if isinstance(table, Table) else Table(table)
         self._index = TableAccountIndex(self._table)
+        self._later: set[asyncio.Task[None]] = set()  # see `_after_the_answer`
 
     @classmethod
     def from_connection_string(
@@ -232,6 +242,7 @@ class TableAuditTrail:
         partitions = {user_partition(record.user)}
         if record.account:
             partitions.add(user_partition(record.account))  # filed under the account too
+        pending = record.status == "pending"
         copies = [
             {**entity, "PartitionKey": partition,
              "RowKey": user_row(record.received_at, record.request_id),
@@ -240,18 +251,26 @@ class TableAuditTrail:
         ]  # fmt: skip
         client = await self._table.client()
         try:
-            # Replace, not merge: a completed entry must not keep what the pending one had.
-            await client.upsert_entity(entity, mode=UpdateMode.REPLACE)
-            # The entry first (what a status read trusts), then its copies and mark together:
-            # on the request's hot path they cost one round trip, not two.
+            # Replace, not merge: a completed entry must not keep what the pending one had. The
+            # entry, its copies and its mark are independent rows, written side by side: one
+            # round trip on the request's path, whatever their number. A copy or mark whose
+            # entry failed misleads no one: `for_user` trusts the entry over a pending copy, and
+            # the sweeper drops a mark with no pending entry (it reads only marks older than the
+            # callers' wait, never one whose entry is still being written).
             await asyncio.gather(
+                client.upsert_entity(entity, mode=UpdateMode.REPLACE),
                 *(client.upsert_entity(copy, mode=UpdateMode.REPLACE) for copy in copies),
-                client.upsert_entity(mark, mode=UpdateMode.REPLACE)
-                if record.status == "pending"
-                else client.delete_entity(PENDING_PARTITION, record.request_id),  # 404 is fine
+                *([client.upsert_entity(mark, mode=UpdateMode.REPLACE)] if pending else []),
             )
         except SDK_ERRORS as exc:
             raise self._table.error(exc, "record a request") from exc
+        if not pending:
+            # The mark only tells the sweeper what to adopt, and it drops one whose entry is no
+            # longer pending: its removal need not delay the answer (404 is fine).
+            self._after_the_answer(
+                client.delete_entity(PENDING_PARTITION, record.request_id),
+                "pending mark not removed", Stage.AUDIT_UNMARK,
+            )  # fmt: skip
 
     async def get(self, request_id: str) -> AuditRecord | None:
         check_key(request_id, "request id")
@@ -272,6 +291,7 @@ class TableAuditTrail:
             ) from exc
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
+        await self._caught_up()
         keys, guids = await account_keys(user, self._index.guids_of, self._index.names_of)
         partitions = {_partition_of_key(key) for key in keys} | {user_partition(g) for g in guids}
         # A range of each partition (";" sorts after ":", so `until` itself is in).
@@ -289,20 +309,59 @@ class TableAuditTrail:
             )
         )
         # The digests are 160 bits; the check keeps a collision from showing another's entry.
-        return once_each_oldest_first(
+        copies = once_each_oldest_first(
             record
             for records in found
             for record in records
             if name_key(record.user) in keys or record.account in guids
         )
+        # A copy still pending may be behind its entry (the completed copy failed) or have no
+        # entry at all (the entry failed, and the caller was told the request was not sent):
+        # the entry says which, with one point read for each.
+        entries = await asyncio.gather(
+            *(self.get(r.request_id) for r in copies if r.status == "pending")
+        )
+        current = {entry.request_id: entry for entry in entries if entry is not None}
+        return [
+            current.get(record.request_id, record) if record.status == "pending" else record
+            for record in copies
+            if record.status != "pending" or record.request_id in current
+        ]
 
     async def link(self, guid: str, names: Iterable[str]) -> None:
-        await self._index.link(guid, names)
+        check_key(guid, "account GUID")
+        self._after_the_answer(
+            self._index.link(guid, list(names)), "account index not written", Stage.AUDIT_LINK
+        )
+
+    def _after_the_answer(self, write: Coroutine[Any, Any, Any], failed: str, stage: Stage) -> None:
+        """Run `write` without waiting for it: what only the per-user lookups or the sweeper
+        read (the account index, the removal of a pending mark) stays off the caller's answer.
+        This trail's reads wait for it first (`_caught_up`), and closing waits for it. A failure
+        is logged, as a failed index write always was: the sweeper drops a stale mark, and the
+        account's next outcome links its names again."""
+
+        async def quietly() -> None:
+            try:
+                with tracing.stage(stage):
+                    await write
+            except Exception as exc:  # a task's failure has no caller to reach
+                log.error(failed, extra={"error": str(self._table.error(exc, failed))})
+
+        task = asyncio.ensure_future(quietly())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _caught_up(self) -> None:
+        """Wait for the writes this trail left for after the answer."""
+        while self._later:
+            await asyncio.gather(*self._later)
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
         # One partition holds a mark per pending entry, so this reads a few rows whatever the
         # size of the table. A mark whose entry is no longer pending (its removal failed after
         # the outcome was recorded) is removed here.
+        await self._caught_up()
         client = await self._table.client()
         try:
             marks = client.query_entities(
@@ -343,4 +402,5 @@ class TableAuditTrail:
         return sorted(records, key=lambda record: record.received_at)
 
     async def close(self) -> None:
+        await self._caught_up()
         await self._table.close()

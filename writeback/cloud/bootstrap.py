@@ -9,6 +9,7 @@ Tests and the local host pass their own adapters to `WritebackService` instead.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,12 @@ from writeback.cloud.settings import CloudSettings, EventSettings, Storage
 from writeback.cloud.tables import Table
 from writeback.cloud.telemetry import Telemetry, configure
 from writeback.transport.servicebus import ServiceBusCloud
+
+# The Azure SDK logs every HTTP request and response it sends (URL, headers) at INFO: one table
+# write is two log lines to format, and in Azure two traces to ship to Application Insights, for
+# each of the several table writes of every writeback request. Its warnings and errors still
+# come through.
+QUIETED_SDK_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy",)
 
 
 @dataclass
@@ -63,6 +70,8 @@ async def build(environ: Mapping[str, str]) -> Cloud:
     """The cloud side as the app settings describe it."""
     settings = CloudSettings.from_env(environ)
     configure(settings.appinsights, settings.appinsights_authentication)
+    for name in QUIETED_SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     credential = DefaultAzureCredential()  # managed identity in Azure; unused with strings
     audit_table, agents_table = _tables(settings.storage, credential)
     service = WritebackService(

@@ -1,25 +1,24 @@
 """The writeback service: what the API and the triggers do, with no HTTP and no Azure in sight.
 
-`submit` routes a validated submission to its domain (by the account reference that names the
-user: `writeback.routing`, with the NetBIOS names and domain SIDs the relays announce), fails
-fast when no relay of that domain has sent a heartbeat within three intervals, seals the
-passwords to every relay key of the domain and signs the request (naming the instance's reply
-session, where the relay answers), records it as pending in the audit trail, sends it and waits
-for the relay's signed outcome until the wait ends. The outcome is verified (signed by a key of
-the relay it names, for this very request) and recorded before the caller is answered; a body
-that does not verify is logged as a security event and skipped, and the wait goes on for the
-real outcome. An outcome that names the account the relay resolved files the record under that
-account too and links the account's names to it (the account index, `writeback.cloud.accounts`),
-so the account's history is found by any of its names. A request that got no answer in time
-stays pending: `status` looks for its outcome again later, on any instance (the transport keeps
-a late outcome on the request's own session; if the instance that sent it is gone, the sweeper
-in `writeback.cloud.sweep` moves it there). The service never holds a password longer than the
-sealing takes and never writes one anywhere: the audit record has no field that could hold it.
+`submit` routes a validated submission to its domain (by the account reference that names the user:
+`writeback.routing`, with the NetBIOS names and domain SIDs the relays announce), fails fast when no
+relay of that domain has sent a heartbeat within three intervals, seals the passwords to every relay
+key of the domain and signs the request (naming the instance's reply session, where the relay
+answers), records it as pending in the audit trail, sends it and waits for the relay's signed
+outcome until the wait ends. The outcome is verified (signed by a key of the relay it names, for
+this very request) and recorded before the caller is answered; a body that does not verify is logged
+as a security event and skipped, and the wait goes on for the real outcome. An outcome that names
+the account the relay resolved files the record under that account too and links the account's names
+to it (the account index, `writeback.cloud.accounts`, written after the answer), so the account's
+history is found by any of its names. A request that got no answer in time stays pending: `status`
+looks for its outcome again later, on any instance (the transport keeps a late outcome on the
+request's own session; if the instance that sent it is gone, the sweeper in `writeback.cloud.sweep`
+moves it there). The service never holds a password longer than the sealing takes and never writes
+one anywhere: the audit record has no field that could hold it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -351,12 +350,11 @@ class WritebackService:
             duration_ms=self._elapsed(record),
             account=outcome.account.guid if outcome.account else record.account,
         )
-        # Both before the answer; side by side, as neither needs the other: the account index
-        # and the record are separate rows, and each failure is only logged.
-        await asyncio.gather(
-            self._record_quietly(done),
-            *([self._link_quietly(record, outcome.account)] if outcome.account else []),
-        )
+        # The record before the answer; the account index is written after it (the audit
+        # trail's reads wait for it), and a failure of either is only logged.
+        await self._record_quietly(done)
+        if outcome.account:
+            await self._link_quietly(record, outcome.account)
         log.info(
             "request completed",
             extra={
@@ -422,10 +420,9 @@ class WritebackService:
         """Index the names the account was known by (the one the caller typed and the ones the
         relay found) under its GUID; like the record, never at the cost of the answer."""
         try:
-            with tracing.stage(Stage.AUDIT_LINK):
-                names = await self.relays.names()
-                netbios = next((n for n, d in names.netbios.items() if d == record.domain), None)
-                await self.audit.link(account.guid, account_names(account, record.user, netbios))
+            names = await self.relays.names()
+            netbios = next((n for n, d in names.netbios.items() if d == record.domain), None)
+            await self.audit.link(account.guid, account_names(account, record.user, netbios))
         except Exception as exc:
             log.error(
                 "account index not written",

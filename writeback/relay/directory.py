@@ -19,11 +19,14 @@ alone, without a resolved account, reads them separately). The domain policy and
 cached for a minute (`policy_cache`, which says why that is safe). A reset is then three requests
 to the DC: the pipeline's resolution (`resolve`), the read by objectGUID and the modify. The
 read stays under the lock, after the resolution: a write queued behind another for the same
-account must see what that write left (pwdLastSet for the minimum age, the lockout count).
+account must see what that write left (pwdLastSet for the minimum age, the lockout count). The
+resolution has a connection of its own to the same DC, so it runs while another account's modify
+is in flight rather than queued behind it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -132,6 +135,9 @@ class LdapDirectory:
         self._connect = connect
         self._link: ldap.Link | None = None
         self._lock = threading.Lock()
+        # `resolve` reads on a connection of its own (see `_reader_link`), under a lock of its own.
+        self._reader: ldap.Link | None = None
+        self._reader_lock = threading.Lock()
         self._denied_sids: frozenset[str] | None = None
         self._policies = policies if policies is not None else PolicyCache()
 
@@ -153,20 +159,53 @@ class LdapDirectory:
             )
         return self._link
 
-    def _reading(self, read: Callable[[ldap.Link], Any]) -> Any:
-        """Run a read; if the DC went away, reconnect (failing over) and try once more."""
+    def _reader_link(self) -> ldap.Link:
+        """The connection the pipeline's lookups (`resolve`) read on, beside the one the
+        writes and the reads under the account's lock use: a lookup for one account need not
+        wait behind another account's modify, which the DC serves meanwhile. It is bound to
+        the DC the writes go to (after a failover too), so a lookup never finds what that DC
+        has not replicated yet, or the reverse. Called under the reader's lock."""
+        writer = self._link
+        if writer is None or not writer.alive:
+            with self._lock:
+                writer = self._connected()
+        reader = self._reader
+        if reader is None or not reader.alive or reader.address != writer.address:
+            if reader is not None:
+                reader.close()
+            only_writers_dc = dataclasses.replace(self.settings, servers=(writer.address,))
+            reader = self._reader = self._connect(only_writers_dc, self._password)
+        return reader
+
+    def _reading(self, read: Callable[[ldap.Link], Any], *, reader: bool = False) -> Any:
+        """Run a read (on the lookups' connection when `reader`); if the DC went away,
+        reconnect (failing over) and try once more."""
+        connected = self._reader_link if reader else self._connected
         try:
-            return read(self._connected())
+            return read(connected())
         except DirectoryUnavailable:
-            self.close()
-            return read(self._connected())
+            if reader:
+                self._close_reader()
+            else:
+                self.close()
+            return read(connected())
 
     def close(self) -> None:
         if self._link is not None:
             self._link.close()
             self._link = None
+        self._close_reader()
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def capabilities(self) -> Capabilities:
+        """What the DC says about itself; also (re)opens the lookups' connection, so the relay
+        starts, and each heartbeat leaves it, with both connections open."""
+        with self._reader_lock:
+            self._reader_link()  # and the writes' connection first, if it was not open
         with self._lock:
             link = self._connected()
             controller = link.controller
@@ -182,25 +221,30 @@ class LdapDirectory:
             )
 
     def resolve(self, user: str | Account) -> Account | Outcome:
-        with self._lock:
+        with self._reader_lock:
             try:
-                found = self._find(user)
+                found = self._find(user, reader=True)
                 return found if isinstance(found, Outcome) else found.account
             except DirectoryError as exc:
                 if isinstance(exc, DirectoryUnavailable):
-                    self.close()
+                    self._close_reader()
                 return Outcome(Reason(exc.reason), str(exc))
 
     def _find(
-        self, user: str | Account, operation: Operation | None = None, *, groups: bool = False
+        self,
+        user: str | Account,
+        operation: Operation | None = None,
+        *,
+        groups: bool = False,
+        reader: bool = False,
     ) -> User | Outcome:
         """The user entry, by a reference checked before any filter or by objectGUID (then with
-        its tokenGroups when `groups`)."""
+        its tokenGroups when `groups`), on the lookups' connection when `reader`."""
         ref = user if isinstance(user, Account) else accounts.check_reference(user)
         if isinstance(ref, Outcome):
             return ref
         return self._reading(  # type: ignore[no-any-return]
-            lambda link: accounts.find_user(link, ref, operation, groups=groups)
+            lambda link: accounts.find_user(link, ref, operation, groups=groups), reader=reader
         )
 
     def password_last_set(self, account: Account) -> datetime | None:

@@ -1,14 +1,13 @@
 """What a relay does with one delivered request, from signature to settlement.
 
-verify the cloud's signature and the format → check id and domain → refuse a request issued ahead
-of this relay's clock (clock skew) → journal, then the expiry (a duplicate gets the recorded
-outcome again) → open the sealed secrets → resolve the user to one directory account (a read:
-UPN, SID, GUID or DOMAIN\\name all become the account's objectGUID) → under that account's lock,
-resolve an entry a crash left APPLYING, or a request delivered before but not journaled here, by
-what the DC can prove (see `_earlier_write`) → apply through the directory, one write per account
-at a time, with the message lock renewed meanwhile → journal the outcome → send it signed, with
-the account it resolved to, on the reply session the signed request names (else the request's
-own) → complete.
+verify the cloud's signature and the format → check id and domain → refuse a request issued ahead of
+this relay's clock (clock skew) → journal, then the expiry (a duplicate gets the recorded outcome
+again) → open the sealed secrets while resolving the user to one directory account (a read: UPN,
+SID, GUID or DOMAIN\\name all become the account's objectGUID) → under that account's lock, resolve
+an entry a crash left APPLYING, or a request delivered before but not journaled here, by what the DC
+can prove (see `_earlier_write`) → apply through the directory, one write per account at a time,
+with the message lock renewed meanwhile → journal the outcome → send it signed, with the account it
+resolved to, on the reply session the signed request names (else the request's own) → complete.
 
 One identity per user: everything the relay keeps about a user (the change throttle, the write
 lock, the journal's account for crash recovery) is keyed on the objectGUID the request resolved
@@ -240,9 +239,7 @@ class Pipeline:
             )
         return None
 
-    async def _process(  # noqa: PLR0912 -- the steps of the module doc, in order, in one place
-        self, message: RequestMessage, delivery_count: int
-    ) -> Answered:
+    async def _process(self, message: RequestMessage, delivery_count: int) -> Answered:
         # The journal comes before the expiry: a request already answered gets its recorded
         # outcome even when it is delivered again after its expiry (a crash, a lost answer).
         try:
@@ -263,57 +260,80 @@ class Pipeline:
             )
         if seen is None and self._clock() >= message.expires_at:
             return self._record(message, self._expired(message, "before it arrived"))
+        # The secrets are opened (CPU) while the account is looked up (the DC): side by side.
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open, message))
+        try:
+            async with self._one_write_per_account(message, seen) as found:
+                command = await opening
+                if isinstance(command, Outcome):
+                    return self._record(message, command)
+                return await self._locked(message, seen, delivery_count, command, found)
+        finally:
+            if not opening.done():
+                opening.cancel()
+
+    def _open(self, message: RequestMessage) -> Command | Outcome:
+        """The request's command with its secrets opened, or the outcome saying why not."""
         try:
             with tracing.stage(Stage.OPEN):
-                command = sealing.open_request(message, self._keys.decryption)
+                return sealing.open_request(message, self._keys.decryption)
         except ProtocolError as exc:
-            return self._record(message, Outcome(Reason(exc.reason), str(exc)))
-        async with self._one_write_per_account(message, seen) as found:
-            written_before = (seen is not None and seen.state is State.APPLYING) or (
-                seen is None and delivery_count > 1
-            )
-            if isinstance(found, Outcome):
-                # No account (not found, ambiguous, malformed, the DC unreachable): nothing to
-                # lock, count or write. Where an earlier delivery may have written, a DC that
-                # answered the lookup wrongly cannot say it did not: as in `_earlier_write`.
-                if written_before and found.reason in _CANNOT_TELL:
-                    unknown = Outcome(
-                        Reason.REQUEST_OUTCOME_UNKNOWN,
-                        f"could not check an earlier delivery's write: {found.detail}",
-                    )
-                    return self._record(message, unknown)
-                return self._record(message, found)
-            account = found
-            if seen is not None and seen.state is State.APPLYING:
-                # This relay crashed while applying it.
-                resolved = await self._earlier_write(command, account, seen.updated_at)
-            elif seen is None and delivery_count > 1:
-                # Delivered before, but not journaled here: another relay of the domain may have
-                # written it and died before answering (or a receiver that is no relay let go).
-                resolved = await self._earlier_write(command, account, float(message.issued_at))
-            else:
-                resolved = None
-            if resolved is not None:
-                return self._record(message, resolved, account)
-            if self._clock() >= message.expires_at:
-                # Delivered again after its expiry and not written before: never apply it now.
-                expired = self._expired(message, "before it was applied")
-                return self._record(message, expired, account)
-            # Under the account's lock, so that parallel changes cannot all pass the count; after
-            # the crash recovery above, so a change AD already took is reported as applied.
-            throttled = self._throttle.refusal(message.operation, account.guid, self._clock())
-            if throttled is not None:
-                log.warning("change_throttled", extra={"request": message.id})
-                return self._record(message, throttled, account)
-            if seen is None or seen.state is State.RECEIVED:
-                with tracing.stage(Stage.JOURNAL_APPLYING):
-                    self._journal.applying(message.id, account.guid)
-            with tracing.stage(Stage.APPLY):
-                outcome = await asyncio.to_thread(self._directory.apply, command, account)
-            self._throttle.record(command.operation, account.guid, outcome, self._clock())
-            if self._failpoint == AFTER_DIRECTORY_WRITE:
-                # The worst moment to die: AD has the write, the journal and the caller do not.
-                os.kill(os.getpid(), signal.SIGKILL)
+            return Outcome(Reason(exc.reason), str(exc))
+
+    async def _locked(
+        self,
+        message: RequestMessage,
+        seen: Entry | None,
+        delivery_count: int,
+        command: Command,
+        found: Account | Outcome,
+    ) -> Answered:
+        """The rest of `_process`, under the account's lock once `found` is one."""
+        written_before = (seen is not None and seen.state is State.APPLYING) or (
+            seen is None and delivery_count > 1
+        )
+        if isinstance(found, Outcome):
+            # No account (not found, ambiguous, malformed, the DC unreachable): nothing to
+            # lock, count or write. Where an earlier delivery may have written, a DC that
+            # answered the lookup wrongly cannot say it did not: as in `_earlier_write`.
+            if written_before and found.reason in _CANNOT_TELL:
+                unknown = Outcome(
+                    Reason.REQUEST_OUTCOME_UNKNOWN,
+                    f"could not check an earlier delivery's write: {found.detail}",
+                )
+                return self._record(message, unknown)
+            return self._record(message, found)
+        account = found
+        if seen is not None and seen.state is State.APPLYING:
+            # This relay crashed while applying it.
+            resolved = await self._earlier_write(command, account, seen.updated_at)
+        elif seen is None and delivery_count > 1:
+            # Delivered before, but not journaled here: another relay of the domain may have
+            # written it and died before answering (or a receiver that is no relay let go).
+            resolved = await self._earlier_write(command, account, float(message.issued_at))
+        else:
+            resolved = None
+        if resolved is not None:
+            return self._record(message, resolved, account)
+        if self._clock() >= message.expires_at:
+            # Delivered again after its expiry and not written before: never apply it now.
+            expired = self._expired(message, "before it was applied")
+            return self._record(message, expired, account)
+        # Under the account's lock, so that parallel changes cannot all pass the count; after
+        # the crash recovery above, so a change AD already took is reported as applied.
+        throttled = self._throttle.refusal(message.operation, account.guid, self._clock())
+        if throttled is not None:
+            log.warning("change_throttled", extra={"request": message.id})
+            return self._record(message, throttled, account)
+        if seen is None or seen.state is State.RECEIVED:
+            with tracing.stage(Stage.JOURNAL_APPLYING):
+                self._journal.applying(message.id, account.guid)
+        with tracing.stage(Stage.APPLY):
+            outcome = await asyncio.to_thread(self._directory.apply, command, account)
+        self._throttle.record(command.operation, account.guid, outcome, self._clock())
+        if self._failpoint == AFTER_DIRECTORY_WRITE:
+            # The worst moment to die: AD has the write, the journal and the caller do not.
+            os.kill(os.getpid(), signal.SIGKILL)
         return self._record(message, outcome, account)
 
     def prune(self) -> int:
