@@ -14,7 +14,14 @@ import pytest
 from devstack.azurite import Azurite
 from tests.integration.test_tables import closed_port_connection_string
 from writeback.cloud.accounts import name_key
-from writeback.cloud.audit import PENDING_PARTITION, AuditRecord, TableAuditTrail, to_entity
+from writeback.cloud.audit import (
+    PENDING_PARTITION,
+    AuditRecord,
+    TableAuditTrail,
+    to_entity,
+    user_partition,
+    user_row,
+)
 from writeback.errors import StorageError
 
 T0 = 1_767_225_600.0
@@ -83,15 +90,16 @@ class TestForUser:
         assert await audit.for_user(full_width, T0 - 1, T0 + 10) == [done]
 
     async def test_a_pending_copy_is_read_as_its_entry_says(self, audit: TableAuditTrail) -> None:
-        """The entry, its copies and its mark are written side by side, so a copy can outlive a
-        failed entry or lag behind a completed one. A pending copy whose entry completed reads
-        as completed; one with no entry (the caller was told it was not sent) is not shown."""
+        """The entry and its mark (a pending request's copy) are written side by side, so a
+        mark can outlive a failed entry or lag behind a completed one. A pending mark whose
+        entry completed reads as completed; one with no entry (the caller was told it was not
+        sent) is not shown."""
         user = "alice@corp.example.test"
         lagging = record(user, T0, status="pending", reason=None)
         await audit.record(lagging)
         done = dataclasses.replace(lagging, status="applied", reason="applied")
         client = await audit._table.client()
-        await client.upsert_entity(to_entity(done))  # the entry only, not its copy
+        await client.upsert_entity(to_entity(done))  # the entry only: no copy, the mark stays
         orphan = record(user, T0 + 1, status="pending", reason=None)
         await audit.record(orphan)
         await client.delete_entity(orphan.request_id, "")  # as if only the entry had failed
@@ -133,6 +141,34 @@ class TestForUser:
         [logged] = [r for r in caplog.records if r.getMessage() == "account index not written"]
         assert "unreachable" in logged.__dict__["error"]
         assert "dana" not in str(logged.__dict__)
+
+    async def test_a_pending_request_is_its_mark_and_no_copy(self, audit: TableAuditTrail) -> None:
+        """Pending, a request is two rows, its entry and its mark (which holds the record), and
+        is found through the mark; completed, its copies are in the user's partition. A pending
+        copy in the user's partition and a bare mark, as written before marks held the record,
+        are read as before."""
+        user = "erin@corp.example.test"
+        waiting = record(user, T0, status="pending", reason=None)
+        await audit.record(waiting)
+        client = await audit._table.client()
+        rows = [row async for row in client.list_entities()]
+        assert sorted(str(row["PartitionKey"]) for row in rows) == sorted(
+            [waiting.request_id, PENDING_PARTITION]
+        )
+        assert await audit.for_user(user.upper(), T0 - 1, T0 + 1) == [waiting]
+        older = record(user, T0 - 10, status="pending", reason=None)
+        await client.upsert_entity(to_entity(older))
+        await client.upsert_entity(
+            {**to_entity(older), "PartitionKey": user_partition(user),
+             "RowKey": user_row(older.received_at, older.request_id),
+             "request_id": older.request_id}
+        )  # fmt: skip
+        bare = {"received_at": older.received_at}  # a mark as written before it held the record
+        await client.upsert_entity(
+            {"PartitionKey": PENDING_PARTITION, "RowKey": older.request_id, **bare}
+        )
+        assert await audit.for_user(user, T0 - 20, T0 + 1) == [older, waiting]
+        assert await audit.pending(T0 - 20, T0 + 1) == [older, waiting]
 
     async def test_nothing_found_is_an_empty_list(self, audit: TableAuditTrail) -> None:
         """A fresh table (created on first use) answers with no entries."""

@@ -12,7 +12,7 @@ see every request for the account, whichever name each used. So:
   `NETBIOS\\sam`) to the GUID, both ways: name → GUIDs, GUID → names;
 - a lookup by any name (`account_keys`) finds the GUIDs linked to it, then every name linked to
   those GUIDs; the records filed under all of those names and GUIDs are the account's, including
-  requests still pending (filed only under their typed name) and records written before the
+  requests still pending (their marks carry only the typed name) and records written before the
   index existed (filed under the UPN, whose key is unchanged).
 
 Only verified outcomes link names: a caller cannot tie a name to an account by typing it. Pure

@@ -1,21 +1,22 @@
 """The audit trail: every writeback request and its outcome, one Azure Table entity per request.
 
-The service records a request as `pending` when it is accepted and records it again, complete,
-when its outcome arrives (insert-or-replace, so the second write also clears what the first had
-and the outcome has not). PartitionKey is the request id and RowKey is empty: every read is a
-point read by id (what polling `GET /requests/{id}` needs), and random UUIDs spread the writes
-evenly over partitions; reports over time belong to a log query, not to this table. Two
-questions need more than a point read, and each has rows of its own in the same table, in
-partitions no request id can name (they start with `~`): "this account's requests around this
-time" (drift detection, the user history) reads a copy of each entry in the partition of the name
-the caller typed and, once a relay resolved the account, of its GUID, ordered by time; the
-account index (`writeback.cloud.accounts`) links the names an account was seen by to its GUID,
-in rows of its own (`~name-`, `~guid-`); "which requests are still pending" (the sweeper) reads
-one partition of marks, removed as outcomes arrive. None of them scans the table. What a caller
-waits for is one round trip: a record's entry, copies and mark are written side by side, and what
-only those lookups read (the account index, a mark's removal) is written after the answer, before
-this trail's next lookup. No field can hold a password or a key, and the adapter stores exactly
-the record's fields.
+The service records a request as `pending` when it is accepted and records it again, complete, when
+its outcome arrives (insert-or-replace, so the second write also clears what the first had and the
+outcome has not). PartitionKey is the request id and RowKey is empty: every read is a point read by
+id (what polling `GET /requests/{id}` needs), and random UUIDs spread the writes evenly over
+partitions; reports over time belong to a log query, not to this table. Two questions need more than
+a point read, and each has rows of its own in the same table, in partitions no request id can name
+(they start with `~`): "which requests are still pending" (the sweeper) reads one partition of
+marks, each a copy of a pending entry, removed as outcomes arrive; "this account's requests around
+this time" (drift detection, the user history) reads a copy of each completed entry in the partition
+of the name the caller typed and, once a relay resolved the account, of its GUID, ordered by time,
+and the marks of that time (only the requests in flight); the account index
+(`writeback.cloud.accounts`) links the names an account was seen by to its GUID, in rows of its own
+(`~name-`, `~guid-`). None of them scans the table. What a caller waits for is one round trip per
+record: an entry and its mark, or a completed entry and its copies, are written side by side, and
+what only those lookups read (the account index, a mark's removal) is written after the answer,
+before this trail's next lookup. No field can hold a password or a key, and the adapter stores
+exactly the record's fields.
 """
 
 from __future__ import annotations
@@ -237,30 +238,33 @@ class TableAuditTrail:
 
     async def record(self, record: AuditRecord) -> None:
         entity = to_entity(record)
-        mark = {"PartitionKey": PENDING_PARTITION, "RowKey": record.request_id,
-                "received_at": float(record.received_at)}  # fmt: skip
-        partitions = {user_partition(record.user)}
-        if record.account:
-            partitions.add(user_partition(record.account))  # filed under the account too
         pending = record.status == "pending"
-        copies = [
-            {**entity, "PartitionKey": partition,
-             "RowKey": user_row(record.received_at, record.request_id),
-             "request_id": record.request_id}
-            for partition in sorted(partitions)
-        ]  # fmt: skip
+        if pending:
+            # A pending request's copy is its mark: the one partition of requests in flight,
+            # which `for_user` reads too (only what is in flight is in it).
+            rows = [{**entity, "PartitionKey": PENDING_PARTITION, "RowKey": record.request_id,
+                     "request_id": record.request_id}]  # fmt: skip
+        else:
+            partitions = {user_partition(record.user)}
+            if record.account:
+                partitions.add(user_partition(record.account))  # filed under the account too
+            rows = [
+                {**entity, "PartitionKey": partition,
+                 "RowKey": user_row(record.received_at, record.request_id),
+                 "request_id": record.request_id}
+                for partition in sorted(partitions)
+            ]  # fmt: skip
         client = await self._table.client()
         try:
             # Replace, not merge: a completed entry must not keep what the pending one had. The
-            # entry, its copies and its mark are independent rows, written side by side: one
+            # entry and its copies (or its mark) are independent rows, written side by side: one
             # round trip on the request's path, whatever their number. A copy or mark whose
             # entry failed misleads no one: `for_user` trusts the entry over a pending copy, and
             # the sweeper drops a mark with no pending entry (it reads only marks older than the
             # callers' wait, never one whose entry is still being written).
             await asyncio.gather(
                 client.upsert_entity(entity, mode=UpdateMode.REPLACE),
-                *(client.upsert_entity(copy, mode=UpdateMode.REPLACE) for copy in copies),
-                *([client.upsert_entity(mark, mode=UpdateMode.REPLACE)] if pending else []),
+                *(client.upsert_entity(row, mode=UpdateMode.REPLACE) for row in rows),
             )
         except SDK_ERRORS as exc:
             raise self._table.error(exc, "record a request") from exc
@@ -294,8 +298,10 @@ class TableAuditTrail:
         await self._caught_up()
         keys, guids = await account_keys(user, self._index.guids_of, self._index.names_of)
         partitions = {_partition_of_key(key) for key in keys} | {user_partition(g) for g in guids}
-        # A range of each partition (";" sorts after ":", so `until` itself is in).
+        # A range of each partition (";" sorts after ":", so `until` itself is in), and of the
+        # requests in flight.
         found = await asyncio.gather(
+            self._in_flight(since, until),
             *(
                 self._query(
                     "PartitionKey eq @user and RowKey ge @since and RowKey lt @until",
@@ -306,7 +312,7 @@ class TableAuditTrail:
                     },
                 )
                 for partition in sorted(partitions)
-            )
+            ),
         )
         # The digests are 160 bits; the check keeps a collision from showing another's entry.
         copies = once_each_oldest_first(
@@ -327,6 +333,32 @@ class TableAuditTrail:
             for record in copies
             if record.status != "pending" or record.request_id in current
         ]
+
+    async def _in_flight(self, since: float, until: float) -> list[AuditRecord]:
+        """The pending requests received from `since` to `until`, from their marks (a mark
+        written before marks held the request, which its copy in the user's partition
+        does, is skipped)."""
+        found = [m for m in await self._marks(since, until, "query requests") if "user" in m]
+        try:
+            return [from_entity(mark) for mark in found]
+        except ValueError as exc:
+            raise StorageError(
+                self._table.name, f"query requests: malformed entity: {exc}"
+            ) from exc
+
+    async def _marks(self, since: float, until: float, what: str) -> list[Mapping[str, Any]]:
+        """The marks of the requests received from `since` to `until` that are (or were, if
+        a removal failed) pending: one small partition, whatever the size of the table."""
+        client = await self._table.client()
+        try:
+            marks = client.query_entities(
+                "PartitionKey eq @pending and received_at ge @since and received_at le @until",
+                parameters={"pending": PENDING_PARTITION, "since": float(since),
+                            "until": float(until)},
+            )  # fmt: skip
+            return [mark async for mark in marks]
+        except SDK_ERRORS as exc:
+            raise self._table.error(exc, what) from exc
 
     async def link(self, guid: str, names: Iterable[str]) -> None:
         check_key(guid, "account GUID")
@@ -362,16 +394,8 @@ class TableAuditTrail:
         # size of the table. A mark whose entry is no longer pending (its removal failed after
         # the outcome was recorded) is removed here.
         await self._caught_up()
+        ids = [str(mark["RowKey"]) for mark in await self._marks(since, until, "list pending")]
         client = await self._table.client()
-        try:
-            marks = client.query_entities(
-                "PartitionKey eq @pending and received_at ge @since and received_at le @until",
-                parameters={"pending": PENDING_PARTITION, "since": float(since),
-                            "until": float(until)},
-            )  # fmt: skip
-            ids = [str(mark["RowKey"]) async for mark in marks]
-        except SDK_ERRORS as exc:
-            raise self._table.error(exc, "list pending requests") from exc
         found = []
         for request_id in ids:
             record = await self.get(request_id)
