@@ -228,15 +228,17 @@ class TestPending:
         assert await audit.for_user(user, T0 - 1, T0 + 1) == [done]
 
     async def test_a_stale_mark_is_dropped(self, audit: TableAuditTrail) -> None:
-        """A mark left behind (its removal failed after the outcome was recorded) does not
-        list a completed entry, and is removed by the read that finds it."""
+        """A mark left behind (its copies and its removal failed after the entry was completed)
+        does not list a completed entry; the read that finds it files the entry's copies
+        again, then removes it, so the user's requests still show it."""
         done = record("alice@corp.example.test", T0)
         await audit.record(dataclasses.replace(done, status="pending", reason=None))
         client = await audit._table.client()
-        await client.upsert_entity(to_entity(done))  # the outcome, without the mark's removal
+        await client.upsert_entity(to_entity(done))  # the outcome, without copies or removal
         assert await audit.pending(T0 - 1, T0 + 1) == []
         marks = client.query_entities("PartitionKey eq @p", parameters={"p": PENDING_PARTITION})
         assert [mark async for mark in marks] == []
+        assert await audit.for_user(done.user, T0 - 1, T0 + 1) == [done]
 
     def test_no_request_id_can_fall_into_the_marks(self) -> None:
         with pytest.raises(ValueError, match="must not start with ~"):
@@ -277,6 +279,20 @@ class TestAccountIndex:
         assert (found.request_id, found.status, found.account) == (
             pending.request_id, "applied", guid,
         )  # fmt: skip
+
+    async def test_requests_typed_by_the_guid_are_the_accounts(
+        self, audit: TableAuditTrail
+    ) -> None:
+        """A request named by the account's objectGUID, pending or ended without an outcome
+        naming the account (a timeout), is found by the account's other names: the GUID is
+        the account, though it is never linked as a name."""
+        guid, upn = str(uuid.uuid4()), "frank@corp.example.test"
+        waiting = record(guid, T0, status="pending", reason=None)
+        timed_out = record(guid, T0 + 1, status="failed", reason="agent.timeout")
+        for entry in (waiting, timed_out):
+            await audit.record(entry)
+        await audit.link(guid, [upn])
+        assert await audit.for_user(upn, T0 - 1, T0 + 2) == [waiting, timed_out]
 
     async def test_records_written_before_the_index_are_read(self, audit: TableAuditTrail) -> None:
         """A copy filed under a UPN as before the index (no account field) is still found by

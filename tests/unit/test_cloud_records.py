@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import json
@@ -18,6 +19,7 @@ from writeback.cloud.audit import AuditRecord
 from writeback.cloud.tables import SDK_ERRORS, check_key, translate_storage_error
 from writeback.errors import StorageError
 from writeback.testing import MemoryAgentRegistry, MemoryAuditTrail
+from writeback.tracing import Stage
 
 FORBIDDEN_KEYS = ["", "a/b", "a\\b", "a#b", "a?b", "a\x00b", "a\tb", "a\x7fb", "a\x85b", "x" * 513]
 
@@ -221,6 +223,35 @@ class TestMemoryAuditTrail:
         trail = MemoryAuditTrail()
         await trail.close()
         assert trail.closed
+
+
+class TestWritesAfterTheAnswer:
+    async def test_a_reader_waits_for_earlier_writes_and_cancels_none(self) -> None:
+        """The Table trail's reads wait for the writes left for after earlier answers, not for
+        those started while they wait; a reader cancelled meanwhile leaves them running."""
+        trail = audit.TableAuditTrail.from_connection_string("UseDevelopmentStorage=true")
+        first, second = asyncio.Event(), asyncio.Event()
+        written: list[str] = []
+
+        async def write(name: str, go: asyncio.Event) -> None:
+            await go.wait()
+            written.append(name)
+
+        trail._after_the_answer(write("first", first), "not written", Stage.AUDIT_LINK)
+        reader = asyncio.create_task(trail._caught_up())
+        await asyncio.sleep(0)  # the reader is waiting
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        reader = asyncio.create_task(trail._caught_up())
+        await asyncio.sleep(0)
+        trail._after_the_answer(write("second", second), "not written", Stage.AUDIT_LINK)
+        first.set()
+        await asyncio.wait_for(reader, 10)  # done without the second
+        assert written == ["first"]
+        second.set()
+        await trail.close()  # waits for the rest
+        assert written == ["first", "second"]
 
 
 class TestMemoryAgentRegistry:

@@ -806,8 +806,42 @@ class TestTheLookupsConnection:
         other = replace(link.address, host="dc2.example.test")
         relay = directory(link, servers=(other, link.address))
         relay._connect = connect
+        relay.capabilities()  # as the relay's agent starts
         assert isinstance(relay.resolve(ALICE_UPN), Account)
         assert asked == [("dc2.example.test", link.address.host), (link.address.host,)]
+
+    def test_the_lookups_fail_over_when_the_writes_dc_is_gone(self) -> None:
+        """The DC both connections use stops answering (the writes' connection still looks
+        open: ldap3 learns of a dead socket at its next use). A lookup does not stay bound to
+        the dead DC: it fails over to the next, and the write that follows fails over too."""
+        entries = dict(make_link().entries)
+        hosts = ("dc1.example.test", "dc2.example.test")
+        opened: dict[str, list[FakeLink]] = {host: [] for host in hosts}
+        down: set[str] = set()
+
+        def connect(settings: DirectorySettings, password: str) -> Any:
+            for server in settings.servers:  # a connection of its own each time, as ldap3's
+                if server.host not in down:
+                    link = FakeLink(domain_controller(NC, host=server.host), entries)
+                    opened[server.host].append(link)
+                    return link.connect(settings, password)
+            raise DirectoryUnavailable("no domain controller answered")
+
+        def gone(*args: Any, **kwargs: Any) -> Any:
+            raise DirectoryUnavailable("ldaps://dc1.example.test: the connection was reset")
+
+        servers = tuple(domain_controller(NC, host=host).address for host in hosts)
+        relay = directory(make_link(), servers=servers)
+        relay._connect = connect
+        relay.capabilities()
+        assert [len(opened[host]) for host in hosts] == [2, 0]  # the writes' and the lookups'
+        down.add(hosts[0])
+        for link in opened[hosts[0]]:
+            link.search = gone  # type: ignore[method-assign]
+        found = relay.resolve(ALICE_UPN)
+        assert isinstance(found, Account), found
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW), found).reason is Reason.APPLIED
+        assert [sum(len(link.modifies) for link in opened[host]) for host in hosts] == [0, 1]
 
 
 class TestFakeLink:

@@ -315,11 +315,13 @@ class TableAuditTrail:
             ),
         )
         # The digests are 160 bits; the check keeps a collision from showing another's entry.
+        # A request typed by the account's GUID is the account's too (that name is not linked).
+        names = keys | guids
         copies = once_each_oldest_first(
             record
             for records in found
             for record in records
-            if name_key(record.user) in keys or record.account in guids
+            if name_key(record.user) in names or record.account in guids
         )
         # A copy still pending may be behind its entry (the completed copy failed) or have no
         # entry at all (the entry failed, and the caller was told the request was not sent):
@@ -385,14 +387,16 @@ class TableAuditTrail:
         task.add_done_callback(self._later.discard)
 
     async def _caught_up(self) -> None:
-        """Wait for the writes this trail left for after the answer."""
-        while self._later:
-            await asyncio.gather(*self._later)
+        """Wait for the writes this trail left for after the answer until now (not for those
+        started meanwhile: under steady traffic that could be forever). A reader cancelled
+        while it waits cancels none of them."""
+        if self._later:
+            await asyncio.wait(set(self._later))
 
     async def pending(self, since: float, until: float) -> list[AuditRecord]:
         # One partition holds a mark per pending entry, so this reads a few rows whatever the
         # size of the table. A mark whose entry is no longer pending (its removal failed after
-        # the outcome was recorded) is removed here.
+        # the outcome was recorded) is removed here, once the entry is filed again.
         await self._caught_up()
         ids = [str(mark["RowKey"]) for mark in await self._marks(since, until, "list pending")]
         client = await self._table.client()
@@ -402,10 +406,17 @@ class TableAuditTrail:
             if record is not None and record.status == "pending":
                 found.append(record)
                 continue
+            if record is not None:
+                # Completed, but the mark stayed: its copies may have failed with it, and the
+                # mark is what the per-account lookups still find it by. Recorded again (the
+                # same entry, its copies), it loses the mark only after that.
+                await self.record(record)
+                continue
             try:
                 await client.delete_entity(PENDING_PARTITION, request_id)
             except SDK_ERRORS as exc:
                 raise self._table.error(exc, "list pending requests") from exc
+        await self._caught_up()  # the removals of the marks of entries filed again
         return sorted(found, key=lambda record: record.received_at)
 
     async def _query(self, query: str, parameters: dict[str, Any]) -> list[AuditRecord]:

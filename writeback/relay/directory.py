@@ -162,20 +162,26 @@ class LdapDirectory:
     def _reader_link(self) -> ldap.Link:
         """The connection the pipeline's lookups (`resolve`) read on, beside the one the
         writes and the reads under the account's lock use: a lookup for one account need not
-        wait behind another account's modify, which the DC serves meanwhile. It is bound to
-        the DC the writes go to (after a failover too), so a lookup never finds what that DC
-        has not replicated yet, or the reverse. Called under the reader's lock."""
-        writer = self._link
-        if writer is None or not writer.alive:
-            with self._lock:
-                writer = self._connected()
+        wait behind another account's modify, which the DC serves meanwhile. It goes to the DC
+        the writes use when that one answers, so a lookup does not find what that DC has not
+        replicated yet (or the reverse); when it does not, the lookups fail over on their own
+        (the writes find out at their next use). Called under the reader's lock only: the
+        writes' connection is looked at, never used or closed, from here."""
+        writer = self._link  # one attribute read: only its address is wanted
+        wanted = writer.address if writer is not None and writer.alive else None
         reader = self._reader
-        if reader is None or not reader.alive or reader.address != writer.address:
-            if reader is not None:
-                reader.close()
-            only_writers_dc = dataclasses.replace(self.settings, servers=(writer.address,))
-            reader = self._reader = self._connect(only_writers_dc, self._password)
-        return reader
+        if reader is not None and reader.alive and wanted in (None, reader.address):
+            return reader
+        self._close_reader()
+        if wanted is not None:
+            try:
+                only = dataclasses.replace(self.settings, servers=(wanted,))
+                self._reader = self._connect(only, self._password)
+                return self._reader
+            except DirectoryUnavailable:
+                pass  # the writes' DC is gone: fail over below
+        self._reader = self._connect(self.settings, self._password)
+        return self._reader
 
     def _reading(self, read: Callable[[ldap.Link], Any], *, reader: bool = False) -> Any:
         """Run a read (on the lookups' connection when `reader`); if the DC went away,
@@ -187,16 +193,24 @@ class LdapDirectory:
             if reader:
                 self._close_reader()
             else:
-                self.close()
+                self._close_writer()
             return read(connected())
 
     def close(self) -> None:
+        """Close both connections (the relay is stopping)."""
+        with self._reader_lock:
+            self._close_reader()
+        with self._lock:
+            self._close_writer()
+
+    def _close_writer(self) -> None:
+        """Under the writes' lock."""
         if self._link is not None:
             self._link.close()
             self._link = None
-        self._close_reader()
 
     def _close_reader(self) -> None:
+        """Under the reader's lock."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -204,12 +218,10 @@ class LdapDirectory:
     def capabilities(self) -> Capabilities:
         """What the DC says about itself; also (re)opens the lookups' connection, so the relay
         starts, and each heartbeat leaves it, with both connections open."""
-        with self._reader_lock:
-            self._reader_link()  # and the writes' connection first, if it was not open
         with self._lock:
             link = self._connected()
             controller = link.controller
-            return Capabilities(
+            capabilities = Capabilities(
                 dc=controller.address.url,
                 dc_host=controller.dns_host_name,
                 is_pdc=controller.is_pdc,
@@ -219,6 +231,12 @@ class LdapDirectory:
                 netbios=controller.netbios,
                 domain_sid=controller.domain_sid,
             )
+        with self._reader_lock:
+            try:
+                self._reader_link()
+            except DirectoryError as exc:  # the next lookup tries again, and answers for it
+                log.warning("dc_lookups_unconnected", extra={"error": str(exc)})
+        return capabilities
 
     def resolve(self, user: str | Account) -> Account | Outcome:
         with self._reader_lock:
@@ -312,7 +330,7 @@ class LdapDirectory:
                 return self._apply(command, account)
             except DirectoryError as exc:
                 if isinstance(exc, DirectoryUnavailable):
-                    self.close()
+                    self._close_writer()
                 return Outcome(Reason(exc.reason), str(exc))
 
     def _checked(self, command: Command, account: Account | None) -> User | Outcome:

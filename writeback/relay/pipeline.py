@@ -260,7 +260,8 @@ class Pipeline:
             )
         if seen is None and self._clock() >= message.expires_at:
             return self._record(message, self._expired(message, "before it arrived"))
-        # The secrets are opened (CPU) while the account is looked up (the DC): side by side.
+        # The secrets are opened (CPU) while the account is looked up (the DC): side by side. An
+        # undecryptable request is answered after the lookup, a read it did not need.
         opening = asyncio.ensure_future(asyncio.to_thread(self._open, message))
         try:
             async with self._one_write_per_account(message, seen) as found:
