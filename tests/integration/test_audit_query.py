@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -313,9 +314,19 @@ class TestAccountIndex:
         transaction): every name is read back from it, and linking again changes nothing."""
         guid = str(uuid.uuid4())
         names = ["carol@corp.example.test", "S-1-5-21-1-2-3-1109", "CORP\\carol", guid]
+        client = await audit._table.client()
+        batches: list[list[Any]] = []
+        submit = client.submit_transaction
+
+        async def counted(operations: list[Any], **kwargs: Any) -> Any:
+            batches.append(list(operations))
+            return await submit(operations, **kwargs)
+
+        client.submit_transaction = counted  # type: ignore[method-assign]
         await audit.link(guid, names)
         await audit.link(guid, names)
         assert await audit.for_user(guid, T0, T0) == []  # waits for the links
+        assert [len(batch) for batch in batches] == [len(names), len(names)]
         assert sorted(await audit._index.names_of(guid)) == sorted(names)
         for name in names:
             assert await audit._index.guids_of(name_key(name)) == [guid], name
