@@ -794,8 +794,8 @@ class TestTheLookupsConnection:
         assert len(link.modifies) == 1
 
     def test_the_lookups_connection_goes_to_the_writes_dc(self) -> None:
-        """With two DCs configured, the lookups' connection binds only to the DC the writes
-        use, so a lookup never reads a DC the write has not reached."""
+        """With two DCs configured and the writes connected, the lookups' connection binds
+        only to the DC the writes' connection is open to."""
         link = make_link()
         asked: list[tuple[str, ...]] = []
 
@@ -818,9 +818,11 @@ class TestTheLookupsConnection:
         hosts = ("dc1.example.test", "dc2.example.test")
         opened: dict[str, list[FakeLink]] = {host: [] for host in hosts}
         down: set[str] = set()
+        tried: list[str] = []
 
         def connect(settings: DirectorySettings, password: str) -> Any:
             for server in settings.servers:  # a connection of its own each time, as ldap3's
+                tried.append(server.host)
                 if server.host not in down:
                     link = FakeLink(domain_controller(NC, host=server.host), entries)
                     opened[server.host].append(link)
@@ -840,8 +842,40 @@ class TestTheLookupsConnection:
             link.search = gone  # type: ignore[method-assign]
         found = relay.resolve(ALICE_UPN)
         assert isinstance(found, Account), found
+        tried.clear()
+        assert isinstance(relay.resolve(ALICE_UPN), Account)
+        assert tried == []  # the next lookup does not try the dead DC again
         assert relay.apply(ResetPassword(ALICE_UPN, NEW), found).reason is Reason.APPLIED
         assert [sum(len(link.modifies) for link in opened[host]) for host in hosts] == [0, 1]
+
+    def test_a_failure_of_the_writes_connection_leaves_the_lookups_open(self) -> None:
+        """The writes' connection breaks and reconnects; the lookups' connection, which
+        another thread may be reading on, is not closed with it."""
+        entries = dict(make_link().entries)
+        opened: list[FakeLink] = []
+
+        def connect(settings: DirectorySettings, password: str) -> Any:
+            link = FakeLink(domain_controller(NC), entries)
+            opened.append(link)
+            return link.connect(settings, password)
+
+        relay = directory(make_link())
+        relay._connect = connect
+        relay.capabilities()
+        writes, lookups = opened
+        broken = [DirectoryUnavailable("ldaps://dc1.example.test: the connection was reset")]
+        search = writes.search
+
+        def once_broken(*args: Any, **kwargs: Any) -> Any:
+            if broken:
+                raise broken.pop()
+            return search(*args, **kwargs)
+
+        writes.search = once_broken  # type: ignore[method-assign]
+        assert relay.apply(ResetPassword(ALICE_UPN, NEW)).reason is Reason.APPLIED
+        assert (writes.closes, lookups.closes, len(opened)) == (1, 0, 3)
+        assert isinstance(relay.resolve(ALICE_UPN), Account)
+        assert lookups.alive
 
 
 class TestFakeLink:

@@ -437,5 +437,6 @@ class TableAuditTrail:
         return sorted(records, key=lambda record: record.received_at)
 
     async def close(self) -> None:
-        await self._caught_up()
+        while self._later:  # including writes left while closing
+            await self._caught_up()
         await self._table.close()

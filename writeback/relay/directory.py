@@ -138,6 +138,8 @@ class LdapDirectory:
         # `resolve` reads on a connection of its own (see `_reader_link`), under a lock of its own.
         self._reader: ldap.Link | None = None
         self._reader_lock = threading.Lock()
+        # The writes' connection whose DC the lookups found gone (until the writes reconnect).
+        self._writers_dc_gone: ldap.Link | None = None
         self._denied_sids: frozenset[str] | None = None
         self._policies = policies if policies is not None else PolicyCache()
 
@@ -163,12 +165,14 @@ class LdapDirectory:
         """The connection the pipeline's lookups (`resolve`) read on, beside the one the
         writes and the reads under the account's lock use: a lookup for one account need not
         wait behind another account's modify, which the DC serves meanwhile. It goes to the DC
-        the writes use when that one answers, so a lookup does not find what that DC has not
-        replicated yet (or the reverse); when it does not, the lookups fail over on their own
-        (the writes find out at their next use). Called under the reader's lock only: the
+        the writes' connection is open to, so a lookup does not find what that DC has not
+        replicated yet (or the reverse); when that DC does not answer, or before the writes have
+        connected, it takes the configured DCs as the writes do (failing over on its own: the
+        writes find out at their next use). Called under the reader's lock only: the
         writes' connection is looked at, never used or closed, from here."""
         writer = self._link  # one attribute read: only its address is wanted
-        wanted = writer.address if writer is not None and writer.alive else None
+        usable = writer is not None and writer.alive and writer is not self._writers_dc_gone
+        wanted = writer.address if writer is not None and usable else None
         reader = self._reader
         if reader is not None and reader.alive and wanted in (None, reader.address):
             return reader
@@ -179,7 +183,9 @@ class LdapDirectory:
                 self._reader = self._connect(only, self._password)
                 return self._reader
             except DirectoryUnavailable:
-                pass  # the writes' DC is gone: fail over below
+                # Gone: fail over below, and do not try it again for each lookup until the
+                # writes have found out (their next use reconnects them).
+                self._writers_dc_gone = writer
         self._reader = self._connect(self.settings, self._password)
         return self._reader
 
@@ -221,13 +227,18 @@ class LdapDirectory:
         with self._lock:
             link = self._connected()
             controller = link.controller
+            try:
+                # Read now: the heartbeat reports what the DC holds, and refreshes the cache.
+                policy = self._policies.domain(link, fresh=True)
+            except DirectoryUnavailable:
+                self._close_writer()  # the next heartbeat or write fails over
+                raise
             capabilities = Capabilities(
                 dc=controller.address.url,
                 dc_host=controller.dns_host_name,
                 is_pdc=controller.is_pdc,
                 policy_hints=controller.policy_hints_oid,
-                # Read now: the heartbeat reports what the DC holds, and refreshes the cache.
-                domain_policy=self._policies.domain(link, fresh=True),
+                domain_policy=policy,
                 netbios=controller.netbios,
                 domain_sid=controller.domain_sid,
             )
