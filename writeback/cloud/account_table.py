@@ -5,8 +5,8 @@ name key>` holds one row per GUID the name was seen for (RowKey the GUID), `~gui
 per name the account was seen by (RowKey the name key's digest, `name` the name). Writes are
 idempotent upserts, the account's own rows in one transaction: a name seen again changes nothing.
 Reads are single-partition queries with the partition as a parameter, never pasted into the
-filter. Only the audit trail uses it, on the
-same `Table`; storage errors become `StorageError` there and nowhere else.
+filter. Only the audit trail uses it, on the same `Table`; storage errors become `StorageError`
+there and nowhere else.
 """
 
 from __future__ import annotations

@@ -287,12 +287,7 @@ class TableAuditTrail:
             return None
         except SDK_ERRORS as exc:
             raise self._table.error(exc, "read a request") from exc
-        try:
-            return from_entity(entity)
-        except ValueError as exc:
-            raise StorageError(
-                self._table.name, f"read a request: malformed entity: {exc}"
-            ) from exc
+        return self._records([entity], "read a request")[0]
 
     async def for_user(self, user: str, since: float, until: float) -> list[AuditRecord]:
         await self._caught_up()
@@ -340,13 +335,8 @@ class TableAuditTrail:
         """The pending requests received from `since` to `until`, from their marks (a mark
         written before marks held the request, which its copy in the user's partition
         does, is skipped)."""
-        found = [m for m in await self._marks(since, until, "query requests") if "user" in m]
-        try:
-            return [from_entity(mark) for mark in found]
-        except ValueError as exc:
-            raise StorageError(
-                self._table.name, f"query requests: malformed entity: {exc}"
-            ) from exc
+        marks = await self._marks(since, until, "query requests")
+        return self._records([mark for mark in marks if "user" in mark], "query requests")
 
     async def _marks(self, since: float, until: float, what: str) -> list[Mapping[str, Any]]:
         """The marks of the requests received from `since` to `until` that are (or were, if
@@ -398,7 +388,8 @@ class TableAuditTrail:
         # size of the table. A mark whose entry is no longer pending (its removal failed after
         # the outcome was recorded) is removed here, once the entry is filed again.
         await self._caught_up()
-        ids = [str(mark["RowKey"]) for mark in await self._marks(since, until, "list pending")]
+        marks = await self._marks(since, until, "list pending requests")
+        ids = [str(mark["RowKey"]) for mark in marks]
         client = await self._table.client()
         found = []
         for request_id in ids:
@@ -428,13 +419,16 @@ class TableAuditTrail:
             found = [entity async for entity in entities]
         except SDK_ERRORS as exc:
             raise self._table.error(exc, "query requests") from exc
-        try:
-            records = [from_entity(entity) for entity in found]
-        except ValueError as exc:
-            raise StorageError(
-                self._table.name, f"query requests: malformed entity: {exc}"
-            ) from exc
+        records = self._records(found, "query requests")
         return sorted(records, key=lambda record: record.received_at)
+
+    def _records(self, entities: Iterable[Mapping[str, Any]], what: str) -> list[AuditRecord]:
+        """The records the entities hold; StorageError naming `what` (and the field, never its
+        value) for one that is not a record."""
+        try:
+            return [from_entity(entity) for entity in entities]
+        except ValueError as exc:
+            raise StorageError(self._table.name, f"{what}: malformed entity: {exc}") from exc
 
     async def close(self) -> None:
         while self._later:  # including writes left while closing
